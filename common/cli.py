@@ -1,0 +1,80 @@
+"""The flags every script shares and the start-up every script does (checks before any work)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.model import ModelUnavailable, load_model
+from common.outputs import prepare_out_dir
+
+
+def base_parser(doc: str | None, head: bool = True) -> argparse.ArgumentParser:
+    """argparse with --model --device --seed --out (and --layer --head unless head=False)."""
+    p = argparse.ArgumentParser(
+        description=(doc or "").strip().split("\n\n")[0],
+        epilog="Module docstring: question, method and outputs of this analysis.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="gpt2-small",
+                   help="'gpt2-small' (HF cache/hub), 'planted' (offline demo model) or a local HF GPT-2 folder")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    if head:
+        p.add_argument("--layer", type=int, default=1, help="layer of the head to study")
+        p.add_argument("--head", type=int, default=5, help="head index within the layer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default figures/<script>/)")
+    return p
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_head(model, layer: int, head: int) -> None:
+    """SystemExit naming the valid range when (layer, head) does not exist in ``model``."""
+    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+    if not 0 <= layer < n_l:
+        raise SystemExit(f"error: --layer {layer} out of range: this model has layers 0..{n_l - 1}")
+    if not 0 <= head < n_h:
+        raise SystemExit(f"error: --head {head} out of range: this model has heads 0..{n_h - 1} per layer")
+
+
+def start(args: argparse.Namespace, script: str):
+    """Common start-up: output folder checked first, then seed, model, head range.
+
+    Returns (model, out_dir). Exits with a short message (no traceback) when the model cannot be
+    loaded.
+    """
+    torch.set_grad_enabled(False)
+    out_dir = prepare_out_dir(args.out, script)
+    seed_everything(args.seed)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+    try:
+        model = load_model(args.model, args.device)
+    except ModelUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if hasattr(args, "layer"):
+        check_head(model, args.layer, args.head)
+    return model, out_dir
+
+
+def script_name(file: str) -> str:
+    return Path(file).stem
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

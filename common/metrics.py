@@ -1,0 +1,99 @@
+"""Attention metrics for L1H5's three rules, for every layer and head at once.
+
+Semantic category score (the post's): L = mean over queries q >= 1 of -log(sum_k M[q,k] A[q,k]),
+with the attended mass clamped at ``EPS`` so one fully missed query costs -log(EPS) instead of
+infinity. Lower is better; 0 means every query puts all its mass where the ideal mask allows.
+
+Attention mass split per query into four parts that sum to 1:
+self and earlier copies of the same token, other in-category tokens, BOS, and everything else.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+EPS = 1e-6
+MASS_PARTS = ("self_and_copies", "in_category", "bos", "other")
+
+
+def semantic_score(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-prompt score [..., batch] for patterns [..., batch, q, k] and mask [batch, q, k].
+
+    Query 0 (BOS, which can only attend to itself) is left out.
+    """
+    mass = (pattern * mask).sum(-1)[..., 1:]
+    return -torch.log(mass.clamp_min(EPS)).mean(-1)
+
+
+def mass_split(pattern: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean attention mass per part, [...] per head, over all queries q >= 1 of all prompts."""
+    same_tok = tokens[:, :, None] == tokens[:, None, :]
+    same_tok[:, :, 0] = False  # BOS is counted as BOS, never as a copy
+    bos = torch.zeros_like(mask)
+    bos[:, :, 0] = True
+    in_cat = mask & ~bos
+    parts = {
+        "self_and_copies": same_tok,
+        "in_category": in_cat,
+        "bos": bos,
+    }
+    out = {name: (pattern * m).sum(-1)[..., 1:].mean((-1, -2)) for name, m in parts.items()}
+    out["other"] = 1 - sum(out.values())
+    return out
+
+
+@torch.no_grad()
+def all_head_patterns(model, tokens: torch.Tensor, layers: list[int] | None = None, hooks=()) -> torch.Tensor:
+    """Attention patterns [layer, head, batch, q, k] of the chosen layers from one forward pass.
+
+    Runs only up to the last layer needed (``stop_at_layer``); ``hooks`` are extra forward hooks
+    (for ablations).
+    """
+    layers = list(range(model.cfg.n_layers)) if layers is None else layers
+    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    store: dict[str, torch.Tensor] = {}
+
+    def save(t, hook):
+        store[hook.name] = t.detach()
+
+    ctx = model.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
+    with ctx:
+        model.run_with_hooks(
+            tokens.to(model.cfg.device),
+            stop_at_layer=max(layers) + 1,
+            fwd_hooks=[(n, save) for n in names],
+        )
+    return torch.stack([store[n].transpose(0, 1) for n in names]).cpu()
+
+
+@torch.no_grad()
+def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int = 32, hooks=()) -> dict:
+    """Score per (layer, head, prompt) and mean mass split per (layer, head), batched over prompts."""
+    scores, parts = [], {p: [] for p in MASS_PARTS}
+    weights = []
+    for i in range(0, len(tokens), batch_size):
+        tb, mb = tokens[i : i + batch_size], mask[i : i + batch_size]
+        pat = all_head_patterns(model, tb, hooks=hooks)
+        scores.append(semantic_score(pat, mb))
+        split = mass_split(pat, tb, mb)
+        for p in MASS_PARTS:
+            parts[p].append(split[p])
+        weights.append(len(tb))
+    w = torch.tensor(weights, dtype=torch.float32)
+    return {
+        "score": torch.cat(scores, dim=-1),  # [layer, head, prompt]
+        "mass": {p: (torch.stack(v, -1) * w).sum(-1) / w.sum() for p, v in parts.items()},
+    }
+
+
+def mean_ci(values: np.ndarray, axis: int = -1, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and normal-approximation 95% half-width along ``axis``."""
+    values = np.asarray(values, dtype=float)
+    n = values.shape[axis]
+    mean = values.mean(axis)
+    half = z * values.std(axis, ddof=1) / math.sqrt(n) if n > 1 else np.zeros_like(mean)
+    return mean, half

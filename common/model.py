@@ -1,0 +1,194 @@
+"""Load any supported model as a processed HookedTransformer.
+
+Three names are understood by :func:`load_model`:
+
+* ``gpt2-small`` (alias ``gpt2``): real gpt2-small through ``HookedTransformer.from_pretrained``,
+  i.e. the Hugging Face cache or hub. Offline, populate the cache once and set ``HF_HUB_OFFLINE=1``.
+* a path to a local Hugging Face GPT-2 folder (``config.json``, ``model.safetensors`` or
+  ``pytorch_model.bin``, tokenizer files): loaded without any network access.
+* ``planted``: the offline demo model of :mod:`common.planted`, generated deterministically into a
+  cache folder and then loaded through the same local-folder route.
+
+Every route applies the ``from_pretrained`` defaults (fold_ln, center_writing_weights,
+center_unembed, fold_value_biases), so W_Q/W_K match published TransformerLens analyses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
+REAL_NAMES = {"gpt2-small", "gpt2"}
+PLANTED = "planted"
+
+
+class ModelUnavailable(RuntimeError):
+    """The requested weights cannot be had; the message says what to do instead."""
+
+
+def load_tokenizer(folder: str | Path = TOKENIZER_DIR) -> PreTrainedTokenizerBase:
+    """The GPT-2 BPE tokenizer from a folder (default: the copy vendored with this repo).
+
+    ``AutoTokenizer.from_pretrained`` is used on purpose: in transformers 5.x the constructor
+    ``GPT2TokenizerFast(vocab_file=..., merges_file=...)`` silently builds an empty vocabulary.
+    """
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def resolve_device(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but CUDA is not available (use --device cpu)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("error: --device mps requested but MPS is not available (use --device cpu)")
+    return device
+
+
+def load_model(name: str = "gpt2-small", device: str = "cpu") -> HookedTransformer:
+    """Return a processed HookedTransformer (with tokenizer) for ``name``; see module docstring."""
+    device = resolve_device(device)
+    if name == PLANTED:
+        from common.planted import planted_folder
+
+        return load_local_folder(planted_folder(), device)
+    if name in REAL_NAMES:
+        return _load_real_gpt2(device)
+    path = Path(name).expanduser()
+    if path.exists():
+        return load_local_folder(path, device)
+    raise ModelUnavailable(
+        f"unknown model {name!r}: use 'gpt2-small', 'planted', or a path to a local "
+        "Hugging Face GPT-2 folder (config.json + model.safetensors/pytorch_model.bin + tokenizer)"
+    )
+
+
+def _load_real_gpt2(device: str) -> HookedTransformer:
+    try:
+        return HookedTransformer.from_pretrained("gpt2-small", device=device)
+    except Exception as exc:  # the hub/cache raise many different types; all mean "no weights"
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise ModelUnavailable(
+            "could not load gpt2-small weights"
+            f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}).\n"
+            "Options:\n"
+            "  * online: run once with network access, so Hugging Face caches 'gpt2';\n"
+            "  * offline with a populated cache: export HF_HUB_OFFLINE=1"
+            + (" (already set: the cache has no complete 'gpt2' entry)" if offline else "")
+            + ";\n"
+            "  * a local Hugging Face GPT-2 folder: --model /path/to/gpt2;\n"
+            "  * the offline demo model: --model planted"
+        ) from None
+
+
+def load_local_folder(folder: str | Path, device: str = "cpu") -> HookedTransformer:
+    """Load a Hugging Face GPT-2 folder fully offline, processed like ``from_pretrained``.
+
+    ``HookedTransformer.from_pretrained`` would ask the hub for the config even when given
+    ``hf_model``, so the config is converted from the local ``config.json`` instead.
+    """
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ModelUnavailable(f"{folder}: no config.json; not a Hugging Face model folder")
+    weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).exists()]
+    if not weights:
+        raise ModelUnavailable(f"{folder}: no model.safetensors or pytorch_model.bin")
+    raw_cfg = json.loads(config_path.read_text())
+    if raw_cfg.get("model_type", "gpt2") != "gpt2":
+        raise ModelUnavailable(f"{folder}: model_type {raw_cfg.get('model_type')!r}; only GPT-2 folders are supported")
+
+    hf_cfg = GPT2Config.from_pretrained(str(folder))
+    _check_state_dict(folder / weights[0], hf_cfg)
+    hf_model = GPT2LMHeadModel.from_pretrained(str(folder), config=hf_cfg, dtype=torch.float32)
+    has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "vocab.json"))
+    tokenizer = load_tokenizer(folder if has_tokenizer else TOKENIZER_DIR)
+
+    cfg = gpt2_tl_config(hf_cfg, device)
+    state_dict = convert_gpt2_weights(hf_model, cfg)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+        fold_value_biases=True,
+        refactor_factored_attn_matrices=False,
+    )
+    model.move_model_modules_to_device()
+    model.eval()
+    model.name_or_path = str(folder)
+    return model
+
+
+def gpt2_tl_config(hf_cfg, device: str = "cpu"):
+    """HookedTransformerConfig for a GPT-2 HF config, as TransformerLens' GPT-2 conversion builds it.
+
+    TransformerLens' own converter re-reads the config from the hub (or from a folder's
+    config.json, where it needs ``n_ctx``, a key transformers 5 no longer writes), so the same
+    fields are mapped here from the local config. fold_ln turns the LN type into ``LNPre``.
+    """
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(
+        d_model=hf_cfg.n_embd,
+        d_head=hf_cfg.n_embd // hf_cfg.n_head,
+        n_heads=hf_cfg.n_head,
+        d_mlp=hf_cfg.n_inner or 4 * hf_cfg.n_embd,
+        n_layers=hf_cfg.n_layer,
+        n_ctx=hf_cfg.n_positions,
+        eps=hf_cfg.layer_norm_epsilon,
+        d_vocab=hf_cfg.vocab_size,
+        act_fn=hf_cfg.activation_function,
+        use_attn_scale=getattr(hf_cfg, "scale_attn_weights", True),
+        use_local_attn=False,
+        scale_attn_by_inverse_layer_idx=hf_cfg.scale_attn_by_inverse_layer_idx,
+        normalization_type="LNPre",
+        original_architecture="GPT2LMHeadModel",
+        model_name=Path(str(hf_cfg._name_or_path or "local-gpt2")).name,
+        init_weights=False,
+        default_prepend_bos=True,
+        device=device,
+        dtype=torch.float32,
+    )
+
+
+def _check_state_dict(weights_file: Path, hf_cfg) -> None:
+    """Name every missing or mis-shaped tensor before transformers silently random-initialises it."""
+    if weights_file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(weights_file), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    else:
+        sd = torch.load(weights_file, map_location="cpu", weights_only=True)
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    shapes = {k.removeprefix("transformer."): v for k, v in shapes.items()}
+    d, v, n = hf_cfg.n_embd, hf_cfg.vocab_size, hf_cfg.n_positions
+    m = hf_cfg.n_inner or 4 * d
+    expected = {"wte.weight": (v, d), "wpe.weight": (n, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for i in range(hf_cfg.n_layer):
+        expected |= {
+            f"h.{i}.ln_1.weight": (d,), f"h.{i}.ln_1.bias": (d,),
+            f"h.{i}.attn.c_attn.weight": (d, 3 * d), f"h.{i}.attn.c_attn.bias": (3 * d,),
+            f"h.{i}.attn.c_proj.weight": (d, d), f"h.{i}.attn.c_proj.bias": (d,),
+            f"h.{i}.ln_2.weight": (d,), f"h.{i}.ln_2.bias": (d,),
+            f"h.{i}.mlp.c_fc.weight": (d, m), f"h.{i}.mlp.c_fc.bias": (m,),
+            f"h.{i}.mlp.c_proj.weight": (m, d), f"h.{i}.mlp.c_proj.bias": (d,),
+        }
+    missing = sorted(k for k in expected if k not in shapes)
+    wrong = sorted(f"{k} {shapes[k]} (expected {s})" for k, s in expected.items() if k in shapes and shapes[k] != s)
+    if missing or wrong:
+        msg = [f"{weights_file}: incomplete GPT-2 weights"]
+        if missing:
+            msg.append("missing: " + ", ".join(missing[:12]) + (f" (+{len(missing) - 12} more)" if len(missing) > 12 else ""))
+        if wrong:
+            msg.append("wrong shape: " + ", ".join(wrong[:12]))
+        raise ModelUnavailable("\n".join(msg))

@@ -1,0 +1,103 @@
+"""Output folders, atomic writes and run metadata shared by every script.
+
+Every file is written to a temporary name in the same folder and then renamed, so an interrupted
+run never leaves a half-written figure or table behind. The output folder is checked for
+writability before any computation starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIGURES = REPO_ROOT / "figures"
+
+
+def prepare_out_dir(out: str | Path | None, script: str) -> Path:
+    """``out`` (default ``figures/<script>/``), created and proven writable, or SystemExit."""
+    path = Path(out) if out else FIGURES / script
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"error: output directory {path} is not writable ({exc.strerror or exc})") from None
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def _jsonable(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def git_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_meta(out_dir: Path, args, extra: dict | None = None) -> Path:
+    """meta.json: the model, seed and every argument of the run, the code version and timing."""
+    import torch
+    import transformer_lens
+
+    meta = {
+        "script": Path(sys.argv[0]).name,
+        "argv": sys.argv[1:],
+        "args": vars(args) if hasattr(args, "__dict__") else dict(args),
+        "version": git_version(),
+        "torch": torch.__version__,
+        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if extra:
+        meta.update(extra)
+    return write_json(out_dir / "meta.json", meta)

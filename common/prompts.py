@@ -1,0 +1,181 @@
+"""Semantic categories, the ideal L1H5 attention mask, and seeded prompt builders.
+
+Category names follow the published work: animals, colours, days, months, numbers, names, verbs
+and logical operators from the L1H5 post; fruits, emotions, weather, years, pronouns, countries
+and the 30 "group tokens" (6 weekdays, 6 colours, 6 years, 6 pronouns, 6 countries) from the
+original repository. The individual word choices are ours. Every word is a single GPT-2 token
+*with its leading space*; :func:`category_token_ids` enforces that.
+
+The ideal mask M (rules 1-3 of the README): query q may attend to key k < q iff both are in the
+same category and are different tokens; a query with no such key should attend to BOS (k = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CATEGORIES: dict[str, list[str]] = {
+    "animals": "cat dog horse cow pig sheep lion tiger bear wolf fox rabbit".split(),
+    "colours": "red blue green yellow black white orange purple pink brown grey violet".split(),
+    "days": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split(),
+    "months": "January February March April May June July August September October November December".split(),
+    "numbers": "one two three four five six seven eight nine ten eleven twelve".split(),
+    "names": "John Mary James David Michael Sarah Paul Peter Anna Emma Tom Jack".split(),
+    "verbs": "run walk eat jump swim read write sing think speak drive sleep".split(),
+    "logical": "and or not if then but nor else unless either neither only".split(),
+    "fruits": "apple banana grape lemon cherry peach pear mango plum lime coconut pineapple".split(),
+    "emotions": "happy sad angry afraid proud calm excited nervous anxious jealous lonely bored".split(),
+    "weather": "rain snow wind storm sun cloud fog thunder hail frost ice heat".split(),
+    "years": "1990 1995 2000 2005 2010 2015 1980 1985 2008 2012 2016 2020".split(),
+    "pronouns": "he she they we you it I me him her them us".split(),
+    "countries": "France Germany Italy Spain China Japan Russia India Canada Brazil Mexico Egypt".split(),
+}
+
+# The original repository's 30 group tokens, in its order: used by every group heatmap.
+GROUP_TOKENS: dict[str, list[str]] = {
+    "days": "Monday Tuesday Wednesday Thursday Friday Saturday".split(),
+    "colours": "red blue green yellow black white".split(),
+    "years": "1990 1995 2000 2005 2010 2015".split(),
+    "pronouns": "he she they we you it".split(),
+    "countries": "France Germany Italy Spain China Japan".split(),
+}
+
+
+class TokenizationError(ValueError):
+    """A category word is not exactly one GPT-2 token."""
+
+
+def single_token_id(tokenizer, word: str) -> int:
+    """The id of ``" " + word``; a clear error naming the pieces when it is not one token."""
+    text = word if word.startswith(" ") else " " + word
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise TokenizationError(f"category word {text!r} is {len(ids)} GPT-2 tokens {pieces}, not one")
+    return ids[0]
+
+
+def category_token_ids(tokenizer, categories: dict[str, list[str]] = CATEGORIES) -> dict[str, list[int]]:
+    """Token ids per category; raises if a word is not one token or appears in two categories."""
+    out: dict[str, list[int]] = {}
+    seen: dict[int, str] = {}
+    for name, words in categories.items():
+        ids = [single_token_id(tokenizer, w) for w in words]
+        for w, i in zip(words, ids):
+            if i in seen:
+                raise ValueError(f"word {w!r} is in both {seen[i]!r} and {name!r}")
+            seen[i] = name
+        out[name] = ids
+    return out
+
+
+def group_token_ids(tokenizer) -> tuple[list[int], list[str], list[str]]:
+    """(ids, labels, group of each) of the 30 group tokens, in heatmap order."""
+    ids, labels, groups = [], [], []
+    for g, words in GROUP_TOKENS.items():
+        for w in words:
+            ids.append(single_token_id(tokenizer, w))
+            labels.append(w)
+            groups.append(g)
+    return ids, labels, groups
+
+
+def token_category_map(tokenizer, categories: dict[str, list[str]] = CATEGORIES) -> dict[int, int]:
+    """token id -> category index (the order of ``categories``)."""
+    return {t: c for c, ids in enumerate(category_token_ids(tokenizer, categories).values()) for t in ids}
+
+
+def ideal_mask(tokens: torch.Tensor, cat_of: dict[int, int]) -> torch.Tensor:
+    """The ideal L1H5 pattern support M[..., q, k] for ``tokens`` [batch, pos] (BOS at position 0).
+
+    M[q, k] = 1 iff k < q, token k is not token q, and both are in the same category; rows with
+    no such key put their single allowed key on BOS. Row 0 (BOS itself) is BOS.
+    """
+    tokens = tokens if tokens.dim() == 2 else tokens[None]
+    cats = torch.tensor(
+        [[cat_of.get(int(t), -1) for t in row] for row in tokens.tolist()], device=tokens.device
+    )
+    n = tokens.shape[1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
+    same_cat = (cats[:, :, None] == cats[:, None, :]) & (cats[:, :, None] >= 0)
+    diff_tok = tokens[:, :, None] != tokens[:, None, :]
+    mask = same_cat & diff_tok & earlier
+    mask[:, 0, :] = False  # BOS never counts as a category member, even if its id were listed
+    mask[:, :, 0] = False
+    mask[:, :, 0] = ~mask.any(-1)
+    return mask
+
+
+@dataclass
+class PromptBatch:
+    """Token ids [batch, pos] with BOS first, and the ideal mask [batch, pos, pos]."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+def category_prompts(
+    tokenizer,
+    n_prompts: int,
+    seq_len: int,
+    seed: int = 0,
+    categories: dict[str, list[str]] = CATEGORIES,
+    repeat_prob: float = 0.0,
+) -> PromptBatch:
+    """BOS followed by ``seq_len`` category words drawn uniformly across categories (seeded).
+
+    ``repeat_prob`` is the chance that a position repeats a word already in the prompt, so that
+    copies (rule 2) are exercised.
+    """
+    if n_prompts < 1 or seq_len < 1:
+        raise ValueError("n_prompts and seq_len must be positive")
+    rng = np.random.default_rng(seed)
+    ids = category_token_ids(tokenizer, categories)
+    pools = list(ids.values())
+    rows = []
+    for _ in range(n_prompts):
+        row: list[int] = []
+        for _ in range(seq_len):
+            if row and rng.random() < repeat_prob:
+                row.append(row[rng.integers(len(row))])
+            else:
+                pool = pools[rng.integers(len(pools))]
+                row.append(pool[rng.integers(len(pool))])
+        rows.append([tokenizer.bos_token_id] + row)
+    tokens = torch.tensor(rows)
+    return PromptBatch(tokens, ideal_mask(tokens, token_category_map(tokenizer, categories)))
+
+
+def random_token_prompts(
+    tokenizer,
+    n_prompts: int,
+    seq_len: int,
+    n_inserted: int,
+    seed: int = 0,
+    categories: dict[str, list[str]] = CATEGORIES,
+) -> PromptBatch:
+    """BOS + random non-category tokens with ``n_inserted`` category words at random positions."""
+    rng = np.random.default_rng(seed)
+    cat_of = token_category_map(tokenizer, categories)
+    all_words = np.array(sorted(cat_of))
+    vocab = tokenizer.vocab_size
+    rows = []
+    for _ in range(n_prompts):
+        row = rng.integers(0, vocab - 1, size=seq_len)  # vocab - 1 excludes <|endoftext|>
+        while any(int(t) in cat_of for t in row):
+            row = np.array([t if int(t) not in cat_of else rng.integers(0, vocab - 1) for t in row])
+        where = rng.choice(seq_len, size=min(n_inserted, seq_len), replace=False)
+        row[where] = rng.choice(all_words, size=len(where))
+        rows.append([tokenizer.bos_token_id] + row.tolist())
+    tokens = torch.tensor(rows)
+    return PromptBatch(tokens, ideal_mask(tokens, cat_of))
+
+
+def repeated_token_prompts(
+    tokenizer, n_prompts: int, seq_len: int, seed: int = 0, categories: dict[str, list[str]] = CATEGORIES
+) -> PromptBatch:
+    """Category prompts in which about half of the positions copy an earlier word."""
+    return category_prompts(tokenizer, n_prompts, seq_len, seed, categories, repeat_prob=0.5)

@@ -1,0 +1,59 @@
+"""Shared fixtures: the planted model, built once per session into a temporary cache."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def planted_cache(tmp_path_factory):
+    """Scripts run as subprocesses inherit L1H5_CACHE, so the planted folder is built once."""
+    if "L1H5_CACHE" not in os.environ:
+        os.environ["L1H5_CACHE"] = str(tmp_path_factory.mktemp("l1h5-cache"))
+    return Path(os.environ["L1H5_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def planted_model(planted_cache):
+    import torch
+
+    from common.model import load_model
+
+    torch.set_grad_enabled(False)
+    return load_model("planted")
+
+
+@pytest.fixture(scope="session")
+def truth(planted_cache):
+    from common.planted import ground_truth
+
+    return ground_truth()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from common.model import load_tokenizer
+
+    return load_tokenizer()
+
+
+def run_script(script: str, *args: str, check: bool = True, timeout: int = 600):
+    """Run a top-level script as a user would; returns the CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
