@@ -29,7 +29,7 @@ def base_parser(doc: str | None, head: bool = True) -> argparse.ArgumentParser:
         p.add_argument("--layer", type=int, default=1, help="layer of the head to study")
         p.add_argument("--head", type=int, default=5, help="head index within the layer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default figures/<script>/)")
+    p.add_argument("--out", default=None, help="output folder (default figures/<script>/, figures/demo/<script>/ for planted)")
     return p
 
 
@@ -55,7 +55,7 @@ def start(args: argparse.Namespace, script: str):
     loaded.
     """
     torch.set_grad_enabled(False)
-    out_dir = prepare_out_dir(args.out, script)
+    out_dir = prepare_out_dir(args.out, script, args.model)
     seed_everything(args.seed)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()

@@ -23,9 +23,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FIGURES = REPO_ROOT / "figures"
 
 
-def prepare_out_dir(out: str | Path | None, script: str) -> Path:
-    """``out`` (default ``figures/<script>/``), created and proven writable, or SystemExit."""
-    path = Path(out) if out else FIGURES / script
+def cache_dir() -> Path:
+    """Where expensive intermediates live (planted model, effective embeddings): $L1H5_CACHE."""
+    return Path(os.environ.get("L1H5_CACHE", Path.home() / ".cache" / "l1h5"))
+
+
+def default_out_dir(script: str, model: str = "gpt2-small") -> Path:
+    """figures/<script>/ for real gpt2-small, figures/demo/<script>/ for the planted model,
+    figures/local/<folder name>/<script>/ for a local model folder."""
+    if model in ("gpt2-small", "gpt2"):
+        return FIGURES / script
+    if model == "planted":
+        return FIGURES / "demo" / script
+    return FIGURES / "local" / Path(model).name / script
+
+
+def prepare_out_dir(out: str | Path | None, script: str, model: str = "gpt2-small") -> Path:
+    """``out`` (default :func:`default_out_dir`), created and proven writable, or SystemExit."""
+    path = Path(out) if out else default_out_dir(script, model)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.outputs import cache_dir
 from common.prompts import CATEGORIES
 
 VERSION = "planted-v1"
@@ -57,10 +57,6 @@ A_K, A_U, A_N, A_C, A_B, A_P, A_OTHER = 1.0, 1.0, 1.0, 1.0, 1.0, 0.1, 1.4
 # Target attention logits (after 1/sqrt(d_head)) for L1H5 on a typical category query.
 LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 12.0, -8.0, 7.0
 LOGIT_PREV_TOKEN = 16.0
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("L1H5_CACHE", Path.home() / ".cache" / "l1h5"))
 
 
 def _gelu_new(x: float) -> float:
