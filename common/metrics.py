@@ -71,13 +71,17 @@ def all_head_patterns(model, tokens: torch.Tensor, layers: list[int] | None = No
 
 
 @torch.no_grad()
-def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int = 32, hooks=()) -> dict:
-    """Score per (layer, head, prompt) and mean mass split per (layer, head), batched over prompts."""
+def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int = 32, hooks=(),
+                layers: list[int] | None = None) -> dict:
+    """Score per (layer, head, prompt) and mean mass split per (layer, head), batched over prompts.
+
+    ``layers`` defaults to every layer; the forward pass stops after the last one listed.
+    """
     scores, parts = [], {p: [] for p in MASS_PARTS}
     weights = []
     for i in range(0, len(tokens), batch_size):
         tb, mb = tokens[i : i + batch_size], mask[i : i + batch_size]
-        pat = all_head_patterns(model, tb, hooks=hooks)
+        pat = all_head_patterns(model, tb, layers=layers, hooks=hooks)
         scores.append(semantic_score(pat, mb))
         split = mass_split(pat, tb, mb)
         for p in MASS_PARTS:
