@@ -1,0 +1,49 @@
+"""The semantic category score and the mass split on hand-built attention patterns."""
+
+import math
+
+import torch
+
+from common.metrics import EPS, mass_split, semantic_score
+
+
+def _mask():
+    # 4 positions: BOS, a, b (same category as a), a (copy)
+    m = torch.zeros(1, 4, 4, dtype=torch.bool)
+    m[0, 0, 0] = m[0, 1, 0] = True
+    m[0, 2, 1] = True
+    m[0, 3, 2] = True
+    return m
+
+
+def test_perfect_pattern_scores_zero():
+    m = _mask()
+    assert semantic_score(m.float(), m).item() == 0.0
+
+
+def test_score_values():
+    m = _mask()
+    a = torch.zeros(1, 4, 4)
+    a[0, 0, 0] = 1
+    a[0, 1, 0] = 0.5; a[0, 1, 1] = 0.5              # half on BOS: -log 0.5
+    a[0, 2, 1] = 0.25; a[0, 2, 2] = 0.75            # a quarter in category: -log 0.25
+    a[0, 3, 3] = 1.0                                  # all on itself: clamped at -log EPS
+    expected = (math.log(2) + math.log(4) - math.log(EPS)) / 3
+    assert abs(semantic_score(a, m).item() - expected) < 1e-5
+    # leading head dimensions broadcast
+    assert semantic_score(a.expand(2, 3, 1, 4, 4), m).shape == (2, 3, 1)
+
+
+def test_mass_split():
+    tokens = torch.tensor([[50256, 10, 20, 10]])
+    m = _mask()
+    a = torch.zeros(1, 4, 4)
+    a[0, 0, 0] = 1
+    a[0, 1, 0] = 0.5; a[0, 1, 1] = 0.5     # self 0.5, BOS 0.5
+    a[0, 2, 1] = 0.25; a[0, 2, 2] = 0.75    # in-category 0.25, self 0.75
+    a[0, 3, 1] = 0.6; a[0, 3, 2] = 0.4      # earlier copy 0.6, in-category 0.4
+    s = mass_split(a, tokens, m)
+    assert abs(s["self_and_copies"].item() - (0.5 + 0.75 + 0.6) / 3) < 1e-6
+    assert abs(s["in_category"].item() - (0.25 + 0.4) / 3) < 1e-6
+    assert abs(s["bos"].item() - 0.5 / 3) < 1e-6
+    assert abs(s["other"].item()) < 1e-6
