@@ -10,8 +10,8 @@ setup:  ## install the pinned dependencies (torch CPU build first)
 test:  ## the offline test suite on the planted model
 	$(PYTHON) -m pytest -q tests
 
-demo:  ## every script on the planted model, fully offline
-	HF_HUB_OFFLINE=1 $(PYTHON) characterize_head.py --model planted
+demo:  ## every script on the planted model, fully offline (figures/demo/)
+	HF_HUB_OFFLINE=1 $(PYTHON) run_all.py --model planted $(ARGS)
 
-figures:  ## every script on real gpt2-small
-	$(PYTHON) characterize_head.py --model gpt2-small
+figures:  ## every script on real gpt2-small (figures/)
+	$(PYTHON) run_all.py --model gpt2-small $(ARGS)
