@@ -1,0 +1,196 @@
+"""common/qk.py: exact factored spectra, steering edits, streamed scoring, effective embeddings."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.qk import (
+    Factored, FactoredQK, block_scores, effective_embeddings, load_shared_gpt2_state_dict,
+    model_fingerprint, query_row, random_skew, random_symmetric, rank_metrics, self_rank, steer,
+    top_keys,
+)
+
+SHARED_GPT2 = Path(__file__).resolve().parents[2] / "shared" / "gpt2"
+
+
+def _random_head(d=40, dh=8, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    W_Q, W_K = torch.randn(d, dh, generator=g), torch.randn(d, dh, generator=g)
+    b_Q, b_K = (torch.randn(dh, generator=g), torch.randn(dh, generator=g)) if bias else (None, None)
+    return FactoredQK(W_Q, W_K, b_Q, b_K)
+
+
+def _dense_scores(f: Factored, X, Y):
+    qf = X.double() @ f.left.double() + (0 if f.left_bias is None else f.left_bias.double())
+    kf = Y.double() @ f.right.double() + (0 if f.right_bias is None else f.right_bias.double())
+    return qf @ kf.T
+
+
+def test_factored_eig_equals_numpy_eigh():
+    for seed, shared in [(0, False), (1, True)]:
+        f = _random_head(seed=seed, bias=False)
+        if shared:  # rank-deficient [W_Q, W_K]: shared columns, as in the planted head
+            f = FactoredQK(f.W_Q, torch.cat([f.W_Q[:, :4], f.W_K[:, 4:]], 1))
+        W = (f.W_Q.double() @ f.W_K.double().T).numpy()
+        ref = np.linalg.eigvalsh((W + W.T) / 2)
+        ref = ref[np.abs(ref) > 1e-8 * np.abs(ref).max()]
+        eig = f.sym_eig()
+        assert eig.values.numel() == ref.size
+        np.testing.assert_allclose(eig.values.numpy(), ref, rtol=1e-4, atol=1e-4)
+        # eigenvectors reconstruct W_sym and are orthonormal
+        U, lam = eig.vectors.numpy(), eig.values.numpy()
+        np.testing.assert_allclose(U @ np.diag(lam) @ U.T, (W + W.T) / 2, atol=1e-3)
+        np.testing.assert_allclose(U.T @ U, np.eye(len(lam)), atol=1e-8)
+        sk = np.linalg.svd((W - W.T) / 2, compute_uv=False)
+        np.testing.assert_allclose(f.weights().skew_singular_values().numpy()[:10], sk[:10], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(f.weights().singular_values().numpy()[:8], np.linalg.svd(W, compute_uv=False)[:8], rtol=1e-4)
+        fro = f.weights().frobenius()
+        assert fro["full"] ** 2 == pytest.approx(fro["sym"] ** 2 + fro["skew"] ** 2, rel=1e-9)
+
+
+def test_sym_skew_and_steer_match_dense():
+    f = _random_head(seed=2)
+    W = f.W_Q.double() @ f.W_K.double().T
+    np.testing.assert_allclose(f.sym().dense().double(), (W + W.T) / 2, atol=1e-4)
+    np.testing.assert_allclose(f.skew().dense().double(), (W - W.T) / 2, atol=1e-4)
+    eig = f.sym_eig()
+    U, lam = eig.vectors, eig.values
+    X = torch.randn(7, f.d_model, dtype=torch.float64)
+    for which, alpha, keep, biases in [("negative", 0.0, True, False), (3, -1.0, False, False),
+                                       ("negative", 0.5, False, True), (2, 2.0, True, True)]:
+        idx = eig.select(which)
+        lam2 = lam.clone()
+        lam2[idx] *= alpha
+        W2 = U @ torch.diag(lam2) @ U.T + ((W - W.T) / 2 if keep else 0)
+        g = f.steer(alpha, which, keep_skew=keep, biases=biases, scaled=biases)
+        c = 1 / f.attn_scale if biases else 1.0
+        ref = X @ W2 @ X.T * c
+        if biases:  # bias cross-terms are kept exactly as in the model
+            ref = ref + (f.b_Q.double() @ f.W_K.T.double() @ X.T)[None, :] * c \
+                + (X @ f.W_Q.double() @ f.b_K.double())[:, None] * c + float(f.b_Q.double() @ f.b_K.double()) * c
+        np.testing.assert_allclose(_dense_scores(g, X, X).numpy(), ref.numpy(), rtol=1e-4, atol=1e-3)
+    assert len(eig.select(3)) == 3 and (eig.values[eig.select(3)] < 0).all()
+    assert eig.select(3).tolist() == eig.select("negative")[:3].tolist()
+    with pytest.raises(ValueError):
+        eig.select("bogus")
+
+
+def test_scorer_is_model_logits_on_raw_vectors():
+    f = _random_head(seed=3)
+    X = torch.randn(5, f.d_model)
+    ref = (X @ f.W_Q + f.b_Q) @ (X @ f.W_K + f.b_K).T / np.sqrt(f.d_head)
+    np.testing.assert_allclose(f.scorer().scores(X, X).numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_streamed_self_rank_equals_dense():
+    g = torch.Generator().manual_seed(4)
+    V, d = 301, 24
+    E = torch.randn(V, d, generator=g)
+    E[7] = E[8]  # an exact duplicate token: ties must not count
+    f = _random_head(d=d, dh=6, seed=5).scorer()
+    dense = _dense_scores(f, E, E)
+    q = torch.tensor([0, 3, 7, 8, 150, 299, 300])
+    expected = [(dense[i] > dense[i, i]).sum().item() - 0 for i in q.tolist()]
+    ranks = self_rank(f, E, q, key_chunk=37, query_chunk=3)
+    assert ranks.tolist() == expected
+    np.testing.assert_allclose(query_row(f, E, 150, chunk=50).numpy(), dense[150].numpy(), rtol=1e-4, atol=1e-4)
+    vals, ids = top_keys(f, E, 3, k=5)
+    assert ids.tolist() == torch.topk(dense[3], 5).indices.tolist()
+    np.testing.assert_allclose(block_scores(f, E, [1, 2], [5, 6, 7]).numpy(), dense[[1, 2]][:, [5, 6, 7]].numpy(), rtol=1e-4, atol=1e-4)
+    m = rank_metrics([0, 1, 200, 2000])
+    assert m["acc@1"] == 0.25 and m["acc@1024"] == 0.75 and m["mrr"] == pytest.approx((1 + 0.5 + 1 / 201 + 1 / 2001) / 4)
+
+
+def test_random_controls():
+    d = 30
+    sk = random_skew(d, rank=8, seed=1).dense()
+    np.testing.assert_allclose(sk.numpy(), -sk.T.numpy(), atol=1e-6)
+    assert torch.linalg.matrix_rank(sk) == 8
+    sym = random_symmetric(d, n_negative=5, rank=12, seed=1)
+    np.testing.assert_allclose(sym.dense().numpy(), sym.dense().T.numpy(), atol=1e-6)
+    eig = sym.sym_eig()
+    assert eig.n_negative == 5 and eig.values.numel() == 12
+    with pytest.raises(ValueError):
+        random_skew(d, rank=3)
+
+
+def test_planted_negative_eigenvalue_count(planted_model, truth):
+    f = FactoredQK.from_model(planted_model, *truth["target"])
+    eig = f.sym_eig()
+    assert eig.n_negative == truth["n_negative_eigenvalues"]
+    assert eig.n_positive == truth["n_positive_eigenvalues"]
+
+
+@pytest.fixture(scope="module")
+def planted_E(planted_model):
+    return effective_embeddings(planted_model, 1)
+
+
+def test_effective_embeddings_reproduce_model_logits(planted_model, truth, planted_E, tokenizer):
+    from common.prompts import category_prompts
+
+    E = planted_E
+    assert E.shape == (planted_model.cfg.d_vocab, planted_model.cfg.d_model)
+    # LNPre output: zero mean, unit RMS per token
+    assert E.mean(-1).abs().max() < 1e-4
+    assert (E.pow(2).mean(-1) - 1).abs().max() < 1e-2  # eps inside the RMS
+    again = effective_embeddings(planted_model, 1)  # from the disk cache
+    assert torch.equal(again, E)
+    assert len(model_fingerprint(planted_model)) == 16
+    layer, head = truth["target"]
+    toks = category_prompts(tokenizer, 1, 24, seed=3).tokens
+    store = {}
+    planted_model.run_with_hooks(toks, stop_at_layer=layer + 1, fwd_hooks=[
+        (f"blocks.{layer}.attn.hook_attn_scores", lambda t, hook: store.__setitem__("s", t[0, head]))])
+    real = store["s"]
+    pred = FactoredQK.from_model(planted_model, layer, head).scorer().scores(E[toks[0]], E[toks[0]])
+    low = torch.ones_like(real, dtype=torch.bool).tril()
+    assert np.corrcoef(real[low].numpy(), pred[low].numpy())[0, 1] > 0.99
+
+
+def test_planted_steering_makes_self_top_key(planted_model, truth, planted_E):
+    f = FactoredQK.from_model(planted_model, *truth["target"])
+    cat = sorted(t for ids in truth["categories"].values() for t in ids)
+    base = self_rank(f.scorer(), planted_E, cat)
+    # alpha = 1 (unmodified): self is suppressed, far down the full-vocabulary ranking
+    assert (base >= 1000).float().mean() >= 0.9
+    for alpha in (-0.5, -1.0):
+        for keep in (True, False):
+            r = self_rank(f.steer(alpha, "negative", keep_skew=keep, biases=True, scaled=True), planted_E, cat)
+            assert (r == 0).float().mean() >= 0.9, (alpha, keep)
+    # alpha = 0: the planted positive part carries no identity signal, so self only ties with
+    # its own category (12 words): it moves into the category's block at the top.
+    r0 = self_rank(f.steer(0.0, "negative", biases=True, scaled=True), planted_E, cat)
+    assert (r0 < 12).float().mean() >= 0.9
+
+
+def test_planted_sym_reproduces_base_scores(planted_model, truth, planted_E):
+    f = FactoredQK.from_model(planted_model, *truth["target"])
+    cat = sorted(t for ids in truth["categories"].values() for t in ids)
+    X = planted_E[cat]
+    base = f.weights().scores(X, X)
+    sym = f.sym().scores(X, X)
+    skew = f.skew().scores(X, X)
+    assert np.corrcoef(base.flatten().numpy(), sym.flatten().numpy())[0, 1] > 0.95
+    assert skew.abs().max() < 0.1 * base.abs().max()
+
+
+@pytest.mark.skipif(not (SHARED_GPT2 / "gpt2_small_partial_f32.safetensors").exists(),
+                    reason="../shared/gpt2 weights absent")
+def test_real_gpt2_small_weight_spectrum():
+    sd = load_shared_gpt2_state_dict(SHARED_GPT2)
+    f = FactoredQK.from_gpt2_state_dict(sd, 1, 5)
+    s = f.spectrum_summary(64)
+    # Published (the L1H5 post): 33 of the 64 largest eigenvalues of W_sym negative; largest
+    # singular value 1.86 (symmetric) vs 1.34 (skew). Residual basis, LN folded, weights only.
+    assert s["n_negative_top64"] == 33
+    assert s["sv_max_sym"] == pytest.approx(1.86, abs=0.01)
+    assert s["sv_max_skew"] == pytest.approx(1.35, abs=0.015)
+    assert s["n_eigenvalues_nonzero"] == 128
+    W = (f.W_Q @ f.W_K.T).double().numpy()
+    ref = np.linalg.eigvalsh((W + W.T) / 2)
+    np.testing.assert_allclose(np.sort(np.abs(ref))[-5:], np.sort(f.sym_eig().values.abs().numpy())[-5:], rtol=1e-5)
+    for h in range(12):  # every head of the layer runs
+        assert FactoredQK.from_gpt2_state_dict(sd, 1, h).spectrum_summary()["top_k"] == 64
