@@ -1,0 +1,177 @@
+"""How often does each GPT-2 token occur in ordinary text? The frequency table that picks "the N most
+frequent tokens" for clustering.py and cosine_attention_analysis.py.
+
+Method: every line of the corpus (with its newline) is encoded with the GPT-2 tokenizer (the
+vendored copy, common.model.load_tokenizer; the same for every --model, because all supported
+models share GPT-2's vocabulary), exactly as the original repository's line-by-line loop did,
+so "\\n\\n" counts as two "\\n" tokens. Lines are sent in batches to the Rust fast tokenizer
+(encode_batch_fast) on --workers processes, with at most 2 x workers batches in flight, so memory
+stays bounded for any corpus size; the counts do not depend on batching or worker count.
+
+Corpus (first that applies):
+  * --text PATH: a text file, or every file matching --glob under a folder (UTF-8, undecodable
+    bytes replaced);
+  * --model planted: the repo's generated demo corpus (common.demo_corpus, ~110 KB of seeded
+    English sentences in which the planted category words are frequent);
+  * otherwise WikiText-103 (train) through Hugging Face `datasets` (--dataset, --dataset-config,
+    --split; --streaming avoids the full download), as in the original repository. Offline
+    without a cached copy this stops with an error that suggests --text.
+
+Outputs in --out (default figures/token_freq/, figures/demo/token_freq/ for planted):
+  token_freq.csv  columns token,id,count; every token that occurs, by count desc, ties by id asc
+                  (read it with common.freq.load_freq_table / top_tokens);
+  token_freq.png  rank-frequency (Zipf) plot, category words marked; numbers in token_freq.csv;
+  meta.json       corpus, totals, elapsed seconds and tokens/second.
+Speed against the original's per-line `tokenizer.encode` loop: bench/bench_token_freq.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from common.cli import base_parser, script_name
+from common.outputs import prepare_out_dir, write_csv, write_meta
+
+DEFAULT_DATASET = ("Salesforce/wikitext", "wikitext-103-raw-v1", "train")
+
+
+def parse_args(argv):
+    p = base_parser(__doc__, head=False)
+    p.add_argument("--text", default=None, help="a text file or a folder of text files (instead of WikiText-103)")
+    p.add_argument("--glob", default="*.txt", help="file pattern when --text is a folder (searched recursively)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET[0], help="Hugging Face dataset name")
+    p.add_argument("--dataset-config", default=DEFAULT_DATASET[1], help="dataset configuration")
+    p.add_argument("--split", default=DEFAULT_DATASET[2], help="dataset split")
+    p.add_argument("--text-column", default="text", help="dataset column holding the text")
+    p.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it whole")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all usable cores)")
+    p.add_argument("--batch-bytes", type=int, default=1 << 20, help="text per batch sent to a worker")
+    p.add_argument("--no-plot", action="store_true", help="skip the Zipf figure")
+    args = p.parse_args(argv)
+    if args.workers is None:
+        args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
+    if args.batch_bytes < 1:
+        p.error("--batch-bytes must be >= 1")
+    return args
+
+
+def corpus_batches(args):
+    """(batches iterator, progress total, progress unit, description) for the chosen corpus."""
+    from common import freq
+
+    if args.text:
+        files = freq.text_files(args.text, args.glob)
+        total = sum(f.stat().st_size for f in files)
+        desc = f"{len(files)} file(s) under {args.text}" if len(files) > 1 else str(files[0])
+        return freq.file_batches(files, args.batch_bytes), total, "B", desc
+    if args.model == "planted":
+        from common.demo_corpus import demo_text
+
+        blob = demo_text().encode()
+        chunks = []
+        start = 0
+        while start < len(blob):  # the same line-aligned blobs a file of this text would give
+            end = blob.find(b"\n", start + args.batch_bytes - 1)
+            end = len(blob) if end < 0 else end + 1
+            chunks.append(blob[start:end])
+            start = end
+        return iter(chunks), len(blob), "B", "generated demo corpus (common.demo_corpus, seed 0)"
+    return dataset_batches(args)
+
+
+def dataset_batches(args):
+    name = f"{args.dataset} ({args.dataset_config}, {args.split})"
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(args.dataset, args.dataset_config, split=args.split, streaming=args.streaming)
+    except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise SystemExit(
+            f"error: could not load the corpus {name} with `datasets` ({type(exc).__name__}: {first}).\n"
+            "Offline? Count a local corpus instead: --text FILE_OR_FOLDER (e.g. the WikiText-103 "
+            "train text), or run the offline demo with --model planted."
+        ) from None
+    if args.text_column not in (ds.column_names or []):
+        raise SystemExit(f"error: {name} has no column {args.text_column!r} (columns: {ds.column_names})")
+    rows = 4096
+    total = None if args.streaming else len(ds)
+    batches = (b[args.text_column] for b in ds.iter(batch_size=rows))
+    return batches, total, "rows", name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out_dir = prepare_out_dir(args.out, script_name(__file__), args.model)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from common import freq
+    from common.model import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    batches, total, unit, desc = corpus_batches(args)
+    print(f"counting GPT-2 tokens in {desc} with {args.workers} worker(s)", file=sys.stderr)
+    bar = tqdm(total=total, unit=unit, unit_scale=True, desc="tokenising", file=sys.stderr,
+               disable=None, mininterval=1.0)
+    step = (lambda size: bar.update(size)) if unit == "B" else (lambda size: None)
+    if unit == "rows":  # dataset rows are counted as they are read, bytes as they are counted
+        batches = _count_rows(batches, bar)
+    t0 = time.perf_counter()
+    counts = freq.count_tokens(batches, args.workers, tokenizer.vocab_size, on_batch=step, tokenizer=tokenizer)
+    seconds = time.perf_counter() - t0
+    bar.close()
+
+    n_tokens = int(counts.sum())
+    if n_tokens == 0:
+        raise SystemExit(f"error: the corpus ({desc}) contains no tokens")
+    table = freq.counts_to_table(counts, tokenizer)
+    write_csv(out_dir / freq.TABLE_NAME, table)
+    if not args.no_plot:
+        _plot(table, tokenizer, out_dir / "token_freq.png", desc)
+    rate = n_tokens / seconds if seconds > 0 else float("nan")
+    write_meta(out_dir, args, {
+        "corpus": desc, "n_tokens": n_tokens, "n_distinct": int((counts > 0).sum()),
+        "seconds": round(seconds, 3), "tokens_per_second": round(rate), "workers": args.workers,
+        "top10": table.head(10)[["token", "count"]].values.tolist(),
+    })
+    print(f"{n_tokens:,} tokens ({int(np.count_nonzero(counts)):,} distinct) in {seconds:.1f} s "
+          f"= {rate:,.0f} tokens/s -> {out_dir / freq.TABLE_NAME}")
+    return 0
+
+
+def _count_rows(batches, bar):
+    for b in batches:
+        yield b
+        bar.update(len(b))
+
+
+def _plot(table, tokenizer, path, desc):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from common.plotting import save_figure
+    from common.prompts import token_category_map
+
+    cat_of = token_category_map(tokenizer)
+    rank = np.arange(1, len(table) + 1)
+    is_cat = table["id"].isin(list(cat_of)).to_numpy()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.loglog(rank, table["count"], lw=1, color="0.3", label="all tokens")
+    ax.scatter(rank[is_cat], table["count"][is_cat], s=8, color="C3", zorder=3,
+               label=f"category words ({int(is_cat.sum())} of {len(cat_of)} occur)")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("count")
+    ax.set_title(f"GPT-2 token frequencies\n{desc}", fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
