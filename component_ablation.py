@@ -1,0 +1,339 @@
+"""Which earlier components does L1H5 read its category signal from, and does it ignore position?
+
+Question. L1H5 attends to earlier tokens of the same category. Where does that signal come from:
+the token embedding, the positional embedding, layer-0 attention or MLP0? And is the head truly
+position-independent, i.e. does it give the same token-pair pattern wherever the tokens sit?
+
+Method. Seeded category prompts (BOS + words from ``common/prompts.py``, some words repeated) are
+scored with the post's semantic category score (``common.metrics``, lower = follows the rules) for
+every head of the target layer, clean and with one component ablated at a time:
+  * token embedding (``hook_embed``), positional embedding (``hook_pos_embed``), layer-0
+    attention output (``blocks.0.hook_attn_out``), layer-0 MLP output (``blocks.0.hook_mlp_out``),
+    each by mean ablation and, as a second method (mean ablation can push activations off their
+    manifold), by resample ablation;
+  * "MLP0 output only": the target layer's input (``blocks.<layer>.hook_resid_pre``) replaced by
+    MLP0's output of the same forward pass.
+Replacement values come from a separate seeded reference batch (seed + 1): the mean over all its
+non-BOS positions, or for resampling a random (prompt, position) of it. The BOS position is never
+ablated unless --ablate-bos (it is the attention sink rule 3 relies on). See ``common/ablation.py``.
+Forward passes stop after the target layer (``stop_at_layer``).
+
+Position independence: the same prompts are re-run (a) with their words shuffled, (b) with the
+words' positions shifted by --shift (BOS stays at position 0; positional embeddings of positions
+p + shift are fed in through ``hook_pos_embed``), (c) left-padded with --pad <|endoftext|> tokens
+(no attention mask, as a naive batch would). For each query word, its attention restricted to the
+keys it can see in both arrangements (always BOS and itself) and renormalised is its token-pair
+pattern; a position-independent head gives the same numbers. Reported per head: Pearson
+correlation, max and mean absolute difference over all (query, key) pairs.
+
+Outputs (``figures/component_ablation/`` by default):
+  scores.csv                     per prompt, condition (ablation x method) and head: the score
+  summary.csv                    mean, 95% CI, median and ratio to clean per condition and head
+  ablation_boxplot.png           target head: score per prompt, clean vs every ablation
+  ablation_heads.png             every head of the layer: log ratio of mean score to clean
+  position_independence.csv      per variant and head: correlation, max/mean |difference|
+  position_independence.png      target head: token-pair pattern clean vs rearranged (one prompt)
+                                 and all pairs as a scatter, per variant
+  meta.json
+
+Published reference (the L1H5 post, gpt2-small, mean ablation): baseline score about 0.66; token
+embedding ablated about 2.1; MLP0 ablated about 1.75; positional embedding and layer-0 attention
+about unchanged. (Prompt sets differ, so compare ratios rather than absolute values.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from common.ablation import COMPONENTS, collect_activations, keep_only_hooks, mean_ablation_hooks, resample_ablation_hooks
+from common.cli import base_parser, script_name, start
+from common.metrics import all_head_patterns, mean_ci, semantic_score
+from common.outputs import write_csv, write_meta
+from common.plotting import plt, save_figure, sns
+from common.prompts import category_prompts
+
+CLEAN = "clean"
+MLP0_ONLY = "MLP0 output only"
+VARIANTS = ("shuffled", "shifted", "padded")
+PUBLISHED = {"clean": 0.66, "token embedding": 2.1, "layer-0 MLP": 1.75,
+             "positional embedding": "about unchanged", "layer-0 attention": "about unchanged"}
+
+
+def parse_args(argv):
+    p = base_parser(__doc__)
+    p.add_argument("--n-prompts", type=int, default=256, help="scored prompts (at least 128 recommended)")
+    p.add_argument("--n-reference", type=int, default=64, help="reference prompts the ablation values come from")
+    p.add_argument("--seq-len", type=int, default=20, help="category words per prompt (BOS not counted)")
+    p.add_argument("--repeat-prob", type=float, default=0.1, help="chance a word repeats an earlier one")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ablate-bos", action="store_true", help="also replace position 0 (BOS)")
+    p.add_argument("--shift", type=int, default=40, help="position offset of the words in the 'shifted' variant")
+    p.add_argument("--pad", type=int, default=8, help="number of left-padding tokens in the 'padded' variant")
+    args = p.parse_args(argv)
+    if args.n_prompts < 2 or args.n_reference < 1:
+        p.error("--n-prompts must be >= 2 and --n-reference >= 1")
+    if args.seq_len < 2:
+        p.error("--seq-len must be at least 2")
+    if not 0 <= args.repeat_prob < 1:
+        p.error("--repeat-prob must be in [0, 1)")
+    if args.batch_size < 1 or args.shift < 0 or args.pad < 0:
+        p.error("--batch-size must be positive; --shift and --pad non-negative")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Ablation scores
+# ----------------------------------------------------------------------------------------------
+
+
+def ablation_conditions(model, ref_tokens: torch.Tensor, layer: int, seed: int, ablate_bos: bool) -> dict[tuple[str, str], list]:
+    """(ablation, method) -> forward hooks; ``(clean, -)`` has none."""
+    reference = collect_activations(model, ref_tokens, COMPONENTS.values())
+    means = mean_ablation_hooks(reference, ablate_bos)
+    resamples = resample_ablation_hooks(reference, seed, ablate_bos)
+    conds: dict[tuple[str, str], list] = {(CLEAN, "-"): []}
+    for label, name in COMPONENTS.items():
+        conds[(label, "mean")] = means[name]
+        conds[(label, "resample")] = resamples[name]
+    conds[(MLP0_ONLY, "replace")] = keep_only_hooks("blocks.0.hook_mlp_out", f"blocks.{layer}.hook_resid_pre", ablate_bos)
+    return conds
+
+
+def condition_scores(model, tokens, mask, layer: int, hooks, batch_size: int) -> torch.Tensor:
+    """Semantic score [head, prompt] of every head of ``layer`` under ``hooks``."""
+    out = []
+    for i in range(0, len(tokens), batch_size):
+        pat = all_head_patterns(model, tokens[i : i + batch_size], layers=[layer], hooks=hooks)[0]
+        out.append(semantic_score(pat, mask[i : i + batch_size]))
+    return torch.cat(out, -1)
+
+
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    clean = scores[scores.ablation == CLEAN].groupby("head").score.mean()
+    for (abl, meth, head), g in scores.groupby(["ablation", "method", "head"], sort=False):
+        m, half = mean_ci(g.score.to_numpy())
+        rows.append({"ablation": abl, "method": meth, "head": head, "mean": float(m), "ci95": float(half),
+                     "median": float(g.score.median()), "ratio_to_clean": float(m / clean[head])})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Position independence
+# ----------------------------------------------------------------------------------------------
+
+
+def rearrange(tokens: torch.Tensor, variant: str, seed: int, shift: int, pad: int, pad_token: int, w_pos: torch.Tensor):
+    """(new tokens, pos_map [batch, n] original position -> new position, extra forward hooks)."""
+    b, n = tokens.shape
+    n_ctx = w_pos.shape[0]
+    ident = torch.arange(n).expand(b, n).clone()
+    if variant == "shuffled":
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.stack([torch.randperm(n - 1, generator=gen) + 1 for _ in range(b)])  # new slot j holds old perm[j]
+        new = tokens.clone()
+        new[:, 1:] = torch.gather(tokens, 1, perm)
+        pos_map = ident.clone()
+        pos_map.scatter_(1, perm, torch.arange(1, n).expand(b, n - 1))
+        return new, pos_map, []
+    if variant == "shifted":
+        if n + shift > n_ctx:
+            raise SystemExit(f"error: --shift {shift} + {n} tokens exceeds the context of {n_ctx} positions")
+
+        def shifted_pos(t, hook):
+            t = t.clone()
+            t[:, 1:] = w_pos[1 + shift : n + shift].to(t.device, t.dtype)
+            return t
+
+        return tokens.clone(), ident, [("hook_pos_embed", shifted_pos)]
+    if variant == "padded":
+        if n + pad > n_ctx:
+            raise SystemExit(f"error: --pad {pad} + {n} tokens exceeds the context of {n_ctx} positions")
+        new = torch.cat([torch.full((b, pad), pad_token, dtype=tokens.dtype), tokens], 1)
+        return new, ident + pad, []
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def pair_patterns(pattern: torch.Tensor, pos_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map a rearranged run's pattern [head, batch, q', k'] back to original (q, k) indexing.
+
+    Returns (pattern in original indexing, mask of pairs visible in both arrangements). Every query
+    sees BOS and itself in both, so no row is empty.
+    """
+    h, b, _, _ = pattern.shape
+    n = pos_map.shape[1]
+    qi = pos_map[:, :, None].expand(b, n, n)
+    ki = pos_map[:, None, :].expand(b, n, n)
+    bidx = torch.arange(b)[:, None, None].expand(b, n, n)
+    mapped = pattern[:, bidx, qi, ki]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    common = causal & (ki <= qi)
+    return mapped, common
+
+
+def renormalise(pattern: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    p = pattern * visible
+    return p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def position_independence(model, tokens, layer: int, args, batch_size: int):
+    """Per variant: (metrics rows per head, example clean/rearranged token-pair matrices of the target)."""
+    rows, examples = [], {}
+    clean = torch.cat([all_head_patterns(model, tokens[i : i + batch_size], layers=[layer])[0]
+                       for i in range(0, len(tokens), batch_size)], 1)
+    bos = model.tokenizer.bos_token_id
+    for variant in VARIANTS:
+        new, pos_map, hooks = rearrange(tokens, variant, args.seed + 2, args.shift, args.pad, bos, model.W_pos.detach())
+        pats, common_all = [], []
+        for i in range(0, len(new), batch_size):
+            pat = all_head_patterns(model, new[i : i + batch_size], layers=[layer], hooks=hooks)[0]
+            mapped, common = pair_patterns(pat, pos_map[i : i + batch_size])
+            pats.append(mapped)
+            common_all.append(common)
+        moved, common = torch.cat(pats, 1), torch.cat(common_all, 0)
+        a, b = renormalise(clean, common), renormalise(moved, common)
+        sel = common.clone()
+        sel[:, 0] = False  # query BOS sees only itself
+        for h in range(clean.shape[0]):
+            x, y = a[h][sel].double(), b[h][sel].double()
+            corr = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+            d = (x - y).abs()
+            rows.append({"variant": variant, "head": h, "pearson_r": corr, "max_abs_diff": float(d.max()),
+                         "mean_abs_diff": float(d.mean()), "n_pairs": int(sel.sum())})
+        examples[variant] = (b[args.head, 0].numpy(), common[0].numpy(), a[args.head][sel].numpy(),
+                             b[args.head][sel].numpy())
+    return pd.DataFrame(rows), examples, clean[args.head, 0].numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures and report
+# ----------------------------------------------------------------------------------------------
+
+
+def boxplot(scores: pd.DataFrame, head: int, title: str, path):
+    df = scores[scores["head"] == head].copy()
+    df["condition"] = df.ablation
+    order = list(dict.fromkeys(df.condition))
+    floor = max(df.score[df.score > 0].min() if (df.score > 0).any() else 1e-6, 1e-6)
+    df["score"] = df.score.clip(lower=floor)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    sns.boxplot(data=df, x="condition", y="score", hue="method", order=order, ax=ax, fliersize=1.5,
+                hue_order=["-", "mean", "resample", "replace"], palette="Set2")
+    clean = df[df.ablation == CLEAN].score.mean()
+    ax.axhline(clean, color="k", ls="--", lw=0.8, label=f"clean mean {clean:.3g}")
+    ax.set_yscale("log")
+    ax.set_ylabel("semantic category score (log; lower = follows rules)")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=20)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    save_figure(fig, path)
+
+
+def heads_figure(summary: pd.DataFrame, layer: int, target: int, path):
+    df = summary[summary.ablation != CLEAN].copy()
+    df["condition"] = df.ablation + " (" + df.method + ")"
+    mat = df.pivot(index="condition", columns="head", values="ratio_to_clean")
+    mat = mat.loc[list(dict.fromkeys(df.condition))]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * mat.shape[1], 0.8 + 0.45 * mat.shape[0]))
+    sns.heatmap(np.log2(mat.clip(lower=1e-6)), annot=mat.round(2), fmt="", cmap="RdBu_r", center=0, ax=ax,
+                cbar_kws={"label": "log2(mean score / clean)"}, annot_kws={"fontsize": 7})
+    ax.add_patch(plt.Rectangle((list(mat.columns).index(target), 0), 1, mat.shape[0], fill=False, edgecolor="k", lw=2))
+    ax.set_xlabel(f"head of layer {layer} (annotated: ratio to clean)")
+    ax.set_ylabel("")
+    ax.set_title("Which heads depend on which component")
+    save_figure(fig, path)
+
+
+def position_figure(examples: dict, clean: np.ndarray, table: pd.DataFrame, labels: list[str], layer: int, head: int, path):
+    """Top: one prompt's token-pair pattern, clean and (mapped back, renormalised on the common keys)
+    rearranged; bottom: every (query, key) pair of every prompt, clean vs rearranged."""
+    fig, axes = plt.subplots(2, len(examples) + 1, figsize=(4.2 * (len(examples) + 1), 8.2))
+    causal = np.tril(np.ones_like(clean, dtype=bool))
+    sns.heatmap(np.where(causal, clean, np.nan), ax=axes[0, 0], xticklabels=labels, yticklabels=labels, cmap="viridis", vmin=0, vmax=1,
+                square=True, cbar=False)
+    axes[0, 0].set_title(f"L{layer}H{head} clean (token pairs)")
+    axes[1, 0].axis("off")
+    for j, (variant, (b, common, xs, ys)) in enumerate(examples.items(), start=1):
+        sns.heatmap(np.where(common, b, np.nan), ax=axes[0, j], xticklabels=labels, yticklabels=labels,
+                    cmap="viridis", vmin=0, vmax=1, square=True, cbar=j == len(examples))
+        axes[0, j].set_title(f"{variant}, mapped back to clean order")
+        r = table[(table.variant == variant) & (table["head"] == head)].iloc[0]
+        axes[1, j].scatter(xs, ys, s=3, alpha=0.4)
+        axes[1, j].plot([0, 1], [0, 1], "k--", lw=0.7)
+        axes[1, j].set_xlabel("clean")
+        axes[1, j].set_ylabel(variant)
+        axes[1, j].set_title(f"r = {r.pearson_r:.4f}, max |diff| = {r.max_abs_diff:.3g}")
+    for ax in axes[0]:
+        ax.tick_params(labelsize=5)
+    fig.suptitle(f"L{layer}H{head}: attention of each query word to each key word, renormalised on the keys "
+                 "visible in both arrangements")
+    save_figure(fig, path)
+
+
+def report(summary: pd.DataFrame, pos: pd.DataFrame, head: int, layer: int) -> None:
+    t = Table(title=f"L{layer}H{head}: semantic category score under ablation (lower = follows rules)")
+    for c in ("ablation", "method", "mean", "95% CI", "median", "x clean"):
+        t.add_column(c)
+    for _, r in summary[summary["head"] == head].iterrows():
+        t.add_row(r.ablation, r.method, f"{r['mean']:.4g}", f"±{r.ci95:.2g}", f"{r['median']:.4g}", f"{r.ratio_to_clean:.3f}")
+    c = Console()
+    c.print(t)
+    t2 = Table(title=f"L{layer}H{head}: same tokens at other positions (token-pair pattern)")
+    for col in ("variant", "pearson r", "max |diff|", "mean |diff|"):
+        t2.add_column(col)
+    for _, r in pos[pos["head"] == head].iterrows():
+        t2.add_row(r.variant, f"{r.pearson_r:.5f}", f"{r.max_abs_diff:.3g}", f"{r.mean_abs_diff:.3g}")
+    c.print(t2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, out = start(args, script_name(__file__))
+    L, H = args.layer, args.head
+    if L < 1:
+        raise SystemExit("error: --layer must be >= 1: the ablated components (layer-0 attention and MLP) feed layer 1 onwards")
+    if args.seq_len + 1 > model.cfg.n_ctx:
+        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
+    tok = model.tokenizer
+    batch = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
+    ref = category_prompts(tok, args.n_reference, args.seq_len, args.seed + 1, repeat_prob=args.repeat_prob)
+
+    conds = ablation_conditions(model, ref.tokens, L, args.seed, args.ablate_bos)
+    frames = []
+    for (abl, meth), hooks in tqdm(conds.items(), desc="ablations", leave=False):
+        s = condition_scores(model, batch.tokens, batch.mask, L, hooks, args.batch_size).numpy()
+        hh, pp = np.meshgrid(np.arange(s.shape[0]), np.arange(s.shape[1]), indexing="ij")
+        frames.append(pd.DataFrame({"ablation": abl, "method": meth, "head": hh.ravel(), "prompt": pp.ravel(),
+                                    "score": s.ravel()}))
+    scores = pd.concat(frames, ignore_index=True)
+    summary = summarise(scores)
+
+    pos, examples, clean_example = position_independence(model, batch.tokens, L, args, args.batch_size)
+    labels = [tok.decode([t]) for t in batch.tokens[0].tolist()]
+
+    write_csv(out / "scores.csv", scores)
+    write_csv(out / "summary.csv", summary)
+    write_csv(out / "position_independence.csv", pos)
+    boxplot(scores, H, f"L{L}H{H}: score per prompt, {args.n_prompts} prompts ({args.model})", out / "ablation_boxplot.png")
+    heads_figure(summary, L, H, out / "ablation_heads.png")
+    position_figure(examples, clean_example, pos, labels, L, H, out / "position_independence.png")
+    target = summary[summary["head"] == H].set_index(["ablation", "method"])["mean"]
+    write_meta(out, args, {
+        "mean_ablation_data": (f"mean over all {'' if args.ablate_bos else 'non-BOS '}positions of {args.n_reference} "
+                               f"reference prompts (seed {args.seed + 1}); BOS position {'ablated' if args.ablate_bos else 'kept clean'}"),
+        "resample_ablation_data": "a uniformly drawn (prompt, position) of the same reference batch per ablated position",
+        "target_means": {f"{a} ({m})": float(v) for (a, m), v in target.items()},
+        "published_gpt2_small_mean_ablation": PUBLISHED,
+    })
+    report(summary, pos, H, L)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

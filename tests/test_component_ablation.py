@@ -1,0 +1,149 @@
+"""component_ablation.py on the planted model: where L1H5's category signal comes from, and
+whether the head ignores position (ground truth: common.planted)."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+
+SCRIPT = "component_ablation.py"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, planted_cache):
+    out = tmp_path_factory.mktemp("component_ablation")
+    run_script(SCRIPT, "--model", "planted", "--out", str(out), "--n-prompts", "128", "--seq-len", "10",
+               "--n-reference", "16", "--batch-size", "128")
+    return out
+
+
+def _mean(summary, ablation, method, head):
+    row = summary[(summary.ablation == ablation) & (summary.method == method) & (summary["head"] == head)]
+    assert len(row) == 1, (ablation, method, head)
+    return float(row["mean"].iloc[0])
+
+
+def test_outputs_complete(run):
+    for f in ("scores.csv", "summary.csv", "position_independence.csv", "ablation_boxplot.png",
+              "ablation_heads.png", "position_independence.png", "meta.json"):
+        assert (run / f).stat().st_size > 0, f
+    meta = json.loads((run / "meta.json").read_text())
+    assert "non-BOS positions of 16 reference prompts" in meta["mean_ablation_data"]
+    scores = pd.read_csv(run / "scores.csv")
+    # 128 prompts x 8 heads x (clean + 4 components x 2 methods + MLP0-only)
+    assert len(scores) == 128 * 8 * 10
+    assert scores.score.notna().all()
+
+
+def test_embedding_and_mlp0_carry_the_signal(run, truth):
+    s = pd.read_csv(run / "summary.csv")
+    _, h = truth["target"]
+    clean = _mean(s, "clean", "-", h)
+    assert clean < 0.05  # the planted head follows the rules almost perfectly
+    for ablation in ("token embedding", "layer-0 MLP"):
+        for method in ("mean", "resample"):
+            assert _mean(s, ablation, method, h) > max(1.0, 20 * clean), (ablation, method)
+    assert _mean(s, "MLP0 output only", "replace", h) > 1.0  # identity codes and BOS cue live in the embedding
+
+
+def test_position_and_layer0_attention_do_not(run, truth):
+    s = pd.read_csv(run / "summary.csv")
+    _, h = truth["target"]
+    _, hp = truth["positional_head"]
+    clean = _mean(s, "clean", "-", h)
+    for ablation in ("positional embedding", "layer-0 attention"):
+        for method in ("mean", "resample"):
+            assert abs(_mean(s, ablation, method, h) / clean - 1) < 0.10, (ablation, method)
+    # the previous-token head, which reads only position, moves far more under the same ablation
+    pos_clean = _mean(s, "clean", "-", hp)
+    assert abs(_mean(s, "positional embedding", "mean", hp) / pos_clean - 1) > 0.5
+
+
+def test_token_pair_pattern_is_position_independent(run, truth):
+    p = pd.read_csv(run / "position_independence.csv")
+    _, h = truth["target"]
+    _, hp = truth["positional_head"]
+    for variant in ("shuffled", "shifted", "padded"):
+        target = p[(p.variant == variant) & (p["head"] == h)].iloc[0]
+        assert target.pearson_r > 0.999, variant
+        assert target.mean_abs_diff < 0.005, variant
+    shuffled_pos = p[(p.variant == "shuffled") & (p["head"] == hp)].iloc[0]
+    assert shuffled_pos.pearson_r < 0.5 and shuffled_pos.mean_abs_diff > 0.05
+
+
+def test_rearrange_maps_positions_back():
+    from component_ablation import rearrange
+
+    tokens = torch.tensor([[50256, 11, 12, 13, 14, 15], [50256, 21, 22, 23, 24, 25]])
+    w_pos = torch.zeros(16, 4)
+    for variant in ("shuffled", "padded", "shifted"):
+        new, pos_map, _ = rearrange(tokens, variant, seed=3, shift=2, pad=3, pad_token=50256, w_pos=w_pos)
+        assert torch.equal(torch.gather(new, 1, pos_map), tokens), variant
+        assert (pos_map[:, 0] == pos_map[:, 0].min()).all()  # BOS stays first among the real tokens
+    with pytest.raises(SystemExit, match="exceeds the context"):
+        rearrange(tokens, "shifted", 0, shift=12, pad=0, pad_token=50256, w_pos=w_pos)
+
+
+def test_ablation_hooks(planted_model):
+    from common.ablation import collect_activations, keep_only_hooks, mean_ablation_hooks, resample_ablation_hooks
+
+    model = planted_model
+    ref = torch.randint(0, 50000, (4, 7))
+    ref[:, 0] = 50256
+    acts = collect_activations(model, ref, ["hook_embed", "blocks.0.hook_mlp_out"])
+    tokens = torch.randint(0, 50000, (2, 5))
+    tokens[:, 0] = 50256
+    seen = {}
+
+    def grab(t, hook):
+        seen[hook.name] = t.clone()
+
+    (name, fn), = mean_ablation_hooks(acts)["hook_embed"]
+    model.run_with_hooks(tokens, stop_at_layer=1, fwd_hooks=[(name, fn), ("blocks.0.hook_resid_pre", grab)])
+    emb = seen["blocks.0.hook_resid_pre"] - model.W_pos[:5]
+    assert torch.allclose(emb[:, 1:], acts["hook_embed"][:, 1:].reshape(-1, model.cfg.d_model).mean(0).expand(2, 4, -1), atol=1e-5)
+    assert torch.allclose(emb[:, 0], model.W_E[50256].expand(2, -1), atol=1e-5)  # BOS untouched
+
+    (name, fn), = resample_ablation_hooks(acts, seed=1)["hook_embed"]
+    model.run_with_hooks(tokens, stop_at_layer=1, fwd_hooks=[(name, fn), ("blocks.0.hook_resid_pre", grab)])
+    emb = (seen["blocks.0.hook_resid_pre"] - model.W_pos[:5])[:, 1:].reshape(-1, model.cfg.d_model)
+    pool = acts["hook_embed"][:, 1:].reshape(-1, model.cfg.d_model)
+    assert (torch.cdist(emb, pool).min(1).values < 1e-4).all()  # every value is a reference vector
+
+    model.run_with_hooks(tokens, stop_at_layer=2, fwd_hooks=keep_only_hooks("blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre")
+                         + [("blocks.0.hook_mlp_out", grab), ("blocks.1.hook_resid_pre", grab)])
+    assert torch.allclose(seen["blocks.1.hook_resid_pre"][:, 1:], seen["blocks.0.hook_mlp_out"][:, 1:])
+
+
+def test_help():
+    proc = run_script(SCRIPT, "--help")
+    assert "--n-reference" in proc.stdout and "--ablate-bos" in proc.stdout
+
+
+def test_bad_head_exits_cleanly(tmp_path):
+    proc = run_script(SCRIPT, "--model", "planted", "--out", str(tmp_path), "--head", "99", check=False)
+    assert proc.returncode != 0
+    assert "out of range" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*.csv"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "/proc/x"], "not writable"),
+    (["--n-prompts", "1"], "--n-prompts"),
+    (["--shift", "-1"], "non-negative"),
+    (["--layer", "0", "--head", "5"], "--layer must be >= 1"),
+    (["--seq-len", "200"], "exceeds the model's context"),
+])
+def test_bad_input(tmp_path, capsys, args, message):
+    """In-process (no interpreter start-up per case): SystemExit with a clear message, no outputs."""
+    from component_ablation import main
+
+    out = [] if "--out" in args else ["--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "planted", *out, *args])
+    assert exc.value.code != 0
+    assert message in str(exc.value.code) + capsys.readouterr().err
+    assert not list(tmp_path.glob("*.csv"))
