@@ -1,0 +1,261 @@
+"""Replace one head's attention by a hypothesis and measure what the model's output loses.
+
+Three kinds of replacement of head (L, H), each leaving the head's values and W_O untouched:
+
+* **pattern**: ``blocks.L.attn.hook_pattern[:, H]`` is overwritten by a given pattern, e.g.
+  :func:`rules_pattern` (L1H5's three rules);
+* **scores**: the head's attention logits are recomputed from its own LN-normalised input
+  (``blocks.L.ln1.hook_normalized``) with an edited QK circuit (a :class:`common.qk.Factored`
+  scorer: bilinear part plus the bias cross-terms, already divided by the attention scale) and
+  written to ``blocks.L.attn.hook_attn_scores[:, H]`` with the causal mask applied as
+  TransformerLens does (-inf above the diagonal), so the model's own softmax gives the pattern;
+* **z**: ``blocks.L.attn.hook_z[:, :, H]`` through a function, for mean and resample ablation.
+
+Everything before layer L is the same in every run, so :func:`cache_inputs` runs layers 0..L
+once per window and keeps ``blocks.L.hook_resid_pre``; each replacement then runs only layers
+L..end from that residual (``start_at_layer``).
+
+The effect of a replacement is the per-token KL(clean || replaced) of next-token distributions,
+over every non-BOS position (position 0 is identical in every run: BOS can only attend to itself
+and the ablations leave it alone). :func:`explained_fraction` turns two such KLs into
+1 - KL(clean, hypothesis) / KL(clean, ablated), with a bootstrap over windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.prompts import category_token_ids
+
+
+# ----------------------------------------------------------------------------------------------
+# Categories and the rules' pattern
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CategoryMap:
+    """token id -> category index, with category names and where they came from."""
+
+    lookup: torch.Tensor  # [d_vocab] long, -1 for tokens in no category
+    names: list[str]
+    source: str
+
+    def of(self, token_id: int) -> int:
+        return int(self.lookup[token_id]) if 0 <= token_id < len(self.lookup) else -1
+
+    def name(self, token_id: int) -> str:
+        c = self.of(token_id)
+        return self.names[c] if c >= 0 else ""
+
+    @property
+    def n_tokens(self) -> int:
+        return int((self.lookup >= 0).sum())
+
+
+def categories_from_lists(tokenizer, d_vocab: int) -> CategoryMap:
+    """The word lists of :data:`common.prompts.CATEGORIES`."""
+    ids = category_token_ids(tokenizer)
+    lookup = torch.full((d_vocab,), -1, dtype=torch.long)
+    for c, toks in enumerate(ids.values()):
+        lookup[torch.tensor(toks)] = c
+    return CategoryMap(lookup, list(ids), "category lists (common.prompts.CATEGORIES)")
+
+
+ID_COLUMNS = ("id", "token_id")
+COMMUNITY_COLUMNS = ("community", "cluster")
+
+
+def categories_from_communities(path: str | Path, d_vocab: int) -> CategoryMap:
+    """A clustering.py community table: a token-id column (``id`` or ``token_id``) and a
+    ``community`` column. Communities of a single token carry no "same category, different
+    token" pair, so they are kept but can never attract attention. BOS is never a member."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"error: cannot read community table {path}: {exc}") from None
+    id_col = next((c for c in ID_COLUMNS if c in df.columns), None)
+    com_col = next((c for c in COMMUNITY_COLUMNS if c in df.columns), None)
+    if id_col is None or com_col is None:
+        raise SystemExit(
+            f"error: {path}: expected a token-id column {ID_COLUMNS} and a community column "
+            f"{COMMUNITY_COLUMNS}; found {list(df.columns)}"
+        )
+    try:
+        ids = df[id_col].astype("int64").to_numpy()
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"error: {path}: column {id_col!r} must hold integer token ids ({exc})") from None
+    labels = df[com_col].astype(str).to_numpy()
+    names = sorted(set(labels), key=lambda s: (len(s), s))
+    index = {n: i for i, n in enumerate(names)}
+    lookup = torch.full((d_vocab,), -1, dtype=torch.long)
+    ok = (ids >= 0) & (ids < d_vocab)
+    lookup[torch.from_numpy(ids[ok])] = torch.tensor([index[s] for s in labels[ok]], dtype=torch.long)
+    if d_vocab > 50256:
+        lookup[50256] = -1  # <|endoftext|> is BOS here, never a category member
+    if not (lookup >= 0).any():
+        raise SystemExit(f"error: {path}: no token ids within the vocabulary (0..{d_vocab - 1})")
+    return CategoryMap(lookup, [f"community {n}" for n in names], f"communities from {path}")
+
+
+def rules_mask(tokens: torch.Tensor, cats: CategoryMap) -> torch.Tensor:
+    """Support [batch, q, k] of the rules' pattern (the same as :func:`common.prompts.ideal_mask`,
+    vectorised with a lookup table): earlier keys k >= 1 in the query's category that are a
+    different token; BOS (k = 0) when there is none."""
+    c = cats.lookup.to(tokens.device)[tokens]
+    n = tokens.shape[1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
+    same = (c[:, :, None] == c[:, None, :]) & (c[:, :, None] >= 0)
+    diff = tokens[:, :, None] != tokens[:, None, :]
+    mask = same & diff & earlier
+    mask[:, 0, :] = False
+    mask[:, :, 0] = False
+    mask[:, :, 0] = ~mask.any(-1)
+    return mask
+
+
+def rules_pattern(tokens: torch.Tensor, cats: CategoryMap) -> torch.Tensor:
+    """The rules' attention pattern [batch, q, k]: uniform over :func:`rules_mask`'s keys."""
+    m = rules_mask(tokens, cats).float()
+    return m / m.sum(-1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hooks
+# ----------------------------------------------------------------------------------------------
+
+
+def pattern_hooks(layer: int, head: int, pattern: torch.Tensor) -> list:
+    """Overwrite the head's hook_pattern by ``pattern`` [batch, q, k] (the batch being run)."""
+
+    def fn(t, hook):
+        t = t.clone()
+        t[:, head] = pattern.to(t.device, t.dtype)
+        return t
+
+    return [(f"blocks.{layer}.attn.hook_pattern", fn)]
+
+
+def head_scores(scorer, x: torch.Tensor) -> torch.Tensor:
+    """Causally masked attention logits [batch, q, k] of ``scorer`` (a common.qk.Factored with
+    biases and scale included) on LN-normalised inputs ``x`` [batch, pos, d_model]."""
+    qf, kf = scorer.project(x, x)
+    s = qf @ kf.transpose(-1, -2)
+    n = x.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=s.device).tril()
+    return s.masked_fill(~causal, float("-inf")).to(x.dtype)
+
+
+def score_hooks(layer: int, head: int, scorer) -> list:
+    """Replace the head's attention logits by ``scorer``'s, computed from the same forward's
+    ``blocks.L.ln1.hook_normalized`` (the exact input W_Q and W_K read under fold_ln)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def save(t, hook):
+        seen["x"] = t
+
+    def replace(t, hook):
+        x = seen.pop("x")
+        if x.dim() != 3:  # split q/k/v inputs would be [batch, pos, head, d_model]
+            x = x[:, :, head]
+        t = t.clone()
+        t[:, head] = head_scores(scorer, x)
+        return t
+
+    return [(f"blocks.{layer}.ln1.hook_normalized", save), (f"blocks.{layer}.attn.hook_attn_scores", replace)]
+
+
+def z_hooks(layer: int, head: int, fn: Callable) -> list:
+    """Apply ``fn(z_head [batch, pos, d_head], hook)`` to the head's slice of hook_z."""
+
+    def hook_fn(t, hook):
+        t = t.clone()
+        t[:, :, head] = fn(t[:, :, head], hook)
+        return t
+
+    return [(f"blocks.{layer}.attn.hook_z", hook_fn)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def cache_inputs(model, tokens: torch.Tensor, layer: int, head: int, batch_size: int = 8,
+                 progress: bool = False, scorer=None) -> dict[str, torch.Tensor]:
+    """Run layers 0..L once: ``resid_pre`` [n, pos, d_model] (the input of layer L), the head's
+    ``z`` [n, pos, d_head] and ``pattern`` [n, q, k]; with ``scorer`` also ``recomputed``, the
+    pattern that scorer gives (a check that the score replacement is exact)."""
+    names = {
+        "resid_pre": f"blocks.{layer}.hook_resid_pre",
+        "z": f"blocks.{layer}.attn.hook_z",
+        "pattern": f"blocks.{layer}.attn.hook_pattern",
+        "x": f"blocks.{layer}.ln1.hook_normalized",
+    }
+    out: dict[str, list] = {k: [] for k in (*names, "recomputed")}
+    store: dict[str, torch.Tensor] = {}
+
+    def save(t, hook):
+        store[hook.name] = t.detach()
+
+    it = range(0, len(tokens), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"layers 0..{layer}", unit="batch", leave=False)
+    for s in it:
+        model.run_with_hooks(tokens[s : s + batch_size].to(model.cfg.device), stop_at_layer=layer + 1,
+                             fwd_hooks=[(n, save) for n in names.values()])
+        out["resid_pre"].append(store[names["resid_pre"]].cpu())
+        out["z"].append(store[names["z"]][:, :, head].cpu())
+        out["pattern"].append(store[names["pattern"]][:, head].cpu())
+        if scorer is not None:
+            x = store[names["x"]]
+            x = x if x.dim() == 3 else x[:, :, head]
+            out["recomputed"].append(torch.softmax(head_scores(scorer, x.cpu()), -1))
+    res = {k: torch.cat(v) for k, v in out.items() if v}
+    res.pop("x", None)
+    return res
+
+
+def kl_per_token(clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(clean || other) [batch, pos] from clean log-probs and the other run's logits."""
+    logq = torch.log_softmax(logits.float(), -1)
+    return (clean_logp.exp() * (clean_logp - logq)).sum(-1).clamp_min(0.0)
+
+
+@torch.no_grad()
+def run_from_layer(model, resid_pre: torch.Tensor, layer: int, hooks: list) -> torch.Tensor:
+    """Logits of layers L..end on a cached residual, with ``hooks``."""
+    with model.hooks(fwd_hooks=hooks):
+        return model(resid_pre.to(model.cfg.device), start_at_layer=layer)
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """[n_boot, n] window indices drawn with replacement (shared by every ratio, so CIs of
+    different variants are comparable)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def explained_fraction(kl_hyp: np.ndarray, kl_abl: np.ndarray, idx: np.ndarray, level: float = 0.95) -> dict:
+    """1 - mean KL(clean, hypothesis) / mean KL(clean, ablated), from per-window means [n],
+    with a percentile bootstrap CI over windows (``idx`` from :func:`bootstrap_indices`)."""
+    kl_hyp, kl_abl = np.asarray(kl_hyp, float), np.asarray(kl_abl, float)
+    point = 1.0 - kl_hyp.mean() / kl_abl.mean()
+    boots = 1.0 - kl_hyp[idx].mean(1) / np.maximum(kl_abl[idx].mean(1), 1e-30)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(boots, [a, 1 - a])
+    return {"explained": float(point), "ci_lo": float(lo), "ci_hi": float(hi)}

@@ -1,0 +1,497 @@
+"""How much of L1H5's effect on the model's predictions do its three rules explain?
+
+Question. L1H5 is described by three rules: attend to earlier tokens of the same semantic
+category, never to the token itself or copies of it, and to BOS otherwise; the mechanism is said
+to be the symmetric part of W_QK, with its negative eigenvalues doing the self-suppression. If the
+head's attention pattern is replaced by what the rules (or the mechanism) predict, on natural
+text, how much of the head's effect on the next-token distributions survives?
+
+Method.
+* Text: a seeded sample of non-overlapping windows (BOS + ``--window-len - 1`` tokens) of
+  WikiText-103 (raw, test split, via ``datasets``), of local files (``--text PATH``), or of the
+  generated demo corpus (``--text demo``; the default for ``--model planted``). A separate seeded
+  set of ``--n-reference`` windows supplies the ablation statistics (common.ablation convention).
+* Total effect of the head: KL(clean || ablated) of next-token distributions, averaged over every
+  non-BOS token, with the head's ``hook_z`` mean-ablated (one mean over all non-BOS reference
+  positions) and, as a second baseline, resample-ablated (each position gets the z of a random
+  reference position). BOS is left alone in both (common.ablation).
+* Rule-preserving ablation: the head's ``hook_pattern`` replaced by the rules' pattern -- uniform
+  over the earlier keys in the query's category that are a different token, BOS when there is
+  none (tokens in no category attend to BOS) -- keeping the head's values and W_O. Categories come
+  from clustering.py's communities (``--communities``; by default the clustering output beside
+  this script's output folder, or the clustering default for the model) when present, else from
+  the category lists of common.prompts; which one is printed and stored in summary.json.
+* Mechanism-preserving variants: the head's attention logits recomputed from its own
+  LN-normalised input with an edited W_QK (common.qk; bias cross-terms and 1/sqrt(d_head) kept
+  as in the model, causal mask as TransformerLens applies it): W_sym alone (skew part dropped);
+  the top-k eigen-directions of W_sym by |eigenvalue| for k from 1 to its full rank (up to
+  2 * d_head); W_QK with the negative eigenvalues of W_sym zeroed (skew kept), and W_sym with them
+  zeroed. The unedited recomputation reproduces the model's own pattern (max difference in
+  summary.json). Layers 0..L run once per window; every variant runs layers L..end.
+* Explained fraction: 1 - KL(clean, variant) / KL(clean, ablated), with a 95% percentile
+  bootstrap CI over windows (the same resamples for every variant). 1 means the variant
+  reproduces the head's effect exactly; 0 means it is no better than ablating the head; negative
+  means worse.
+
+Outputs (figures/rule_preserving_ablation/ by default):
+  explained.csv          variant, baseline, mean KL, explained fraction and CI
+  k_curve.csv            k, k-th eigenvalue, explained fraction and CI (top-k eigen-directions)
+  query_types.csv        KL by kind of query token (no category / category without partner /
+                         category with partner): where the unexplained effect sits
+  worst_failures.csv     the tokens where the rules fail worst: context, token, what the head
+                         attended to, what the rules predicted, KLs (also printed as a rich table)
+  per_window_kl.csv      mean KL per window and variant (the bootstrap's input)
+  explained.png, k_curve.png, summary.json, meta.json
+
+Reference (anchor, not a claim about L1H5): the copy-suppression study of gpt2-small head L10H7
+(McDougall et al., 2023) found that preserving only the hypothesised mechanism explains 76.9% of
+that head's effect. Neither the original L1H5 repository nor the L1H5 post reports this number.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.cli import base_parser, script_name, start
+from common.head_replacement import (
+    bootstrap_indices,
+    cache_inputs,
+    categories_from_communities,
+    categories_from_lists,
+    explained_fraction,
+    kl_per_token,
+    pattern_hooks,
+    rules_mask,
+    rules_pattern,
+    run_from_layer,
+    score_hooks,
+    z_hooks,
+)
+from common.natural_text import DEMO, TextUnavailable, load_text, sample_windows, tokenize
+from common.model import load_tokenizer
+from common.outputs import default_out_dir, prepare_out_dir, write_csv, write_json, write_meta
+
+ANCHOR = 0.769  # copy suppression, L10H7 (McDougall et al., 2023)
+BASELINES = ("mean", "resample")
+MECHANISM = {
+    "rules": "three rules (pattern replaced)",
+    "sym": "W_sym only (skew dropped)",
+    "neg_zeroed": "W_QK, negative eigenvalues zeroed",
+    "sym_neg_zeroed": "W_sym, negative eigenvalues zeroed",
+}
+QUERY_TYPES = ("no category", "category, no partner", "category with partner")
+
+
+def build_parser():
+    p = base_parser(__doc__)
+    p.add_argument("--text", default=None,
+                   help="text to sample windows from: a .txt file, a folder of .txt files, or 'demo' "
+                        "(default: WikiText-103 test via datasets; 'demo' for --model planted)")
+    p.add_argument("--n-windows", type=int, default=16, help="windows evaluated (bootstrap unit)")
+    p.add_argument("--n-reference", type=int, default=16, help="separate windows for the ablation statistics")
+    p.add_argument("--window-len", type=int, default=128, help="tokens per window, BOS included")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (memory: ~4 x 100 MB at gpt2-small)")
+    p.add_argument("--communities", default=None,
+                   help="clustering.py communities.csv (id, community), or 'lists' for the category lists "
+                        "(default: clustering output if present, else the lists)")
+    p.add_argument("--k-values", default="auto",
+                   help="k for the top-k eigen-direction curve: 'auto' (every k up to rank 32, else 1, 2, 4, ... and "
+                        "the full rank), 'all', or a comma list")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of windows")
+    p.add_argument("--n-worst", type=int, default=15, help="rows of the printed worst-failure table (CSV keeps 10x)")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_categories(arg: str | None, out_dir: Path, model_name: str, tokenizer, d_vocab: int):
+    if arg == "lists":
+        return categories_from_lists(tokenizer, d_vocab)
+    if arg is not None:
+        return categories_from_communities(arg, d_vocab)
+    for cand in (out_dir.parent / "clustering" / "communities.csv",
+                 default_out_dir("clustering", model_name) / "communities.csv"):
+        if cand.exists():
+            return categories_from_communities(cand, d_vocab)
+    return categories_from_lists(tokenizer, d_vocab)
+
+
+def parse_k_values(spec: str, rank: int) -> list[int]:
+    if rank < 1:
+        return []
+    if spec == "all":
+        return list(range(1, rank + 1))
+    if spec == "auto":
+        if rank <= 32:
+            return list(range(1, rank + 1))
+        ks = [2**i for i in range(int(math.log2(rank)) + 1)]
+        return sorted(set(k for k in ks if k < rank) | {rank})
+    try:
+        ks = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError:
+        raise SystemExit(f"error: --k-values {spec!r}: expected 'auto', 'all' or a comma list of integers") from None
+    bad = [k for k in ks if not 1 <= k <= rank]
+    if bad or not ks:
+        raise SystemExit(f"error: --k-values {spec!r}: k must be within 1..{rank} (the rank of W_sym)")
+    return ks
+
+
+def load_windows(args, tokenizer):
+    source = args.text if args.text is not None else (DEMO if args.model == "planted" else None)
+    try:
+        text, description = load_text(source)
+    except TextUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    ids = tokenize(tokenizer, text)
+    want = args.n_windows + args.n_reference
+    try:
+        tokens, starts = sample_windows(ids, args.window_len, want, tokenizer.bos_token_id, args.seed)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    n = len(tokens)
+    if n < 3:
+        raise SystemExit(f"error: the text holds only {n} window(s) of {args.window_len - 1} tokens; "
+                         "at least 3 are needed (2 evaluated, 1 reference): give more text or a shorter --window-len")
+    n_ref = args.n_reference if n == want else max(1, round(n * args.n_reference / want))
+    n_eval = n - n_ref
+    if n < want:
+        print(f"warning: the text holds {n} windows of {args.window_len - 1} tokens, fewer than the "
+              f"{want} requested; using {n_eval} evaluated + {n_ref} reference")
+    # Interleave so evaluated and reference windows come from the whole text, not two halves.
+    order = np.random.default_rng(args.seed + 1).permutation(n)
+    ev, ref = np.sort(order[:n_eval]), np.sort(order[n_eval:])
+    return tokens[ev], tokens[ref], [starts[i] for i in ev], description, len(ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# Variants
+# ----------------------------------------------------------------------------------------------
+
+
+def mechanism_scorers(model, layer: int, head: int, k_values: list[int]):
+    """Edited scorers (common.qk.Factored with biases and scale): name -> scorer, plus eigen info."""
+    from common.qk import Factored, FactoredQK, steer
+
+    qk = FactoredQK.from_model(model, layer, head)
+    eig = qk.sym_eig()
+    c = 1.0 / qk.attn_scale
+    base = qk.scorer()
+    sym = steer(base, 1.0, "negative", keep_skew=False, eig=eig, eig_scale=c)  # alpha 1: W_sym + biases
+    scorers = {
+        "full": base,
+        "sym": sym,
+        "neg_zeroed": qk.steer(0.0, "negative", keep_skew=True, biases=True, scaled=True),
+        "sym_neg_zeroed": qk.steer(0.0, "negative", keep_skew=False, biases=True, scaled=True),
+    }
+    order = torch.argsort(eig.values.abs(), descending=True)
+    rank = len(order)
+    for k in k_values:
+        if k == rank:
+            continue  # the full spectrum is W_sym itself
+        rest = order[k:]
+        U = eig.vectors[:, rest].float()
+        lam = eig.values[rest].float() * c
+        scorers[f"top{k}"] = sym.plus(Factored(U, -U * lam))
+    info = {
+        "rank": rank,
+        "eigenvalues_by_magnitude": eig.values[order].tolist(),
+        "n_negative": eig.n_negative,
+        "n_positive": eig.n_positive,
+    }
+    return scorers, info
+
+
+# ----------------------------------------------------------------------------------------------
+# Failure table
+# ----------------------------------------------------------------------------------------------
+
+
+def tok_str(tokenizer, t: int) -> str:
+    return "BOS" if t == tokenizer.bos_token_id else repr(tokenizer.decode([t]))
+
+
+def worst_failures(tokens, pattern, mask, kl_rules, kl_abl, cats, tokenizer, n: int, context: int = 12) -> pd.DataFrame:
+    flat = kl_rules.flatten()
+    top = torch.topk(flat, min(n, flat.numel())).indices
+    rows = []
+    width = kl_rules.shape[1]
+    for rank, f in enumerate(top.tolist(), 1):
+        w, q = divmod(f, width)
+        q += 1  # KL arrays start at position 1
+        toks = tokens[w].tolist()
+        ctx = "".join(tokenizer.decode([t]) for t in toks[max(1, q - context) : q])
+        att = pattern[w, q, : q + 1]
+        vals, keys = torch.topk(att, min(3, q + 1))
+        attended = ", ".join(f"{tok_str(tokenizer, toks[k])}@{k} {v:.2f}" for v, k in zip(vals.tolist(), keys.tolist()))
+        pred = torch.nonzero(mask[w, q]).flatten().tolist()
+        predicted = ", ".join(f"{tok_str(tokenizer, toks[k])}@{k}" for k in pred[:4]) + (f" (+{len(pred) - 4})" if len(pred) > 4 else "")
+        rows.append({
+            "rank": rank, "window": w, "position": q,
+            "context": ctx, "token": tokenizer.decode([toks[q]]), "category": cats.name(toks[q]),
+            "head_attended": attended, "rules_predicted": predicted,
+            "head_mass_on_rule_keys": float(att[mask[w, q, : q + 1]].sum()),
+            "kl_rules": float(kl_rules[w, q - 1]), "kl_ablated": float(kl_abl[w, q - 1]),
+        })
+    return pd.DataFrame(rows)
+
+
+def query_type_table(tokens, mask, pattern, kls: dict[str, torch.Tensor], cats) -> pd.DataFrame:
+    c = cats.lookup[tokens][:, 1:]
+    partner = ~mask[:, 1:, 0]
+    kinds = {
+        QUERY_TYPES[0]: c < 0,
+        QUERY_TYPES[1]: (c >= 0) & ~partner,
+        QUERY_TYPES[2]: (c >= 0) & partner,
+    }
+    on_rule = (pattern * mask).sum(-1)[:, 1:]
+    n_all = c.numel()
+    rows = []
+    for name, sel in kinds.items():
+        row = {"query_type": name, "n_tokens": int(sel.sum()), "share_of_tokens": float(sel.sum()) / n_all,
+               "head_mass_on_rule_keys": float(on_rule[sel].mean()) if sel.any() else float("nan")}
+        for v, kl in kls.items():
+            row[f"mean_kl_{v}"] = float(kl[sel].mean()) if sel.any() else float("nan")
+            row[f"share_of_kl_{v}"] = float(kl[sel].sum() / kl.sum().clamp_min(1e-30))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------
+
+
+def plot_explained(df: pd.DataFrame, title: str, path: Path) -> None:
+    from common.plotting import plt, save_figure
+
+    names = list(MECHANISM)
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    y = np.arange(len(names))
+    colours = {"mean": "#3b6fb6", "resample": "#d08a2c"}
+    for j, b in enumerate(BASELINES):
+        sub = df[df.baseline == b].set_index("variant").loc[names]
+        off = (j - 0.5) * 0.36
+        ax.barh(y + off, sub.explained, height=0.34, color=colours[b], label=f"vs {b} ablation")
+        ax.errorbar(sub.explained, y + off, xerr=[sub.explained - sub.ci_lo, sub.ci_hi - sub.explained],
+                    fmt="none", ecolor="k", lw=1, capsize=2)
+        for yy, val in zip(y + off, sub.explained):
+            ax.text(1.12, yy, f"{val:.3f}", va="center", ha="left", fontsize=7, color=colours[b])
+    ax.axvline(ANCHOR, color="grey", ls=":", lw=1.2, label="copy suppression L10H7 (76.9%)")
+    ax.axvline(1.0, color="k", lw=0.6)
+    ax.axvline(0.0, color="k", lw=0.6)
+    ax.set_yticks(y, [MECHANISM[n] for n in names])
+    ax.invert_yaxis()
+    lo = min(-0.1, float(df.ci_lo.min()) - 0.05)
+    ax.set_xlim(max(lo, -2.0), 1.1)  # a variant worse than -1 is off the left edge; its number is printed
+    ax.set_xlabel("explained fraction 1 - KL(clean, variant) / KL(clean, ablated)  (95% CI)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    save_figure(fig, path)
+
+
+def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: Path) -> None:
+    from common.plotting import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.fill_between(df.k, df.ci_lo, df.ci_hi, color="#3b6fb6", alpha=0.2, lw=0)
+    ax.plot(df.k, df.explained, color="#3b6fb6", lw=1.2, zorder=2)
+    neg = df.eigenvalue_k < 0
+    ax.scatter(df.k[~neg], df.explained[~neg], color="#2a9d4b", s=18, zorder=3, label="k-th eigenvalue > 0")
+    ax.scatter(df.k[neg], df.explained[neg], color="#c0392b", s=18, zorder=3, label="k-th eigenvalue < 0")
+    ax.axhline(rules, color="k", ls="--", lw=1, label=f"three rules ({rules:.3f})")
+    ax.axhline(neg0, color="purple", ls=":", lw=1, label=f"negative eigenvalues zeroed ({neg0:.3f})")
+    ax.axhline(0, color="grey", lw=0.6)
+    if df.k.max() > 40:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("k: top-k eigen-directions of W_sym (by |eigenvalue|)")
+    ax.set_ylabel("explained fraction (vs mean ablation)")
+    ax.set_ylim(max(min(float(df.ci_lo.min()), neg0, 0.0) - 0.05, -2.0), 1.1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("n_windows", "n_reference", "batch_size", "n_boot"):
+        if getattr(args, name) < (2 if name == "n_windows" else 1):
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {2 if name == 'n_windows' else 1}")
+    if args.window_len < 2:
+        raise SystemExit("error: --window-len must be at least 2 (BOS plus one token)")
+    if args.communities not in (None, "lists") and not Path(args.communities).is_file():
+        raise SystemExit(f"error: --communities {args.communities}: no such file (use 'lists' for the category lists)")
+    t0 = time.time()
+    # Every input is checked before the model loads: output folder, then text and windows.
+    prepare_out_dir(args.out, script_name(__file__), args.model)
+    ev, ref, starts, text_desc, n_text_tokens = load_windows(args, load_tokenizer())
+    model, out_dir = start(args, script_name(__file__))
+    if args.window_len > model.cfg.n_ctx:
+        raise SystemExit(f"error: --window-len {args.window_len} exceeds the model's context of {model.cfg.n_ctx} tokens")
+    L, H = args.layer, args.head
+    tok = model.tokenizer
+    from common.ablation import mean_ablation_hooks, resample_ablation_hooks
+
+    cats = resolve_categories(args.communities, out_dir, args.model, tok, model.cfg.d_vocab)
+    print(f"text: {text_desc} ({n_text_tokens} tokens); {len(ev)} evaluated + {len(ref)} reference windows "
+          f"of {args.window_len} tokens")
+    print(f"categories: {cats.source} ({len(cats.names)} categories, {cats.n_tokens} tokens)")
+
+    scorers, eig_info = mechanism_scorers(model, L, H, [])
+    k_values = parse_k_values(args.k_values, eig_info["rank"])
+    scorers, eig_info = mechanism_scorers(model, L, H, k_values)
+
+    # Layers 0..L once: the cached residual feeds every variant; the check pattern proves the
+    # score replacement exact before any number depends on it.
+    cache = cache_inputs(model, ev, L, H, args.batch_size, progress=True, scorer=scorers["full"])
+    ref_cache = cache_inputs(model, ref, L, H, args.batch_size)
+    exact_diff = float((cache["recomputed"] - cache["pattern"]).abs().max())
+    if exact_diff > 1e-4:
+        print(f"warning: recomputed pattern differs from the model's by {exact_diff:.2e} (> 1e-4)")
+
+    z_ref = {"z": ref_cache["z"]}
+    fixed_hooks = {
+        "mean": z_hooks(L, H, mean_ablation_hooks(z_ref)["z"][0][1]),
+        "resample": z_hooks(L, H, resample_ablation_hooks(z_ref, seed=args.seed)["z"][0][1]),
+        "sym": score_hooks(L, H, scorers["sym"]),
+        "neg_zeroed": score_hooks(L, H, scorers["neg_zeroed"]),
+        "sym_neg_zeroed": score_hooks(L, H, scorers["sym_neg_zeroed"]),
+    }
+    for k in k_values:
+        if f"top{k}" in scorers:
+            fixed_hooks[f"top{k}"] = score_hooks(L, H, scorers[f"top{k}"])
+    variants = ["mean", "resample", "rules", *[v for v in fixed_hooks if v not in ("mean", "resample")]]
+    token_level = ("mean", "resample", "rules")
+
+    mask = rules_mask(ev, cats)
+    n, pos = ev.shape
+    window_kl = {v: np.zeros(n) for v in variants}
+    kl_tok = {v: torch.zeros(n, pos - 1) for v in token_level}
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=math.ceil(n / args.batch_size) * (len(variants) + 1), desc="forward passes (layers L..end)", unit="pass")
+    for s in range(0, n, args.batch_size):
+        sl = slice(s, s + args.batch_size)
+        resid = cache["resid_pre"][sl]
+        clean_logp = torch.log_softmax(run_from_layer(model, resid, L, []).float(), -1)
+        bar.update()
+        for v in variants:
+            hooks = pattern_hooks(L, H, rules_pattern(ev[sl], cats)) if v == "rules" else fixed_hooks[v]
+            kl = kl_per_token(clean_logp, run_from_layer(model, resid, L, hooks))[:, 1:].cpu()
+            window_kl[v][sl] = kl.mean(1).numpy()
+            if v in token_level:
+                kl_tok[v][sl] = kl
+            bar.update()
+        del clean_logp
+    bar.close()
+
+    # Statistics.
+    idx = bootstrap_indices(n, args.n_boot, args.seed)
+    rows = []
+    for b in BASELINES:
+        for v in ["rules", "sym", "neg_zeroed", "sym_neg_zeroed", *BASELINES]:
+            r = explained_fraction(window_kl[v], window_kl[b], idx)
+            rows.append({"variant": v, "label": MECHANISM.get(v, f"{v} ablation"), "baseline": b,
+                         "mean_kl": float(window_kl[v].mean()), "mean_kl_baseline": float(window_kl[b].mean()), **r})
+    explained = pd.DataFrame(rows)
+
+    lam = eig_info["eigenvalues_by_magnitude"]
+    krows = []
+    for k in k_values:
+        v = "sym" if k == eig_info["rank"] else f"top{k}"
+        r = explained_fraction(window_kl[v], window_kl["mean"], idx)
+        krows.append({"k": k, "eigenvalue_k": lam[k - 1], "n_negative_in_top_k": int(sum(x < 0 for x in lam[:k])),
+                      "mean_kl": float(window_kl[v].mean()), **r})
+    k_curve = pd.DataFrame(krows, columns=["k", "eigenvalue_k", "n_negative_in_top_k", "mean_kl", "explained", "ci_lo", "ci_hi"])
+
+    qtypes = query_type_table(ev, mask, cache["pattern"], {v: kl_tok[v] for v in ("rules", "mean")}, cats)
+    worst = worst_failures(ev, cache["pattern"], mask, kl_tok["rules"], kl_tok["mean"], cats, tok, 10 * args.n_worst)
+    per_window = pd.DataFrame({"window": np.arange(n), "text_offset": starts, **{f"kl_{v}": window_kl[v] for v in variants}})
+
+    def get(v, b="mean"):
+        return explained[(explained.variant == v) & (explained.baseline == b)].iloc[0]
+
+    summary = {
+        "model": args.model, "layer": L, "head": H,
+        "text": text_desc, "n_windows": n, "n_reference_windows": len(ref), "window_len": args.window_len,
+        "n_tokens_evaluated": n * (pos - 1),
+        "categories_source": cats.source, "n_categories": len(cats.names), "n_category_tokens": cats.n_tokens,
+        "kl_mean_ablation": float(window_kl["mean"].mean()),
+        "kl_resample_ablation": float(window_kl["resample"].mean()),
+        "explained": {b: {v: {k: float(get(v, b)[k]) for k in ("explained", "ci_lo", "ci_hi")}
+                          for v in MECHANISM} for b in BASELINES},
+        "w_sym_rank": eig_info["rank"], "w_sym_n_negative": eig_info["n_negative"], "w_sym_n_positive": eig_info["n_positive"],
+        "recomputed_pattern_max_abs_diff": exact_diff,
+        "head_mass_on_rule_keys": float(((cache["pattern"] * mask).sum(-1))[:, 1:].mean()),
+        "anchor_copy_suppression_L10H7": ANCHOR,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+    write_csv(out_dir / "explained.csv", explained)
+    write_csv(out_dir / "k_curve.csv", k_curve)
+    write_csv(out_dir / "query_types.csv", qtypes)
+    write_csv(out_dir / "worst_failures.csv", worst)
+    write_csv(out_dir / "per_window_kl.csv", per_window)
+    title = (f"L{L}H{H} on {args.model}: {n} windows x {pos - 1} tokens of {text_desc.split(' (')[0]}\n"
+             f"categories: {cats.source}")
+    plot_explained(explained, title, out_dir / "explained.png")
+    if len(k_curve):
+        plot_k_curve(k_curve, float(get("rules")["explained"]), float(get("neg_zeroed")["explained"]), title, out_dir / "k_curve.png")
+    write_json(out_dir / "summary.json", summary)
+    write_meta(out_dir, args, {"summary": summary, "k_values": k_values})
+
+    report(explained, k_curve, qtypes, worst.head(args.n_worst), summary)
+    print(f"outputs in {out_dir}")
+    return 0
+
+
+def report(explained, k_curve, qtypes, worst, summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=200)
+    t = Table(title=f"explained fraction of L{summary['layer']}H{summary['head']}'s effect "
+                    f"(KL mean ablation {summary['kl_mean_ablation']:.4g}, resample {summary['kl_resample_ablation']:.4g})")
+    for c in ("variant", "vs mean ablation [95% CI]", "vs resample ablation [95% CI]"):
+        t.add_column(c)
+    for v, label in MECHANISM.items():
+        cells = []
+        for b in BASELINES:
+            r = explained[(explained.variant == v) & (explained.baseline == b)].iloc[0]
+            cells.append(f"{r.explained:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}]")
+        t.add_row(label, *cells)
+    con.print(t)
+    if len(k_curve):
+        ks = k_curve.iloc[np.unique(np.linspace(0, len(k_curve) - 1, min(len(k_curve), 12)).round().astype(int))]
+        con.print("top-k eigen-directions of W_sym (vs mean ablation): " + ", ".join(
+            f"k={int(r.k)}: {r.explained:.3f}" for r in ks.itertuples()))
+    q = Table(title="where the effect sits, by query token")
+    for c in ("query type", "share of tokens", "head mass on rule keys", "mean KL ablated", "mean KL rules", "share of unexplained KL"):
+        q.add_column(c)
+    for r in qtypes.itertuples():
+        q.add_row(r.query_type, f"{r.share_of_tokens:.3f}", f"{r.head_mass_on_rule_keys:.3f}",
+                  f"{r.mean_kl_mean:.4g}", f"{r.mean_kl_rules:.4g}", f"{r.share_of_kl_rules:.3f}")
+    con.print(q)
+    w = Table(title="worst failures of the rules (largest KL(clean, rules))")
+    for c in ("#", "context", "token", "head attended", "rules predicted", "KL rules", "KL ablated"):
+        w.add_column(c, overflow="fold")
+    for r in worst.itertuples():
+        w.add_row(str(r.rank), r.context[-60:], repr(r.token), r.head_attended, r.rules_predicted or "-",
+                  f"{r.kl_rules:.3f}", f"{r.kl_ablated:.3f}")
+    con.print(w)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

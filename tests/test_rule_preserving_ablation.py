@@ -1,0 +1,170 @@
+"""rule_preserving_ablation.py on the planted model: the rules and W_sym explain L1H5's effect,
+removing the negative eigenvalues does not; the score replacement is exact; bad input fails clearly."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+
+SCRIPT = "rule_preserving_ablation.py"
+FAST = ["--n-windows", "8", "--n-reference", "4", "--window-len", "48", "--batch-size", "8", "--n-boot", "500"]
+
+
+@pytest.fixture(scope="module")
+def demo_windows(tokenizer):
+    from common.natural_text import load_text, sample_windows, tokenize
+
+    text, _ = load_text("demo")
+    tokens, _ = sample_windows(tokenize(tokenizer, text), 48, 6, tokenizer.bos_token_id, seed=3)
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def end_to_end(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rpa")
+    # k = 26 keeps every positive and negative category/identity direction but not the two small
+    # BOS eigenvalues; 28 is the full rank of the planted W_sym (12 + 14 + 2).
+    proc = run_script(SCRIPT, "--model", "planted", "--out", str(out), "--text", "demo",
+                      "--communities", "lists", "--k-values", "1,12,26,28", *FAST)
+    return out, proc
+
+
+def test_end_to_end_outputs(end_to_end):
+    out, proc = end_to_end
+    for f in ("explained.csv", "k_curve.csv", "query_types.csv", "worst_failures.csv", "per_window_kl.csv",
+              "explained.png", "k_curve.png", "summary.json", "meta.json"):
+        assert (out / f).stat().st_size > 0, f
+    assert not list(out.glob(".*-*")), "temporary files left behind"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["categories_source"].startswith("category lists")
+    assert "categories: category lists" in proc.stdout
+    assert s["recomputed_pattern_max_abs_diff"] < 1e-4
+    assert s["w_sym_rank"] == 28 and s["w_sym_n_negative"] == 13
+    worst = pd.read_csv(out / "worst_failures.csv", keep_default_na=False)
+    assert {"context", "token", "head_attended", "rules_predicted", "kl_rules"} <= set(worst.columns)
+    assert worst.kl_rules.is_monotonic_decreasing and len(worst) > 0
+    assert "worst failures of the rules" in proc.stdout
+
+
+def test_rules_and_w_sym_explain_the_planted_head(end_to_end):
+    out, _ = end_to_end
+    ex = pd.read_csv(out / "explained.csv").set_index(["variant", "baseline"])
+    for b in ("mean", "resample"):
+        assert ex.loc[("rules", b), "explained"] >= 0.95
+        assert ex.loc[("rules", b), "ci_lo"] >= 0.9
+        assert ex.loc[("sym", b), "explained"] >= 0.95
+        # Self-suppression removed: far worse than the rules (in fact worse than no head at all).
+        assert ex.loc[("neg_zeroed", b), "explained"] < ex.loc[("rules", b), "explained"] - 0.5
+        assert ex.loc[("sym_neg_zeroed", b), "explained"] < ex.loc[("rules", b), "explained"] - 0.5
+    assert ex.loc[("mean", "mean"), "mean_kl"] > 0.01  # the head matters at all
+
+    k = pd.read_csv(out / "k_curve.csv").set_index("k")
+    assert list(k.index) == [1, 12, 26, 28]
+    # The 12 largest eigenvalues are the planted identity codes (negative): suppression alone
+    # explains little; with the category directions added nearly everything is explained.
+    assert (k.loc[[1, 12], "eigenvalue_k"] < 0).all()
+    assert k.loc[12, "explained"] < 0.5
+    assert k.loc[26, "explained"] > 0.9
+    assert k.loc[28, "explained"] == pytest.approx(ex.loc[("sym", "mean"), "explained"])
+
+
+def test_score_replacement_is_exact(planted_model, demo_windows):
+    from common.head_replacement import cache_inputs, kl_per_token, run_from_layer, score_hooks
+    from common.qk import FactoredQK
+
+    m = planted_model
+    scorer = FactoredQK.from_model(m, 1, 5).scorer()
+    cache = cache_inputs(m, demo_windows, 1, 5, scorer=scorer)
+    assert (cache["recomputed"] - cache["pattern"]).abs().max() < 1e-4
+    clean = run_from_layer(m, cache["resid_pre"], 1, [])
+    assert torch.allclose(clean, m(demo_windows), atol=1e-4)  # starting at layer 1 changes nothing
+    same = run_from_layer(m, cache["resid_pre"], 1, score_hooks(1, 5, scorer))
+    assert kl_per_token(torch.log_softmax(clean, -1), same).max() < 1e-5
+
+
+def test_rules_mask_matches_ideal_mask(tokenizer, demo_windows):
+    from common.head_replacement import categories_from_lists, rules_mask, rules_pattern
+    from common.prompts import ideal_mask, repeated_token_prompts, token_category_map
+
+    cats = categories_from_lists(tokenizer, 50257)
+    cat_of = token_category_map(tokenizer)
+    for toks in (demo_windows, repeated_token_prompts(tokenizer, 4, 20).tokens):
+        assert torch.equal(rules_mask(toks, cats), ideal_mask(toks, cat_of))
+    p = rules_pattern(demo_windows, cats)
+    assert torch.allclose(p.sum(-1), torch.ones(p.shape[:2]))
+
+
+def test_community_table_is_read(tmp_path, tokenizer, truth):
+    from common.head_replacement import categories_from_communities
+
+    rows = [(t, c) for c, ids in enumerate(truth["categories"].values()) for t in ids]
+    pd.DataFrame({"token": ["x"] * len(rows), "id": [r[0] for r in rows], "community": [r[1] for r in rows]}).to_csv(
+        tmp_path / "communities.csv", index=False)
+    cats = categories_from_communities(tmp_path / "communities.csv", 50257)
+    assert cats.n_tokens == len(rows) and len(cats.names) == len(truth["categories"])
+    assert "communities from" in cats.source
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="community column"):
+        categories_from_communities(tmp_path / "bad.csv", 50257)
+
+
+def test_windows_and_text_errors(tmp_path, tokenizer):
+    from common.natural_text import TextUnavailable, read_text_path, sample_windows
+
+    ids = list(range(100))
+    toks, starts = sample_windows(ids, 11, 5, 50256, seed=0)
+    assert toks.shape == (5, 11) and (toks[:, 0] == 50256).all()
+    assert len(set(starts)) == 5 and all(s % 10 == 0 for s in starts)
+    assert torch.equal(toks, sample_windows(ids, 11, 5, 50256, seed=0)[0])
+    assert len(sample_windows(ids, 11, 50, 50256)[0]) == 10  # fewer available than asked
+    with pytest.raises(ValueError, match="shorter than one window"):
+        sample_windows(ids[:5], 11, 1, 50256)
+    with pytest.raises(TextUnavailable, match="no .txt files"):
+        read_text_path(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("second")
+    (tmp_path / "a.txt").write_text("first")
+    assert read_text_path(tmp_path) == "first\nsecond"
+
+
+def _main(*args):
+    import rule_preserving_ablation as rpa
+
+    return rpa.main(list(args))
+
+
+def test_bad_input_gives_clear_errors(tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.")
+    cases = [
+        (["--text", str(tmp_path / "missing.txt")], "no such file"),
+        (["--text", str(short)], "shorter than one window"),
+        (["--text", "demo", "--head", "99"], "out of range"),
+        (["--text", "demo", "--out", "/proc/x"], "not writable"),
+        (["--text", "demo", "--window-len", "1"], "at least 2"),
+        (["--text", "demo", "--communities", str(tmp_path / "nope.csv")], "no such file"),
+    ]
+    for extra, msg in cases:
+        argv = ["--model", "planted", *(["--out", str(tmp_path / "o")] if "--out" not in extra else []), *extra]
+        with pytest.raises(SystemExit) as e:
+            _main(*argv)
+        assert msg in str(e.value.code), (extra, e.value.code)
+    with pytest.raises(SystemExit) as e:
+        _main("--help")
+    assert e.value.code == 0
+    assert "--communities" in capsys.readouterr().out
+
+
+def test_k_values_parsing():
+    import rule_preserving_ablation as rpa
+
+    assert rpa.parse_k_values("auto", 28) == list(range(1, 29))
+    assert rpa.parse_k_values("auto", 128) == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert rpa.parse_k_values("3,1", 10) == [1, 3]
+    with pytest.raises(SystemExit, match="within 1..10"):
+        rpa.parse_k_values("11", 10)
+    assert np.array_equal(rpa.parse_k_values("all", 3), [1, 2, 3])
