@@ -1,0 +1,273 @@
+"""Does the head attend most to keys that are *similar* to the query token, but not identical to it?
+
+Question. Plotting how much more (or less) L1H5 attends to a key j than to the query token i
+itself, against how similar the two tokens' effective embeddings are, should give a curve that
+rises with similarity and then falls back at similarity 1 (the token itself): a semantic head
+with self-suppression. Published finding (the L1H5 post): attention peaks at a cosine similarity
+just below 1.0, not at 1.0.
+
+Method.
+  * Tokens: the N most frequent GPT-2 tokens (default 8192) from token_freq.py's table
+    (common.freq.top_tokens; --freq-table to choose one; without any table the documented
+    fallback order of common/freq.py is used, and meta.json says which).
+  * E_i: effective embeddings (common.qk.effective_embeddings): the position-free LN1 input that
+    layer-L attention sees for token i.
+  * Scores: s[i,j] = (E_i W_Q + b_Q)(E_j W_K + b_K)^T / sqrt(d_head), the head's real attention
+    logit of query token i on key token j (common.qk.FactoredQK.scorer; rows queries, columns
+    keys). Let l[i,j] = log_softmax_j s[i,j] over the N keys, i.e. the log attention probability
+    if all N tokens were in context. The plotted quantity is the difference to self *within each
+    query row*,
+        d[i,j] = l[i,j] - l[i,i] = s[i,j] - s[i,i]  (the row normaliser cancels; b_K's term too),
+    the log of the attention ratio A[i,j]/A[i,i] when both i and j are earlier in the context.
+    d > 0: key j out-scores the token itself. (The original subtracted the key's diagonal
+    s[j,j] instead of the query's s[i,i]; that is not a per-query comparison.)
+  * Cosine c[i,j] = cos(E_i, E_j). Every ordered pair i != j enters (the diagonal is the
+    reference point itself: c = 1, d = 0).
+  * Overlapping windows of width --window every --step in cosine: the mean of d over the pairs
+    in the window with a 95% confidence interval that is cluster-robust over query tokens (the
+    pairs of one query are not independent): ratio estimator sum_q S_q / sum_q n_q with
+    linearised variance n/(n-1) sum_q (S_q - mean n_q)^2 / (sum_q n_q)^2. Also the share of pairs
+    with d > 0 (keys that out-score self).
+  * Chunked: query rows in blocks of about 2^23 / N, accumulated into fine cosine bins
+    (--resolution), so nothing larger than a block of the N x N matrix ever exists.
+
+Outputs (figures/cosine_attention_analysis/, figures/demo/... for planted):
+  cosine_attention.png   mean d vs cosine with CI, share above self, pair counts, self marked
+  cosine_attention.csv   per window: centre, lo, hi, n_pairs, n_queries, mean_diff, ci_lo, ci_hi,
+                         share_above_self
+  category_pairs.csv     same-category pairs of the category words among the N (cosine, d),
+                         drawn as points in the figure
+  summary.json, meta.json  peak cosine and height, the value near 1, token source
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from common.cli import base_parser, script_name, start
+from common.freq import resolve_top_tokens
+from common.outputs import write_csv, write_json, write_meta
+from common.plotting import plt, save_figure
+from common.prompts import token_category_map
+from common.qk import FactoredQK, effective_embeddings
+
+BLOCK_ELEMENTS = 1 << 23  # pairs per query block (~0.5 GB of temporaries at most)
+ABOVE_TOL = 1e-3  # logits: "out-scores self" means by more than float rounding of a tie
+
+
+def parse_args(argv):
+    p = base_parser(__doc__)
+    p.add_argument("--n-tokens", type=int, default=8192, help="number of most frequent tokens")
+    p.add_argument("--freq-table", default=None,
+                   help="token_freq.csv (or its folder); default: token_freq.py's output for --model")
+    p.add_argument("--window", type=float, default=0.05, help="cosine window width")
+    p.add_argument("--step", type=float, default=0.01, help="distance between window centres")
+    p.add_argument("--resolution", type=float, default=0.0025, help="fine cosine bin width (window/step are rounded to it)")
+    p.add_argument("--min-pairs", type=int, default=200, help="windows with fewer pairs are not considered for the peak")
+    p.add_argument("--min-queries", type=int, default=10, help="... or with pairs from fewer query tokens")
+    args = p.parse_args(argv)
+    if args.n_tokens < 2:
+        p.error("--n-tokens must be at least 2")
+    if not 0 < args.resolution <= args.step <= 2 or not args.resolution <= args.window <= 2:
+        p.error("need 0 < --resolution <= --step, --window <= 2")
+    if args.min_pairs < 1 or args.min_queries < 1:
+        p.error("--min-pairs and --min-queries must be positive")
+    return args
+
+
+@torch.no_grad()
+def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, block=None, progress=True):
+    """Chunked aggregation of d[i,j] = s[i,j] - s[i,i] by cosine window (module docstring).
+
+    q_feat, k_feat [N, r]: projected queries/keys (s = q_feat @ k_feat.T); unit [N, d]: unit-norm
+    embeddings (cos = unit @ unit.T). Fine bins of width 2/n_fine cover [-1, 1]; window w covers
+    fine bins [w*step_bins, w*step_bins + window_bins). Returns per-window totals (float64 numpy):
+    n, sum, above (d > 0), and the per-query sums needed for the cluster-robust variance
+    (sum_q n_q^2, sum_q S_q^2, sum_q n_q S_q, number of queries with n_q > 0), plus fine-bin
+    pair counts and sums of d (``fine_n``, ``fine_sum``).
+    """
+    N = q_feat.shape[0]
+    n_win = (n_fine - window_bins) // step_bins + 1
+    block = block or max(1, BLOCK_ELEMENTS // N)
+    acc = {k: np.zeros(n_win) for k in ("n", "sum", "above", "nn", "ss", "ns", "queries")}
+    fine_n, fine_sum = np.zeros(n_fine), np.zeros(n_fine)
+    starts = np.arange(n_win) * step_bins
+    it = range(0, N, block)
+    if progress:
+        it = tqdm(it, desc="query blocks", unit="block", mininterval=1.0)
+    for s0 in it:
+        rows = torch.arange(s0, min(N, s0 + block))
+        b = len(rows)
+        s = q_feat[rows] @ k_feat.T  # [b, N] logits
+        d = (s - s[torch.arange(b), rows][:, None]).double()
+        cos = (unit[rows] @ unit.T).clamp(-1, 1)
+        fine = ((cos + 1) / 2 * n_fine).long().clamp_(0, n_fine - 1)
+        fine[torch.arange(b), rows] = n_fine  # the diagonal goes to a discarded sink bin
+        idx = (torch.arange(b)[:, None] * (n_fine + 1) + fine).flatten()
+        size = b * (n_fine + 1)
+        del fine, cos, s
+
+        def binned(weights=None):
+            out = torch.bincount(idx, weights=weights, minlength=size).reshape(b, n_fine + 1)[:, :n_fine]
+            return out.double()
+
+        def windows(fine_rows):  # window totals from cumulative sums over fine bins: [b, n_win]
+            c = torch.nn.functional.pad(fine_rows.cumsum(1), (1, 0))
+            return (c[:, starts + window_bins] - c[:, starts]).numpy()
+
+        d = d.flatten()
+        f_cnt, f_sum = binned(), binned(d)
+        cnt, tot = windows(f_cnt), windows(f_sum)
+        above = windows(binned((d > ABOVE_TOL).double()))
+        fine_n += f_cnt.sum(0).numpy()
+        fine_sum += f_sum.sum(0).numpy()
+        acc["n"] += cnt.sum(0)
+        acc["sum"] += tot.sum(0)
+        acc["above"] += above.sum(0)
+        acc["nn"] += (cnt**2).sum(0)
+        acc["ss"] += (tot**2).sum(0)
+        acc["ns"] += (cnt * tot).sum(0)
+        acc["queries"] += (cnt > 0).sum(0)
+    acc["fine_n"], acc["fine_sum"] = fine_n, fine_sum
+    return acc
+
+
+def window_table(acc, window_bins, step_bins, n_fine, z=1.96) -> pd.DataFrame:
+    width = 2.0 / n_fine
+    n_win = len(acc["n"])
+    lo = -1 + np.arange(n_win) * step_bins * width
+    hi = lo + window_bins * width
+    n, tot, q = acc["n"], acc["sum"], acc["queries"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = tot / n
+        # sum_q (S_q - mean n_q)^2 = ss - 2 mean ns + mean^2 nn
+        resid = np.maximum(acc["ss"] - 2 * mean * acc["ns"] + mean**2 * acc["nn"], 0)
+        var = q / (q - 1) * resid / n**2
+        half = z * np.sqrt(var)
+        share = acc["above"] / n
+    half[q < 2] = np.nan
+    return pd.DataFrame({
+        "centre": (lo + hi) / 2, "lo": lo, "hi": hi, "n_pairs": n.astype(np.int64),
+        "n_queries": q.astype(np.int64), "mean_diff": mean, "ci_lo": mean - half, "ci_hi": mean + half,
+        "share_above_self": share,
+    })
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, out = start(args, script_name(__file__))
+    L, H = args.layer, args.head
+    vocab = model.cfg.d_vocab
+    ids, source = resolve_top_tokens(args.model, min(args.n_tokens, vocab - 1), args.freq_table, vocab)
+    N = len(ids)
+    print(f"{N} tokens from {source}")
+
+    E = effective_embeddings(model, L)[torch.tensor(ids)]
+    qk = FactoredQK.from_model(model, L, H)
+    q_feat, k_feat = qk.scorer().project(E, E)
+    unit = E / E.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    n_fine = int(round(2 / args.resolution))
+    window_bins = max(1, int(round(args.window / args.resolution)))
+    step_bins = max(1, int(round(args.step / args.resolution)))
+    if window_bins > n_fine:
+        raise SystemExit("error: --window is wider than the cosine range [-1, 1]")
+    acc = windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine)
+    full = window_table(acc, window_bins, step_bins, n_fine)  # empty windows are NaN: gaps in the plot
+    table = full[full["n_pairs"] > 0].reset_index(drop=True)
+    write_csv(out / "cosine_attention.csv", table)
+
+    ok = table[(table["n_pairs"] >= args.min_pairs) & (table["n_queries"] >= args.min_queries)]
+    if ok.empty:
+        raise SystemExit(f"error: no cosine window has >= {args.min_pairs} pairs from >= {args.min_queries} "
+                         "queries; use more --n-tokens, a wider --window or a smaller --min-pairs")
+    peak = ok.loc[ok["mean_diff"].idxmax()]
+    top = ok.iloc[-1]  # the most similar well-populated window
+    pairs = category_pairs(model.tokenizer, ids, q_feat, k_feat, unit)
+    write_csv(out / "category_pairs.csv", pairs)
+
+    fine_centre = -1 + (np.arange(n_fine) + 0.5) * 2 / n_fine
+    n_pairs = acc["fine_n"].sum()
+    summary = {
+        "model": args.model, "layer": L, "head": H, "n_tokens": N, "token_source": source,
+        "n_pairs": int(n_pairs), "mean_cosine": float((acc["fine_n"] * fine_centre).sum() / n_pairs),
+        "mean_diff_all_pairs": float(acc["fine_sum"].sum() / n_pairs),
+        "peak_cosine": float(peak["centre"]), "peak_window": [float(peak["lo"]), float(peak["hi"])],
+        "peak_mean_diff": float(peak["mean_diff"]), "peak_ci": [float(peak["ci_lo"]), float(peak["ci_hi"])],
+        "peak_share_above_self": float(peak["share_above_self"]),
+        "most_similar_window": [float(top["lo"]), float(top["hi"])],
+        "most_similar_mean_diff": float(top["mean_diff"]),
+        "peak_below_one": bool(peak["hi"] < 1.0 and peak["mean_diff"] > 0),
+        "same_category_pairs": int(len(pairs)),
+        "same_category_mean_cosine": float(pairs["cosine"].mean()) if len(pairs) else None,
+        "same_category_mean_diff": float(pairs["diff"].mean()) if len(pairs) else None,
+    }
+    write_json(out / "summary.json", summary)
+    plot(full, pairs, peak, args, N, out / "cosine_attention.png")
+    write_meta(out, args, {"token_source": source, "n_tokens": N})
+    print(f"peak of mean s[i,j]-s[i,i] at cosine {peak['centre']:.3f} (window {peak['lo']:.3f}..{peak['hi']:.3f}): "
+          f"{peak['mean_diff']:+.2f} [{peak['ci_lo']:+.2f}, {peak['ci_hi']:+.2f}] logits; "
+          f"self (cosine 1) is 0 by definition -> {out}")
+    return 0
+
+
+@torch.no_grad()
+def category_pairs(tokenizer, ids, q_feat, k_feat, unit) -> pd.DataFrame:
+    """(query, key, category, cosine, diff) of every ordered same-category pair among ``ids``."""
+    cat_of = token_category_map(tokenizer)
+    pos = [(p, cat_of[t]) for p, t in enumerate(ids) if t in cat_of]
+    if not pos:
+        return pd.DataFrame(columns=["query", "key", "category", "cosine", "diff"])
+    from common.prompts import CATEGORIES
+
+    names = list(CATEGORIES)
+    idx = torch.tensor([p for p, _ in pos])
+    cats = np.array([c for _, c in pos])
+    s = q_feat[idx] @ k_feat[idx].T
+    d = (s - s.diag()[:, None]).numpy()
+    cos = (unit[idx] @ unit[idx].T).numpy()
+    same = (cats[:, None] == cats[None, :]) & ~np.eye(len(idx), dtype=bool)
+    qi, ki = np.nonzero(same)
+    dec = lambda i: tokenizer.decode([ids[int(idx[i])]])  # noqa: E731
+    return pd.DataFrame({
+        "query": [dec(i) for i in qi], "key": [dec(k) for k in ki], "category": [names[cats[i]] for i in qi],
+        "cosine": cos[qi, ki], "diff": d[qi, ki],
+    })
+
+
+def plot(table, pairs, peak, args, N, path):
+    """``table``: every window, empty ones NaN (so lines break across gaps)."""
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1]})
+    ax = axes[0]
+    if len(pairs):
+        ax.scatter(pairs["cosine"], pairs["diff"], s=4, alpha=0.25, color="C1", lw=0,
+                   label=f"same-category pairs ({len(pairs)})", zorder=1)
+    ax.fill_between(table["centre"], table["ci_lo"], table["ci_hi"], color="C0", alpha=0.3, lw=0, zorder=2)
+    ax.plot(table["centre"], table["mean_diff"], color="C0", lw=1.5, zorder=3,
+            label=f"mean over pairs, window {args.window:g} (95% CI, clustered by query)")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.scatter([1.0], [0.0], marker="*", s=120, color="C3", zorder=4, label="self (cosine 1, d = 0)")
+    ax.axvline(peak["centre"], color="C2", ls="--", lw=1, label=f"peak at cosine {peak['centre']:.2f}")
+    ax.set_ylabel("s[i,j] - s[i,i]  (log attention ratio to self)")
+    ax.set_title(f"L{args.layer}H{args.head}: attention to key vs to self, by embedding similarity\n"
+                 f"{N} most frequent tokens, {args.model}", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    axes[1].plot(table["centre"], table["share_above_self"], color="C4")
+    axes[1].set_ylabel("share of keys\nout-scoring self")
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[2].bar(table["centre"], table["n_pairs"], width=args.step, color="0.5")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("pairs")
+    axes[2].set_xlabel("cosine similarity of effective embeddings E_i, E_j")
+    populated = table[table["n_pairs"] > 0]
+    axes[2].set_xlim(min(populated["lo"].min(), 0) - 0.02, 1.03)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
