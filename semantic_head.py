@@ -56,7 +56,7 @@ import pandas as pd
 import torch
 
 from common.cli import base_parser, script_name, start
-from common.outputs import write_csv, write_json, write_meta
+from common.outputs import prepare_out_dir, write_csv, write_json, write_meta
 from common.plotting import plt, save_figure, token_heatmap
 
 DEFAULT_RELEASE = "gpt2-small-res-jb"
@@ -345,11 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     from common.qk import FactoredQK
 
     args = parse_args(argv)
+    # Output folder, then the SAE (a missing SAE fails in seconds), then the model.
+    prepare_out_dir(args.out, script_name(__file__), args.model)
+    sae = load_sae(args.sae_release, args.sae_id, args.sae_path, "cpu")
     model, out = start(args, script_name(__file__))
     L, H = args.layer, args.head
     if args.seq_len + 1 > model.cfg.n_ctx:
         raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
-    sae = load_sae(args.sae_release, args.sae_id, args.sae_path, "cpu")
     if sae.cfg.d_in != model.cfg.d_model:
         raise SystemExit(f"error: the SAE reads d_in={sae.cfg.d_in} but the model's residual stream has "
                          f"d_model={model.cfg.d_model}: this SAE is for another model")

@@ -1,0 +1,168 @@
+"""clustering.py on the planted model: communities recover the planted categories; the map is
+self-contained, carries every node, and renders in headless Chromium."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+
+N_TOKENS = 400
+
+
+@pytest.fixture(scope="module")
+def freq_table(tmp_path_factory, truth, tokenizer):
+    """A frequency table mixing ordinary tokens with some (not all) category words.
+
+    The script must add the missing category words itself; ordinary tokens of the planted model
+    carry no category signal, so they must not pull category words into their communities.
+    """
+    cat_ids = [t for ids in truth["categories"].values() for t in ids]
+    ordinary = [t for t in range(300, 2000) if t not in set(cat_ids)][:300]
+    ids = []
+    for i, t in enumerate(ordinary):
+        ids.append(t)
+        if i % 3 == 0 and i // 3 < len(cat_ids) // 2:
+            ids.append(cat_ids[2 * (i // 3)])
+    df = pd.DataFrame({"token": [tokenizer.decode([t]) for t in ids], "id": ids,
+                       "count": np.arange(len(ids), 0, -1) * 10})
+    path = tmp_path_factory.mktemp("freq") / "token_freq.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory, planted_cache, freq_table):
+    out = tmp_path_factory.mktemp("clustering") / "out"
+    run_script("clustering.py", "--model", "planted", "--out", str(out), "--n-tokens", str(N_TOKENS),
+               "--freq-table", str(freq_table), "--layout-iterations", "100", "--n-heatmaps", "2")
+    return out
+
+
+def test_communities_recover_planted_categories(clustered, truth):
+    from sklearn.metrics import adjusted_rand_score
+
+    table = pd.read_csv(clustered / "communities.csv", keep_default_na=False)
+    cat_of = {t: c for c, ids in truth["categories"].items() for t in ids}
+    assert set(cat_of) <= set(table["id"])  # every category word is a node
+    sub = table[table["id"].isin(cat_of)]
+    ari = adjusted_rand_score([cat_of[t] for t in sub["id"]], sub["community"])
+    assert ari >= 0.9
+    quality = json.loads((clustered / "quality.json").read_text())
+    assert quality["ari"] >= 0.9 and quality["nmi"] >= 0.9 and abs(quality["ari"] - ari) < 1e-9
+    assert quality["n_category_tokens"] == len(cat_of) and quality["modularity"] > 0.5
+    # no ordinary token shares a community with category words (they carry no category signal)
+    cat_comms = set(sub["community"])
+    assert not table[~table["id"].isin(cat_of) & table["community"].isin(cat_comms)].shape[0]
+    # L1H5 gives almost no attention to the token itself
+    assert table.loc[table["id"].isin(cat_of), "self_prob"].max() < 0.01
+
+
+def test_tables_and_examples(clustered):
+    for f in ("communities.csv", "community_summary.csv", "edges.csv", "examples.csv", "community_map.png",
+              "community_heatmaps.png", "community_map.html", "quality.json", "meta.json"):
+        assert (clustered / f).stat().st_size > 0, f
+    table = pd.read_csv(clustered / "communities.csv", keep_default_na=False)
+    assert table["id"].is_unique and len(table) >= N_TOKENS
+    ex = pd.read_csv(clustered / "examples.csv", keep_default_na=False).set_index("example")
+    for word in (" red", " Monday", " Italy"):
+        assert float(ex.loc[word, "companion_fraction"]) == 1.0, word
+        assert int(float(ex.loc[word, "community_size"])) <= 12
+    assert len(list(clustered.glob("community_*_attention.csv"))) == 2
+    assert not list(clustered.glob(".*"))  # no temporary files left behind
+
+
+def _embedded_graph(html: str) -> dict:
+    m = re.search(r'<script type="application/json" id="graph-data">(.*?)</script>', html, re.S)
+    assert m, "graph data not embedded"
+    return json.loads(m.group(1))
+
+
+def test_html_map_is_self_contained_and_complete(clustered):
+    from common.browser import network_references
+
+    html = (clustered / "community_map.html").read_text()
+    assert network_references(html) == []
+    assert "cdn.plot.ly" not in html.split("<script>", 1)[0]
+    fig = _embedded_graph(html)
+    tokens = next(t for t in fig["data"] if t.get("name") == "tokens")
+    table = pd.read_csv(clustered / "communities.csv", keep_default_na=False)
+    assert len(tokens["x"]) == len(tokens["y"]) == len(table)
+    assert sorted(d[1] for d in tokens["customdata"]) == sorted(table["id"])
+    # every planted category gets its own colour
+    colours = {c for c, d in zip(tokens["marker"]["color"], tokens["customdata"]) if d[3] >= 3}
+    assert len(colours) >= 14
+
+
+def test_html_map_renders_in_chromium(clustered):
+    from common.browser import check_page, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    n = len(pd.read_csv(clustered / "communities.csv", keep_default_na=False))
+    page = check_page(clustered / "community_map.html", clustered / "shot.png", want_dom=True,
+                      fragment="q=Monday", min_fraction=0.01, min_colours=8)
+    assert page.ok, page.problems
+    assert 'data-rendered="1"' in page.dom
+    # plotly draws one SVG path per point: every node, plus the ring around the search hit
+    assert len(re.findall(r'class="point[ "]', page.dom)) == n + 1
+    status = re.search(r'<span id="status">(.*?)</span>', page.dom, re.S).group(1)
+    assert "community" in status and "Tuesday" in status and "Friday" in status
+
+
+def test_normalisation_equals_dense_softmax(planted_model):
+    from clustering import attention_topk
+    from common.qk import FactoredQK, effective_embeddings
+
+    E = effective_embeddings(planted_model, 1)
+    scorer = FactoredQK.from_model(planted_model, 1, 5).scorer()
+    ids = list(range(1000, 1100)) + list(range(12000, 12030))
+    idx, prob, lse, self_prob = attention_topk(scorer, E, ids, k=7, chunk=32, progress=False)
+    X = E[torch.tensor(ids)]
+    dense = torch.softmax(scorer.scores(X, X), -1)
+    assert torch.allclose(self_prob, dense.diagonal(), atol=1e-6)
+    off = dense.clone()
+    off.fill_diagonal_(-1)
+    top, top_i = torch.topk(off, 7, -1)
+    assert torch.allclose(prob, top, atol=1e-6)
+    assert torch.allclose(torch.exp(lse), torch.exp(scorer.scores(X, X)).sum(-1), rtol=1e-5)
+    assert (idx != torch.arange(len(ids))[:, None]).all()  # never a self edge
+
+
+def test_random_head_does_not_recover_categories(planted_model, truth):
+    """Negative control: the same pipeline on a random head of layer 1 finds no categories."""
+    from clustering import agreement, attention_topk, build_graph, leiden
+    from common.qk import FactoredQK, effective_embeddings
+
+    E = effective_embeddings(planted_model, 1)
+    cat_of = {t: i for i, ids in enumerate(truth["categories"].values()) for t in ids}
+    ids = sorted(cat_of) + list(range(500, 700))
+    scorer = FactoredQK.from_model(planted_model, 1, 2).scorer()
+    idx, prob, _, _ = attention_topk(scorer, E, ids, k=10, progress=False)
+    membership, _ = leiden(build_graph(idx, prob, 2.0 / len(ids)), 1.0, 0)
+    assert agreement(membership, ids, cat_of)["ari"] < 0.3
+
+
+def test_help_and_bad_input(tmp_path, capsys, planted_cache):
+    import clustering
+
+    with pytest.raises(SystemExit) as e:
+        clustering.main(["--help"])
+    assert e.value.code == 0 and "--resolution" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        clustering.main(["--model", "planted", "--top-k", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--top-k" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        clustering.main(["--model", "planted", "--out", "/proc/l1h5-out"])
+    assert "not writable" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        clustering.main(["--model", "planted", "--head", "99", "--out", str(tmp_path)])
+    assert "out of range" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        clustering.main(["--model", "planted", "--freq-table", str(tmp_path / "none.csv"), "--out", str(tmp_path)])
+    assert "not found" in str(e.value.code)
+    assert not list(tmp_path.glob("*.csv"))

@@ -1,0 +1,158 @@
+"""semantic_head.py on the planted model with a tiny SAE in sae_lens format.
+
+The SAE's decoder rows are known directions of the planted residual stream: one identity feature
+per category word (that word's effective embedding), one feature per category (the mean of its
+words) and random directions. By construction L1H5 must map each word feature to the features of
+its own category, score every word feature lowest against itself, and differ from naive cosine
+attention mainly by not attending to itself.
+"""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+
+N_RANDOM = 48
+
+
+def build_planted_sae(model, truth, path):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from common.qk import effective_embeddings
+
+    E = effective_embeddings(model, 1)
+    cats = truth["categories"]
+    words = [t for ids in cats.values() for t in ids]
+    rows = [E[t] for t in words] + [E[torch.tensor(ids)].mean(0) for ids in cats.values()]
+    g = torch.Generator().manual_seed(0)
+    rnd = torch.randn(N_RANDOM, E.shape[1], generator=g)
+    D = torch.cat([torch.stack(rows), rnd - rnd.mean(1, keepdim=True)])
+    D = D / D.norm(dim=1, keepdim=True)
+    cfg = StandardSAEConfig(d_in=E.shape[1], d_sae=D.shape[0], metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre"))
+    sae = StandardSAE(cfg)
+    sae.W_dec.data = D.clone()
+    sae.W_enc.data = D.T.contiguous()
+    sae.b_dec.data.zero_()
+    sae.b_enc.data.fill_(-0.5)  # a word feature fires on its own word (and, weaker, its category)
+    sae.save_model(str(path))
+    kind = ["word"] * len(words) + ["category"] * len(cats) + ["random"] * N_RANDOM
+    cat_of = [c for c, ids in cats.items() for _ in ids] + list(cats) + [None] * N_RANDOM
+    return words, kind, cat_of
+
+
+@pytest.fixture(scope="module")
+def sae_run(tmp_path_factory, planted_model, truth):
+    tmp = tmp_path_factory.mktemp("semantic_head")
+    words, kind, cat_of = build_planted_sae(planted_model, truth, tmp / "sae")
+    out = tmp / "out"
+    run_script("semantic_head.py", "--model", "planted", "--sae-path", str(tmp / "sae"), "--out", str(out),
+               "--n-prompts", "48", "--seq-len", "32")
+    return out, words, kind, cat_of, tmp / "sae"
+
+
+def test_outputs(sae_run):
+    out = sae_run[0]
+    for f in ("feature_qk.csv", "feature_top_keys.csv", "self_suppression.csv", "group_feature_qk.csv",
+              "group_feature_qk.png", "self_suppression.png", "naive_vs_head.csv", "naive_vs_head.png",
+              "summary.json", "meta.json"):
+        assert (out / f).stat().st_size > 0, f
+    assert not list(out.glob(".*"))
+
+
+def test_features_attend_to_their_category(sae_run):
+    out, words, kind, cat_of, _ = sae_run
+    top = pd.read_csv(out / "feature_top_keys.csv")
+    top = top[(top["rank"] <= 5) & (top["query_feature"] < len(words))]
+    same = [cat_of[q] == cat_of[k] for q, k in zip(top["query_feature"], top["key_feature"])]
+    assert sum(same) / len(same) >= 0.95
+    assert (top["score"] > 5).mean() >= 0.95  # planted same-category logit is about +12
+
+
+def test_self_suppression_hits_word_features(sae_run):
+    out, words, kind, cat_of, _ = sae_run
+    table = pd.read_csv(out / "feature_qk.csv", keep_default_na=False)
+    word = table.iloc[: len(words)]
+    assert (word["diag"] < -4).all()  # planted self logit is about -8
+    assert (word["self_rank_frac"] > 0.85).all()  # nearly every feature out-scores self
+    category = table.iloc[len(words) : len(words) + 14]
+    assert (category["diag"] > 4).all()  # a category direction alone attends to itself: no identity code
+    sup = pd.read_csv(out / "self_suppression.csv", keep_default_na=False)
+    assert all(kind[f] == "word" for f in sup["feature"].head(20))
+    # labels: a word feature fires most on its own word
+    from common.model import load_tokenizer
+
+    tok = load_tokenizer()
+    hits = [lab.split("/")[0] == tok.decode([t]) for lab, t in zip(word["label"], words)]
+    assert sum(hits) / len(hits) >= 0.9
+
+
+def test_group_map_block_structure(sae_run):
+    out = sae_run[0]
+    G = pd.read_csv(out / "group_feature_qk.csv").set_index("query").to_numpy()
+    assert G.shape == (30, 30)
+    import numpy as np
+
+    diag = np.diag(G)
+    block = np.kron(np.eye(5), np.ones((6, 6))).astype(bool) & ~np.eye(30, dtype=bool)
+    assert (diag < 0).all() and (G[block] > 5).all()
+
+
+def test_naive_similarity_differs_by_self_attention(sae_run):
+    out = sae_run[0]
+    s = json.loads((out / "summary.json").read_text())["naive"]
+    naive, no_self = s["naive_cosine/all"], s["naive_cosine_no_self/all"]
+    assert naive["naive_self_mass"] > naive["head_self_mass"] + 0.1
+    assert no_self["kl"] < 0.5 * naive["kl"]
+    assert no_self["top1_agreement"] > 0.8
+    assert s["uniform_causal/all"]["kl"] > no_self["kl"]
+
+
+def test_feature_map_streaming_equals_dense():
+    from common.qk import FactoredQK
+    from semantic_head import feature_qk_map
+
+    g = torch.Generator().manual_seed(1)
+    qk = FactoredQK(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g))
+    X = torch.randn(150, 64, generator=g)
+    f = qk.scorer(biases=False)
+    res = feature_qk_map(f, X, k=4, chunk=40, progress=False)
+    S = f.scores(X, X)
+    assert torch.allclose(res["diag"], S.diagonal(), atol=1e-4)
+    assert torch.equal(res["self_rank"].long(), (S > S.diagonal()[:, None]).sum(-1))
+    off = S.clone()
+    off.fill_diagonal_(-float("inf"))
+    assert torch.allclose(res["top_score"], torch.topk(off, 4, -1).values, atol=1e-4)
+    assert torch.allclose(res["self_prob"], torch.softmax(S, -1).diagonal(), atol=1e-6)
+
+
+def test_errors(tmp_path, capsys, planted_model, sae_run):
+    import semantic_head
+
+    with pytest.raises(SystemExit) as e:
+        semantic_head.main(["--help"])
+    assert e.value.code == 0 and "--sae-path" in capsys.readouterr().out
+    # offline (conftest sets HF_HUB_OFFLINE=1) the default hub SAE cannot load: a clear message
+    with pytest.raises(SystemExit) as e:
+        semantic_head.main(["--model", "planted", "--out", str(tmp_path)])
+    msg = str(e.value.code)
+    assert "could not load SAE release 'gpt2-small-res-jb'" in msg and "--sae-path" in msg
+    with pytest.raises(SystemExit) as e:
+        semantic_head.main(["--model", "planted", "--sae-path", str(tmp_path / "nothing"), "--out", str(tmp_path)])
+    assert "cfg.json" in str(e.value.code)
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    StandardSAE(StandardSAEConfig(d_in=16, d_sae=8)).save_model(str(tmp_path / "small"))
+    with pytest.raises(SystemExit) as e:
+        semantic_head.main(["--model", "planted", "--sae-path", str(tmp_path / "small"), "--out", str(tmp_path)])
+    assert "d_in=16" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        semantic_head.main(["--model", "planted", "--sae-path", str(sae_run[4]), "--head", "99", "--out", str(tmp_path)])
+    assert "out of range" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        semantic_head.main(["--model", "planted", "--out", "/proc/l1h5-out"])
+    assert "not writable" in str(e.value.code)
+    assert not list(tmp_path.glob("*.csv"))
