@@ -137,6 +137,21 @@ class Factored:
             E = E / math.sqrt(E.shape[0])
         return Factored(E @ self.left, E @ self.right)
 
+    def in_gram(self, gram: torch.Tensor) -> "Factored":
+        """A small Factored with the same sym/skew spectra as ``in_basis(E, normalise=True)``,
+        given only ``gram`` = E^T E / m ([n, n], see :func:`embedding_gram`).
+
+        With A = [left, right] and B = E A / sqrt(m): B^T B = A^T gram A =: G, and the spectra of
+        B core B^T depend on B only through G, so B' = G^{1/2} ([2r, 2r]) stands in for B. This
+        costs O(n^2 r) per head instead of a QR of a vocab x 2r matrix.
+        """
+        A = torch.cat([self.left, self.right], 1).double()
+        G = A.T @ gram.double().to(A.device) @ A
+        w, V = torch.linalg.eigh((G + G.T) / 2)
+        root = (V * w.clamp_min(0).sqrt()) @ V.T
+        r = self.rank_bound
+        return Factored(root[:, :r], root[:, r:])
+
     # -- symmetric / skew parts --------------------------------------------------------------
     def sym(self) -> "Factored":
         """W_sym = (M + M^T)/2 = [L, R][R, L]^T / 2 (bias-free)."""
@@ -558,6 +573,17 @@ def rank_metrics(ranks, ks=(1, 128, 256, 1024)) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def embedding_gram(E: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """E^T E / n_tokens in float64 ([d_model, d_model]), accumulated in chunks."""
+    d = E.shape[1]
+    G = torch.zeros(d, d, dtype=torch.float64)
+    for s in range(0, E.shape[0], chunk):
+        x = E[s : s + chunk].double()
+        G += x.T @ x
+    return G / E.shape[0]
+
+
 def model_fingerprint(model) -> str:
     """sha256 (16 hex) of every parameter's bytes and the config fields that change outputs.
 
@@ -663,3 +689,93 @@ def load_shared_gpt2_state_dict(folder: str | Path | None = None) -> dict[str, t
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
     return load_file(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-rank over a grid of steering edits (svd_rank_ablation.py)
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def self_rank_grid(base: Factored, eig: Eigen, E: torch.Tensor, query_ids, ks, scales,
+                   eig_scale: float = 1.0, keep_skew: bool = True, key_chunk: int = 8192,
+                   query_chunk: int = 512, progress: bool = False) -> torch.Tensor:
+    """Self-ranks [len(ks), len(scales), n_queries] over the FULL vocabulary for every edit
+    "the k most negative eigenvalues of W_sym multiplied by scale" (see :func:`steer`).
+
+    Why it is cheap: for a fixed k the edited score is s_base + (scale - 1) * D_k with
+    D_k = sum_{m<=k} lambda_m (x_q.u_m)(x_k.u_m), so key j out-scores the query's own key iff
+    b_j + t d_j > 0 with b_j, d_j the differences to the own key and t = scale - 1. That is a
+    threshold on t: key j counts for every t above (d_j > 0) or below (d_j < 0) -b_j/d_j, so one
+    pass per (k, chunk) bins each key's threshold against the sorted scale grid (bucketize) and a
+    cumulative sum gives the counts for every scale at once. E @ factors is computed once.
+    ``keep_skew=False`` subtracts W_skew from ``base`` first.
+    """
+    q_ids = _ids(query_ids)
+    ks = [int(k) for k in ks]
+    scales_t = torch.as_tensor(list(scales), dtype=torch.float64)
+    order = torch.argsort(scales_t)
+    t_sorted = (scales_t[order] - 1.0).to(torch.float32)
+    n_t = len(t_sorted)
+    if not keep_skew:
+        base = steer(base, 1.0, 0, keep_skew=False, eig=eig, eig_scale=eig_scale)
+    neg = eig.select("negative")
+    k_max = min(max(ks) if ks else 0, len(neg))
+    dt = base.left.dtype
+    U = eig.vectors[:, neg[:k_max]].to(dt)
+    lam = (eig.values[neg[:k_max]] * eig_scale).to(dt)
+    kf_all = project_keys(base, E)
+    ku_all = E.to(dt) @ U  # [vocab, k_max]
+    out = torch.empty(len(ks), n_t, len(q_ids), dtype=torch.long)
+    it = range(0, len(q_ids), query_chunk)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="self-rank grid", unit="query chunk")
+    for qs in it:
+        qi = q_ids[qs : qs + query_chunk]
+        nq = len(qi)
+        qf, _ = base.project(E[qi])
+        qu = E[qi].to(dt) @ U * lam  # [nq, k_max], eigenvalue folded into the query side
+        b_self = (qf * kf_all[qi]).sum(-1)
+        d_self_all = qu * ku_all[qi]  # per-eigenvector self contributions
+        counts = torch.zeros(len(ks), nq, n_t + 1, dtype=torch.long)
+        row_off = (torch.arange(nq) * (n_t + 1))[:, None]
+        for ks0 in range(0, kf_all.shape[0], key_chunk):
+            kf = kf_all[ks0 : ks0 + key_chunk]
+            b = qf @ kf.T - b_self[:, None]
+            rows = torch.nonzero((qi >= ks0) & (qi < ks0 + kf.shape[0])).flatten()
+            b[rows, qi[rows] - ks0] = -1.0  # the own key never counts (d is zeroed there too)
+            d = torch.zeros_like(b)
+            done = 0
+            for ik, k in enumerate(ks):
+                k_eff = min(k, k_max)
+                if k_eff > done:
+                    d += qu[:, done:k_eff] @ ku_all[ks0 : ks0 + key_chunk, done:k_eff].T
+                    d -= d_self_all[:, done:k_eff].sum(-1, keepdim=True)
+                    d[rows, qi[rows] - ks0] = 0.0
+                    done = k_eff
+                counts[ik] += _threshold_counts(b, d, t_sorted, row_off, nq, n_t)
+        ranks = counts.cumsum(-1)[..., :n_t]  # [len(ks), nq, n_t]
+        out[:, :, qs : qs + nq] = ranks.permute(0, 2, 1)
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(len(order))
+    return out[:, inv]
+
+
+def _threshold_counts(b, d, t_sorted, row_off, nq, n_t):
+    """Per row, a difference array over the sorted t grid whose cumulative sum is
+    #{j : b_j + t d_j > 0}.
+
+    With r = -b/d: a key with d > 0 counts for t > r, one with d < 0 for t < r, one with d = 0 iff
+    b > 0. So count(t) = #{d>0, r<t} - #{d<0, r<=t} + #{d<0} + #{d=0, b>0}: one bucketize and one
+    weighted bincount (weights sign(d)) serve both signs. A key that ties the own key exactly at a
+    grid value of t (float rounding) may be counted either way.
+    """
+    r = torch.div(b, d).neg_()
+    idx = torch.bucketize(r, t_sorted, right=True, out_int32=True)  # first grid index with t > r
+    idx = idx.to(torch.int64).add_(row_off)
+    c = torch.bincount(idx.view(-1), weights=torch.sign(d).view(-1), minlength=nq * (n_t + 1))
+    c = c.round_().to(torch.long).view(nq, n_t + 1)
+    c[:, 0] += (d < 0).sum(1) + ((d == 0) & (b > 0)).sum(1)
+    return c

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.qk import (
-    Factored, FactoredQK, block_scores, effective_embeddings, load_shared_gpt2_state_dict,
+    Factored, FactoredQK, block_scores, effective_embeddings, embedding_gram, load_shared_gpt2_state_dict,
     model_fingerprint, query_row, random_skew, random_symmetric, rank_metrics, self_rank, steer,
     top_keys,
 )
@@ -101,6 +101,15 @@ def test_streamed_self_rank_equals_dense():
     np.testing.assert_allclose(block_scores(f, E, [1, 2], [5, 6, 7]).numpy(), dense[[1, 2]][:, [5, 6, 7]].numpy(), rtol=1e-4, atol=1e-4)
     m = rank_metrics([0, 1, 200, 2000])
     assert m["acc@1"] == 0.25 and m["acc@1024"] == 0.75 and m["mrr"] == pytest.approx((1 + 0.5 + 1 / 201 + 1 / 2001) / 4)
+
+
+def test_effective_basis_gram_shortcut():
+    g = torch.Generator().manual_seed(6)
+    E = torch.randn(400, 24, generator=g)
+    w = _random_head(d=24, dh=5, seed=7).weights()
+    a, b = w.in_basis(E, normalise=True), w.in_gram(embedding_gram(E))
+    np.testing.assert_allclose(a.sym_eig().values.numpy(), b.sym_eig().values.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(a.skew_singular_values().numpy()[:6], b.skew_singular_values().numpy()[:6], rtol=1e-5)
 
 
 def test_random_controls():

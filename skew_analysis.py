@@ -1,0 +1,371 @@
+"""How much of L1H5's QK circuit is symmetric, how many of its eigenvalues are negative, and does
+the skew part matter?
+
+Question. W_QK = W_Q W_K^T splits into a symmetric part W_sym = (W_QK + W_QK^T)/2 and a skew part
+W_skew = (W_QK - W_QK^T)/2. A head that suppresses attention to itself needs negative eigenvalues
+in W_sym (x^T W_QK x = x^T W_sym x is the self score); its skew part cannot affect the self score
+at all. How large is each part, how many eigenvalues are negative, and how does the target head
+compare with the other heads of its layer and with random controls?
+
+Method (conventions: ``common/qk.py``: rows are queries, columns keys; spectra use the weights
+only, without 1/sqrt(d_head) or biases, with LN folded into W_Q/W_K as TransformerLens does).
+  * Spectra, exactly, through the 2*d_head-dimensional factor space, for every head of the layer
+    and in two bases: the residual basis (the weights alone) and the effective-embedding basis
+    E W_QK E^T / n_vocab (E: ``common.qk.effective_embeddings``, i.e. what layer-L attention sees
+    per token; dividing by the vocabulary size makes it a mean over tokens). Reported: every
+    non-zero eigenvalue of W_sym, the count of negative ones among the --top largest by magnitude
+    and among all, the largest singular value and the Frobenius norm of each part.
+  * Random controls on the 30 group tokens (effective embeddings, scores scaled by 1/sqrt(d_head),
+    every control rescaled to the target's Frobenius norm; attention = softmax over the 30 keys):
+    a truly skew-symmetric random W (W^T = -W: every self score is exactly 0), a random symmetric
+    W with the same count of negative eigenvalues as the target's W_sym, and rank --low-rank
+    versions of both.
+  * Downstream check on seeded category prompts: the drop (clean - ablated) of the logit of the
+    correct next token, averaged over positions, when the whole head is ablated (its hook_z
+    replaced by the mean over the batch's non-BOS positions, and by zero) versus when only its
+    skew part is removed (the head's attention scores recomputed from W_sym, biases kept, inside
+    hook_attn_scores). A control run recomputing the scores from the full W_QK must reproduce the
+    clean logits (its maximum deviation is saved in meta.json).
+
+Outputs (figures/skew_analysis/ by default):
+  spectrum_summary.csv   per head and basis: counts, extreme eigenvalues, largest singular
+                         values and Frobenius norms of W_sym and W_skew, skew share of ||W||^2
+  eigenvalues.csv        every non-zero eigenvalue of W_sym and singular value of W_skew,
+                         per head and basis
+  spectrum_target.png    target head: eigenvalues of W_sym by magnitude (sign coloured) and
+                         singular values of both parts, residual and effective basis
+  spectrum_heads.png     every head of the layer: negative count among the top, largest
+                         singular values of W_sym and W_skew
+  controls.csv, controls_heatmaps.png, controls_scores.csv
+                         the target head and the random controls on the group tokens
+  downstream.csv, downstream_summary.csv, downstream.png
+                         logit drops per prompt and their means with 95% CIs
+  meta.json
+
+Published reference (the L1H5 post, gpt2-small L1H5): 33 of the 64 largest eigenvalues of W_sym
+are negative; largest singular value 1.86 for the symmetric part against 1.34 for the skew part;
+downstream logit drop 0.44 when the whole head is ablated against -0.35 when only the skew part
+is (removing the skew part helps). The spectrum numbers are reproduced in the residual basis by
+``tests/test_qk.py`` from the real gpt2-small attention weights (33 of 64, 1.86 vs 1.35).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from common.cli import base_parser, script_name, start
+from common.metrics import mean_ci
+from common.outputs import write_csv, write_meta
+from common.plotting import plt, save_figure
+from common.prompts import category_prompts, group_token_ids
+from common.qk import (
+    DEFAULT_EIG_RTOL, FactoredQK, effective_embeddings, embedding_gram, random_skew, random_symmetric, spectrum_summary,
+)
+from common.qk_plots import group_panels, long_table, softmax_rows
+
+PUBLISHED = {"n_negative_top64": 33, "sv_max_sym": 1.86, "sv_max_skew": 1.34,
+             "drop_whole_head": 0.44, "drop_skew_only": -0.35}
+
+
+def parse_args(argv):
+    p = base_parser(__doc__)
+    p.add_argument("--top", type=int, default=64, help="count negative eigenvalues among this many largest |lambda|")
+    p.add_argument("--rtol", type=float, default=DEFAULT_EIG_RTOL, help="eigenvalues below rtol * max|lambda| count as zero")
+    p.add_argument("--low-rank", type=int, default=None, help="rank of the low-rank controls (default d_head, made even)")
+    p.add_argument("--n-prompts", type=int, default=64, help="category prompts for the downstream check")
+    p.add_argument("--seq-len", type=int, default=20, help="category words per prompt")
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args(argv)
+    if args.top < 1:
+        p.error("--top must be >= 1")
+    if not 0 < args.rtol < 1:
+        p.error("--rtol must be in (0, 1)")
+    if args.n_prompts < 2 or args.seq_len < 2 or args.batch_size < 1:
+        p.error("--n-prompts and --seq-len must be >= 2, --batch-size >= 1")
+    if args.low_rank is not None and args.low_rank < 2:
+        p.error("--low-rank must be >= 2")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Spectra
+# ----------------------------------------------------------------------------------------------
+
+
+def head_spectra(model, layer: int, E: torch.Tensor, top: int, rtol: float):
+    """(summary rows, eigenvalue rows) for every head of ``layer`` in both bases."""
+    summary, values = [], []
+    gram = embedding_gram(E)  # the effective-basis spectra need only E^T E (Factored.in_gram)
+    for h in tqdm(range(model.cfg.n_heads), desc="spectra", unit="head"):
+        w = FactoredQK.from_model(model, layer, h).weights()
+        for basis, form in (("residual", w), ("effective", w.in_gram(gram))):
+            s = spectrum_summary(form, top=top, rtol=rtol)
+            summary.append({"layer": layer, "head": h, "basis": basis, **s})
+            eig = form.sym_eig(rtol)
+            order = torch.argsort(eig.values.abs(), descending=True)
+            for i, v in enumerate(eig.values[order].tolist()):
+                values.append({"head": h, "basis": basis, "part": "sym_eigenvalue", "index": i, "value": v})
+            sv = form.skew_singular_values()
+            sv = sv[sv > rtol * max(float(sv[0]), 1e-30)]
+            for i, v in enumerate(sv.tolist()):
+                values.append({"head": h, "basis": basis, "part": "skew_singular_value", "index": i, "value": v})
+    return pd.DataFrame(summary), pd.DataFrame(values)
+
+
+def plot_target_spectrum(values: pd.DataFrame, head: int, top: int, layer: int):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    for row, basis in enumerate(("residual", "effective")):
+        v = values[(values["head"] == head) & (values.basis == basis)]
+        eig = v[v.part == "sym_eigenvalue"]
+        ax = axes[row, 0]
+        colours = np.where(eig.value < 0, "tab:red", "tab:blue")
+        ax.bar(eig["index"], eig.value, color=colours, width=1.0)
+        ax.axvline(top - 0.5, color="k", ls="--", lw=0.8)
+        n_neg = int((eig.value.iloc[:top] < 0).sum())
+        ax.set_title(f"L{layer}H{head} W_sym eigenvalues by |lambda| ({basis} basis): "
+                     f"{n_neg} of top {min(top, len(eig))} negative (red)")
+        ax.set_xlabel("rank by |eigenvalue|")
+        ax.set_ylabel("eigenvalue")
+        ax = axes[row, 1]
+        sym_sv = np.abs(eig.value.to_numpy())
+        skew_sv = v[v.part == "skew_singular_value"].value.to_numpy()
+        ax.plot(np.arange(len(sym_sv)), sym_sv, "o-", ms=2.5, label=f"W_sym (max {sym_sv.max():.3g})")
+        if len(skew_sv):
+            ax.plot(np.arange(len(skew_sv)), skew_sv, "s-", ms=2.5, label=f"W_skew (max {skew_sv.max():.3g})")
+        ax.set_yscale("log")
+        ax.set_title(f"singular values ({basis} basis)")
+        ax.set_xlabel("index")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_heads(summary: pd.DataFrame, target: int, top: int, layer: int):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    heads = sorted(summary["head"].unique())
+    x = np.arange(len(heads))
+    key = f"n_negative_top{top}"
+    for i, basis in enumerate(("residual", "effective")):
+        s = summary[summary.basis == basis].set_index("head").loc[heads]
+        axes[0].bar(x + (i - 0.5) * 0.4, s[key], width=0.4, label=basis)
+    axes[0].set_title(f"layer {layer}: negative eigenvalues of W_sym among the top {top}")
+    for i, basis in enumerate(("residual", "effective")):
+        s = summary[summary.basis == basis].set_index("head").loc[heads]
+        ax = axes[1 + i]
+        ax.bar(x - 0.2, s.sv_max_sym, width=0.4, label="W_sym")
+        ax.bar(x + 0.2, s.sv_max_skew, width=0.4, label="W_skew")
+        ax.set_title(f"largest singular value ({basis} basis)")
+    for ax in axes:
+        ax.set_xticks(x, [f"H{h}" + ("*" if h == target else "") for h in heads])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Random controls
+# ----------------------------------------------------------------------------------------------
+
+
+def controls(f: FactoredQK, seed: int, low_rank: int, rtol: float):
+    """name -> bias-free Factored in the residual basis, all with the target's Frobenius norm."""
+    d = f.d_model
+    w = f.weights()
+    eig = f.sym_eig(rtol)
+    n_neg, n_nonzero = eig.n_negative, int(eig.values.numel())
+    fro = w.frobenius()["full"]
+    low_rank = max(2, low_rank - low_rank % 2)
+    r_sym = max(n_nonzero, n_neg)
+    forms = {
+        f"L{f.layer}H{f.head} (actual)": w,
+        "random skew, full rank": random_skew(d, rank=d - d % 2, seed=seed),
+        f"random skew, rank {low_rank}": random_skew(d, rank=low_rank, seed=seed + 1),
+        f"random symmetric, {n_neg} negative, full rank": random_symmetric(d, n_neg, rank=d, seed=seed + 2),
+        f"random symmetric, {n_neg} negative, rank {r_sym}": random_symmetric(d, n_neg, rank=r_sym, seed=seed + 3),
+    }
+    return {k: v.scaled(fro / v.frobenius()["full"]) for k, v in forms.items()}
+
+
+def control_metrics(name: str, form, scores: np.ndarray, groups: list[str], rtol: float) -> dict:
+    att = softmax_rows(scores)
+    n = len(groups)
+    g = np.array(groups)
+    same = (g[:, None] == g[None, :]) & ~np.eye(n, dtype=bool)
+    eig = form.sym_eig(rtol)
+    self_rank = (scores > np.diag(scores)[:, None]).sum(1)
+    sc = scores - scores.mean()
+    return {
+        "control": name,
+        "rank_sym_nonzero": int(eig.values.numel()),
+        "n_negative": eig.n_negative,
+        "skew_share": form.frobenius()["skew"] ** 2 / max(form.frobenius()["full"] ** 2, 1e-30),
+        "mean_self_attention": float(np.diag(att).mean()),
+        "mean_same_group_attention": float((att * same).sum(1).mean()),
+        "mean_self_rank_in_group_block": float(self_rank.mean()),
+        "corr_scores_with_transpose": float((sc * sc.T).sum() / max((sc * sc).sum(), 1e-30)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Downstream: whole head vs skew part
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def downstream(model, f: FactoredQK, tokens: torch.Tensor, batch_size: int) -> tuple[pd.DataFrame, float]:
+    """Per prompt: mean over positions of the correct-next-token logit drop per ablation."""
+    layer, head = f.layer, f.head
+    dev = model.cfg.device
+    sym_scorer = f.steer(1.0, 0, keep_skew=False, biases=True, scaled=True)
+    full_scorer = f.scorer()
+    z_mean = None
+    rows, max_dev = [], 0.0
+
+    def next_logit(logits, toks):
+        return logits[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]
+
+    for i in tqdm(range(0, len(tokens), batch_size), desc="downstream", unit="batch"):
+        toks = tokens[i : i + batch_size].to(dev)
+        store = {}
+
+        def save_z(z, hook):
+            store["z"] = z[:, 1:, head].reshape(-1, z.shape[-1]).mean(0)
+
+        clean = model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", save_z)])
+        z_mean = store["z"]
+        out = {"clean": next_logit(clean, toks)}
+
+        def mean_z(z, hook):
+            z[:, :, head] = z_mean
+            return z
+
+        def zero_z(z, hook):
+            z[:, :, head] = 0.0
+            return z
+
+        def save_x(x, hook):
+            store["x"] = x
+
+        def rescore(form):
+            def hook(scores, hook):
+                x = store["x"]
+                x = x if x.dim() == 3 else x[:, :, head]
+                qf, kf = form.project(x.float().cpu().reshape(-1, x.shape[-1]),
+                                      x.float().cpu().reshape(-1, x.shape[-1]))
+                n = x.shape[1]
+                qf, kf = qf.view(len(x), n, -1), kf.view(len(x), n, -1)
+                new = (qf @ kf.transpose(1, 2)).to(scores.device, scores.dtype)
+                masked = torch.isinf(scores[:, head]) | (scores[:, head] < -1e4)
+                scores[:, head] = torch.where(masked, scores[:, head], new)
+                return scores
+            return hook
+
+        ln_name = f"blocks.{layer}.ln1.hook_normalized"
+        runs = {
+            "whole head (mean)": [(f"blocks.{layer}.attn.hook_z", mean_z)],
+            "whole head (zero)": [(f"blocks.{layer}.attn.hook_z", zero_z)],
+            "skew part removed": [(ln_name, save_x), (f"blocks.{layer}.attn.hook_attn_scores", rescore(sym_scorer))],
+            "full W_QK recomputed (control)": [(ln_name, save_x), (f"blocks.{layer}.attn.hook_attn_scores", rescore(full_scorer))],
+        }
+        for name, hooks in runs.items():
+            out[name] = next_logit(model.run_with_hooks(toks, fwd_hooks=hooks), toks)
+        max_dev = max(max_dev, float((out["full W_QK recomputed (control)"] - out["clean"]).abs().max()))
+        for b in range(len(toks)):
+            row = {"prompt": i + b, "clean_logit": float(out["clean"][b].mean())}
+            for name in runs:
+                row[f"drop: {name}"] = float((out["clean"][b] - out[name][b]).mean())
+            rows.append(row)
+    return pd.DataFrame(rows), max_dev
+
+
+def summarise_downstream(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for col in [c for c in df.columns if c.startswith("drop: ")]:
+        m, half = mean_ci(df[col].to_numpy())
+        rows.append({"ablation": col.removeprefix("drop: "), "mean_drop": float(m), "ci95": float(half),
+                     "n_prompts": len(df)})
+    return pd.DataFrame(rows)
+
+
+def plot_downstream(summary: pd.DataFrame, layer: int, head: int):
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    s = summary[~summary.ablation.str.contains("control")]
+    y = np.arange(len(s))
+    ax.barh(y, s.mean_drop, xerr=s.ci95, color=["tab:gray", "tab:gray", "tab:orange"][: len(s)])
+    ax.set_yticks(y, s.ablation)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("drop in the correct next-token logit (clean - ablated), mean +/- 95% CI")
+    ax.set_title(f"L{layer}H{head}: whole head vs skew part (published: 0.44 vs -0.35)")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, out_dir = start(args, script_name(__file__))
+    layer, head = args.layer, args.head
+    E = effective_embeddings(model, layer)
+    f = FactoredQK.from_model(model, layer, head)
+    low_rank = args.low_rank or f.d_head
+
+    summary, values = head_spectra(model, layer, E, args.top, args.rtol)
+    write_csv(out_dir / "spectrum_summary.csv", summary)
+    write_csv(out_dir / "eigenvalues.csv", values)
+    save_figure(plot_target_spectrum(values, head, args.top, layer), out_dir / "spectrum_target.png")
+    save_figure(plot_heads(summary, head, args.top, layer), out_dir / "spectrum_heads.png")
+
+    ids, labels, groups = group_token_ids(model.tokenizer)
+    Eg = E[ids]
+    forms = controls(f, args.seed, low_rank, args.rtol)
+    scores = {name: (form.scores(Eg, Eg) / f.attn_scale).numpy() for name, form in forms.items()}
+    ctrl = pd.DataFrame([control_metrics(n, forms[n], scores[n], groups, args.rtol) for n in forms])
+    write_csv(out_dir / "controls.csv", ctrl)
+    write_csv(out_dir / "controls_scores.csv", long_table(scores, labels, name="control", value="score"))
+    att = {n: softmax_rows(s) for n, s in scores.items()}
+    fig = group_panels(att, labels, groups, suptitle="attention over the 30 group tokens (softmax of scaled "
+                       "scores; every control has the target's Frobenius norm)", cmap="viridis", center=None,
+                       vmin=0.0, vmax=1.0, ncols=3)
+    save_figure(fig, out_dir / "controls_heatmaps.png")
+
+    prompts = category_prompts(model.tokenizer, args.n_prompts, args.seq_len, seed=args.seed)
+    per_prompt, max_dev = downstream(model, f, prompts.tokens, args.batch_size)
+    down = summarise_downstream(per_prompt)
+    write_csv(out_dir / "downstream.csv", per_prompt)
+    write_csv(out_dir / "downstream_summary.csv", down)
+    save_figure(plot_downstream(down, layer, head), out_dir / "downstream.png")
+
+    tgt = summary[summary["head"] == head].set_index("basis")
+    write_meta(out_dir, args, {
+        "published": PUBLISHED,
+        "target": {b: tgt.loc[b].to_dict() for b in tgt.index},
+        "downstream": down.to_dict("records"),
+        "downstream_control_max_abs_logit_deviation": max_dev,
+        "effective_basis": "E W_QK E^T / n_vocab with E = common.qk.effective_embeddings(model, layer)",
+        "control_scaling": "every control rescaled to the target's ||W_QK||_F; scores / sqrt(d_head)",
+    })
+
+    table = Table(title=f"L{layer}H{head}: W_sym / W_skew spectrum")
+    for c in ("basis", f"neg in top {args.top}", "neg / nonzero", "sv max sym", "sv max skew", "skew share"):
+        table.add_column(c)
+    for b in ("residual", "effective"):
+        r = tgt.loc[b]
+        table.add_row(b, str(int(r[f"n_negative_top{args.top}"])), f"{int(r.n_negative)}/{int(r.n_eigenvalues_nonzero)}",
+                      f"{r.sv_max_sym:.3g}", f"{r.sv_max_skew:.3g}", f"{r.skew_share:.3f}")
+    console = Console()
+    console.print(table)
+    for r in down.itertuples():
+        console.print(f"logit drop, {r.ablation}: {r.mean_drop:+.3f} +/- {r.ci95:.3f}")
+    console.print(f"outputs: {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
