@@ -96,12 +96,18 @@ def dataset_batches(args):
             "Offline? Count a local corpus instead: --text FILE_OR_FOLDER (e.g. the WikiText-103 "
             "train text), or run the offline demo with --model planted."
         ) from None
-    if args.text_column not in (ds.column_names or []):
+    if ds.column_names is not None and args.text_column not in ds.column_names:
         raise SystemExit(f"error: {name} has no column {args.text_column!r} (columns: {ds.column_names})")
     rows = 4096
     total = None if args.streaming else len(ds)
-    batches = (b[args.text_column] for b in ds.iter(batch_size=rows))
-    return batches, total, "rows", name
+    return _column(ds.iter(batch_size=rows), args.text_column, name), total, "rows", name
+
+
+def _column(batches, column, name):
+    for b in batches:
+        if column not in b:
+            raise SystemExit(f"error: {name} has no column {column!r} (columns: {sorted(b)})")
+        yield b[column]
 
 
 def main(argv: list[str] | None = None) -> int:

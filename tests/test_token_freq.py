@@ -66,6 +66,30 @@ def test_count_tokens_matches_naive_loop(tokenizer):
     assert {i: int(counts[i]) for i in counts.nonzero()[0]} == dict(naive)
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_dataset_route_with_a_stand_in_dataset(tmp_path, monkeypatch, streaming):
+    """The `datasets` route (WikiText-103 by default) with a local stand-in for load_dataset."""
+    import datasets
+
+    seen = {}
+
+    def fake_load_dataset(name, config, split, streaming=False):
+        seen.update(name=name, config=config, split=split, streaming=streaming)
+        ds = datasets.Dataset.from_dict({"text": TEXT.splitlines(keepends=True) * 3000})
+        return ds.to_iterable_dataset() if streaming else ds
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    out = tmp_path / "ds"
+    argv = ["--out", str(out), "--workers", "2", "--no-plot"] + (["--streaming"] if streaming else [])
+    assert token_freq.main(argv) == 0
+    assert seen == {"name": "Salesforce/wikitext", "config": "wikitext-103-raw-v1", "split": "train",
+                    "streaming": streaming}
+    df = freq.load_freq_table(out)
+    assert dict(zip(df["token"], df["count"])) == {k: 3000 * v for k, v in EXPECTED.items()}
+    with pytest.raises(SystemExit, match="no column"):
+        token_freq.main(argv + ["--text-column", "body"])
+
+
 def test_top_tokens_from_table_and_fallback(tmp_path, tokenizer):
     from common.prompts import category_token_ids
 
