@@ -95,8 +95,8 @@ def build_parser():
                         "(default: WikiText-103 test via datasets; 'demo' for --model planted)")
     p.add_argument("--n-windows", type=int, default=16, help="windows evaluated (bootstrap unit)")
     p.add_argument("--n-reference", type=int, default=16, help="separate windows for the ablation statistics")
-    p.add_argument("--window-len", type=int, default=128, help="tokens per window, BOS included")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (memory: ~4 x 100 MB at gpt2-small)")
+    p.add_argument("--window-len", type=int, default=96, help="tokens per window, BOS included")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (memory: about 4 vocabulary-sized tensors of batch x window-len x 50257 floats)")
     p.add_argument("--communities", default=None,
                    help="clustering.py communities.csv (id, community), or 'lists' for the category lists "
                         "(default: clustering output if present, else the lists)")
@@ -386,15 +386,16 @@ def main(argv: list[str] | None = None) -> int:
         sl = slice(s, s + args.batch_size)
         resid = cache["resid_pre"][sl]
         clean_logp = torch.log_softmax(run_from_layer(model, resid, L, []).float(), -1)
+        clean_p = clean_logp.exp()
         bar.update()
         for v in variants:
             hooks = pattern_hooks(L, H, rules_pattern(ev[sl], cats)) if v == "rules" else fixed_hooks[v]
-            kl = kl_per_token(clean_logp, run_from_layer(model, resid, L, hooks))[:, 1:].cpu()
+            kl = kl_per_token(clean_logp, run_from_layer(model, resid, L, hooks), clean_p)[:, 1:].cpu()
             window_kl[v][sl] = kl.mean(1).numpy()
             if v in token_level:
                 kl_tok[v][sl] = kl
             bar.update()
-        del clean_logp
+        del clean_logp, clean_p
     bar.close()
 
     # Statistics.

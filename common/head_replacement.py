@@ -226,10 +226,17 @@ def cache_inputs(model, tokens: torch.Tensor, layer: int, head: int, batch_size:
     return res
 
 
-def kl_per_token(clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(clean || other) [batch, pos] from clean log-probs and the other run's logits."""
-    logq = torch.log_softmax(logits.float(), -1)
-    return (clean_logp.exp() * (clean_logp - logq)).sum(-1).clamp_min(0.0)
+def kl_per_token(clean_logp: torch.Tensor, logits: torch.Tensor, clean_p: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(clean || other) [batch, pos] from clean log-probs and the other run's logits.
+
+    Works in place on one [batch, pos, vocab] buffer (pass ``clean_p`` = clean_logp.exp() when
+    calling repeatedly), so a variant costs two vocabulary-sized tensors, not five.
+    """
+    d = torch.log_softmax(logits.float(), -1)
+    del logits
+    d.sub_(clean_logp).neg_()  # log p - log q
+    p = clean_p if clean_p is not None else clean_logp.exp()
+    return torch.linalg.vecdot(p, d).clamp_min(0.0)
 
 
 @torch.no_grad()

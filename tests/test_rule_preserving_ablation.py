@@ -140,8 +140,10 @@ def _main(*args):
 def test_bad_input_gives_clear_errors(tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.")
+    (tmp_path / "empty.txt").write_text("  \n")
     cases = [
         (["--text", str(tmp_path / "missing.txt")], "no such file"),
+        (["--text", str(tmp_path / "empty.txt")], "the text is empty"),
         (["--text", str(short)], "shorter than one window"),
         (["--text", "demo", "--head", "99"], "out of range"),
         (["--text", "demo", "--out", "/proc/x"], "not writable"),
@@ -168,3 +170,17 @@ def test_k_values_parsing():
     with pytest.raises(SystemExit, match="within 1..10"):
         rpa.parse_k_values("11", 10)
     assert np.array_equal(rpa.parse_k_values("all", 3), [1, 2, 3])
+
+
+def test_wikitext_unavailable_names_the_alternatives(monkeypatch):
+    import datasets
+
+    from common.natural_text import TextUnavailable, load_text
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach 'Salesforce/wikitext' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(TextUnavailable, match="--text PATH") as e:
+        load_text(None)
+    assert "--text demo" in str(e.value) and "ConnectionError" in str(e.value)
