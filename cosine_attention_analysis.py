@@ -19,8 +19,8 @@ Method.
     query row*,
         d[i,j] = l[i,j] - l[i,i] = s[i,j] - s[i,i]  (the row normaliser cancels; b_K's term too),
     the log of the attention ratio A[i,j]/A[i,i] when both i and j are earlier in the context.
-    d > 0: key j out-scores the token itself. (The original subtracted the key's diagonal
-    s[j,j] instead of the query's s[i,i]; that is not a per-query comparison.)
+    d > 0: key j out-scores the token itself. (The original repository subtracted the wrong
+    diagonal; here it is always the query row's own s[i,i], so d compares two keys of one query.)
   * Cosine c[i,j] = cos(E_i, E_j). Every ordered pair i != j enters (the diagonal is the
     reference point itself: c = 1, d = 0).
   * Overlapping windows of width --window every --step in cosine: the mean of d over the pairs
