@@ -1,0 +1,579 @@
+"""Can L1H5's self-suppression be steered by gradient descent on its W_Q/W_K, and what does it cost?
+
+Question. L1H5 never attends to itself or to copies of itself. If its query/key weights are
+optimised to attend to self (promote), or to avoid self even more (suppress), how far does
+self-attention move, how much in-category attention survives, and how does that compare with
+editing the spectrum of W_QK (eigenvalue steering) for the same gain, and with the original
+repository's one-step trace-loss edit?
+
+Method. Seeded category prompts with many repeated words (train and a held-out set). The head's
+W_Q and W_K get an update dW_Q, dW_K, either full ([d_model, d_head] each) or low rank
+(A B^T with rank --rank, LoRA-style: A random, B zero), applied through forward hooks on
+``blocks.L.attn.hook_q`` / ``hook_k`` (q += x dW_Q, k += x dW_K, x = the LN1-normalised input), so
+the model's parameters are never modified. Layers 0..L-1 do not depend on the optimised weights,
+so their output is computed once (``stop_at_layer=L``); each step runs layer L (``start_at_layer``)
+with autograd up to the head's attention scores. Loss (Adam, --lr, --steps; after each step dW_Q, dW_K are shrunk back into the trust region
+||dW||_F <= --max-edit * ||W||_F) over queries q >= 1:
+  promote:   -mean_q log m_q                                   + keep * KL
+  suppress:  mean_q softplus(log m_q - (log m_q^orig - margin))  + keep * KL
+where m_q is the attention mass on the query itself and on earlier copies of the same token
+(computed as a log-sum-exp of log-probabilities, so tiny masses have exact gradients). A
+self-suppressing head starts with m ~ 0, so "suppress" asks each query to lower its log m by
+--margin nats (softplus: no reward beyond that; plain +log m is unbounded and log(1 - m) has
+nothing left to push). KL = mean_q KL(original || edited) of the attention renormalised over the
+keys that are NOT the query or its copies (--keep-weight): without it, the cheapest way to change
+self-attention is to move everything to or away from BOS.
+
+Baselines:
+  * eigenvalue steering (``common.qk.steer``): the negative eigenvalues of W_sym are multiplied by
+    alpha, alpha chosen by bisection so that the held-out mean log self-mass equals the gradient
+    result's (matched self-attention gain);
+  * the original repository's one-step trace loss: the loss -trace(W_Q W_K^T) has gradient -W_Q
+    for W_K, so one step of size 1 is W_K <- W_K + W_Q (here on the fold_ln-processed weights).
+
+Evaluated for every variant: held-out attention mass split (self+copies, other in-category, BOS,
+other) and semantic score; the share of non-self attention that stays in-category; self-rank of
+query tokens over the FULL vocabulary of keys (``common.qk.self_rank`` on effective embeddings);
+30 x 30 group-token attention (``common.prompts.group_token_ids``); the 10 keys over the
+vocabulary that " Monday" attends to most.
+
+Outputs (``figures/gradient_steering/`` by default):
+  loss_curve.csv / .png        train and held-out loss per step, per direction
+  variants.csv                 every variant: mass split, semantic score, self-rank metrics, edit size
+  group_attention.csv / group_heatmaps.png   softmax over the 30 group tokens, per variant
+  self_ranks.csv / self_rank.png             self-rank per query token, per variant (CDF)
+  monday_top10.csv             the 10 most attended vocabulary tokens for " Monday" per variant
+  summary.json, meta.json
+
+Published reference (the original repository): the trace-loss step makes tokens attend to
+themselves; no numbers to compare against are published for gradient steering.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from common.cli import base_parser, script_name, start
+from common.metrics import mass_split, semantic_score
+from common.outputs import write_csv, write_json, write_meta
+from common.plotting import plt, save_figure, sns
+from common.prompts import TokenizationError, category_prompts, category_token_ids, group_token_ids, single_token_id
+from common.qk import Factored, FactoredQK, effective_embeddings, query_row, rank_metrics, self_rank, steer
+
+DIRECTIONS = {"promote": ["promote"], "suppress": ["suppress"], "both": ["promote", "suppress"]}
+
+
+def parse_args(argv):
+    p = base_parser(__doc__)
+    p.add_argument("--direction", choices=list(DIRECTIONS), default="both",
+                   help="promote self-attention, suppress it, or run both")
+    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
+    p.add_argument("--steps", type=int, default=150, help="optimisation steps")
+    p.add_argument("--rank", type=int, default=0, help="rank of the update of W_Q and of W_K (0 = full update)")
+    p.add_argument("--keep-weight", type=float, default=1.0,
+                   help="weight of the KL term that keeps the non-self attention pattern (0 = task loss only)")
+    p.add_argument("--margin", type=float, default=10.0,
+                   help="suppress: nats by which each query's log self-mass should drop")
+    p.add_argument("--max-edit", type=float, default=1.0,
+                   help="trust region: ||dW_Q||_F <= max_edit * ||W_Q||_F (same for W_K); 0 = unbounded")
+    p.add_argument("--n-prompts", type=int, default=128, help="training prompts")
+    p.add_argument("--n-heldout", type=int, default=64, help="held-out prompts (evaluation, alpha matching)")
+    p.add_argument("--seq-len", type=int, default=16, help="category words per prompt (BOS not counted)")
+    p.add_argument("--repeat-prob", type=float, default=0.3, help="chance a word repeats an earlier one")
+    p.add_argument("--eval-every", type=int, default=10, help="held-out loss every N steps")
+    p.add_argument("--n-rank-queries", type=int, default=1000,
+                   help="random vocabulary tokens whose self-rank is measured (category and group tokens always are)")
+    p.add_argument("--query-word", default="Monday", help="the word whose 10 most attended tokens are listed")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0 = torch default; 1 is fastest on a busy machine)")
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be at least 1")
+    if not args.lr > 0 or not math.isfinite(args.lr):
+        p.error("--lr must be a positive number")
+    if args.rank < 0:
+        p.error("--rank must be >= 0 (0 = full update)")
+    if args.max_edit < 0 or args.threads < 0 or args.keep_weight < 0 or not args.margin > 0:
+        p.error("--max-edit, --keep-weight and --threads must be >= 0, --margin > 0")
+    if args.n_prompts < 1 or args.n_heldout < 2 or args.seq_len < 2:
+        p.error("--n-prompts must be >= 1, --n-heldout >= 2 and --seq-len >= 2")
+    if not 0 <= args.repeat_prob < 1:
+        p.error("--repeat-prob must be in [0, 1)")
+    if args.eval_every < 1 or args.n_rank_queries < 0:
+        p.error("--eval-every must be >= 1 and --n-rank-queries >= 0")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Running only what the head needs
+# ----------------------------------------------------------------------------------------------
+
+
+class _Done(Exception):
+    """Raised from a hook once the head's scores exist: nothing after them is needed."""
+
+
+@torch.no_grad()
+def residual_before(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """blocks.<layer>.hook_resid_pre for ``tokens``: constant while only layer ``layer`` changes."""
+    return model(tokens.to(model.cfg.device), stop_at_layer=layer)
+
+
+def head_scores(model, resid: torch.Tensor, layer: int, head: int, hooks=()) -> torch.Tensor:
+    """Attention scores [batch, q, k] of one head (causally masked), from the residual before ``layer``.
+
+    Runs layer ``layer`` only up to ``hook_attn_scores``; ``hooks`` (e.g. W_Q/W_K edits) apply.
+    Differentiable when the hooks carry parameters and grad is enabled.
+    """
+    out = {}
+
+    def grab(t, hook):
+        out["s"] = t[:, head]
+        raise _Done
+
+    try:
+        model.run_with_hooks(resid, start_at_layer=layer, stop_at_layer=layer + 1,
+                             fwd_hooks=[*hooks, (f"blocks.{layer}.attn.hook_attn_scores", grab)])
+    except _Done:
+        pass
+    return out["s"]
+
+
+def self_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, q, k]: key k <= q is the query token itself or an earlier copy (never BOS)."""
+    n = tokens.shape[1]
+    m = (tokens[:, :, None] == tokens[:, None, :]) & torch.ones(n, n, dtype=torch.bool).tril()
+    m[:, :, 0] = False
+    return m
+
+
+def log_self_mass(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log m_q [batch, q-1] for queries q >= 1, exact for tiny masses."""
+    logp = torch.log_softmax(scores, -1)
+    logp = logp.masked_fill(~self_mask(tokens).to(scores.device), -torch.inf)
+    return torch.logsumexp(logp, -1)[:, 1:]
+
+
+def nonself_kl(scores, ref_scores, tokens) -> torch.Tensor:
+    """mean_q KL(p_ref || p) of the attention renormalised over the keys that are NOT the query
+    or its copies: how much the rest of the pattern (in-category, BOS, other) changed shape."""
+    drop = self_mask(tokens).to(scores.device)
+    lp = torch.log_softmax(scores.masked_fill(drop, -torch.inf), -1)
+    lr = torch.log_softmax(ref_scores.masked_fill(drop, -torch.inf), -1)
+    valid = torch.isfinite(lr)
+    kl = torch.where(valid, lr.exp() * (lr - lp.masked_fill(~valid, 0.0)), torch.zeros_like(lr)).sum(-1)
+    return kl[:, 1:].mean()
+
+
+def loss_fn(scores, ref_scores, tokens, direction: str, margin: float) -> torch.Tensor:
+    """promote: -mean_q log m_q; suppress: mean_q softplus(log m_q - (log m_q^orig - margin))."""
+    ls = log_self_mass(scores, tokens)
+    if direction == "promote":
+        return -ls.mean()
+    target = log_self_mass(ref_scores, tokens) - margin
+    return torch.nn.functional.softplus(ls - target).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Edits as hooks
+# ----------------------------------------------------------------------------------------------
+
+
+class Update(torch.nn.Module):
+    """dW_Q, dW_K for one head: full, or rank-r A B^T (A random, B zero, so the start is exact)."""
+
+    def __init__(self, d_model: int, d_head: int, rank: int, seed: int):
+        super().__init__()
+        self.rank = rank
+        if rank == 0:
+            self.dQ = torch.nn.Parameter(torch.zeros(d_model, d_head))
+            self.dK = torch.nn.Parameter(torch.zeros(d_model, d_head))
+        else:
+            g = torch.Generator().manual_seed(seed)
+            self.aQ = torch.nn.Parameter(torch.randn(d_model, rank, generator=g) / math.sqrt(d_model))
+            self.aK = torch.nn.Parameter(torch.randn(d_model, rank, generator=g) / math.sqrt(d_model))
+            self.bQ = torch.nn.Parameter(torch.zeros(d_head, rank))
+            self.bK = torch.nn.Parameter(torch.zeros(d_head, rank))
+
+    def deltas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rank == 0:
+            return self.dQ, self.dK
+        return self.aQ @ self.bQ.T, self.aK @ self.bK.T
+
+    @torch.no_grad()
+    def project(self, max_q: float, max_k: float) -> None:
+        """Shrink dW_Q / dW_K back onto the trust region ||d||_F <= max (the B factor for low rank)."""
+        dQ, dK = self.deltas()
+        for d, cap, param in ((dQ, max_q, self.dQ if self.rank == 0 else self.bQ),
+                              (dK, max_k, self.dK if self.rank == 0 else self.bK)):
+            n = float(d.norm())
+            if n > cap:
+                param.mul_(cap / n)
+
+
+def qk_edit_hooks(layer: int, head: int, get_deltas) -> list:
+    """Hooks adding x dW_Q to the head's queries and x dW_K to its keys (x: LN1-normalised input).
+
+    ``get_deltas()`` is called at each forward pass, so trainable deltas stay in the graph.
+    """
+    saved = {}
+
+    def save_x(t, hook):
+        saved["x"] = t
+
+    def add(which):
+        def fn(t, hook):
+            dQ, dK = get_deltas()
+            d = dQ if which == "q" else dK
+            t = t.clone()
+            t[:, :, head] = t[:, :, head] + saved["x"] @ d.to(t.dtype)
+            return t
+        return fn
+
+    return [(f"blocks.{layer}.ln1.hook_normalized", save_x),
+            (f"blocks.{layer}.attn.hook_q", add("q")), (f"blocks.{layer}.attn.hook_k", add("k"))]
+
+
+def scorer_hooks(layer: int, head: int, f: Factored) -> list:
+    """Hooks replacing the head's attention scores by those of an arbitrary (factored) scorer ``f``.
+
+    Used for edits that are not a d_head-sized W_Q/W_K change (eigenvalue steering). ``f`` must
+    be in logit units (biases and 1/sqrt(d_head) included, as ``FactoredQK.scorer()``).
+    """
+    saved = {}
+
+    def save_x(t, hook):
+        saved["x"] = t
+
+    def replace(t, hook):
+        x = saved["x"]
+        qf, kf = f.project(x.reshape(-1, x.shape[-1]).double(), x.reshape(-1, x.shape[-1]).double())
+        b, n = x.shape[:2]
+        s = (qf.reshape(b, n, -1) @ kf.reshape(b, n, -1).transpose(1, 2)).to(t.dtype)
+        causal = torch.ones(n, n, dtype=torch.bool, device=t.device).tril()
+        t = t.clone()
+        t[:, head] = s.masked_fill(~causal, -torch.inf)
+        return t
+
+    return [(f"blocks.{layer}.ln1.hook_normalized", save_x), (f"blocks.{layer}.attn.hook_attn_scores", replace)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation
+# ----------------------------------------------------------------------------------------------
+
+
+def optimise(model, train, held, layer, head, direction, args):
+    """Returns (Update, loss curve rows)."""
+    upd = Update(model.cfg.d_model, model.cfg.d_head, args.rank, args.seed)
+    opt = torch.optim.Adam(upd.parameters(), lr=args.lr)
+    hooks = qk_edit_hooks(layer, head, upd.deltas)
+    w_norms = (float(model.W_Q[layer, head].norm()), float(model.W_K[layer, head].norm()))
+    rows = []
+    ref_train = head_scores(model, train[0], layer, head)
+    ref_held = head_scores(model, held[0], layer, head)
+
+    def total(s, ref, tokens):
+        task = loss_fn(s, ref, tokens, direction, args.margin)
+        keep = nonself_kl(s, ref, tokens) if args.keep_weight > 0 else torch.zeros(())
+        return task + args.keep_weight * keep, task, keep
+
+    with torch.enable_grad():  # common.cli.start disables grad globally
+        for step in tqdm(range(args.steps + 1), desc=f"{direction}", leave=False):
+            held_loss = None
+            if step % args.eval_every == 0 or step == args.steps:
+                with torch.no_grad():
+                    held_loss = float(total(head_scores(model, held[0], layer, head, hooks), ref_held, held[1])[0])
+            loss, task, keep = total(head_scores(model, train[0], layer, head, hooks), ref_train, train[1])
+            rows.append({"direction": direction, "step": step, "train_loss": loss.item(), "train_task_loss": task.item(),
+                         "train_keep_kl": keep.item(), "heldout_loss": held_loss})
+            if step == args.steps:
+                break
+            if not torch.isfinite(loss):
+                raise SystemExit(f"error: the {direction} loss diverged at step {step}; lower --lr (now {args.lr})")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if args.max_edit > 0:
+                upd.project(args.max_edit * w_norms[0], args.max_edit * w_norms[1])
+    return upd, rows
+
+
+@torch.no_grad()
+def evaluate(model, held, layer, head, hooks, mask) -> dict:
+    """Held-out numbers of the head under ``hooks``."""
+    s = head_scores(model, held[0], layer, head, hooks)
+    pat = torch.softmax(s, -1)
+    split = mass_split(pat[None], held[1], mask)
+    ls = log_self_mass(s, held[1])
+    out = {f"mass_{k}": float(v[0]) for k, v in split.items()}
+    out["mean_log_self_mass"] = float(ls.mean())
+    out["semantic_score"] = float(semantic_score(pat, mask).mean())
+    out["in_category_share_of_nonself"] = out["mass_in_category"] / max(1 - out["mass_self_and_copies"], 1e-12)
+    return out
+
+
+@torch.no_grad()
+def match_alpha(model, held, layer, head, qk: FactoredQK, target: float, iters: int = 30) -> tuple[float, float]:
+    """alpha such that scaling W_sym's negative eigenvalues by alpha gives held-out mean log
+    self-mass ``target``; (alpha, reached value). Bisection, bracket grown geometrically."""
+    eig = qk.sym_eig()
+    if eig.n_negative == 0:
+        raise SystemExit("error: W_sym of this head has no negative eigenvalues: nothing for eigenvalue steering to edit")
+
+    def value(alpha):
+        f = steer(qk.scorer(), alpha, "negative", eig=eig, eig_scale=1.0 / qk.attn_scale)
+        return float(log_self_mass(head_scores(model, held[0], layer, head, scorer_hooks(layer, head, f)), held[1]).mean())
+
+    v1 = value(1.0)
+    up = target > v1  # promoting self needs alpha < 1 (weaker or flipped negative eigenvalues)
+    step, far = 1.0, None
+    for _ in range(12):
+        a = 1.0 - step if up else 1.0 + step
+        v = value(a)
+        if (v >= target) == up:
+            far = a
+            break
+        step *= 2
+    if far is None:
+        return a, v  # target out of reach: report the furthest edit tried
+    lo, hi = (far, 1.0) if up else (1.0, far)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        v = value(mid)
+        if (v >= target) == up:
+            if up:
+                lo = mid
+            else:
+                hi = mid
+        else:
+            if up:
+                hi = mid
+            else:
+                lo = mid
+    a = lo if up else hi
+    return a, value(a)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary-level views of each variant
+# ----------------------------------------------------------------------------------------------
+
+
+def edit_size(base: FactoredQK, f: Factored) -> float:
+    """||W'_QK - W_QK||_F / ||W_QK||_F on the weights (logit units), computed factored."""
+    b = base.scorer(biases=False)
+    diff = Factored(torch.cat([f.left.float(), b.left], 1), torch.cat([f.right.float(), -b.right], 1))
+    return diff.frobenius()["full"] / max(b.frobenius()["full"], 1e-30)
+
+
+def group_attention(f: Factored, E, ids) -> np.ndarray:
+    s = f.scores(E[ids], E[ids])
+    return torch.softmax(s.float(), -1).numpy()
+
+
+def top_attended(f: Factored, E, query_id: int, k: int = 10):
+    """(ids, scores, probabilities over the full vocabulary as keys, rank of the query's own key)."""
+    row = query_row(f, E, query_id).float()
+    logz = torch.logsumexp(row, 0)
+    vals, ids = torch.topk(row, k)
+    self_rank_ = int((row > row[query_id]).sum())
+    return ids.tolist(), vals.tolist(), torch.exp(vals - logz).tolist(), self_rank_
+
+
+def rank_queries(tokenizer, vocab: int, n_random: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(token ids, kind of each: "category" for category and group words, "random" otherwise)."""
+    cat = set(t for ids in category_token_ids(tokenizer).values() for t in ids) | set(group_token_ids(tokenizer)[0])
+    rng = np.random.default_rng(seed)
+    rand = set(rng.choice(vocab - 1, size=min(n_random, vocab - 1), replace=False).tolist()) - cat
+    ids = sorted(cat) + sorted(rand)
+    return torch.tensor(ids), np.array(["category"] * len(cat) + ["random"] * len(rand))
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures and report
+# ----------------------------------------------------------------------------------------------
+
+
+def loss_figure(curve: pd.DataFrame, path):
+    dirs = list(dict.fromkeys(curve.direction))
+    fig, axes = plt.subplots(1, len(dirs), figsize=(5.2 * len(dirs), 3.6), squeeze=False)
+    for ax, d in zip(axes[0], dirs):
+        c = curve[curve.direction == d]
+        ax.plot(c.step, c.train_loss, label="train")
+        h = c.dropna(subset=["heldout_loss"])
+        ax.plot(h.step, h.heldout_loss, "o-", ms=3, label="held-out")
+        ax.set_xlabel("step")
+        ax.set_ylabel("-mean log m + keep KL" if d == "promote" else "softplus(log m - target) + keep KL")
+        if (c.train_loss > 0).all() and c.train_loss.max() / max(c.train_loss.min(), 1e-30) > 100:
+            ax.set_yscale("log")
+        ax.set_title(f"{d} self-attention")
+        ax.legend()
+    save_figure(fig, path)
+
+
+def group_figure(mats: dict, labels, groups, path):
+    n = len(mats)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 5.8 * rows), squeeze=False)
+    from common.plotting import token_heatmap
+
+    for ax, (name, m) in zip(axes.flat, mats.items()):
+        token_heatmap(ax, m, labels, title=name, vmin=0, vmax=1, cmap="viridis", center=None, groups=groups)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Attention among the 30 group tokens (softmax over these keys, effective embeddings)")
+    save_figure(fig, path)
+
+
+def rank_figure(ranks: pd.DataFrame, path):
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, g in ranks[ranks.kind == "category"].groupby("variant", sort=False):
+        r = np.sort(g["rank"].to_numpy())
+        ax.step(r + 1, np.arange(1, len(r) + 1) / len(r), where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("self-rank + 1 over the full vocabulary (1 = own key is the top key)")
+    ax.set_ylabel("fraction of query tokens")
+    ax.legend(fontsize=7)
+    ax.set_title("Where each category word's own key ranks")
+    save_figure(fig, path)
+
+
+def report(variants: pd.DataFrame, top: pd.DataFrame, word: str):
+    c = Console(width=max(Console().width, 150))
+    t = Table(title="Held-out attention per variant")
+    for col in ("variant", "self+copies", "log self", "in-category", "in-cat share of non-self", "BOS",
+                "score", "median self-rank (category)", "|dW_QK|/|W_QK|"):
+        t.add_column(col)
+    for _, r in variants.iterrows():
+        t.add_row(r.variant, f"{r.mass_self_and_copies:.3g}", f"{r.mean_log_self_mass:.2f}", f"{r.mass_in_category:.3f}",
+                  f"{r.in_category_share_of_nonself:.3f}", f"{r.mass_bos:.3f}", f"{r.semantic_score:.3f}",
+                  f"{r.category_median_rank:.0f}", f"{r.edit_fro_rel:.3f}")
+    c.print(t)
+    t2 = Table(title=f"The 10 most attended tokens for {word!r} over the vocabulary")
+    t2.add_column("#")
+    names = list(dict.fromkeys(top.variant))
+    for n in names:
+        t2.add_column(n)
+    for i in range(10):
+        row = [str(i + 1)]
+        for n in names:
+            r = top[(top.variant == n) & (top["rank"] == i + 1)].iloc[0]
+            tok = repr(r.token)[1:-1]
+            row.append(f"[bold]{tok}[/]" if r.is_query else tok)
+        t2.add_row(*row)
+    c.print(t2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, out = start(args, script_name(__file__))
+    L, H = args.layer, args.head
+    if args.seq_len + 1 > model.cfg.n_ctx:
+        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
+    if args.rank > model.cfg.d_head:
+        raise SystemExit(f"error: --rank {args.rank} exceeds d_head {model.cfg.d_head} (use 0 for a full update)")
+    tok = model.tokenizer
+    try:
+        word_id = single_token_id(tok, args.query_word)
+    except TokenizationError as exc:
+        raise SystemExit(f"error: --query-word: {exc}") from None
+    W_before = (model.W_Q[L, H].detach().clone(), model.W_K[L, H].detach().clone())
+
+    train_b = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
+    held_b = category_prompts(tok, args.n_heldout, args.seq_len, args.seed + 1000, repeat_prob=args.repeat_prob)
+    train = (residual_before(model, train_b.tokens, L), train_b.tokens)
+    held = (residual_before(model, held_b.tokens, L), held_b.tokens)
+
+    qk = FactoredQK.from_model(model, L, H)
+    variants: dict[str, dict] = {"original": {"hooks": [], "scorer": qk.scorer()}}
+    curves = []
+    for d in DIRECTIONS[args.direction]:
+        upd, rows = optimise(model, train, held, L, H, d, args)
+        curves += rows
+        dQ, dK = (t.detach().cpu() for t in upd.deltas())
+        edited = FactoredQK(qk.W_Q + dQ, qk.W_K + dK, qk.b_Q, qk.b_K, attn_scale=qk.attn_scale)
+        variants[f"gradient {d}"] = {"hooks": qk_edit_hooks(L, H, lambda dQ=dQ, dK=dK: (dQ, dK)),
+                                     "scorer": edited.scorer()}
+    trace = FactoredQK(qk.W_Q, qk.W_K + qk.W_Q, qk.b_Q, qk.b_K, attn_scale=qk.attn_scale)
+    variants["trace step (W_K += W_Q)"] = {"hooks": qk_edit_hooks(L, H, lambda: (torch.zeros_like(qk.W_Q), qk.W_Q)),
+                                          "scorer": trace.scorer()}
+
+    rows = []
+    for name, v in list(variants.items()):
+        v["eval"] = evaluate(model, held, L, H, v["hooks"], held_b.mask)
+    for d in DIRECTIONS[args.direction]:
+        target = variants[f"gradient {d}"]["eval"]["mean_log_self_mass"]
+        alpha, reached = match_alpha(model, held, L, H, qk, target)
+        f = steer(qk.scorer(), alpha, "negative", eig=qk.sym_eig(), eig_scale=1.0 / qk.attn_scale)
+        name = f"eigen {d} (matched)"
+        variants[name] = {"hooks": scorer_hooks(L, H, f), "scorer": f, "alpha": alpha}
+        variants[name]["eval"] = evaluate(model, held, L, H, variants[name]["hooks"], held_b.mask)
+
+    E = effective_embeddings(model, L)
+    q_ids, q_kind = rank_queries(tok, model.cfg.d_vocab, args.n_rank_queries, args.seed)
+    g_ids, g_labels, g_groups = group_token_ids(tok)
+    rank_rows, group_rows, top_rows, mats = [], [], [], {}
+    for name, v in tqdm(variants.items(), desc="vocabulary views", leave=False):
+        f = v["scorer"]
+        ranks = self_rank(f, E, q_ids)
+        rank_rows.append(pd.DataFrame({"variant": name, "token_id": q_ids.numpy(), "kind": q_kind, "rank": ranks.numpy()}))
+        m = group_attention(f, E, g_ids)
+        mats[name] = m
+        for i, qi in enumerate(g_labels):
+            for j, kj in enumerate(g_labels):
+                group_rows.append({"variant": name, "query": qi, "key": kj, "attention": float(m[i, j])})
+        ids, vals, probs, own = top_attended(f, E, word_id)
+        for r, (t, s, p) in enumerate(zip(ids, vals, probs), start=1):
+            top_rows.append({"variant": name, "rank": r, "token": tok.decode([t]), "token_id": t, "score": s,
+                             "prob_over_vocab": p, "is_query": t == word_id, "query_self_rank": own})
+        cat_ranks = ranks.numpy()[q_kind == "category"]
+        rows.append({"variant": name, "alpha": v.get("alpha", np.nan), **v["eval"],
+                     **{f"category_{k}": x for k, x in rank_metrics(cat_ranks).items()},
+                     **rank_metrics(ranks.numpy()), "edit_fro_rel": edit_size(qk, f)})
+
+    for i in range(2):  # hooks only: the model must come out exactly as it went in
+        if not torch.equal((model.W_Q, model.W_K)[i][L, H], W_before[i]):
+            raise RuntimeError("model weights changed during steering")
+
+    table = pd.DataFrame(rows)
+    curve = pd.DataFrame(curves)
+    ranks_df = pd.concat(rank_rows, ignore_index=True)
+    ranks_df["token"] = [tok.decode([int(t)]) for t in ranks_df.token_id]
+    top = pd.DataFrame(top_rows)
+    write_csv(out / "loss_curve.csv", curve)
+    write_csv(out / "variants.csv", table)
+    write_csv(out / "self_ranks.csv", ranks_df)
+    write_csv(out / "group_attention.csv", pd.DataFrame(group_rows))
+    write_csv(out / "monday_top10.csv", top)
+    loss_figure(curve, out / "loss_curve.png")
+    group_figure(mats, g_labels, g_groups, out / "group_heatmaps.png")
+    rank_figure(ranks_df, out / "self_rank.png")
+    summary = {
+        "model": args.model, "layer": L, "head": H, "query_word": args.query_word,
+        "variants": {r["variant"]: {k: r[k] for k in ("mass_self_and_copies", "mean_log_self_mass", "mass_in_category",
+                                                        "in_category_share_of_nonself", "semantic_score",
+                                                        "category_median_rank", "median_rank",
+                                                        "edit_fro_rel", "alpha")} for r in rows},
+        "loss_first_last": {d: [float(curve[curve.direction == d].train_loss.iloc[0]),
+                                float(curve[curve.direction == d].train_loss.iloc[-1])] for d in DIRECTIONS[args.direction]},
+    }
+    write_json(out / "summary.json", summary)
+    write_meta(out, args, {"matching": "eigen alpha matched on held-out mean log self-mass",
+                           "n_rank_queries_total": int(len(q_ids))})
+    report(table, top, args.query_word)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
