@@ -294,7 +294,7 @@ def static_map(xy, membership, labels, strength, edges, title):
         members = np.flatnonzero(membership == c)
         top = members[np.argsort(-strength[members])[:3]]
         centre = np.median(xy[members], 0)
-        ax.annotate(f"{c}: " + ",".join(labels[i].strip() or repr(labels[i]) for i in top), centre,
+        ax.annotate(f"{c}: " + ",".join(_hover_label(labels[i]).strip() for i in top), centre,
                     fontsize=7, ha="center", bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.75, lw=0))
     ax.set_title(title)
     ax.set_xticks([])
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         logits = scorer.scores(E[ids], E[ids]).float()
         mat = torch.exp(logits - lse[torch.as_tensor(members)][:, None]).numpy()
         panels.append((f"community {c} ({sizes[c]} tokens): P(key | query), softmax over {n} nodes",
-                       mat, [labels[m] for m in members]))
+                       mat, [_hover_label(labels[m]) for m in members]))
         write_csv(out / f"community_{c}_attention.csv",
                   pd.DataFrame(mat, index=[labels[m] for m in members], columns=[labels[m] for m in members])
                   .reset_index(names="query"))

@@ -62,7 +62,7 @@ from common.plotting import plt, save_figure, token_heatmap
 DEFAULT_RELEASE = "gpt2-small-res-jb"
 DEFAULT_SAE_ID = "blocks.1.hook_resid_pre"
 TEMPERATURES = np.geomspace(0.001, 10.0, 41)
-BOS_SIMS = np.linspace(-0.5, 1.5, 9)
+BOS_SIMS = np.linspace(-1.0, 4.0, 21)
 
 
 def parse_args(argv):
