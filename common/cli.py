@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.model import ModelUnavailable, load_model
 from common.outputs import prepare_out_dir
 
 
@@ -54,6 +53,8 @@ def start(args: argparse.Namespace, script: str):
     Returns (model, out_dir). Exits with a short message (no traceback) when the model cannot be
     loaded.
     """
+    from common.model import ModelUnavailable, load_model  # transformer_lens is slow to import: not for --help
+
     torch.set_grad_enabled(False)
     out_dir = prepare_out_dir(args.out, script, args.model)
     seed_everything(args.seed)
