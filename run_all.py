@@ -33,7 +33,8 @@ class Step:
     script: str
     claim: str
     needs: list[str] = field(default_factory=list)
-    args: dict[str, list[str]] = field(default_factory=dict)  # extra args per model kind ("planted", "real")
+    # extra arguments per model kind ("planted", "real", or "any"); "{root}" is the output root
+    args: dict[str, list[str]] = field(default_factory=dict)
 
 
 STEPS = [
@@ -45,12 +46,13 @@ STEPS = [
     Step("svd_group_scaling_heatmap.py", "Scaling the negative eigenvalues to <= 0 turns self-attention back on."),
     Step("svd_rank_ablation.py", "Self-rank over the vocabulary as a function of how many negative eigenvalues are scaled, and by how much."),
     Step("cosine_attention_analysis.py", "Attention peaks at a cosine similarity just below 1.0, not at 1.0 (self-suppression).",
-         needs=["token_freq.py"]),
-    Step("clustering.py", "Leiden communities of L1H5's attention graph are semantic categories.", needs=["token_freq.py"]),
+         needs=["token_freq.py"], args={"any": ["--freq-table", "{root}/token_freq/token_freq.csv"]}),
+    Step("clustering.py", "Leiden communities of L1H5's attention graph are semantic categories.", needs=["token_freq.py"],
+         args={"any": ["--freq-table", "{root}/token_freq/token_freq.csv"]}),
     Step("gradient_steering.py", "A gradient update of W_Q/W_K steers self-attention on or off; compared with eigenvalue steering."),
     Step("semantic_head.py", "L1H5's QK map in SAE feature space; L1H5 vs naive similarity attention."),
     Step("rule_preserving_ablation.py", "How much of L1H5's effect on the logits the three rules explain.",
-         needs=["clustering.py"]),
+         needs=["clustering.py"], args={"any": ["--communities", "{root}/clustering/communities.csv"]}),
 ]
 
 
@@ -94,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((step.script, 0.0, 0, "missing"))
             continue
         out = root / name
-        shown_out = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
+        shown_root = root.resolve().relative_to(ROOT) if root.resolve().is_relative_to(ROOT) else root
+        extra = [a.format(root=shown_root) for a in step.args.get("any", []) + step.args.get(kind, [])]
         cmd = [sys.executable, step.script, "--model", args.model, "--device", args.device,
-               "--out", str(shown_out), *step.args.get(kind, [])]
+               "--out", str(shown_root / name), *extra]
         stamp = fingerprint(step, cmd[2:], [stamps.get(n, "") for n in step.needs])
         stamps[step.script] = stamp
         stamp_file = out / ".run_all.stamp"
