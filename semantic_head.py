@@ -10,7 +10,9 @@ Method.
   ``blocks.1.hook_resid_pre``: the residual stream entering layer 1, exactly what L1H5 reads.
   ``--sae-release/--sae-id`` pick another; ``--sae-path`` loads a folder written by
   ``sae.save_model`` (``SAE.load_from_disk``, offline). Loading from the hub needs network (or a
-  populated Hugging Face cache); offline it fails with a message saying so.
+  populated Hugging Face cache); offline it fails with a message saying so. With ``--model
+  planted`` and no SAE option, a demo SAE of known planted directions is built into the cache
+  (:func:`build_planted_sae`: one feature per category word, one per category, random ones).
 * QK map in feature space: each decoder direction d_f goes through layer 1's LayerNorm on its own
   (LNPre: centre, scale to unit RMS, i.e. "the residual is this feature alone") and then through
   the head: S[f, g] = LN(d_f)^T W_QK LN(d_g) / sqrt(d_head) (``common.qk``, bilinear part; b_Q/b_K
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,8 +70,10 @@ BOS_SIMS = np.linspace(-1.0, 4.0, 21)
 
 def parse_args(argv):
     p = base_parser(__doc__)
-    p.add_argument("--sae-release", default=DEFAULT_RELEASE, help="sae_lens release (Hugging Face hub)")
-    p.add_argument("--sae-id", default=DEFAULT_SAE_ID, help="SAE id within the release")
+    p.add_argument("--sae-release", default=None,
+                   help=f"sae_lens release on the Hugging Face hub (default {DEFAULT_RELEASE}; with --model planted "
+                        "and no SAE option, the planted demo SAE is used instead)")
+    p.add_argument("--sae-id", default=None, help=f"SAE id within the release (default {DEFAULT_SAE_ID})")
     p.add_argument("--sae-path", default=None, help="local SAE folder (cfg.json + sae_weights.safetensors); overrides the release")
     p.add_argument("--hook", default=None, help="residual hook the SAE reads (default: from the SAE's metadata, "
                                                  "else blocks.<layer>.hook_resid_pre)")
@@ -122,6 +127,66 @@ def sae_hook(sae, layer: int, override: str | None) -> str:
     meta = getattr(sae.cfg, "metadata", None)
     name = getattr(meta, "hook_name", None) if meta is not None else None
     return name or f"blocks.{layer}.hook_resid_pre"
+
+
+def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 48, seed: int = 0):
+    """A StandardSAE (sae_lens) whose decoder rows are known directions of the planted model.
+
+    Rows, in order: one "word" feature per category word (its effective embedding), one
+    "category" feature per category (the mean of its words' embeddings), ``n_random`` random
+    directions; all centred and unit norm. The encoder is the decoder transposed with bias -0.5,
+    so a word feature fires on its own word (and, weaker, on its category). Returns
+    (sae, kinds, category of each feature or None).
+    """
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from common.qk import effective_embeddings
+
+    E = effective_embeddings(model, 1)
+    words = [t for ids in categories.values() for t in ids]
+    rows = [E[t] for t in words] + [E[torch.as_tensor(ids)].mean(0) for ids in categories.values()]
+    g = torch.Generator().manual_seed(seed)
+    rnd = torch.randn(n_random, E.shape[1], generator=g)
+    D = torch.cat([torch.stack(rows), rnd - rnd.mean(1, keepdim=True)])
+    D = D / D.norm(dim=1, keepdim=True)
+    cfg = StandardSAEConfig(d_in=E.shape[1], d_sae=D.shape[0],
+                            metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre"))
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.copy_(D)
+        sae.W_enc.copy_(D.T)
+        sae.b_dec.zero_()
+        sae.b_enc.fill_(-0.5)
+    kinds = ["word"] * len(words) + ["category"] * len(categories) + ["random"] * n_random
+    cat_of = [c for c, ids in categories.items() for _ in ids] + list(categories) + [None] * n_random
+    return sae, kinds, cat_of
+
+
+def planted_demo_sae(model) -> Path:
+    """The planted demo SAE saved (once, atomically) under the cache; its folder."""
+    import shutil
+    import tempfile
+
+    from common.outputs import cache_dir
+    from common.planted import ground_truth
+    from common.qk import model_fingerprint
+
+    folder = cache_dir() / "sae" / f"planted-demo-{model_fingerprint(model)}"
+    if (folder / "cfg.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        sae, _, _ = build_planted_sae(model, ground_truth()["categories"])
+        sae.save_model(str(tmp))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process built the same folder first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,10 +410,20 @@ def main(argv: list[str] | None = None) -> int:
     from common.qk import FactoredQK
 
     args = parse_args(argv)
+    demo_sae = args.model == "planted" and not (args.sae_path or args.sae_release or args.sae_id)
+    args.sae_release = args.sae_release or DEFAULT_RELEASE
+    args.sae_id = args.sae_id or DEFAULT_SAE_ID
     # Output folder, then the SAE (a missing SAE fails in seconds), then the model.
     prepare_out_dir(args.out, script_name(__file__), args.model)
-    sae = load_sae(args.sae_release, args.sae_id, args.sae_path, "cpu")
+    sae = None if demo_sae else load_sae(args.sae_release, args.sae_id, args.sae_path, "cpu")
     model, out = start(args, script_name(__file__))
+    if demo_sae:
+        from sae_lens import SAE
+
+        folder = planted_demo_sae(model)
+        print(f"--model planted without an SAE option: using the planted demo SAE {folder}", file=sys.stderr)
+        args.sae_path = str(folder)
+        sae = SAE.load_from_disk(str(folder))
     L, H = args.layer, args.head
     if args.seq_len + 1 > model.cfg.n_ctx:
         raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")

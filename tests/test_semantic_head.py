@@ -19,28 +19,17 @@ N_RANDOM = 48
 
 
 def build_planted_sae(model, truth, path):
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
+    from semantic_head import build_planted_sae as build
 
     from common.qk import effective_embeddings
 
-    E = effective_embeddings(model, 1)
-    cats = truth["categories"]
-    words = [t for ids in cats.values() for t in ids]
-    rows = [E[t] for t in words] + [E[torch.tensor(ids)].mean(0) for ids in cats.values()]
-    g = torch.Generator().manual_seed(0)
-    rnd = torch.randn(N_RANDOM, E.shape[1], generator=g)
-    D = torch.cat([torch.stack(rows), rnd - rnd.mean(1, keepdim=True)])
-    D = D / D.norm(dim=1, keepdim=True)
-    cfg = StandardSAEConfig(d_in=E.shape[1], d_sae=D.shape[0], metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre"))
-    sae = StandardSAE(cfg)
-    sae.W_dec.data = D.clone()
-    sae.W_enc.data = D.T.contiguous()
-    sae.b_dec.data.zero_()
-    sae.b_enc.data.fill_(-0.5)  # a word feature fires on its own word (and, weaker, its category)
+    sae, kind, cat_of = build(model, truth["categories"], n_random=N_RANDOM)
+    # the layout the assertions rely on, checked independently of the builder
+    words = [t for ids in truth["categories"].values() for t in ids]
+    E = effective_embeddings(model, 1)[torch.tensor(words)]
+    assert torch.allclose(sae.W_dec[: len(words)], E / E.norm(dim=1, keepdim=True), atol=1e-5)
+    assert kind.count("word") == len(words) and kind.count("random") == N_RANDOM
     sae.save_model(str(path))
-    kind = ["word"] * len(words) + ["category"] * len(cats) + ["random"] * N_RANDOM
-    cat_of = [c for c, ids in cats.items() for _ in ids] + list(cats) + [None] * N_RANDOM
     return words, kind, cat_of
 
 
@@ -137,7 +126,7 @@ def test_errors(tmp_path, capsys, planted_model, sae_run):
     assert e.value.code == 0 and "--sae-path" in capsys.readouterr().out
     # offline (conftest sets HF_HUB_OFFLINE=1) the default hub SAE cannot load: a clear message
     with pytest.raises(SystemExit) as e:
-        semantic_head.main(["--model", "planted", "--out", str(tmp_path)])
+        semantic_head.main(["--model", "planted", "--sae-release", "gpt2-small-res-jb", "--out", str(tmp_path)])
     msg = str(e.value.code)
     assert "could not load SAE release 'gpt2-small-res-jb'" in msg and "--sae-path" in msg
     with pytest.raises(SystemExit) as e:
@@ -153,6 +142,19 @@ def test_errors(tmp_path, capsys, planted_model, sae_run):
         semantic_head.main(["--model", "planted", "--sae-path", str(sae_run[4]), "--head", "99", "--out", str(tmp_path)])
     assert "out of range" in str(e.value.code)
     with pytest.raises(SystemExit) as e:
-        semantic_head.main(["--model", "planted", "--out", "/proc/l1h5-out"])
+        semantic_head.main(["--model", "planted", "--sae-path", str(sae_run[4]), "--out", "/proc/l1h5-out"])
     assert "not writable" in str(e.value.code)
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_planted_demo_sae_is_cached_and_loadable(planted_model, sae_run):
+    """`--model planted` without an SAE option uses this folder (what `make demo` runs)."""
+    from sae_lens import SAE
+
+    from semantic_head import planted_demo_sae
+
+    folder = planted_demo_sae(planted_model)
+    assert planted_demo_sae(planted_model) == folder  # built once
+    sae = SAE.load_from_disk(str(folder))
+    ref = SAE.load_from_disk(str(sae_run[4]))
+    assert sae.cfg.d_sae == ref.cfg.d_sae and torch.allclose(sae.W_dec, ref.W_dec)
