@@ -74,8 +74,9 @@ COMMUNITY_COLUMNS = ("community", "cluster")
 
 def categories_from_communities(path: str | Path, d_vocab: int) -> CategoryMap:
     """A clustering.py community table: a token-id column (``id`` or ``token_id``) and a
-    ``community`` column. Communities of a single token carry no "same category, different
-    token" pair, so they are kept but can never attract attention. BOS is never a member."""
+    ``community`` column. A community of a single token holds no "same category, different
+    token" pair, so its token counts as in no category (the rules send it to BOS either way).
+    BOS is never a member."""
     path = Path(path)
     try:
         df = pd.read_csv(path, keep_default_na=False)
@@ -93,15 +94,19 @@ def categories_from_communities(path: str | Path, d_vocab: int) -> CategoryMap:
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"error: {path}: column {id_col!r} must hold integer token ids ({exc})") from None
     labels = df[com_col].astype(str).to_numpy()
+    ok = (ids >= 0) & (ids < d_vocab) & (ids != 50256)
+    ids, labels = ids[ok], labels[ok]
+    _, first = np.unique(ids, return_index=True)  # a token listed twice keeps its first community
+    ids, labels = ids[np.sort(first)], labels[np.sort(first)]
+    sizes = pd.Series(labels).value_counts()
+    keep = sizes.loc[labels].to_numpy() >= 2
+    ids, labels = ids[keep], labels[keep]
+    if not len(ids):
+        raise SystemExit(f"error: {path}: no community with two or more tokens within the vocabulary (0..{d_vocab - 1})")
     names = sorted(set(labels), key=lambda s: (len(s), s))
     index = {n: i for i, n in enumerate(names)}
     lookup = torch.full((d_vocab,), -1, dtype=torch.long)
-    ok = (ids >= 0) & (ids < d_vocab)
-    lookup[torch.from_numpy(ids[ok])] = torch.tensor([index[s] for s in labels[ok]], dtype=torch.long)
-    if d_vocab > 50256:
-        lookup[50256] = -1  # <|endoftext|> is BOS here, never a category member
-    if not (lookup >= 0).any():
-        raise SystemExit(f"error: {path}: no token ids within the vocabulary (0..{d_vocab - 1})")
+    lookup[torch.from_numpy(ids)] = torch.tensor([index[s] for s in labels], dtype=torch.long)
     return CategoryMap(lookup, [f"community {n}" for n in names], f"communities from {path}")
 
 

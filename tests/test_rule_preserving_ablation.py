@@ -102,10 +102,13 @@ def test_community_table_is_read(tmp_path, tokenizer, truth):
     from common.head_replacement import categories_from_communities
 
     rows = [(t, c) for c, ids in enumerate(truth["categories"].values()) for t in ids]
+    rows += [(11, 99), (50256, 100), (50256, 100)]  # a singleton and BOS: both in no category
     pd.DataFrame({"token": ["x"] * len(rows), "id": [r[0] for r in rows], "community": [r[1] for r in rows]}).to_csv(
         tmp_path / "communities.csv", index=False)
     cats = categories_from_communities(tmp_path / "communities.csv", 50257)
-    assert cats.n_tokens == len(rows) and len(cats.names) == len(truth["categories"])
+    assert cats.n_tokens == len(rows) - 3 and len(cats.names) == len(truth["categories"])
+    assert cats.of(11) == -1 and cats.of(50256) == -1
+    assert cats.of(truth["categories"]["days"][0]) == cats.of(truth["categories"]["days"][1]) >= 0
     assert "communities from" in cats.source
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SystemExit, match="community column"):
@@ -164,7 +167,8 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
 def test_k_values_parsing():
     import rule_preserving_ablation as rpa
 
-    assert rpa.parse_k_values("auto", 28) == list(range(1, 29))
+    assert rpa.parse_k_values("auto", 28) == [1, 3, 6, 8, 11, 13, 16, 18, 21, 23, 26, 28]
+    assert rpa.parse_k_values("auto", 10) == list(range(1, 11))
     assert rpa.parse_k_values("auto", 128) == [1, 2, 4, 8, 16, 32, 64, 128]
     assert rpa.parse_k_values("3,1", 10) == [1, 3]
     with pytest.raises(SystemExit, match="within 1..10"):
@@ -184,3 +188,17 @@ def test_wikitext_unavailable_names_the_alternatives(monkeypatch):
     with pytest.raises(TextUnavailable, match="--text PATH") as e:
         load_text(None)
     assert "--text demo" in str(e.value) and "ConnectionError" in str(e.value)
+
+
+def test_default_communities_come_from_the_clustering_output_beside_ours(tmp_path, tokenizer, truth):
+    import rule_preserving_ablation as rpa
+
+    out = tmp_path / "rule_preserving_ablation"
+    out.mkdir()
+    assert rpa.resolve_categories("lists", out, "planted", tokenizer, 50257).source.startswith("category lists")
+    (tmp_path / "clustering").mkdir()
+    days = truth["categories"]["days"]
+    pd.DataFrame({"id": days, "community": [0] * len(days)}).to_csv(tmp_path / "clustering" / "communities.csv", index=False)
+    cats = rpa.resolve_categories(None, out, "planted", tokenizer, 50257)
+    assert str(tmp_path / "clustering" / "communities.csv") in cats.source
+    assert cats.n_tokens == len(days)
