@@ -1,0 +1,148 @@
+"""gradient_steering.py on the planted model: gradient steering of L1H5's self-attention.
+
+Ground truth (common.planted): L1H5 gives itself a logit 20 below its same-category keys, so its
+self-attention starts near zero; its W_sym's negative eigenvalues are exactly the identity codes.
+"""
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+
+SCRIPT = "gradient_steering.py"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, planted_cache):
+    out = tmp_path_factory.mktemp("gradient_steering")
+    run_script(SCRIPT, "--model", "planted", "--out", str(out), "--steps", "40", "--lr", "0.02",
+               "--n-prompts", "64", "--n-heldout", "48", "--n-rank-queries", "100", "--threads", "1")
+    return out
+
+
+def _row(run, variant):
+    v = pd.read_csv(run / "variants.csv")
+    return v[v.variant == variant].iloc[0]
+
+
+def test_outputs_complete(run):
+    for f in ("loss_curve.csv", "loss_curve.png", "variants.csv", "group_attention.csv", "group_heatmaps.png",
+              "self_ranks.csv", "self_rank.png", "monday_top10.csv", "summary.json", "meta.json"):
+        assert (run / f).stat().st_size > 0, f
+    v = pd.read_csv(run / "variants.csv")
+    assert list(v.variant) == ["original", "gradient promote", "gradient suppress", "trace step (W_K += W_Q)",
+                               "eigen promote (matched)", "eigen suppress (matched)"]
+    assert len(pd.read_csv(run / "group_attention.csv")) == 6 * 30 * 30
+
+
+def test_loss_goes_down(run):
+    c = pd.read_csv(run / "loss_curve.csv")
+    for d in ("promote", "suppress"):
+        cd = c[c.direction == d]
+        assert cd.train_loss.iloc[-1] < 0.2 * cd.train_loss.iloc[0], d
+        held = cd.heldout_loss.dropna()
+        assert held.iloc[-1] < 0.5 * held.iloc[0], d
+
+
+def test_promote_makes_self_attention_dominant(run):
+    orig, prom = _row(run, "original"), _row(run, "gradient promote")
+    assert orig.mass_self_and_copies < 1e-3  # the planted head suppresses itself
+    assert prom.mass_self_and_copies > 0.5  # held-out prompts, after 40 steps
+    assert prom.category_median_rank < 5 < orig.category_median_rank  # own key near the top of the vocabulary
+    trace = _row(run, "trace step (W_K += W_Q)")
+    assert trace.mass_self_and_copies > 0.5  # the original's one-step baseline also promotes self
+
+
+def test_suppress_lowers_self_attention_and_keeps_categories(run):
+    orig, sup = _row(run, "original"), _row(run, "gradient suppress")
+    assert sup.mean_log_self_mass < orig.mean_log_self_mass - 5  # asked for 10 nats lower
+    assert sup.mass_self_and_copies < orig.mass_self_and_copies
+    assert sup.mass_in_category > 0.8 * orig.mass_in_category  # the KL term keeps the rest of the pattern
+
+
+def test_eigen_steering_is_matched(run):
+    for d in ("promote", "suppress"):
+        g, e = _row(run, f"gradient {d}"), _row(run, f"eigen {d} (matched)")
+        assert abs(g.mean_log_self_mass - e.mean_log_self_mass) < 0.05 * max(1.0, abs(g.mean_log_self_mass)), d
+        assert (e.alpha < 1) == (d == "promote")
+
+
+def test_monday_top10(run, truth, tokenizer):
+    top = pd.read_csv(run / "monday_top10.csv", keep_default_na=False)
+    days = set(truth["categories"]["days"])
+    monday = tokenizer.encode(" Monday")[0]
+    orig = top[top.variant == "original"].sort_values("rank")
+    assert len(orig) == 10
+    assert monday not in set(orig.token_id)  # self-suppression: never its own top key
+    assert len(days & set(orig.token_id.head(6))) == 6  # the other six weekdays lead
+    assert orig.query_self_rank.iloc[0] > 1000  # its own key is near the bottom of the vocabulary
+    prom = top[top.variant == "gradient promote"].sort_values("rank")
+    assert monday in set(prom.token_id) and prom.query_self_rank.iloc[0] < 10
+
+
+def test_edit_hooks_match_factored_scorer(planted_model, truth):
+    """The W_Q/W_K hook path (training) and the factored-scorer path (eigen steering) agree."""
+    import gradient_steering as gs
+    from common.prompts import category_prompts
+    from common.qk import FactoredQK
+
+    L, H = truth["target"]
+    model = planted_model
+    tokens = category_prompts(model.tokenizer, 4, 10, seed=5, repeat_prob=0.3).tokens
+    resid = gs.residual_before(model, tokens, L)
+    g = torch.Generator().manual_seed(0)
+    dQ, dK = 0.05 * torch.randn(256, 32, generator=g), 0.05 * torch.randn(256, 32, generator=g)
+    a = gs.head_scores(model, resid, L, H, gs.qk_edit_hooks(L, H, lambda: (dQ, dK)))
+    qk = FactoredQK.from_model(model, L, H)
+    edited = FactoredQK(qk.W_Q + dQ, qk.W_K + dK, qk.b_Q, qk.b_K, attn_scale=qk.attn_scale)
+    b = gs.head_scores(model, resid, L, H, gs.scorer_hooks(L, H, edited.scorer()))
+    finite = torch.isfinite(a)
+    assert torch.equal(finite, torch.isfinite(b))
+    assert torch.allclose(a[finite], b[finite], atol=1e-3, rtol=1e-4)
+    clean = gs.head_scores(model, resid, L, H)
+    assert torch.allclose(gs.head_scores(model, resid, L, H, gs.scorer_hooks(L, H, qk.scorer()))[finite],
+                          clean[finite], atol=1e-3)
+
+
+def test_low_rank_update_and_trust_region():
+    import gradient_steering as gs
+
+    upd = gs.Update(64, 8, rank=2, seed=0)
+    dQ, dK = upd.deltas()
+    assert dQ.shape == (64, 8) and float(dQ.abs().max()) == 0.0  # exact start
+    with torch.no_grad():
+        upd.bQ.fill_(1.0)
+        upd.bK.fill_(1.0)
+    upd.project(0.5, 0.25)
+    dQ, dK = upd.deltas()
+    assert float(dQ.norm()) == pytest.approx(0.5, rel=1e-5)
+    assert float(dK.norm()) == pytest.approx(0.25, rel=1e-5)
+    assert torch.linalg.matrix_rank(dQ) <= 2
+
+
+def test_help():
+    proc = run_script(SCRIPT, "--help")
+    for flag in ("--lr", "--steps", "--rank", "--direction", "--max-edit", "--keep-weight"):
+        assert flag in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--head", "99"], "out of range"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--direction", "sideways"], "invalid choice"),
+    (["--rank", "999"], "exceeds d_head"),
+    (["--query-word", "Mondayish"], "--query-word"),
+    (["--out", "/proc/x"], "not writable"),
+])
+def test_bad_input(tmp_path, capsys, args, message):
+    """In-process: SystemExit != 0 with a clear message and no outputs written."""
+    from gradient_steering import main
+
+    out = [] if "--out" in args else ["--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "planted", *out, *args, "--threads", "1"])
+    assert exc.value.code != 0
+    assert message in str(exc.value.code) + capsys.readouterr().err
+    assert not list(tmp_path.glob("*.csv"))
