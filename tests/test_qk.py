@@ -8,7 +8,7 @@ import torch
 
 from common.qk import (
     Factored, FactoredQK, block_scores, effective_embeddings, embedding_gram, load_shared_gpt2_state_dict,
-    model_fingerprint, query_row, random_skew, random_symmetric, rank_metrics, self_rank, steer,
+    model_fingerprint, query_row, random_skew, random_symmetric, rank_metrics, self_rank, self_rank_grid, steer,
     top_keys,
 )
 
@@ -110,6 +110,22 @@ def test_effective_basis_gram_shortcut():
     a, b = w.in_basis(E, normalise=True), w.in_gram(embedding_gram(E))
     np.testing.assert_allclose(a.sym_eig().values.numpy(), b.sym_eig().values.numpy(), rtol=1e-5)
     np.testing.assert_allclose(a.skew_singular_values().numpy()[:6], b.skew_singular_values().numpy()[:6], rtol=1e-5)
+
+
+def test_self_rank_grid_equals_steered_self_rank():
+    g = torch.Generator().manual_seed(8)
+    E = torch.randn(400, 20, generator=g)
+    f = _random_head(d=20, dh=5, seed=9)
+    eig = f.sym_eig()
+    ks, scales = [1, 3, 50], [1.0, -1.0, 0.5, -5.0]
+    q = torch.arange(0, 400, 23)
+    for keep in (True, False):
+        grid = self_rank_grid(f.scorer(), eig, E, q, ks, scales, eig_scale=1 / f.attn_scale, keep_skew=keep,
+                              key_chunk=64, query_chunk=7)
+        for ik, k in enumerate(ks):
+            for js, s in enumerate(scales):
+                ref = self_rank(f.steer(s, k, keep_skew=keep, biases=True, scaled=True), E, q)
+                assert torch.equal(grid[ik, js], ref), (keep, k, s)
 
 
 def test_random_controls():

@@ -1,0 +1,167 @@
+"""Do the negative eigenvalues of W_sym cause the self-suppression? Scale them and watch.
+
+Question. L1H5 never attends to its own token. If that comes from the negative eigenvalues of
+W_sym (x^T W_QK x = x^T W_sym x is the self score), multiplying them by alpha < 1 should turn
+self-attention back on, and alpha <= 0 should make each token its own favourite key.
+
+Method (``common.qk.steer``). W' = W_sym with the selected eigenvalues (default: all negative
+ones; ``--which k`` for the k most negative) multiplied by alpha, plus W_skew (unless
+``--no-skew``). Scores are the model's attention logits on effective embeddings (b_Q/b_K kept,
+divided by sqrt(d_head); ``--no-biases`` for weights only). For each alpha in --alphas (the
+published figure: 0.5, 0 and -1) next to the unmodified head (alpha = 1), heatmaps of the scores
+and of the softmax attention over the 30 group tokens. For every alpha of --curve-alphas, per
+group token: the self score, the self-rank among the 30 group tokens and over the FULL vocabulary
+of keys (number of keys scoring strictly higher; streamed, ``common.qk.self_rank_grid``), and the
+attention it pays itself in the group softmax.
+
+Outputs (figures/svd_group_scaling_heatmap/ by default):
+  scaling_scores.png    score heatmaps, unmodified and each alpha, one shared colour scale
+  scaling_patterns.png  softmax attention over the group tokens, same panels
+  self_vs_alpha.png     self score, self-rank (vocabulary and group) and self-attention vs alpha
+  scores.csv            every heatmap cell; curves.csv: every point of the curves; meta.json
+
+Published reference (the original repository's group-scaling figure, gpt2-small L1H5): with the
+negative eigenvalues scaled to 0 or -1 the diagonal (self-attention) lights up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from common.cli import base_parser, script_name, start
+from common.outputs import write_csv, write_meta
+from common.plotting import plt, save_figure
+from common.prompts import group_token_ids
+from common.qk import FactoredQK, effective_embeddings, self_rank_grid, steer
+from common.qk_plots import group_panels, long_table, softmax_rows
+
+
+def parse_which(value: str):
+    if value in ("negative", "all"):
+        return "negative"
+    try:
+        k = int(value)
+    except ValueError:
+        raise SystemExit(f"error: --which must be 'negative' or a positive integer k, got {value!r}") from None
+    if k < 1:
+        raise SystemExit(f"error: --which k must be >= 1, got {k}")
+    return k
+
+
+def parse_args(argv):
+    p = base_parser(__doc__)
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.0, -1.0], help="heatmap alphas")
+    p.add_argument("--curve-alphas", type=float, nargs="+", default=list(np.round(np.arange(-2, 1.5001, 0.25), 4)),
+                   help="alphas of the self-score/self-rank curves")
+    p.add_argument("--which", default="negative", help="'negative' (all negative eigenvalues) or k (the k most negative)")
+    p.add_argument("--no-skew", action="store_true", help="also drop W_skew")
+    p.add_argument("--no-biases", action="store_true", help="weights only (no b_Q/b_K cross-terms)")
+    args = p.parse_args(argv)
+    args.which = parse_which(args.which)
+    if not args.alphas or not args.curve_alphas:
+        p.error("--alphas and --curve-alphas need at least one value")
+    if not all(np.isfinite(args.alphas + args.curve_alphas)):
+        p.error("alphas must be finite numbers")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, out_dir = start(args, script_name(__file__))
+    layer, head = args.layer, args.head
+    E = effective_embeddings(model, layer)
+    f = FactoredQK.from_model(model, layer, head)
+    eig = f.sym_eig()
+    biases = not args.no_biases
+    keep_skew = not args.no_skew
+    n_sel = len(eig.select(args.which))
+    if n_sel == 0:
+        raise SystemExit(f"error: W_sym of L{layer}H{head} has no negative eigenvalue to scale")
+
+    ids, labels, groups = group_token_ids(model.tokenizer)
+    Eg = E[ids]
+
+    def form(alpha):
+        return f.steer(alpha, args.which, keep_skew=keep_skew, biases=biases, scaled=True)
+
+    panels = {"unmodified (alpha = 1)": form(1.0).scores(Eg, Eg).numpy()}
+    if not keep_skew:
+        panels = {"unmodified (alpha = 1, with skew)": f.scorer(biases=biases).scores(Eg, Eg).numpy()}
+    for a in args.alphas:
+        panels[f"alpha = {a:g}"] = form(a).scores(Eg, Eg).numpy()
+    write_csv(out_dir / "scores.csv", long_table(panels, labels, value="score"))
+    what = "all negative eigenvalues" if args.which == "negative" else f"the {n_sel} most negative eigenvalues"
+    title = f"L{layer}H{head}: {what} of W_sym scaled by alpha" + ("" if keep_skew else ", W_skew dropped")
+    save_figure(group_panels(panels, labels, groups, suptitle=title + " (attention logits)", ncols=min(4, len(panels)),
+                             cbar_label="score"), out_dir / "scaling_scores.png")
+    pats = {k: softmax_rows(v) for k, v in panels.items()}
+    save_figure(group_panels(pats, labels, groups, suptitle=title + " (softmax over the group tokens)",
+                             cmap="viridis", center=None, vmin=0, vmax=1, ncols=min(4, len(pats))),
+                out_dir / "scaling_patterns.png")
+
+    # Curves: the vocabulary self-rank for every alpha in one streamed pass.
+    curve = sorted(set(args.curve_alphas) | {1.0})
+    base = f.scorer(biases=biases, scaled=True)
+    k = n_sel if args.which == "negative" else args.which
+    vocab_rank = self_rank_grid(base, eig, E, ids, [k], curve, eig_scale=1.0 / f.attn_scale,
+                                keep_skew=keep_skew)[0]  # [alpha, token]
+    rows = []
+    for ia, a in enumerate(curve):
+        s = form(a).scores(Eg, Eg).numpy()
+        att = softmax_rows(s)
+        for i, (lab, grp) in enumerate(zip(labels, groups)):
+            rows.append({"alpha": a, "token": lab, "group": grp, "token_id": ids[i],
+                         "self_score": float(s[i, i]),
+                         "self_rank_group": int((s[i] > s[i, i]).sum()),
+                         "self_rank_vocab": int(vocab_rank[ia, i]),
+                         "self_attention_group": float(att[i, i])})
+    curves = pd.DataFrame(rows)
+    write_csv(out_dir / "curves.csv", curves)
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    palette = dict(zip(dict.fromkeys(groups), plt.cm.tab10.colors))
+    for ax, col, ylab in zip(axes, ("self_score", "self_rank_vocab", "self_rank_group", "self_attention_group"),
+                             ("self score (logit)", "self-rank over the vocabulary (log)", "self-rank among group tokens",
+                              "self-attention (group softmax)")):
+        for lab, g in curves.groupby("token", sort=False):
+            ax.plot(g.alpha, g[col] + (1 if col == "self_rank_vocab" else 0), color=palette[g.group.iloc[0]], lw=0.8, alpha=0.6)
+        m = curves.groupby("alpha")[col].mean()
+        ax.plot(m.index, m.values + (1 if col == "self_rank_vocab" else 0), "k-", lw=2.2, label="mean")
+        if col == "self_rank_vocab":
+            ax.set_yscale("log")
+            ylab += " + 1"
+        ax.axvline(1.0, color="gray", ls=":", lw=1)
+        ax.set_xlabel("alpha")
+        ax.set_ylabel(ylab)
+    for grp, c in palette.items():
+        axes[0].plot([], [], color=c, label=grp)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, out_dir / "self_vs_alpha.png")
+
+    summary = curves.groupby("alpha").agg(
+        mean_self_score=("self_score", "mean"), top1_vocab=("self_rank_vocab", lambda r: float((r == 0).mean())),
+        median_rank_vocab=("self_rank_vocab", "median"), mean_self_attention_group=("self_attention_group", "mean"),
+    ).reset_index()
+    write_meta(out_dir, args, {"selected_eigenvalues": eig.values[eig.select(args.which)].tolist(),
+                               "n_selected": n_sel, "summary": summary.to_dict("records"),
+                               "scores": "attention logits" + (" with b_Q/b_K" if biases else ", weights only") + ", / sqrt(d_head)"})
+    table = Table(title=title)
+    for c in ("alpha", "mean self score", "self top-1 (vocab)", "median vocab rank", "self-attention (group)"):
+        table.add_column(c)
+    for r in summary.itertuples():
+        table.add_row(f"{r.alpha:g}", f"{r.mean_self_score:.2f}", f"{r.top1_vocab:.2f}", f"{r.median_rank_vocab:.0f}",
+                      f"{r.mean_self_attention_group:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"outputs: {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

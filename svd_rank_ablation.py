@@ -1,0 +1,236 @@
+"""How many negative eigenvalues, scaled by how much, does it take to turn self-attention on?
+
+Question. Scaling the k most negative eigenvalues of W_sym by a factor (1 = unmodified, 0 =
+removed, < 0 = sign flipped) moves each token's own key up its attention ranking. Over the whole
+vocabulary, how does the self-rank depend on k and on the scale?
+
+Method (``common.qk.self_rank_grid``). For every k in --ks and scale in --scales, the edited head
+(``common.qk.steer``: the k most negative eigenvalues multiplied by the scale, W_skew kept unless
+--no-skew; attention logits with b_Q/b_K unless --no-biases; effective embeddings as inputs) scores
+each query token against the FULL vocabulary of keys; the self-rank is the number of keys scoring
+strictly higher than the token's own key (0 = self on top). The vocabulary projections E @ factors
+are computed once; each query chunk then needs one pass over the keys per k, after which every
+scale is a binned threshold (no vocab x vocab matrix, no per-cell pass). Queries: a seeded sample
+of --n-queries tokens (means with 95% CIs), --all-queries (exact, about 12x the time at
+gpt2-small size), or --query-set category (the category words of ``common/prompts.py``). Per cell: mean and median rank, MRR = mean 1/(rank+1), accuracy@{1,128,256,1024}
+(rank < k), and two Spearman correlations with the unmodified head: of the self-ranks across
+queries, and (mean over --spearman-queries queries) of the full key ordering on a seeded sample
+of --spearman-keys keys.
+
+Outputs (figures/svd_rank_ablation/ by default):
+  grid.csv            every (k, scale) cell: all metrics with 95% CIs, k_effective (k is
+                      capped at the number of negative eigenvalues)
+  grid_heatmaps.png   mean rank (log), MRR, acc@1, acc@1024, both Spearman correlations
+  ranks.npz           the self-rank of every query in every cell, with the query ids
+  meta.json           including wall time and peak memory
+
+Reference (the original repository): the same grid (k = 1..32, scale -5..1.25) computed with dense
+50257 x 50257 matrices, which needs about 40 GB of RAM; it is computed here exactly in minutes.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from scipy.stats import spearmanr
+
+from common.cli import base_parser, script_name, start
+from common.metrics import mean_ci
+from common.outputs import atomic_path, write_csv, write_meta
+from common.plotting import plt, save_figure, sns
+from common.qk import FactoredQK, effective_embeddings, self_rank_grid, steer
+
+ACC_KS = (1, 128, 256, 1024)
+
+
+def parse_args(argv):
+    p = base_parser(__doc__)
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 8, 16, 24, 32],
+                   help="numbers of most-negative eigenvalues to scale")
+    p.add_argument("--scales", type=float, nargs="+", default=list(np.round(np.arange(-5, 1.2501, 0.25), 4)),
+                   help="factors applied to the selected eigenvalues (1 = unmodified)")
+    p.add_argument("--n-queries", type=int, default=4096, help="seeded sample of query tokens")
+    p.add_argument("--all-queries", action="store_true", help="every vocabulary token as a query (exact)")
+    p.add_argument("--query-set", choices=["vocab", "category"], default="vocab",
+                   help="sample queries from the whole vocabulary, or use the category words of common/prompts.py")
+    p.add_argument("--no-skew", action="store_true", help="drop W_skew as well")
+    p.add_argument("--no-biases", action="store_true", help="weights only (no b_Q/b_K cross-terms)")
+    p.add_argument("--spearman-queries", type=int, default=256)
+    p.add_argument("--spearman-keys", type=int, default=2048)
+    p.add_argument("--query-chunk", type=int, default=512)
+    p.add_argument("--key-chunk", type=int, default=8192)
+    args = p.parse_args(argv)
+    if any(k < 1 for k in args.ks):
+        p.error("--ks must be positive integers")
+    if not all(math.isfinite(s) for s in args.scales):
+        p.error("--scales must be finite numbers")
+    if args.n_queries < 2:
+        p.error("--n-queries must be >= 2")
+    if args.spearman_queries < 1 or args.spearman_keys < 3:
+        p.error("--spearman-queries must be >= 1 and --spearman-keys >= 3")
+    if args.query_chunk < 1 or args.key_chunk < 1:
+        p.error("--query-chunk and --key-chunk must be positive")
+    args.ks = sorted(set(args.ks))
+    args.scales = sorted(set(args.scales))
+    return args
+
+
+def key_order_spearman(base, eig, E, q_ids, k_ids, ks, scales, eig_scale, keep_skew) -> np.ndarray:
+    """Per-query Spearman correlation [len(ks), len(scales), n_queries] between the key scores of
+    the unmodified head (always with W_skew) and of each edit."""
+    qf, kf = base.project(E[q_ids], E[k_ids])
+    s0 = qf @ kf.T
+    edited0 = s0
+    if not keep_skew:
+        qf, kf = steer(base, 1.0, 0, keep_skew=False, eig=eig, eig_scale=eig_scale).project(E[q_ids], E[k_ids])
+        edited0 = qf @ kf.T
+    neg = eig.select("negative")
+    U = eig.vectors[:, neg].to(s0.dtype)
+    lam = eig.values[neg].to(s0.dtype) * eig_scale
+    qu, ku = E[q_ids] @ U * lam, E[k_ids] @ U
+
+    def ranks(x):
+        return torch.argsort(torch.argsort(x, -1), -1).double()
+
+    r0 = ranks(s0)
+    r0 = r0 - r0.mean(-1, keepdim=True)
+    out = np.zeros((len(ks), len(scales), len(q_ids)))
+    for ik, k in enumerate(ks):
+        k = min(k, len(neg))
+        d = qu[:, :k] @ ku[:, :k].T
+        for js, s in enumerate(scales):
+            r = ranks(edited0 + (s - 1.0) * d)
+            r = r - r.mean(-1, keepdim=True)
+            out[ik, js] = ((r * r0).sum(-1) / (r.norm(dim=-1) * r0.norm(dim=-1)).clamp_min(1e-30)).numpy()
+    return out
+
+
+def fisher_ci(rho: float, n: int) -> float:
+    """Half-width (on the rho scale, symmetric approximation) of a 95% CI for a Spearman rho."""
+    if n <= 3 or not np.isfinite(rho) or abs(rho) >= 1:
+        return 0.0
+    z, se = np.arctanh(rho), 1.06 / np.sqrt(n - 3)
+    return float((np.tanh(z + 1.96 * se) - np.tanh(z - 1.96 * se)) / 2)
+
+
+def cell_metrics(r: np.ndarray, r0: np.ndarray) -> dict:
+    out = {}
+    m, h = mean_ci(r)
+    out["mean_rank"], out["mean_rank_ci95"] = float(m), float(h)
+    out["median_rank"] = float(np.median(r))
+    m, h = mean_ci(1.0 / (r + 1.0))
+    out["mrr"], out["mrr_ci95"] = float(m), float(h)
+    for k in ACC_KS:
+        m, h = mean_ci((r < k).astype(float))
+        out[f"acc@{k}"], out[f"acc@{k}_ci95"] = float(m), float(h)
+    if np.ptp(r) == 0 or np.ptp(r0) == 0:
+        rho = 1.0 if np.array_equal(r, r0) else float("nan")
+    else:
+        rho = float(spearmanr(r, r0).statistic)
+    out["spearman_selfrank"], out["spearman_selfrank_ci95"] = rho, fisher_ci(rho, len(r))
+    return out
+
+
+def plot_grid(df: pd.DataFrame, title: str):
+    panels = [("mean_rank", "mean self-rank (log10)", "viridis_r", True), ("mrr", "MRR", "viridis", False),
+              ("acc@1", "acc@1 (self on top)", "viridis", False), ("acc@1024", "acc@1024", "viridis", False),
+              ("spearman_selfrank", "Spearman of self-ranks vs unmodified", "RdBu_r", False),
+              ("spearman_keys", "Spearman of key order vs unmodified", "RdBu_r", False)]
+    fig, axes = plt.subplots(2, 3, figsize=(19, 8))
+    for ax, (col, name, cmap, log) in zip(axes.flat, panels):
+        piv = df.pivot(index="k", columns="scale", values=col)
+        data = np.log10(piv + 1) if log else piv
+        kw = {"vmin": -1, "vmax": 1} if cmap == "RdBu_r" else {}
+        sns.heatmap(data, ax=ax, cmap=cmap, cbar=True, xticklabels=[f"{c:g}" for c in piv.columns], **kw)
+        ax.set_title(name)
+        ax.set_xlabel("scale of the k most negative eigenvalues")
+        ax.set_ylabel("k")
+        ax.tick_params(axis="x", labelsize=7, rotation=90)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.time()
+    model, out_dir = start(args, script_name(__file__))
+    layer, head = args.layer, args.head
+    E = effective_embeddings(model, layer)
+    f = FactoredQK.from_model(model, layer, head)
+    eig = f.sym_eig()
+    n_neg = eig.n_negative
+    if n_neg == 0:
+        raise SystemExit(f"error: W_sym of L{layer}H{head} has no negative eigenvalue to scale")
+    biases, keep_skew = not args.no_biases, not args.no_skew
+    base = f.scorer(biases=biases, scaled=True)
+    eig_scale = 1.0 / f.attn_scale
+
+    vocab = E.shape[0]
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.query_set == "category":
+        from common.prompts import category_token_ids
+
+        queries = torch.tensor(sorted(t for ids in category_token_ids(model.tokenizer).values() for t in ids))
+    elif args.all_queries or args.n_queries >= vocab:
+        queries = torch.arange(vocab)
+    else:
+        queries = torch.randperm(vocab, generator=gen)[: args.n_queries].sort().values
+    scales = sorted(set(args.scales) | {1.0})  # 1.0 is the unmodified reference
+    t1 = time.time()
+    grid = self_rank_grid(base, eig, E, queries, args.ks, scales, eig_scale=eig_scale, keep_skew=keep_skew,
+                          key_chunk=args.key_chunk, query_chunk=args.query_chunk, progress=True).numpy()
+    t_grid = time.time() - t1
+    r0 = self_rank_grid(base, eig, E, queries, [args.ks[0]], [1.0], eig_scale=eig_scale, keep_skew=True,
+                        key_chunk=args.key_chunk, query_chunk=args.query_chunk)[0, 0].numpy()  # the real head
+
+    sq = queries[torch.randperm(len(queries), generator=gen)[: args.spearman_queries]]
+    sk = torch.randperm(vocab, generator=gen)[: args.spearman_keys]
+    # reference = the real head (with skew), so --no-skew shows what dropping W_skew does by itself
+    sp = key_order_spearman(base, eig, E, sq, sk, args.ks, scales, eig_scale, keep_skew)
+
+    rows = []
+    for ik, k in enumerate(args.ks):
+        for js, s in enumerate(scales):
+            if s not in args.scales:
+                continue
+            m = cell_metrics(grid[ik, js], r0)
+            msp, hsp = mean_ci(sp[ik, js])
+            rows.append({"k": k, "k_effective": min(k, n_neg), "scale": s, "n_queries": len(queries), **m,
+                         "spearman_keys": float(msp), "spearman_keys_ci95": float(hsp)})
+    df = pd.DataFrame(rows)
+    write_csv(out_dir / "grid.csv", df)
+    with atomic_path(out_dir / "ranks.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, ranks=grid.astype(np.int32), ks=np.array(args.ks), scales=np.array(scales),
+                                queries=queries.numpy(), unmodified=r0.astype(np.int32))
+    what = ("exact, all queries" if len(queries) == vocab else f"{len(queries)} category-word queries"
+            if args.query_set == "category" else f"{len(queries)} sampled queries")
+    title = (f"L{layer}H{head}: self-rank over {vocab} keys ({what}); k most negative of {n_neg} negative "
+             f"eigenvalues scaled" + ("" if keep_skew else ", W_skew dropped"))
+    save_figure(plot_grid(df, title), out_dir / "grid_heatmaps.png")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    write_meta(out_dir, args, {
+        "n_negative_eigenvalues": n_neg, "negative_eigenvalues": eig.values[eig.select("negative")].tolist(),
+        "queries": what, "grid_seconds": round(t_grid, 2), "total_seconds": round(time.time() - t0, 2),
+        "peak_rss_mb": round(peak_mb, 1),
+        "unmodified": {"mean_rank": float(r0.mean()), "acc@1": float((r0 == 0).mean())},
+        "scores": "attention logits" + (" with b_Q/b_K" if biases else ", weights only") + ", / sqrt(d_head)",
+    })
+    console = Console()
+    best = df.loc[df["acc@1"].idxmax()]
+    console.print(f"unmodified: mean self-rank {r0.mean():.1f}, acc@1 {(r0 == 0).mean():.3f}")
+    console.print(f"best acc@1 {best['acc@1']:.3f} at k = {int(best.k)}, scale = {best.scale:g} "
+                  f"(mean rank {best.mean_rank:.1f})")
+    console.print(f"grid {t_grid:.1f} s, peak RSS {peak_mb:.0f} MB; outputs: {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""svd_sym_skew_heatmap.py, svd_group_scaling_heatmap.py and svd_rank_ablation.py on the planted
+model: the symmetric part carries the scores, and scaling the planted negative eigenvalues turns
+self-attention on (ground truth: common.planted)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_script
+from qk_test_utils import load_script
+
+
+@pytest.fixture(scope="module")
+def sym_skew(tmp_path_factory, planted_cache):
+    out = tmp_path_factory.mktemp("svd_sym_skew_heatmap")
+    run_script("svd_sym_skew_heatmap.py", "--model", "planted", "--out", str(out), "--n-sample", "300")
+    return out
+
+
+@pytest.fixture(scope="module")
+def scaling(tmp_path_factory, planted_cache):
+    out = tmp_path_factory.mktemp("svd_group_scaling_heatmap")
+    run_script("svd_group_scaling_heatmap.py", "--model", "planted", "--out", str(out),
+               "--curve-alphas", "-1", "-0.5", "0", "0.5", "1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def rank_grid(tmp_path_factory, planted_cache):
+    out = tmp_path_factory.mktemp("svd_rank_ablation")
+    run_script("svd_rank_ablation.py", "--model", "planted", "--out", str(out), "--query-set", "category",
+               "--ks", "1", "13", "16", "--scales", "-1", "0", "1", "--spearman-queries", "32", "--spearman-keys", "256")
+    return out
+
+
+def test_sym_skew_heatmap(sym_skew):
+    for f in ("scores_heatmaps.png", "patterns_heatmaps.png", "scatter.png", "scores.csv", "numbers.csv", "meta.json"):
+        assert (sym_skew / f).stat().st_size > 0, f
+    n = pd.read_csv(sym_skew / "numbers.csv")
+    g, s = n.iloc[0], n.iloc[1]
+    assert g.pearson_base_sym > 0.95 and g.variance_share_sym > 0.95
+    assert g.fro_ratio_skew_base < 0.1 and g.mean_tv_attention_base_sym < 0.05
+    assert g.max_abs_reconstruction_error < 1e-3  # Base = Sym + Skew
+    # the planted asymmetry is the "attend to BOS" term: visible only once BOS is in the token set
+    assert s.fro_ratio_skew_base > 10 * g.fro_ratio_skew_base
+    scores = pd.read_csv(sym_skew / "scores.csv")
+    assert len(scores) == 3 * 30 * 30 and set(scores.panel) == {"Base", "Sym", "Skew"}
+
+
+def test_group_scaling(scaling):
+    for f in ("scaling_scores.png", "scaling_patterns.png", "self_vs_alpha.png", "scores.csv", "curves.csv", "meta.json"):
+        assert (scaling / f).stat().st_size > 0, f
+    c = pd.read_csv(scaling / "curves.csv")
+    assert len(c) == 5 * 30
+    at = {a: g for a, g in c.groupby("alpha")}
+    # unmodified: self is suppressed (far down the vocabulary, no self-attention among the group)
+    assert (at[1.0].self_rank_vocab >= 1000).mean() >= 0.9
+    assert at[1.0].self_attention_group.max() < 0.01
+    # negative eigenvalues flipped: self is the top key over the whole vocabulary
+    for a in (-1.0, -0.5):
+        assert (at[a].self_rank_vocab == 0).mean() >= 0.9
+        assert at[a].self_attention_group.mean() > 0.9
+    assert np.all(np.diff(c.groupby("alpha").self_score.mean().to_numpy()) < 0)  # self score falls with alpha
+    s = pd.read_csv(scaling / "scores.csv")
+    assert {"unmodified (alpha = 1)", "alpha = 0.5", "alpha = 0", "alpha = -1"} == set(s.panel)
+    meta = json.loads((scaling / "meta.json").read_text())
+    assert meta["n_selected"] == 13
+
+
+def test_rank_ablation(rank_grid, truth):
+    for f in ("grid.csv", "grid_heatmaps.png", "ranks.npz", "meta.json"):
+        assert (rank_grid / f).stat().st_size > 0, f
+    g = pd.read_csv(rank_grid / "grid.csv")
+    assert len(g) == 3 * 3
+    n_neg = truth["n_negative_eigenvalues"]
+    assert set(g.k_effective) == {1, n_neg}  # k = 16 is capped at the 13 planted negative eigenvalues
+    cell = lambda k, s: g[(g.k == k) & (g.scale == s)].iloc[0]  # noqa: E731
+    assert cell(13, 1.0)["acc@1"] == 0 and cell(13, 1.0).mean_rank > 10_000
+    assert cell(13, 1.0).spearman_keys == pytest.approx(1.0)
+    assert cell(13, -1.0)["acc@1"] >= 0.9 and cell(16, -1.0)["acc@1"] >= 0.9
+    assert cell(1, -1.0)["acc@1"] < cell(13, -1.0)["acc@1"]
+    assert cell(13, 0.0)["acc@1024"] >= 0.9  # removed: self ties with its category, near the top
+    r = np.load(rank_grid / "ranks.npz")
+    assert r["ranks"].shape == (3, 3, len(r["queries"])) and len(r["queries"]) == 163
+    meta = json.loads((rank_grid / "meta.json").read_text())
+    assert meta["n_negative_eigenvalues"] == n_neg and meta["peak_rss_mb"] > 0
+
+
+def test_rank_ablation_sampled_queries_in_process(tmp_path, planted_model):
+    main = load_script("svd_rank_ablation.py").main
+    assert main(["--model", "planted", "--out", str(tmp_path), "--n-queries", "24", "--ks", "2", "--scales", "0", "1",
+                 "--spearman-queries", "8", "--spearman-keys", "64"]) == 0
+    g = pd.read_csv(tmp_path / "grid.csv")
+    assert (g.n_queries == 24).all() and (g.mean_rank_ci95 >= 0).all() and "acc@256_ci95" in g
+
+
+@pytest.mark.parametrize("script,bad", [
+    ("svd_sym_skew_heatmap.py", ["--n-sample", "1"]),
+    ("svd_group_scaling_heatmap.py", ["--which", "zero"]),
+    ("svd_rank_ablation.py", ["--ks", "0"]),
+])
+def test_help_and_bad_input(script, bad, tmp_path, capsys, planted_model):
+    main = load_script(script).main
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "usage" in capsys.readouterr().out.lower()
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "planted", "--head", "99", "--out", str(tmp_path)])
+    assert "--head 99 out of range" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "planted", "--out", "/proc/x"])
+    assert "not writable" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "planted", "--out", str(tmp_path), *bad])
+    assert e.value.code != 0
+    assert bad[0] in capsys.readouterr().err + str(e.value.code)
