@@ -50,7 +50,8 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from common.ablation import COMPONENTS, collect_activations, keep_only_hooks, mean_ablation_hooks, resample_ablation_hooks
+from common.ablation import (COMPONENTS, collect_activations, keep_only_hooks, mean_ablation_hooks,
+                             resample_ablation_hooks)
 from common.cli import base_parser, script_name, start
 from common.metrics import all_head_patterns, mean_ci, semantic_score
 from common.outputs import write_csv, write_meta
@@ -93,7 +94,8 @@ def parse_args(argv):
 # ----------------------------------------------------------------------------------------------
 
 
-def ablation_conditions(model, ref_tokens: torch.Tensor, layer: int, seed: int, ablate_bos: bool) -> dict[tuple[str, str], list]:
+def ablation_conditions(model, ref_tokens: torch.Tensor, layer: int, seed: int,
+                        ablate_bos: bool) -> dict[tuple[str, str], list]:
     """(ablation, method) -> forward hooks; ``(clean, -)`` has none."""
     reference = collect_activations(model, ref_tokens, COMPONENTS.values())
     means = mean_ablation_hooks(reference, ablate_bos)
@@ -102,7 +104,8 @@ def ablation_conditions(model, ref_tokens: torch.Tensor, layer: int, seed: int, 
     for label, name in COMPONENTS.items():
         conds[(label, "mean")] = means[name]
         conds[(label, "resample")] = resamples[name]
-    conds[(MLP0_ONLY, "replace")] = keep_only_hooks("blocks.0.hook_mlp_out", f"blocks.{layer}.hook_resid_pre", ablate_bos)
+    conds[(MLP0_ONLY, "replace")] = keep_only_hooks("blocks.0.hook_mlp_out", f"blocks.{layer}.hook_resid_pre",
+                                                    ablate_bos)
     return conds
 
 
@@ -252,12 +255,14 @@ def heads_figure(summary: pd.DataFrame, layer: int, target: int, path):
     save_figure(fig, path)
 
 
-def position_figure(examples: dict, clean: np.ndarray, table: pd.DataFrame, labels: list[str], layer: int, head: int, path):
+def position_figure(examples: dict, clean: np.ndarray, table: pd.DataFrame, labels: list[str], layer: int, head: int,
+                    path):
     """Top: one prompt's token-pair pattern, clean and (mapped back, renormalised on the common keys)
     rearranged; bottom: every (query, key) pair of every prompt, clean vs rearranged."""
     fig, axes = plt.subplots(2, len(examples) + 1, figsize=(4.2 * (len(examples) + 1), 8.2))
     causal = np.tril(np.ones_like(clean, dtype=bool))
-    sns.heatmap(np.where(causal, clean, np.nan), ax=axes[0, 0], xticklabels=labels, yticklabels=labels, cmap="viridis", vmin=0, vmax=1,
+    sns.heatmap(np.where(causal, clean, np.nan), ax=axes[0, 0], xticklabels=labels, yticklabels=labels, cmap="viridis",
+                vmin=0, vmax=1,
                 square=True, cbar=False)
     axes[0, 0].set_title(f"L{layer}H{head} clean (token pairs)")
     axes[1, 0].axis("off")
@@ -283,7 +288,8 @@ def report(summary: pd.DataFrame, pos: pd.DataFrame, head: int, layer: int) -> N
     for c in ("ablation", "method", "mean", "95% CI", "median", "x clean"):
         t.add_column(c)
     for _, r in summary[summary["head"] == head].iterrows():
-        t.add_row(r.ablation, r.method, f"{r['mean']:.4g}", f"±{r.ci95:.2g}", f"{r['median']:.4g}", f"{r.ratio_to_clean:.3f}")
+        t.add_row(r.ablation, r.method, f"{r['mean']:.4g}", f"±{r.ci95:.2g}", f"{r['median']:.4g}",
+                  f"{r.ratio_to_clean:.3f}")
     c = Console()
     c.print(t)
     t2 = Table(title=f"L{layer}H{head}: same tokens at other positions (token-pair pattern)")
@@ -301,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     model, out = start(args, script_name(__file__))
     L, H = args.layer, args.head
     if L < 1:
-        raise SystemExit("error: --layer must be >= 1: the ablated components (layer-0 attention and MLP) feed layer 1 onwards")
+        raise SystemExit("error: --layer must be >= 1: the ablated components (layer-0 attention and MLP) "
+                         "feed layer 1 onwards")
     if args.seq_len + 1 > model.cfg.n_ctx:
         raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
     tok = model.tokenizer
@@ -324,14 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(out / "scores.csv", scores)
     write_csv(out / "summary.csv", summary)
     write_csv(out / "position_independence.csv", pos)
-    boxplot(scores, H, f"L{L}H{H}: score per prompt, {args.n_prompts} prompts ({args.model})", out / "ablation_boxplot.png")
+    boxplot(scores, H, f"L{L}H{H}: score per prompt, {args.n_prompts} prompts ({args.model})",
+            out / "ablation_boxplot.png")
     heads_figure(summary, L, H, out / "ablation_heads.png")
     position_figure(examples, clean_example, pos, labels, L, H, out / "position_independence.png")
     target = summary[summary["head"] == H].set_index(["ablation", "method"])["mean"]
     write_meta(out, args, {
         "mean_ablation_data": (f"mean over all {'' if args.ablate_bos else 'non-BOS '}positions of {args.n_reference} "
-                               f"reference prompts (seed {args.seed + 1}); BOS position {'ablated' if args.ablate_bos else 'kept clean'}"),
-        "resample_ablation_data": "a uniformly drawn (prompt, position) of the same reference batch per ablated position",
+                               f"reference prompts (seed {args.seed + 1}); "
+                               f"BOS position {'ablated' if args.ablate_bos else 'kept clean'}"),
+        "resample_ablation_data": "a uniformly drawn (prompt, position) of the same reference batch per ablated "
+                                  "position",
         "target_means": {f"{a} ({m})": float(v) for (a, m), v in target.items()},
         "published_gpt2_small_mean_ablation": PUBLISHED,
     })

@@ -12,8 +12,8 @@ W_Q and W_K get an update dW_Q, dW_K, either full ([d_model, d_head] each) or lo
 ``blocks.L.attn.hook_q`` / ``hook_k`` (q += x dW_Q, k += x dW_K, x = the LN1-normalised input), so
 the model's parameters are never modified. Layers 0..L-1 do not depend on the optimised weights,
 so their output is computed once (``stop_at_layer=L``); each step runs layer L (``start_at_layer``)
-with autograd up to the head's attention scores. Loss (Adam, --lr, --steps; after each step dW_Q, dW_K are shrunk back into the trust region
-||dW||_F <= --max-edit * ||W||_F) over queries q >= 1:
+with autograd up to the head's attention scores. Loss (Adam, --lr, --steps; after each step dW_Q,
+dW_K are shrunk back into the trust region ||dW||_F <= --max-edit * ||W||_F) over queries q >= 1:
   promote:   -mean_q log m_q                                   + keep * KL
   suppress:  mean_q softplus(log m_q - (log m_q^orig - margin))  + keep * KL
 where m_q is the attention mass on the query itself and on earlier copies of the same token
@@ -63,7 +63,7 @@ from tqdm import tqdm
 from common.cli import base_parser, script_name, start
 from common.metrics import mass_split, semantic_score
 from common.outputs import write_csv, write_json, write_meta
-from common.plotting import plt, save_figure, sns
+from common.plotting import plt, save_figure
 from common.prompts import TokenizationError, category_prompts, category_token_ids, group_token_ids, single_token_id
 from common.qk import Factored, FactoredQK, effective_embeddings, query_row, rank_metrics, self_rank, steer
 
@@ -292,8 +292,8 @@ def optimise(model, train, held, layer, head, direction, args):
                 with torch.no_grad():
                     held_loss = float(total(head_scores(model, held[0], layer, head, hooks), ref_held, held[1])[0])
             loss, task, keep = total(head_scores(model, train[0], layer, head, hooks), ref_train, train[1])
-            rows.append({"direction": direction, "step": step, "train_loss": loss.item(), "train_task_loss": task.item(),
-                         "train_keep_kl": keep.item(), "heldout_loss": held_loss})
+            rows.append({"direction": direction, "step": step, "train_loss": loss.item(),
+                         "train_task_loss": task.item(), "train_keep_kl": keep.item(), "heldout_loss": held_loss})
             if step == args.steps:
                 break
             if not torch.isfinite(loss):
@@ -326,11 +326,13 @@ def match_alpha(model, held, layer, head, qk: FactoredQK, target: float, iters: 
     self-mass ``target``; (alpha, reached value). Bisection, bracket grown geometrically."""
     eig = qk.sym_eig()
     if eig.n_negative == 0:
-        raise SystemExit("error: W_sym of this head has no negative eigenvalues: nothing for eigenvalue steering to edit")
+        raise SystemExit("error: W_sym of this head has no negative eigenvalues: "
+                         "nothing for eigenvalue steering to edit")
 
     def value(alpha):
         f = steer(qk.scorer(), alpha, "negative", eig=eig, eig_scale=1.0 / qk.attn_scale)
-        return float(log_self_mass(head_scores(model, held[0], layer, head, scorer_hooks(layer, head, f)), held[1]).mean())
+        s = head_scores(model, held[0], layer, head, scorer_hooks(layer, head, f))
+        return float(log_self_mass(s, held[1]).mean())
 
     v1 = value(1.0)
     up = target > v1  # promoting self needs alpha < 1 (weaker or flipped negative eigenvalues)
@@ -454,7 +456,8 @@ def report(variants: pd.DataFrame, top: pd.DataFrame, word: str):
                 "score", "median self-rank (category)", "|dW_QK|/|W_QK|"):
         t.add_column(col)
     for _, r in variants.iterrows():
-        t.add_row(r.variant, f"{r.mass_self_and_copies:.3g}", f"{r.mean_log_self_mass:.2f}", f"{r.mass_in_category:.3f}",
+        t.add_row(r.variant, f"{r.mass_self_and_copies:.3g}", f"{r.mean_log_self_mass:.2f}",
+                  f"{r.mass_in_category:.3f}",
                   f"{r.in_category_share_of_nonself:.3f}", f"{r.mass_bos:.3f}", f"{r.semantic_score:.3f}",
                   f"{r.category_median_rank:.0f}", f"{r.edit_fro_rel:.3f}")
     c.print(t)
@@ -527,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in tqdm(variants.items(), desc="vocabulary views", leave=False):
         f = v["scorer"]
         ranks = self_rank(f, E, q_ids)
-        rank_rows.append(pd.DataFrame({"variant": name, "token_id": q_ids.numpy(), "kind": q_kind, "rank": ranks.numpy()}))
+        rank_rows.append(pd.DataFrame({"variant": name, "token_id": q_ids.numpy(), "kind": q_kind,
+                                       "rank": ranks.numpy()}))
         m = group_attention(f, E, g_ids)
         mats[name] = m
         for i, qi in enumerate(g_labels):
@@ -566,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         "category_median_rank", "median_rank",
                                                         "edit_fro_rel", "alpha")} for r in rows},
         "loss_first_last": {d: [float(curve[curve.direction == d].train_loss.iloc[0]),
-                                float(curve[curve.direction == d].train_loss.iloc[-1])] for d in DIRECTIONS[args.direction]},
+                                float(curve[curve.direction == d].train_loss.iloc[-1])]
+                            for d in DIRECTIONS[args.direction]},
     }
     write_json(out / "summary.json", summary)
     write_meta(out, args, {"matching": "eigen alpha matched on held-out mean log self-mass",

@@ -43,7 +43,8 @@ COMPONENTS: dict[str, str] = {
 
 
 @torch.no_grad()
-def collect_activations(model, tokens: torch.Tensor, hook_names: Iterable[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
+def collect_activations(model, tokens: torch.Tensor, hook_names: Iterable[str],
+                        batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Activations [batch, pos, ...] at ``hook_names`` for ``tokens``, running only as deep as needed."""
     hook_names = list(hook_names)
     depth = max((_layer_of(n) for n in hook_names), default=-1) + 1
@@ -95,7 +96,8 @@ def mean_ablation_hooks(reference: dict[str, torch.Tensor], ablate_bos: bool = F
     return out
 
 
-def resample_ablation_hooks(reference: dict[str, torch.Tensor], seed: int = 0, ablate_bos: bool = False) -> dict[str, list[Hook]]:
+def resample_ablation_hooks(reference: dict[str, torch.Tensor], seed: int = 0,
+                            ablate_bos: bool = False) -> dict[str, list[Hook]]:
     """One hook list per hook point: each ablated (prompt, position) gets a random reference vector.
 
     The generator is seeded once per hook, so a fixed sequence of forward passes is reproducible.

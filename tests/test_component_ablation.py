@@ -104,7 +104,8 @@ def test_ablation_hooks(planted_model):
     (name, fn), = mean_ablation_hooks(acts)["hook_embed"]
     model.run_with_hooks(tokens, stop_at_layer=1, fwd_hooks=[(name, fn), ("blocks.0.hook_resid_pre", grab)])
     emb = seen["blocks.0.hook_resid_pre"] - model.W_pos[:5]
-    assert torch.allclose(emb[:, 1:], acts["hook_embed"][:, 1:].reshape(-1, model.cfg.d_model).mean(0).expand(2, 4, -1), atol=1e-5)
+    ref_mean = acts["hook_embed"][:, 1:].reshape(-1, model.cfg.d_model).mean(0)
+    assert torch.allclose(emb[:, 1:], ref_mean.expand(2, 4, -1), atol=1e-5)
     assert torch.allclose(emb[:, 0], model.W_E[50256].expand(2, -1), atol=1e-5)  # BOS untouched
 
     (name, fn), = resample_ablation_hooks(acts, seed=1)["hook_embed"]
@@ -113,8 +114,9 @@ def test_ablation_hooks(planted_model):
     pool = acts["hook_embed"][:, 1:].reshape(-1, model.cfg.d_model)
     assert (torch.cdist(emb, pool).min(1).values < 1e-4).all()  # every value is a reference vector
 
-    model.run_with_hooks(tokens, stop_at_layer=2, fwd_hooks=keep_only_hooks("blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre")
-                         + [("blocks.0.hook_mlp_out", grab), ("blocks.1.hook_resid_pre", grab)])
+    keep = keep_only_hooks("blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre")
+    grabs = [("blocks.0.hook_mlp_out", grab), ("blocks.1.hook_resid_pre", grab)]
+    model.run_with_hooks(tokens, stop_at_layer=2, fwd_hooks=keep + grabs)
     assert torch.allclose(seen["blocks.1.hook_resid_pre"][:, 1:], seen["blocks.0.hook_mlp_out"][:, 1:])
 
 
