@@ -117,9 +117,9 @@ def test_self_rank_grid_equals_steered_self_rank():
     E = torch.randn(400, 20, generator=g)
     f = _random_head(d=20, dh=5, seed=9)
     eig = f.sym_eig()
-    ks, scales = [1, 3, 50], [1.0, -1.0, 0.5, -5.0]
+    ks = [1, 3, 50]
     q = torch.arange(0, 400, 23)
-    for keep in (True, False):
+    for keep, scales in ((True, [1.0, -1.0, 0.5, -5.0]), (False, [-1.0, -0.5, 0.0, 0.5, 1.0])):  # uneven / even grid
         grid = self_rank_grid(f.scorer(), eig, E, q, ks, scales, eig_scale=1 / f.attn_scale, keep_skew=keep,
                               key_chunk=64, query_chunk=7)
         for ik, k in enumerate(ks):
