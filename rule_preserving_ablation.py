@@ -179,8 +179,8 @@ def load_windows(args, tokenizer):
 # ----------------------------------------------------------------------------------------------
 
 
-def mechanism_scorers(model, layer: int, head: int, k_values: list[int]):
-    """Edited scorers (common.qk.Factored with biases and scale): name -> scorer, plus eigen info."""
+def mechanism_scorers(model, layer: int, head: int, k_spec: str):
+    """Edited scorers (common.qk.Factored with biases and scale): name -> scorer, eigen info, k values."""
     from common.qk import Factored, FactoredQK, steer
 
     qk = FactoredQK.from_model(model, layer, head)
@@ -196,6 +196,7 @@ def mechanism_scorers(model, layer: int, head: int, k_values: list[int]):
     }
     order = torch.argsort(eig.values.abs(), descending=True)
     rank = len(order)
+    k_values = parse_k_values(k_spec, rank)
     for k in k_values:
         if k == rank:
             continue  # the full spectrum is W_sym itself
@@ -209,7 +210,7 @@ def mechanism_scorers(model, layer: int, head: int, k_values: list[int]):
         "n_negative": eig.n_negative,
         "n_positive": eig.n_positive,
     }
-    return scorers, info
+    return scorers, info, k_values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
           f"of {args.window_len} tokens")
     print(f"categories: {cats.source} ({len(cats.names)} categories, {cats.n_tokens} tokens)")
 
-    scorers, eig_info = mechanism_scorers(model, L, H, [])
-    k_values = parse_k_values(args.k_values, eig_info["rank"])
-    scorers, eig_info = mechanism_scorers(model, L, H, k_values)
+    scorers, eig_info, k_values = mechanism_scorers(model, L, H, args.k_values)
 
     # Layers 0..L once: the cached residual feeds every variant; the check pattern proves the
     # score replacement exact before any number depends on it.

@@ -5,9 +5,9 @@ Three sources, one result (a list of GPT-2 token ids for the whole text):
 * WikiText-103 (raw, test split) through ``datasets``; offline without a cached copy this fails
   with :class:`TextUnavailable`, whose message says what to do instead;
 * ``--text PATH``: a text file, or a folder whose ``*.txt`` files (recursively, sorted) are read;
-* ``demo``: a deterministic text generated here for the planted model -- sentences of ordinary
-  words in which words from :data:`common.prompts.CATEGORIES` recur, including exact repeats, so
-  every one of L1H5's three rules is exercised in each window.
+* ``demo``: the repo's deterministic demo corpus (:mod:`common.demo_corpus`, also token_freq.py's
+  planted input): English sentences in which words of :data:`common.prompts.CATEGORIES` recur,
+  so L1H5's rules are exercised in every window.
 
 :func:`sample_windows` cuts the token stream into non-overlapping windows, draws a seeded sample
 of them and prepends BOS to each.
@@ -20,19 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.prompts import CATEGORIES
-
 WIKITEXT = ("Salesforce/wikitext", "wikitext-103-raw-v1", "test")
 DEMO = "demo"
-
-# Ordinary words for the demo text; none of them is a category word.
-_FILLER = (
-    "the a of to in was with for on at from by as that this there some many people house city "
-    "road market garden river school small large old new long early late morning evening "
-    "near after before during about found saw made took gave kept left brought bought asked "
-    "told called said into over under around again also very much more most each every "
-    "family friend teacher doctor letter story picture window table door street village"
-).split()
 
 
 class TextUnavailable(RuntimeError):
@@ -83,42 +72,14 @@ def read_text_path(path: str | Path) -> str:
     return text
 
 
-def demo_text(n_sentences: int = 1500, seed: int = 0) -> str:
-    """Deterministic sentences of ordinary words with recurring category words.
-
-    Each sentence has one or two topic categories; about a third of its words come from them, and
-    a topic word is sometimes repeated exactly, so a window holds same-category pairs (rule 1),
-    copies (rule 2) and words with no category (rule 3).
-    """
-    rng = np.random.default_rng(seed)
-    cats = list(CATEGORIES.values())
-    sentences = []
-    for _ in range(n_sentences):
-        topics = [cats[i] for i in rng.choice(len(cats), size=rng.integers(1, 3), replace=False)]
-        words: list[str] = []
-        for _ in range(rng.integers(8, 17)):
-            r = rng.random()
-            if r < 0.28:
-                pool = topics[rng.integers(len(topics))]
-                words.append(pool[rng.integers(len(pool))])
-            elif r < 0.33 and words:
-                words.append(words[rng.integers(len(words))])
-            else:
-                words.append(_FILLER[rng.integers(len(_FILLER))])
-        sentences.append(" ".join(words) + ".")
-    return " " + " ".join(sentences)
-
-
 def load_text(source: str | None) -> tuple[str, str]:
     """(text, description) for ``source``: None (WikiText-103 test), ``"demo"`` or a path."""
     if source is None:
         return wikitext_test(), "WikiText-103 (raw) test split via datasets"
     if source == DEMO:
-        try:  # the repo's shared demo corpus (token_freq.py uses it too), when present
-            from common.demo_corpus import demo_text as shared_demo
-        except ImportError:
-            return demo_text(), "generated demo text (common.natural_text.demo_text)"
-        return shared_demo(), "generated demo corpus (common.demo_corpus)"
+        from common.demo_corpus import demo_text
+
+        return demo_text(), "generated demo corpus (common.demo_corpus)"
     return read_text_path(source), f"local text {source}"
 
 
