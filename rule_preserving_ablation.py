@@ -311,7 +311,7 @@ def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: 
     ax.scatter(df.k[~neg], df.explained[~neg], color="#2a9d4b", s=18, zorder=3, label="k-th eigenvalue > 0")
     ax.scatter(df.k[neg], df.explained[neg], color="#c0392b", s=18, zorder=3, label="k-th eigenvalue < 0")
     ax.axhline(rules, color="k", ls="--", lw=1, label=f"three rules ({rules:.3f})")
-    ax.axhline(neg0, color="purple", ls=":", lw=1, label=f"negative eigenvalues zeroed ({neg0:.3f})")
+    ax.axhline(neg0, color="purple", ls=":", lw=1, label=f"W_QK, negative eigenvalues zeroed ({neg0:.3f})")
     ax.axhline(0, color="grey", lw=0.6)
     if df.k.max() > 40:
         ax.set_xscale("log", base=2)
