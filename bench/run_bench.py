@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -47,7 +48,7 @@ sys.path.insert(0, str(BENCH))
 
 VOCAB = 50257
 DENSE_BYTES = VOCAB * VOCAB * 4  # one float32 vocab x vocab matrix: 10.1 GB
-TARGET_SECONDS, TARGET_RSS = 600, 3 * 1024**3
+TARGET_SECONDS, TARGET_RSS = 600, 3e9  # GB here means 10^9 bytes throughout
 WIKITEXT103_TRAIN_MB = 540  # raw train split, about 540 MB of text: what token_freq.py reads by default
 
 SCRIPTS = [  # the brief's list; the order is replaced by run_all.py's where it exists
@@ -123,20 +124,32 @@ def make_sae(folder: Path, d_in: int = 768, d_sae: int = 24576, seed: int = 0) -
         w = torch.randn(d_sae, d_in) / d_in**0.5
         sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.T)
+    try:  # as the hub SAE says: the residual stream entering layer 1, which L1H5 reads
+        sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    except Exception:
+        pass
     folder.mkdir(parents=True, exist_ok=True)
     sae.save_model(str(folder))
     return {"path": str(folder), "d_in": d_in, "d_sae": d_sae}
 
 
+def _has_flag(help_text: str, flag: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text) is not None
+
+
 def extra_args(script: str, help_text: str, ctx: dict) -> list[str]:
     """Inputs a script needs that cannot be downloaded here, passed only if the script has the flag."""
     args = []
-    if "--text" in help_text:
+    if _has_flag(help_text, "--text"):
         args += ["--text", ctx["text"]]
-    if "--freq-table" in help_text and script != "token_freq.py":
+    if _has_flag(help_text, "--freq-table"):
         args += ["--freq-table", str(ctx["out"] / "token_freq" / "token_freq.csv")]
-    if "--sae" in help_text:
-        args += ["--sae", ctx["sae"]()]
+    if _has_flag(help_text, "--communities") and (ctx["out"] / "clustering" / "communities.csv").exists():
+        args += ["--communities", str(ctx["out"] / "clustering" / "communities.csv")]
+    if _has_flag(help_text, "--sae-path"):
+        args += ["--sae-path", ctx["sae"]()]
+        if _has_flag(help_text, "--hook"):
+            args += ["--hook", "blocks.1.hook_resid_pre"]  # what L1H5 reads, as the default hub SAE
     return args
 
 
@@ -282,6 +295,8 @@ def run_case(args) -> int:
         load_model(args.model)
         res = {"seconds": time.perf_counter() - t0}
     elif args.case == "threads":
+        import transformer_lens  # noqa: F401  (so the peak RSS is the import floor of every script)
+
         res = {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads()}
     else:
         raise SystemExit(f"error: unknown case {args.case}")
@@ -319,6 +334,36 @@ def comparisons(env: dict, logs: Path, model: Path, text: Path) -> dict:
     return out
 
 
+def guard_scripts(env: dict, work: Path, text: Path, only: set[str]) -> list[dict]:
+    """Every script under bench/dense_guard.py on the planted model (real 50257-token vocabulary)."""
+    out, logs = work / "guard-out", work / "logs"
+    out.mkdir(exist_ok=True)
+    sae_holder: dict = {}
+
+    def sae() -> str:
+        if "path" not in sae_holder:
+            sae_holder.update(make_sae(work / "sae-planted", d_in=256))
+        return sae_holder["path"]
+
+    ctx = {"text": str(text), "out": out, "sae": sae}
+    rows = []
+    for script in script_order():
+        if (only and script not in only) or not (ROOT / script).exists():
+            continue
+        help_text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env,
+                                   capture_output=True, text=True).stdout
+        extra = extra_args(script, help_text, ctx)
+        report = logs / f"guard-{script}.json"
+        cmd = [sys.executable, str(BENCH / "dense_guard.py"), str(report), script, "--model", "planted",
+               "--out", str(out / script.removesuffix(".py")), *extra]
+        m = measure(cmd, env, logs / f"guard-{script}.log")
+        g = json.loads(report.read_text()) if report.exists() else {}
+        rows.append({"script": script, "rc": m["rc"], "seconds": m["seconds"], **{k: g.get(k) for k in
+                     ("numel", "shape", "dtype", "op", "n_ops", "limit")}})
+        print(f"  guard {script}: rc {m['rc']}, largest {g.get('shape')} {g.get('dtype')} ({g.get('op')})", flush=True)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------
 # machine and report
 # ----------------------------------------------------------------------------------------------
@@ -349,7 +394,7 @@ def _same(a: int, b: int) -> str:
 
 
 def gb(x: float) -> str:
-    return f"{x / 1024**3:.2f}"
+    return f"{x / 1e9:.2f}"
 
 
 def write_report(res: dict, path: Path) -> None:
@@ -378,7 +423,7 @@ def write_report(res: dict, path: Path) -> None:
         "",
         "## Every script (default settings, cold cache, one at a time)",
         "",
-        f"Floor of every script: importing torch + transformer_lens alone peaks at {gb(m['import_only_peak_rss'])} GB; "
+        f"Floor of every script: importing torch and transformer_lens alone peaks at {gb(m['import_only_peak_rss'])} GB; "
         f"`load_model('bench/model')` alone takes {m['load_model']['seconds']:.1f} s",
         f"and peaks at {gb(m['load_model']['peak_rss'])} GB RSS (TransformerLens' `load_and_process_state_dict` holds",
         "several copies of the weights while folding; about 1.2 GB stays resident afterwards).",
@@ -427,17 +472,38 @@ def write_report(res: dict, path: Path) -> None:
         "## No dense vocabulary x vocabulary matrix",
         "",
         f"One float32 50257 x 50257 matrix is {DENSE_BYTES / 1e9:.1f} GB (float16 {DENSE_BYTES / 2e9:.1f} GB, "
-        f"bool {DENSE_BYTES / 4e9:.2f} GB). The highest peak RSS of any script was {peak / 1e9:.2f} GB "
-        f"({'below' if peak < DENSE_BYTES / 4 else 'NOT below'} even the boolean size), so no script held such a "
-        "matrix in memory (a lazily allocated, untouched one would not show in RSS; the code review rule",
-        "\"never materialise vocab x vocab\" covers that case).",
+        f"bool {DENSE_BYTES / 4e9:.2f} GB). The highest peak RSS of any script was {gb(peak)} GB, below the "
+        "float16 and float32 sizes; the model-loading peak alone exceeds the boolean size, so RSS cannot rule out",
+        "a boolean one (nor a tensor allocated but never touched). Hence the direct check below.",
     ]
+    guard = res.get("guard")
+    if guard:
+        L += [
+            "",
+            "`bench/dense_guard.py` ran every script on the planted model (same 50257-token vocabulary, d_model",
+            "256) under a `TorchDispatchMode` that sees the output of every ATen operation and stops the script",
+            f"if one reaches vocab^2/4 = {guard[0]['limit']:.3g} elements. Largest tensor each script produced:",
+            "",
+            "| script | exit | ATen ops seen | largest output | dtype | op | fraction of vocab^2 |",
+            "| --- | ---: | ---: | --- | --- | --- | ---: |",
+        ]
+        for g in guard:
+            if g.get("numel") is None:
+                L.append(f"| {g['script']} | {g['rc']} | | (no report) | | | |")
+                continue
+            L.append(f"| {g['script']} | {g['rc']} | {g['n_ops']} | {' x '.join(map(str, g['shape']))} | "
+                     f"{g['dtype'].removeprefix('torch.')} | `{g['op']}` | {g['numel'] / VOCAB**2:.4f} |")
+        worst = max(guard, key=lambda g: g.get("numel") or 0)
+        L += ["", f"Largest anywhere: {worst['script']}, {worst['numel'] / VOCAB**2:.4f} of vocab^2 "
+              f"({'no' if (worst.get('numel') or 0) < guard[0]['limit'] else 'A'} dense vocab x vocab result)."]
     cmp_ = res.get("comparisons")
     if cmp_:
         L += [
             "",
             "## Side by side with the original approach",
             "",
+            *([f"Measured separately ({cmp_['measured']}, 1-minute load {cmp_['load1_at_start']} at start) with "
+               "`run_bench.py --compare-only`; per-case loads in results.json.", ""] if cmp_.get("measured") else []),
             "### Self-rank of query tokens (L1H5's QK circuit over token embeddings)",
             "",
             "Original: the dense score matrix `E W_QK E^T` over the vocabulary, each row compared with its",
@@ -463,13 +529,16 @@ def write_report(res: dict, path: Path) -> None:
             big = ok[-1]
             scale = (VOCAB / big["n"]) ** 2
             dense_full_s = big["dense"]["seconds"] * scale
-            dense_full_gb = DENSE_BYTES * 1.25 / 1e9  # scores + the boolean comparison
+            # Scale the measured memory above the import floor by n^2 (scores, mask, and the int64 row sums).
+            floor = full["peak_rss"] if "error" not in full else 0.5e9
+            dense_full_gb = (max(big["dense"]["peak_rss"] - big["streamed"]["peak_rss"], 0) * scale + floor) / 1e9
             stream_full_s = full["seconds"] * VOCAB / full["n_queries"]
             L += [
                 "",
                 f"Full vocabulary (50257 x 50257): the dense approach needs {DENSE_BYTES / 1e9:.1f} GB for the float32",
-                f"scores plus {DENSE_BYTES / 4e9:.1f} GB for the comparison mask (about {dense_full_gb:.1f} GB), which does",
-                "not fit the 3 GB target (nor safely on this shared machine), so it was **not run**; extrapolated",
+                f"scores alone; scaling its measured memory at n = {big['n']} (above the streamed run's) by n^2 gives",
+                f"about {dense_full_gb:.0f} GB (scores, boolean mask, and the row sums, which torch computes in int64),",
+                "which fits neither the 3 GB target nor safely this shared machine, so it was **not run**; time extrapolated",
                 f"from n = {big['n']} by n^2: about {dense_full_s:.0f} s. Streamed, measured on {full['n_queries']} queries",
                 f"against all 50257 keys: {full['seconds']:.1f} s at {full['peak_rss'] / 1e9:.2f} GB peak RSS, i.e. about",
                 f"{stream_full_s:.0f} s for all 50257 queries (linear in queries). Ratio at full size: time "
@@ -515,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated scripts to run (default: every one that exists)")
     p.add_argument("--text-mb", type=float, default=20.0, help="size of the generated text for --text")
     p.add_argument("--no-compare", action="store_true", help="skip the side-by-side cases")
+    p.add_argument("--compare-only", metavar="JSON", default=None,
+                   help="run only the side-by-side cases and save them to JSON (for --compare-from)")
+    p.add_argument("--compare-from", metavar="JSON", default=None,
+                   help="reuse side-by-side cases saved by --compare-only instead of running them")
     p.add_argument("--keep", action="store_true", help="keep the temporary outputs and logs")
     p.add_argument("--results", default=str(BENCH / "RESULTS.md"))
     p.add_argument("--timeout", type=float, default=1800, help="seconds before a script is killed")
@@ -545,6 +618,16 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(res["machine"], indent=1), flush=True)
     text = work / "bench_text.txt"
     res["inputs"] = {"text": make_text(text, args.text_mb)}
+    only = {s.strip().removesuffix(".py") + ".py" for s in args.only.split(",") if s.strip()}
+    if args.compare_only:
+        print("side-by-side cases ...", flush=True)
+        saved = {"date": res["date"], "machine": res["machine"], "comparisons": comparisons(env, logs, model, text)}
+        print("dense guard on the planted model ...", flush=True)
+        saved["guard"] = guard_scripts(env, work, text, only)
+        Path(args.compare_only).write_text(json.dumps(saved, indent=1) + "\n")
+        print(f"wrote {args.compare_only}")
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
     sae_holder: dict = {}
 
     def sae() -> str:
@@ -554,7 +637,6 @@ def main(argv: list[str] | None = None) -> int:
         return sae_holder["path"]
 
     ctx = {"text": str(text), "out": out, "sae": sae}
-    only = {s.strip().removesuffix(".py") + ".py" for s in args.only.split(",") if s.strip()}
     runs = []
     t_all = time.perf_counter()
     for script in script_order():
@@ -579,13 +661,18 @@ def main(argv: list[str] | None = None) -> int:
             r["note"] = f"exit {m['rc']}: `{last[0][:200]}`"
         runs.append(r)
         print(f"  {r['status']}: {m['seconds']:.1f} s wall, {m['cpu_seconds']:.1f} s cpu, "
-              f"{m['peak_rss'] / 1024**3:.2f} GB peak RSS, load {m['load1_mean']}", flush=True)
+              f"{m['peak_rss'] / 1e9:.2f} GB peak RSS, load {m['load1_mean']}", flush=True)
     res["total_seconds"] = round(time.perf_counter() - t_all, 2)
     res["scripts"] = runs
     ran = [r for r in runs if r["status"] != "missing"]
     res["load1_mean_overall"] = (sum(r["load1_mean"] * r["seconds"] for r in ran) / max(sum(r["seconds"] for r in ran), 1e-9)
                                  if ran else os.getloadavg()[0])
-    if not args.no_compare:
+    if args.compare_from:
+        saved = json.loads(Path(args.compare_from).read_text())
+        res["comparisons"] = {**saved["comparisons"], "measured": saved["date"],
+                              "load1_at_start": saved["machine"]["load1_at_start"]}
+        res["guard"] = saved.get("guard")
+    elif not args.no_compare:
         print("side-by-side cases ...", flush=True)
         res["comparisons"] = comparisons(env, logs, model, text)
     results = Path(args.results)
