@@ -24,8 +24,9 @@ only, without 1/sqrt(d_head) or biases, with LN folded into W_Q/W_K as Transform
     correct next token, averaged over positions, when the whole head is ablated (its hook_z
     replaced by the mean over the batch's non-BOS positions, and by zero) versus when only its
     skew part is removed (the head's attention scores recomputed from W_sym, biases kept, inside
-    hook_attn_scores). A control run recomputing the scores from the full W_QK must reproduce the
-    clean logits (its maximum deviation is saved in meta.json).
+    hook_attn_scores). A control run recomputing the scores from the full W_QK (first batch) must
+    reproduce the clean logits (its maximum deviation is saved in meta.json). Only the correct
+    token's logit is computed (final residual . W_U column), not the full unembedding.
 
 Outputs (figures/skew_analysis/ by default):
   spectrum_summary.csv   per head and basis: counts, extreme eigenvalues, largest singular
@@ -226,8 +227,19 @@ def downstream(model, f: FactoredQK, tokens: torch.Tensor, batch_size: int) -> t
     z_mean = None
     rows, max_dev = [], 0.0
 
-    def next_logit(logits, toks):
-        return logits[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]
+    W_U, b_U = model.W_U, model.b_U
+
+    def run(toks, hooks):
+        """Logit of the correct next token at every position but the last, without the
+        [batch, pos, vocab] unembedding (a third of gpt2-small's forward cost)."""
+        got = {}
+
+        def grab(x, hook):
+            got["x"] = x
+
+        model.run_with_hooks(toks, return_type=None, fwd_hooks=list(hooks) + [("ln_final.hook_normalized", grab)])
+        nxt = toks[:, 1:]
+        return (got["x"][:, :-1] * W_U.T[nxt]).sum(-1) + b_U[nxt]
 
     for i in tqdm(range(0, len(tokens), batch_size), desc="downstream", unit="batch"):
         toks = tokens[i : i + batch_size].to(dev)
@@ -236,9 +248,8 @@ def downstream(model, f: FactoredQK, tokens: torch.Tensor, batch_size: int) -> t
         def save_z(z, hook):
             store["z"] = z[:, 1:, head].reshape(-1, z.shape[-1]).mean(0)
 
-        clean = model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", save_z)])
+        out = {"clean": run(toks, [(f"blocks.{layer}.attn.hook_z", save_z)])}
         z_mean = store["z"]
-        out = {"clean": next_logit(clean, toks)}
 
         def mean_z(z, hook):
             z[:, :, head] = z_mean
@@ -272,9 +283,13 @@ def downstream(model, f: FactoredQK, tokens: torch.Tensor, batch_size: int) -> t
             "skew part removed": [(ln_name, save_x), (f"blocks.{layer}.attn.hook_attn_scores", rescore(sym_scorer))],
             "full W_QK recomputed (control)": [(ln_name, save_x), (f"blocks.{layer}.attn.hook_attn_scores", rescore(full_scorer))],
         }
+        control = "full W_QK recomputed (control)"
+        if i > 0:  # the exactness check of the rescoring hook needs one batch, not every one
+            runs.pop(control)
         for name, hooks in runs.items():
-            out[name] = next_logit(model.run_with_hooks(toks, fwd_hooks=hooks), toks)
-        max_dev = max(max_dev, float((out["full W_QK recomputed (control)"] - out["clean"]).abs().max()))
+            out[name] = run(toks, hooks)
+        if control in out:
+            max_dev = max(max_dev, float((out[control] - out["clean"]).abs().max()))
         for b in range(len(toks)):
             row = {"prompt": i + b, "clean_logit": float(out["clean"][b].mean())}
             for name in runs:
@@ -286,9 +301,10 @@ def downstream(model, f: FactoredQK, tokens: torch.Tensor, batch_size: int) -> t
 def summarise_downstream(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for col in [c for c in df.columns if c.startswith("drop: ")]:
-        m, half = mean_ci(df[col].to_numpy())
+        v = df[col].dropna().to_numpy()
+        m, half = mean_ci(v)
         rows.append({"ablation": col.removeprefix("drop: "), "mean_drop": float(m), "ci95": float(half),
-                     "n_prompts": len(df)})
+                     "n_prompts": len(v)})
     return pd.DataFrame(rows)
 
 
