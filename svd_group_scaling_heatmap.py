@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +35,7 @@ from common.cli import base_parser, script_name, start
 from common.outputs import write_csv, write_meta
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
-from common.qk import FactoredQK, effective_embeddings, self_rank_grid, steer
+from common.qk import FactoredQK, effective_embeddings, self_rank_grid
 from common.qk_plots import group_panels, long_table, softmax_rows
 
 

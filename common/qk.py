@@ -29,8 +29,16 @@ Conventions (used by every script of this repo)
   each, seed 0; see :func:`mean_attention_outputs`). "LN" is LNPre (centre, scale to unit RMS):
   ``model.blocks[L].ln1``, because the model is loaded with fold_ln.
 * **Self-rank** of a query token t: the number of keys over the FULL vocabulary whose score is
-  *strictly* higher than the score of t's own key (0 = self is the top key). Computed streamed in
-  key chunks (:func:`self_rank`).
+  *strictly* higher than the score of t's own key (0 = self is the top key; the own key is
+  excluded by index). Computed streamed in key chunks (:func:`self_rank`); for a whole grid of
+  steering edits at once, :func:`self_rank_grid`.
+* **Effective-basis spectra**: E W E^T / n_vocab ([vocab, vocab]) has the spectra of
+  :meth:`Factored.in_gram` applied to E^T E / n_vocab (:func:`embedding_gram`), a 2r x 2r problem.
+
+Check against the published numbers: on the real gpt2-small attention weights (../shared/gpt2),
+:meth:`FactoredQK.from_gpt2_state_dict` (LN folded as TransformerLens does) gives for L1H5, in the
+residual basis with weights only, 33 negative eigenvalues among the 64 largest and largest
+singular values 1.861 (W_sym) and 1.347 (W_skew): the post's 33 of 64, 1.86 and 1.34.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 
 from common.qk import (
     Factored, FactoredQK, block_scores, effective_embeddings, embedding_gram, load_shared_gpt2_state_dict,
-    model_fingerprint, query_row, random_skew, random_symmetric, rank_metrics, self_rank, self_rank_grid, steer,
+    model_fingerprint, query_row, random_skew, random_symmetric, rank_metrics, self_rank, self_rank_grid,
     top_keys,
 )
 
