@@ -134,8 +134,9 @@ def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 4
 
     Rows, in order: one "word" feature per category word (its effective embedding), one
     "category" feature per category (the mean of its words' embeddings), ``n_random`` random
-    directions; all centred and unit norm. The encoder is the decoder transposed with bias -0.5,
-    so a word feature fires on its own word (and, weaker, on its category). Returns
+    directions; all centred and unit norm. The encoder is the decoder transposed with bias -1, so a
+    word feature fires on its own word (about +1.2) and, weaker, on its category's other words
+    (about +0.3), but not on unrelated tokens, which share only the common non-BOS direction. Returns
     (sae, kinds, category of each feature or None).
     """
     from sae_lens import StandardSAE, StandardSAEConfig
@@ -157,7 +158,7 @@ def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 4
         sae.W_dec.copy_(D)
         sae.W_enc.copy_(D.T)
         sae.b_dec.zero_()
-        sae.b_enc.fill_(-0.5)
+        sae.b_enc.fill_(-1.0)
     kinds = ["word"] * len(words) + ["category"] * len(categories) + ["random"] * n_random
     cat_of = [c for c, ids in categories.items() for _ in ids] + list(categories) + [None] * n_random
     return sae, kinds, cat_of

@@ -2,7 +2,7 @@
 
 Why: real gpt2-small weights cannot be downloaded offline, and a test can only check that an
 analysis *recovers* a mechanism if the mechanism is known exactly. This model keeps the real GPT-2
-vocabulary and tokenizer and the GPT-2 architecture (2 layers, 8 heads of 32 dims, d_model 256),
+vocabulary and tokenizer and the GPT-2 architecture (2 layers, 8 heads of 40 dims, d_model 320),
 and is saved as an ordinary Hugging Face GPT-2 folder, so it is loaded through the same route as
 any local model.
 
@@ -10,17 +10,18 @@ Construction (all writes live in orthonormal, zero-mean blocks of the residual b
 only rescales and TransformerLens' centring leaves the weights as designed):
 
 * token embedding: a category word (category c, index j in its list) writes K_c (category key),
-  U_j (identity code; codes are orthogonal within a category, so distinct words never suppress
+  two identity codes U_j and V_j (orthogonal within a category, so distinct words never suppress
   each other while copies of one token always do) and N (every non-BOS token); BOS writes B; all
   other tokens write N plus a random vector in the unused directions;
 * positional embedding: small sinusoids in their own block P (L1H5 never reads P);
 * layer 0: near-zero attention (its output is almost constant); MLP0 has one neuron per category
   reading K_c and writing C_c, so -- as in gpt2-small -- the category signal L1H5 reads is made
   by MLP0 from the token embedding;
-* L1H5: W_Q W_K^T = w_C^2 sum_c C_c C_c^T - w_U^2 sum_j U_j U_j^T + w_B^2 N B^T. The first term
-  attracts same-category keys (rule 1), the second, with negative eigenvalues, repels the token's
-  own identity code (rule 2), the third is an asymmetric BOS term (rule 3) and the source of the
-  skew part. Its OV circuit copies the attended token's K and U into the residual, so the head
+* L1H5: W_Q W_K^T = w_C^2 sum_c C_c C_c^T + w_V^2 sum_j V_j V_j^T - w_U^2 sum_j U_j U_j^T
+  + w_B^2 N B^T. The first term attracts same-category keys (rule 1); the second is a positive
+  token-identity similarity and the third, with negative eigenvalues, outweighs it (rule 2: net
+  self score LOGIT_SELF), so removing the negative eigenvalues makes each token its own top key;
+  the last is an asymmetric BOS term (rule 3) and the source of the skew part. Its OV circuit copies the attended token's K and U into the residual, so the head
   matters for the logits;
 * L1H0: a previous-token head reading only P (the positional contrast for ablations);
 * every other head: random, diffuse.
@@ -43,8 +44,8 @@ import torch
 from common.outputs import cache_dir
 from common.prompts import CATEGORIES
 
-VERSION = "planted-v1"
-D_MODEL, N_LAYERS, N_HEADS, N_CTX = 256, 2, 8, 128
+VERSION = "planted-v2"
+D_MODEL, N_LAYERS, N_HEADS, N_CTX = 320, 2, 8, 128
 D_HEAD = D_MODEL // N_HEADS
 D_MLP = 4 * D_MODEL  # TransformerLens' GPT-2 conversion ignores n_inner
 TARGET = (1, 5)
@@ -52,10 +53,16 @@ POSITIONAL_HEAD = (1, 0)
 N_CODES = max(len(w) for w in CATEGORIES.values())
 N_FREQ = D_HEAD // 2  # positional code: N_FREQ sine/cosine pairs
 
-# Residual norms of each written component (embedding, position, MLP0 output).
-A_K, A_U, A_N, A_C, A_B, A_P, A_OTHER = 1.0, 1.0, 1.0, 1.0, 1.0, 0.1, 1.4
+# Residual norms of each written component (embedding, position, MLP0 output). The identity codes
+# are shared across categories (word j of every category), so they are kept smaller than the
+# category components: otherwise same-index words of different categories would look as similar
+# (cosine) as same-category words.
+A_K, A_U, A_V, A_N, A_C, A_B, A_P, A_OTHER = 1.0, 0.8, 0.8, 1.0, 1.0, 1.0, 0.1, 1.4
 # Target attention logits (after 1/sqrt(d_head)) for L1H5 on a typical category query.
-LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 12.0, -8.0, 7.0
+LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 12.0, -6.0, 7.0
+# Positive part of the identity signal: with the negative eigenvalues removed, self then beats
+# every other word of its category by this margin (as scaling them to 0 does in gpt2-small).
+LOGIT_IDENTITY = 4.0
 LOGIT_PREV_TOKEN = 16.0
 
 
@@ -80,13 +87,13 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     g[:, 0] = 1.0
     basis, _ = np.linalg.qr(g)
     basis = basis[:, 1:]  # column 0 spans the all-ones direction
-    sizes = {"K": n_cat, "C": n_cat, "U": N_CODES, "N": 1, "B": 1, "P": 2 * N_FREQ}
+    sizes = {"K": n_cat, "C": n_cat, "U": N_CODES, "V": N_CODES, "N": 1, "B": 1, "P": 2 * N_FREQ}
     blocks, start = {}, 0
     for name, size in sizes.items():
         blocks[name] = basis[:, start : start + size]
         start += size
     other = basis[:, start:]
-    K, C, U, N, B, P = (blocks[k] for k in sizes)
+    K, C, U, V, N, B, P = (blocks[k] for k in sizes)
 
     # Token embedding.
     wte = other @ rng.normal(size=(other.shape[1], vocab)) / np.sqrt(other.shape[1]) * A_OTHER
@@ -94,7 +101,7 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     category_of = {}
     for c, ids in enumerate(cat_ids.values()):
         for j, t in enumerate(ids):
-            wte[t] = A_K * K[:, c] + A_U * U[:, j] + A_N * N[:, 0]
+            wte[t] = A_K * K[:, c] + A_U * U[:, j] + A_V * V[:, j] + A_N * N[:, 0]
             category_of[t] = c
     wte[bos] = A_B * B[:, 0]
 
@@ -119,7 +126,7 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     sd["h.0.attn.c_proj.weight"] = rng.normal(scale=0.005, size=(d, d))
 
     # MLP0: neuron c reads K_c and writes C_c (with norm A_C for a category token).
-    x_norm0 = np.sqrt(A_K**2 + A_U**2 + A_N**2 + A_P**2)
+    x_norm0 = np.sqrt(A_K**2 + A_U**2 + A_V**2 + A_N**2 + A_P**2)
     k_ln = np.sqrt(d) * A_K / x_norm0  # K_c coordinate after LN0
     gain, bias = 0.5, -3.0
     act = _gelu_new(gain * k_ln + bias)
@@ -133,11 +140,12 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
 
     # Layer 1 attention.
     scale = np.sqrt(dh)
-    x_norm1 = np.sqrt(A_K**2 + A_U**2 + A_N**2 + A_C**2 + A_P**2)
+    x_norm1 = np.sqrt(A_K**2 + A_U**2 + A_V**2 + A_N**2 + A_C**2 + A_P**2)
     ln1 = np.sqrt(d) / x_norm1  # LN1 gain on a category token's components
     ln1_bos = np.sqrt(d) / np.sqrt(A_B**2 + A_P**2)
     w_c = np.sqrt(LOGIT_SAME_CATEGORY * scale) / (ln1 * A_C)
-    w_u = np.sqrt((LOGIT_SAME_CATEGORY - LOGIT_SELF) * scale) / (ln1 * A_U)
+    w_v = np.sqrt(LOGIT_IDENTITY * scale) / (ln1 * A_V)
+    w_u = np.sqrt((LOGIT_SAME_CATEGORY + LOGIT_IDENTITY - LOGIT_SELF) * scale) / (ln1 * A_U)
     w_b = np.sqrt(LOGIT_BOS * scale / (ln1 * A_N * ln1_bos * A_B))
     # Other heads: random, giving attention logits with a spread of about 1.4.
     W_Q = rng.normal(scale=1.2 / np.sqrt(d), size=(N_HEADS, d, dh))
@@ -148,8 +156,10 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     h = TARGET[1]
     W_Q[h], W_K[h], W_V[h], W_O[h] = 0, 0, 0, 0
     W_Q[h][:, :n_cat], W_K[h][:, :n_cat] = w_c * C, w_c * C
-    W_Q[h][:, n_cat : n_cat + N_CODES], W_K[h][:, n_cat : n_cat + N_CODES] = w_u * U, -w_u * U
-    W_Q[h][:, n_cat + N_CODES], W_K[h][:, n_cat + N_CODES] = w_b * N[:, 0], w_b * B[:, 0]
+    cols = np.cumsum([0, n_cat, N_CODES, N_CODES])
+    W_Q[h][:, cols[1] : cols[2]], W_K[h][:, cols[1] : cols[2]] = w_v * V, w_v * V
+    W_Q[h][:, cols[2] : cols[3]], W_K[h][:, cols[2] : cols[3]] = w_u * U, -w_u * U
+    W_Q[h][:, cols[3]], W_K[h][:, cols[3]] = w_b * N[:, 0], w_b * B[:, 0]
     # OV: copy the attended word's category key and identity code (norm ~1 in the residual).
     ov = 1.0 / ln1
     n_ov = min(dh, n_cat + N_CODES)
@@ -188,7 +198,8 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
         "categories": {name: ids for name, ids in cat_ids.items()},
         "n_negative_eigenvalues": int((eig < -tol).sum()),
         "n_positive_eigenvalues": int((eig > tol).sum()),
-        "logits": {"same_category": LOGIT_SAME_CATEGORY, "self": LOGIT_SELF, "bos": LOGIT_BOS},
+        "logits": {"same_category": LOGIT_SAME_CATEGORY, "self": LOGIT_SELF, "bos": LOGIT_BOS,
+                   "self_without_negative_eigenvalues": LOGIT_SAME_CATEGORY + LOGIT_IDENTITY},
     }
     tensors = {k: torch.tensor(v, dtype=torch.float32) for k, v in sd.items()}
     return tensors, truth

@@ -92,7 +92,8 @@ def test_edit_hooks_match_factored_scorer(planted_model, truth):
     tokens = category_prompts(model.tokenizer, 4, 10, seed=5, repeat_prob=0.3).tokens
     resid = gs.residual_before(model, tokens, L)
     g = torch.Generator().manual_seed(0)
-    dQ, dK = 0.05 * torch.randn(256, 32, generator=g), 0.05 * torch.randn(256, 32, generator=g)
+    shape = (model.cfg.d_model, model.cfg.d_head)
+    dQ, dK = 0.05 * torch.randn(shape, generator=g), 0.05 * torch.randn(shape, generator=g)
     a = gs.head_scores(model, resid, L, H, gs.qk_edit_hooks(L, H, lambda: (dQ, dK)))
     qk = FactoredQK.from_model(model, L, H)
     edited = FactoredQK(qk.W_Q + dQ, qk.W_K + dK, qk.b_Q, qk.b_K, attn_scale=qk.attn_scale)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.ablation import collect_activations, mean_ablation_hooks
 from common.metrics import all_head_patterns, head_survey
 from common.planted import build_state_dict
 from common.prompts import category_prompts, random_token_prompts, token_category_map
@@ -55,12 +56,6 @@ def test_bos_fallback(planted_model, tokenizer, truth):
         assert pat[..., 0][no_key].mean() > 0.8
 
 
-def _mean_hook(model, tokens, name):
-    _, cache = model.run_with_cache(tokens, names_filter=name)
-    mean = cache[name].mean((0, 1))
-    return name, lambda t, hook: t * 0 + mean
-
-
 def test_identity_not_position(planted_model, tokenizer, truth):
     """Mean-ablating positions moves L1H5 by < 10% but breaks the positional head; the token
     embedding and MLP0 carry the category signal."""
@@ -68,18 +63,21 @@ def test_identity_not_position(planted_model, tokenizer, truth):
     PL, PH = truth["positional_head"]
     batch = category_prompts(tokenizer, 32, 48, seed=7, repeat_prob=0.2)
     ref = category_prompts(tokenizer, 32, 48, seed=8).tokens
+    names = ["hook_pos_embed", "hook_embed", "blocks.0.hook_mlp_out", "blocks.0.hook_attn_out"]
+    # The repo's convention (common/ablation.py): reference-batch mean, BOS left alone.
+    hooks = mean_ablation_hooks(collect_activations(planted_model, ref, names))
 
     def score(hooks=()):
         return head_survey(planted_model, batch.tokens, batch.mask, hooks=hooks)["score"].mean(-1)
 
     clean = score()
-    pos = score([_mean_hook(planted_model, ref, "hook_pos_embed")])
+    pos = score(hooks["hook_pos_embed"])
     assert abs(pos[L, H] - clean[L, H]) / clean[L, H] < 0.10
     assert abs(pos[PL, PH] - clean[PL, PH]) / clean[PL, PH] > 0.5
     for name in ("hook_embed", "blocks.0.hook_mlp_out"):
-        ablated = score([_mean_hook(planted_model, ref, name)])
+        ablated = score(hooks[name])
         assert ablated[L, H] > 1.0, name
-    attn0 = score([_mean_hook(planted_model, ref, "blocks.0.hook_attn_out")])
+    attn0 = score(hooks["blocks.0.hook_attn_out"])
     assert abs(attn0[L, H] - clean[L, H]) / clean[L, H] < 0.10
 
 

@@ -24,17 +24,18 @@ def demo_windows(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def end_to_end(tmp_path_factory):
+def end_to_end(tmp_path_factory, truth):
     out = tmp_path_factory.mktemp("rpa")
-    # k = 26 keeps every positive and negative category/identity direction but not the two small
-    # BOS eigenvalues; 28 is the full rank of the planted W_sym (12 + 14 + 2).
+    # By |eigenvalue| the planted W_sym has the 12 suppressing identity codes first, then the 14
+    # category directions (k = 26); its full rank is every planted direction (truth).
+    rank = truth["n_negative_eigenvalues"] + truth["n_positive_eigenvalues"]
     proc = run_script(SCRIPT, "--model", "planted", "--out", str(out), "--text", "demo",
-                      "--communities", "lists", "--k-values", "1,12,26,28", *FAST)
-    return out, proc
+                      "--communities", "lists", "--k-values", f"1,12,26,{rank}", *FAST)
+    return out, proc, rank
 
 
-def test_end_to_end_outputs(end_to_end):
-    out, proc = end_to_end
+def test_end_to_end_outputs(end_to_end, truth):
+    out, proc, rank = end_to_end
     for f in ("explained.csv", "k_curve.csv", "query_types.csv", "worst_failures.csv", "per_window_kl.csv",
               "explained.png", "k_curve.png", "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
@@ -43,7 +44,7 @@ def test_end_to_end_outputs(end_to_end):
     assert s["categories_source"].startswith("category lists")
     assert "categories: category lists" in proc.stdout
     assert s["recomputed_pattern_max_abs_diff"] < 1e-4
-    assert s["w_sym_rank"] == 28 and s["w_sym_n_negative"] == 13
+    assert s["w_sym_rank"] == rank and s["w_sym_n_negative"] == truth["n_negative_eigenvalues"]
     worst = pd.read_csv(out / "worst_failures.csv", keep_default_na=False)
     assert {"context", "token", "head_attended", "rules_predicted", "kl_rules"} <= set(worst.columns)
     assert worst.kl_rules.is_monotonic_decreasing and len(worst) > 0
@@ -51,7 +52,7 @@ def test_end_to_end_outputs(end_to_end):
 
 
 def test_rules_and_w_sym_explain_the_planted_head(end_to_end):
-    out, _ = end_to_end
+    out, _, rank = end_to_end
     ex = pd.read_csv(out / "explained.csv").set_index(["variant", "baseline"])
     for b in ("mean", "resample"):
         assert ex.loc[("rules", b), "explained"] >= 0.95
@@ -63,13 +64,13 @@ def test_rules_and_w_sym_explain_the_planted_head(end_to_end):
     assert ex.loc[("mean", "mean"), "mean_kl"] > 0.01  # the head matters at all
 
     k = pd.read_csv(out / "k_curve.csv").set_index("k")
-    assert list(k.index) == [1, 12, 26, 28]
+    assert list(k.index) == [1, 12, 26, rank]
     # The 12 largest eigenvalues are the planted identity codes (negative): suppression alone
     # explains little; with the category directions added nearly everything is explained.
     assert (k.loc[[1, 12], "eigenvalue_k"] < 0).all()
     assert k.loc[12, "explained"] < 0.5
     assert k.loc[26, "explained"] > 0.9
-    assert k.loc[28, "explained"] == pytest.approx(ex.loc[("sym", "mean"), "explained"])
+    assert k.loc[rank, "explained"] == pytest.approx(ex.loc[("sym", "mean"), "explained"])
 
 
 def test_score_replacement_is_exact(planted_model, demo_windows):

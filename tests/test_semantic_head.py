@@ -65,7 +65,7 @@ def test_self_suppression_hits_word_features(sae_run):
     out, words, kind, cat_of, _ = sae_run
     table = pd.read_csv(out / "feature_qk.csv", keep_default_na=False)
     word = table.iloc[: len(words)]
-    assert (word["diag"] < -4).all()  # planted self logit is about -8
+    assert (word["diag"] < -4).all()  # planted self logit is about -6
     assert (word["self_rank_frac"] > 0.85).all()  # nearly every feature out-scores self
     category = table.iloc[len(words) : len(words) + 14]
     assert (category["diag"] > 4).all()  # a category direction alone attends to itself: no identity code
@@ -96,7 +96,11 @@ def test_naive_similarity_differs_by_self_attention(sae_run):
     naive, no_self = s["naive_cosine/all"], s["naive_cosine_no_self/all"]
     assert naive["naive_self_mass"] > naive["head_self_mass"] + 0.1
     assert no_self["kl"] < 0.5 * naive["kl"]
-    assert no_self["top1_agreement"] > 0.8
+    # Masking self makes naive similarity track the head (pooled correlation of the patterns);
+    # top-1 agreement is not used as the bar: the head splits its mass evenly among in-category
+    # keys, so its top-1 among near-ties is arbitrary.
+    assert no_self["pooled_corr"] > naive["pooled_corr"] + 0.1
+    assert no_self["pooled_corr"] > 0.8
     assert s["uniform_causal/all"]["kl"] > no_self["kl"]
 
 
