@@ -75,8 +75,6 @@ def parse_args(argv):
     p.add_argument("--ablate-bos", action="store_true", help="also replace position 0 (BOS)")
     p.add_argument("--shift", type=int, default=40, help="position offset of the words in the 'shifted' variant")
     p.add_argument("--pad", type=int, default=8, help="number of left-padding tokens in the 'padded' variant")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads (0 = torch default; 1 is fastest on a busy machine)")
     args = p.parse_args(argv)
     if args.n_prompts < 2 or args.n_reference < 1:
         p.error("--n-prompts must be >= 2 and --n-reference >= 1")
@@ -84,8 +82,8 @@ def parse_args(argv):
         p.error("--seq-len must be at least 2")
     if not 0 <= args.repeat_prob < 1:
         p.error("--repeat-prob must be in [0, 1)")
-    if args.batch_size < 1 or args.shift < 0 or args.pad < 0 or args.threads < 0:
-        p.error("--batch-size must be positive; --shift, --pad and --threads non-negative")
+    if args.batch_size < 1 or args.shift < 0 or args.pad < 0:
+        p.error("--batch-size must be positive; --shift and --pad non-negative")
     return args
 
 
@@ -302,8 +300,6 @@ def report(summary: pd.DataFrame, pos: pd.DataFrame, head: int, layer: int) -> N
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model, out = start(args, script_name(__file__))
     L, H = args.layer, args.head
     if L < 1:

@@ -91,8 +91,6 @@ def parse_args(argv):
     p.add_argument("--n-rank-queries", type=int, default=1000,
                    help="random vocabulary tokens whose self-rank is measured (category and group tokens always are)")
     p.add_argument("--query-word", default="Monday", help="the word whose 10 most attended tokens are listed")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads (0 = torch default; 1 is fastest on a busy machine)")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
@@ -100,8 +98,8 @@ def parse_args(argv):
         p.error("--lr must be a positive number")
     if args.rank < 0:
         p.error("--rank must be >= 0 (0 = full update)")
-    if args.max_edit < 0 or args.threads < 0 or args.keep_weight < 0 or not args.margin > 0:
-        p.error("--max-edit, --keep-weight and --threads must be >= 0, --margin > 0")
+    if args.max_edit < 0 or args.keep_weight < 0 or not args.margin > 0:
+        p.error("--max-edit and --keep-weight must be >= 0, --margin > 0")
     if args.n_prompts < 1 or args.n_heldout < 2 or args.seq_len < 2:
         p.error("--n-prompts must be >= 1, --n-heldout >= 2 and --seq-len >= 2")
     if not 0 <= args.repeat_prob < 1:
@@ -478,8 +476,6 @@ def report(variants: pd.DataFrame, top: pd.DataFrame, word: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model, out = start(args, script_name(__file__))
     L, H = args.layer, args.head
     if args.seq_len + 1 > model.cfg.n_ctx:

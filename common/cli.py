@@ -28,6 +28,8 @@ def base_parser(doc: str | None, head: bool = True) -> argparse.ArgumentParser:
         p.add_argument("--layer", type=int, default=1, help="layer of the head to study")
         p.add_argument("--head", type=int, default=5, help="head index within the layer")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0 = torch default; 1 is fastest on a busy machine)")
     p.add_argument("--out", default=None, help="output folder (default figures/<script>/, figures/demo/<script>/ for planted)")
     return p
 
@@ -56,6 +58,10 @@ def start(args: argparse.Namespace, script: str):
     from common.model import ModelUnavailable, load_model  # transformer_lens is slow to import: not for --help
 
     torch.set_grad_enabled(False)
+    if getattr(args, "threads", 0) < 0:
+        raise SystemExit("error: --threads must be >= 0")
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
     out_dir = prepare_out_dir(args.out, script, args.model)
     seed_everything(args.seed)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
