@@ -485,6 +485,14 @@ def write_report(res: dict, path: Path) -> None:
         f"on 2 idle cores. Peak RSS < 3 GB: {'met' if peak < TARGET_RSS else 'NOT met'} "
         f"(highest {peak / 1e9:.3f} GB = {peak / 2**30:.2f} GiB, {max(ran, key=lambda r: r['peak_rss'])['script'] if ran else '-'}).",
     ]
+    tok = [t for t in (res.get("comparisons") or {}).get("tokenise", []) if "error" not in t]
+    if tok and any(r["script"] == "token_freq.py" and r["status"] == "ok" for r in runs):
+        rate = max(t["megabytes"] / t["seconds"] for t in tok)
+        extra_s = (WIKITEXT103_TRAIN_MB - res["inputs"]["text"]["bytes"] / 1e6) / rate
+        L.append(f"With WikiText-103 train (about {WIKITEXT103_TRAIN_MB} MB) instead of the {res['inputs']['text']['bytes'] / 1e6:.0f} MB "
+                 f"generated text, token_freq.py would count about {extra_s / 60:.1f} min longer (at the best measured "
+                 f"{rate:.2f} MB/s below), so the whole regeneration would take about {(total + extra_s) / 60:.1f} min "
+                 "(estimate; download excluded).")
     missing = [r["script"] for r in runs if r["status"] == "missing"]
     failed = [r["script"] for r in runs if r["status"] not in ("ok", "missing")]
     if missing:
