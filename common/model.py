@@ -71,13 +71,15 @@ def _load_real_gpt2(device: str) -> HookedTransformer:
     try:
         return HookedTransformer.from_pretrained("gpt2-small", device=device)
     except Exception as exc:  # the hub/cache raise many different types; all mean "no weights"
+        from huggingface_hub.constants import HF_HUB_CACHE
+
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise ModelUnavailable(
             "could not load gpt2-small weights"
             f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}).\n"
             "Options:\n"
             "  * online: run once with network access, so Hugging Face caches 'gpt2';\n"
-            "  * offline with a populated cache: export HF_HUB_OFFLINE=1"
+            f"  * offline with a populated cache ({HF_HUB_CACHE}): export HF_HUB_OFFLINE=1"
             + (" (already set: the cache has no complete 'gpt2' entry)" if offline else "")
             + ";\n"
             "  * a local Hugging Face GPT-2 folder: --model /path/to/gpt2;\n"
