@@ -57,3 +57,19 @@ def run_script(script: str, *args: str, check: bool = True, timeout: int = 600):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def check_help_and_common_errors(main, tmp_path, capsys) -> str:
+    """In-process: --help exits 0, an unknown head and an unwritable output folder stop the script
+    with a clear SystemExit. Returns the --help text."""
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert e.value.code == 0 and "usage" in help_text.lower()
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "planted", "--head", "99", "--out", str(tmp_path)])
+    assert "--head 99 out of range" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "planted", "--out", "/proc/x"])
+    assert "not writable" in str(e.value.code)
+    return help_text

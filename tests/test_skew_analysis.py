@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import run_script
+from conftest import check_help_and_common_errors, run_script
 from qk_test_utils import load_script
 
 SCRIPT = "skew_analysis.py"
@@ -65,15 +65,7 @@ def test_help_and_bad_input(tmp_path, capsys, planted_model):
     # In-process (the end-to-end run above is the subprocess one): every extra interpreter costs
     # a transformer_lens import.
     main = load_script(SCRIPT).main
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0 and "skew" in capsys.readouterr().out.lower()
-    with pytest.raises(SystemExit) as e:
-        main(["--model", "planted", "--head", "99", "--out", str(tmp_path)])
-    assert "--head 99 out of range" in str(e.value.code)
-    with pytest.raises(SystemExit) as e:
-        main(["--model", "planted", "--out", "/proc/x"])
-    assert "not writable" in str(e.value.code)
+    assert "skew" in check_help_and_common_errors(main, tmp_path, capsys).lower()
     with pytest.raises(SystemExit) as e:
         main(["--model", "planted", "--top", "0"])
     assert e.value.code != 0 and "--top" in capsys.readouterr().err

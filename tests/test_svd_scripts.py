@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_script
+from conftest import check_help_and_common_errors, run_script
 from qk_test_utils import load_script
 
 
@@ -104,15 +104,7 @@ def test_rank_ablation_sampled_queries_in_process(tmp_path, planted_model):
 ])
 def test_help_and_bad_input(script, bad, tmp_path, capsys, planted_model):
     main = load_script(script).main
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0 and "usage" in capsys.readouterr().out.lower()
-    with pytest.raises(SystemExit) as e:
-        main(["--model", "planted", "--head", "99", "--out", str(tmp_path)])
-    assert "--head 99 out of range" in str(e.value.code)
-    with pytest.raises(SystemExit) as e:
-        main(["--model", "planted", "--out", "/proc/x"])
-    assert "not writable" in str(e.value.code)
+    check_help_and_common_errors(main, tmp_path, capsys)
     with pytest.raises(SystemExit) as e:
         main(["--model", "planted", "--out", str(tmp_path), *bad])
     assert e.value.code != 0
