@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.cli import base_parser, script_name, start
+from common.cli import base_parser, error_summary, script_name, start
 from common.outputs import prepare_out_dir, write_csv, write_json, write_meta
 from common.plotting import plt, save_figure, token_heatmap
 
@@ -113,9 +113,8 @@ def load_sae(release: str, sae_id: str, path: str | None, device: str = "cpu"):
     try:
         return SAE.from_pretrained(release, sae_id, device=device)
     except Exception as exc:  # hub/cache errors come in many types; all mean "no weights here"
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise SystemExit(
-            f"error: could not load SAE release {release!r} id {sae_id!r} with sae_lens ({type(exc).__name__}: {first}).\n"
+            f"error: could not load SAE release {release!r} id {sae_id!r} with sae_lens ({error_summary(exc)}).\n"
             "Loading from the Hugging Face hub needs network access or a populated cache (HF_HUB_OFFLINE=1 "
             "then uses only the cache). Offline, pass --sae-path to a folder saved with sae.save_model(...)."
         ) from None

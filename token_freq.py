@@ -31,7 +31,7 @@ import os
 import sys
 import time
 
-from common.cli import base_parser, script_name
+from common.cli import base_parser, error_summary, script_name
 from common.outputs import prepare_out_dir, write_csv, write_meta
 
 DEFAULT_DATASET = ("Salesforce/wikitext", "wikitext-103-raw-v1", "train")
@@ -90,9 +90,8 @@ def dataset_batches(args):
 
         ds = load_dataset(args.dataset, args.dataset_config, split=args.split, streaming=args.streaming)
     except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise SystemExit(
-            f"error: could not load the corpus {name} with `datasets` ({type(exc).__name__}: {first}).\n"
+            f"error: could not load the corpus {name} with `datasets` ({error_summary(exc)}).\n"
             "Offline? Count a local corpus instead: --text FILE_OR_FOLDER (e.g. the WikiText-103 "
             "train text), or run the offline demo with --model planted."
         ) from None

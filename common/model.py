@@ -73,10 +73,12 @@ def _load_real_gpt2(device: str) -> HookedTransformer:
     except Exception as exc:  # the hub/cache raise many different types; all mean "no weights"
         from huggingface_hub.constants import HF_HUB_CACHE
 
+        from common.cli import error_summary
+
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise ModelUnavailable(
             "could not load gpt2-small weights"
-            f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}).\n"
+            f" ({error_summary(exc)}).\n"
             "Options:\n"
             "  * online: run once with network access, so Hugging Face caches 'gpt2';\n"
             f"  * offline with a populated cache ({HF_HUB_CACHE}): export HF_HUB_OFFLINE=1"

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import error_summary
+
 WIKITEXT = ("Salesforce/wikitext", "wikitext-103-raw-v1", "test")
 DEMO = "demo"
 
@@ -38,9 +40,8 @@ def wikitext_test() -> str:
         repo, config, split = WIKITEXT
         ds = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # offline, missing cache, hub errors: all mean "no corpus"
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise TextUnavailable(
-            f"could not load WikiText-103 ({type(exc).__name__}: {first}).\n"
+            f"could not load WikiText-103 ({error_summary(exc)}).\n"
             "Options:\n"
             "  * online: run once with network access so `datasets` caches it;\n"
             "  * offline: --text PATH (a .txt file or a folder of .txt files);\n"
