@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.prompts import category_token_ids
+from common.prompts import category_token_ids, mask_from_categories
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,19 +111,10 @@ def categories_from_communities(path: str | Path, d_vocab: int) -> CategoryMap:
 
 
 def rules_mask(tokens: torch.Tensor, cats: CategoryMap) -> torch.Tensor:
-    """Support [batch, q, k] of the rules' pattern (the same as :func:`common.prompts.ideal_mask`,
-    vectorised with a lookup table): earlier keys k >= 1 in the query's category that are a
-    different token; BOS (k = 0) when there is none."""
-    c = cats.lookup.to(tokens.device)[tokens]
-    n = tokens.shape[1]
-    earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
-    same = (c[:, :, None] == c[:, None, :]) & (c[:, :, None] >= 0)
-    diff = tokens[:, :, None] != tokens[:, None, :]
-    mask = same & diff & earlier
-    mask[:, 0, :] = False
-    mask[:, :, 0] = False
-    mask[:, :, 0] = ~mask.any(-1)
-    return mask
+    """Support [batch, q, k] of the rules' pattern: :func:`common.prompts.ideal_mask` with the
+    categories looked up in a table (earlier keys k >= 1 in the query's category that are a
+    different token; BOS (k = 0) when there is none)."""
+    return mask_from_categories(tokens, cats.lookup.to(tokens.device)[tokens])
 
 
 def rules_pattern(tokens: torch.Tensor, cats: CategoryMap) -> torch.Tensor:

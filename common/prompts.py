@@ -98,6 +98,11 @@ def ideal_mask(tokens: torch.Tensor, cat_of: dict[int, int]) -> torch.Tensor:
     cats = torch.tensor(
         [[cat_of.get(int(t), -1) for t in row] for row in tokens.tolist()], device=tokens.device
     )
+    return mask_from_categories(tokens, cats)
+
+
+def mask_from_categories(tokens: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+    """:func:`ideal_mask` given the category of every position, ``cats`` [batch, pos] (-1: none)."""
     n = tokens.shape[1]
     earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
     same_cat = (cats[:, :, None] == cats[:, None, :]) & (cats[:, :, None] >= 0)
