@@ -60,6 +60,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from common.cli import base_parser, script_name, start
+from common.head_replacement import score_hooks
 from common.metrics import mean_ci
 from common.outputs import write_csv, write_meta
 from common.plotting import plt, save_figure
@@ -259,29 +260,11 @@ def downstream(model, f: FactoredQK, tokens: torch.Tensor, batch_size: int) -> t
             z[:, :, head] = 0.0
             return z
 
-        def save_x(x, hook):
-            store["x"] = x
-
-        def rescore(form):
-            def hook(scores, hook):
-                x = store["x"]
-                x = x if x.dim() == 3 else x[:, :, head]
-                qf, kf = form.project(x.float().cpu().reshape(-1, x.shape[-1]),
-                                      x.float().cpu().reshape(-1, x.shape[-1]))
-                n = x.shape[1]
-                qf, kf = qf.view(len(x), n, -1), kf.view(len(x), n, -1)
-                new = (qf @ kf.transpose(1, 2)).to(scores.device, scores.dtype)
-                masked = torch.isinf(scores[:, head]) | (scores[:, head] < -1e4)
-                scores[:, head] = torch.where(masked, scores[:, head], new)
-                return scores
-            return hook
-
-        ln_name = f"blocks.{layer}.ln1.hook_normalized"
         runs = {
             "whole head (mean)": [(f"blocks.{layer}.attn.hook_z", mean_z)],
             "whole head (zero)": [(f"blocks.{layer}.attn.hook_z", zero_z)],
-            "skew part removed": [(ln_name, save_x), (f"blocks.{layer}.attn.hook_attn_scores", rescore(sym_scorer))],
-            "full W_QK recomputed (control)": [(ln_name, save_x), (f"blocks.{layer}.attn.hook_attn_scores", rescore(full_scorer))],
+            "skew part removed": score_hooks(layer, head, sym_scorer),
+            "full W_QK recomputed (control)": score_hooks(layer, head, full_scorer),
         }
         control = "full W_QK recomputed (control)"
         if i > 0:  # the exactness check of the rescoring hook needs one batch, not every one
