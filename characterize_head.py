@@ -21,7 +21,6 @@ Published reference (the L1H5 post, gpt2-small): L1H5 about 0.6, the next-lowest
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table

@@ -9,7 +9,7 @@ Method.
   documented fallback), plus every category word of ``common.prompts`` (``--no-category-tokens``
   to leave them out) so the agreement with known categories is measured on all of them.
 * Scores: the head's real attention logits on effective embeddings, ``(E_q W_Q + b_Q)(E_k W_K +
-  b_K)^T / sqrt(d_head)`` (``common.qk``), rows = queries, columns = keys.
+  b_K)^T / sqrt(d_head)`` (``common.head_qk``), rows = queries, columns = keys.
 * Normalisation: a softmax over the N node keys of each query row, computed exactly by a streamed
   log-sum-exp over query chunks (only chunk x N scores exist at a time, never vocab x vocab). The
   token's own key stays in the denominator (in a real context the head could attend to it; L1H5
@@ -45,7 +45,6 @@ other two-digit numbers, " Monday" with the other weekdays, " Italy" with other 
 from __future__ import annotations
 
 import html as html_lib
-import json
 import math
 import random
 import sys
@@ -454,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from common.prompts import CATEGORIES, token_category_map
-    from common.qk import FactoredQK, effective_embeddings
+    from common.effective_embeddings import effective_embeddings
+    from common.head_qk import FactoredQK
 
     args = parse_args(argv)
     model, out = start(args, script_name(__file__))

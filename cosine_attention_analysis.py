@@ -10,10 +10,10 @@ Method.
   * Tokens: the N most frequent GPT-2 tokens (default 8192) from token_freq.py's table
     (common.freq.top_tokens; --freq-table to choose one; without any table the documented
     fallback order of common/freq.py is used, and meta.json says which).
-  * E_i: effective embeddings (common.qk.effective_embeddings): the position-free LN1 input that
+  * E_i: effective embeddings (common.effective_embeddings): the position-free LN1 input that
     layer-L attention sees for token i.
   * Scores: s[i,j] = (E_i W_Q + b_Q)(E_j W_K + b_K)^T / sqrt(d_head), the head's real attention
-    logit of query token i on key token j (common.qk.FactoredQK.scorer; rows queries, columns
+    logit of query token i on key token j (common.head_qk.FactoredQK.scorer; rows queries, columns
     keys). Let l[i,j] = log_softmax_j s[i,j] over the N keys, i.e. the log attention probability
     if all N tokens were in context. The plotted quantity is the difference to self *within each
     query row*,
@@ -42,7 +42,6 @@ Outputs (figures/cosine_attention_analysis/, figures/demo/... for planted):
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
@@ -54,7 +53,8 @@ from common.freq import resolve_top_tokens
 from common.outputs import write_csv, write_json, write_meta
 from common.plotting import plt, save_figure
 from common.prompts import token_category_map
-from common.qk import FactoredQK, effective_embeddings
+from common.effective_embeddings import effective_embeddings
+from common.head_qk import FactoredQK
 
 BLOCK_ELEMENTS = 1 << 23  # pairs per query block (~0.5 GB of temporaries at most)
 ABOVE_TOL = 1e-3  # logits: "out-scores self" means by more than float rounding of a tie

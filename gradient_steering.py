@@ -25,7 +25,7 @@ keys that are NOT the query or its copies (--keep-weight): without it, the cheap
 self-attention is to move everything to or away from BOS.
 
 Baselines:
-  * eigenvalue steering (``common.qk.steer``): the negative eigenvalues of W_sym are multiplied by
+  * eigenvalue steering (``common.factored.steer``): the negative eigenvalues of W_sym are multiplied by
     alpha, alpha chosen by bisection so that the held-out mean log self-mass equals the gradient
     result's (matched self-attention gain);
   * the original repository's one-step trace loss: the loss -trace(W_Q W_K^T) has gradient -W_Q
@@ -33,7 +33,7 @@ Baselines:
 
 Evaluated for every variant: held-out attention mass split (self+copies, other in-category, BOS,
 other) and semantic score; the share of non-self attention that stays in-category; self-rank of
-query tokens over the FULL vocabulary of keys (``common.qk.self_rank`` on effective embeddings);
+query tokens over the FULL vocabulary of keys (``common.token_scores.self_rank`` on effective embeddings);
 30 x 30 group-token attention (``common.prompts.group_token_ids``); the 10 keys over the
 vocabulary that " Monday" attends to most.
 
@@ -65,7 +65,10 @@ from common.metrics import mass_split, semantic_score
 from common.outputs import write_csv, write_json, write_meta
 from common.plotting import plt, save_figure
 from common.prompts import TokenizationError, category_prompts, category_token_ids, group_token_ids, single_token_id
-from common.qk import Factored, FactoredQK, effective_embeddings, query_row, rank_metrics, self_rank, steer
+from common.effective_embeddings import effective_embeddings
+from common.factored import Factored, steer
+from common.head_qk import FactoredQK
+from common.token_scores import query_row, rank_metrics, self_rank
 
 DIRECTIONS = {"promote": ["promote"], "suppress": ["suppress"], "both": ["promote", "suppress"]}
 

@@ -22,7 +22,7 @@ Method.
   this script's output folder, or the clustering default for the model) when present, else from
   the category lists of common.prompts; which one is printed and stored in summary.json.
 * Mechanism-preserving variants: the head's attention logits recomputed from its own
-  LN-normalised input with an edited W_QK (common.qk; bias cross-terms and 1/sqrt(d_head) kept
+  LN-normalised input with an edited W_QK (common.head_qk; bias cross-terms and 1/sqrt(d_head) kept
   as in the model, causal mask as TransformerLens applies it): W_sym alone (skew part dropped);
   the top-k eigen-directions of W_sym by |eigenvalue| for k from 1 to its full rank (up to
   2 * d_head); W_QK with the negative eigenvalues of W_sym zeroed (skew kept), and W_sym with them
@@ -74,7 +74,7 @@ from common.head_replacement import (
     z_hooks,
 )
 from common.natural_text import DEMO, TextUnavailable, load_text, sample_windows, tokenize
-from common.model import load_tokenizer
+from common.gpt2_tokenizer import load_tokenizer
 from common.outputs import default_out_dir, prepare_out_dir, write_csv, write_json, write_meta
 
 ANCHOR = 0.769  # copy suppression, L10H7 (McDougall et al., 2023)
@@ -180,8 +180,9 @@ def load_windows(args, tokenizer):
 
 
 def mechanism_scorers(model, layer: int, head: int, k_spec: str):
-    """Edited scorers (common.qk.Factored with biases and scale): name -> scorer, eigen info, k values."""
-    from common.qk import Factored, FactoredQK, steer
+    """Edited scorers (common.factored.Factored with biases and scale): name -> scorer, eigen info, k values."""
+    from common.factored import Factored, steer
+    from common.head_qk import FactoredQK
 
     qk = FactoredQK.from_model(model, layer, head)
     eig = qk.sym_eig()

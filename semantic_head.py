@@ -15,7 +15,7 @@ Method.
   (:func:`build_planted_sae`: one feature per category word, one per category, random ones).
 * QK map in feature space: each decoder direction d_f goes through layer 1's LayerNorm on its own
   (LNPre: centre, scale to unit RMS, i.e. "the residual is this feature alone") and then through
-  the head: S[f, g] = LN(d_f)^T W_QK LN(d_g) / sqrt(d_head) (``common.qk``, bilinear part; b_Q/b_K
+  the head: S[f, g] = LN(d_f)^T W_QK LN(d_g) / sqrt(d_head) (``common.head_qk``, bilinear part; b_Q/b_K
   left out so that S is the feature-to-feature map itself). Rows are query features, columns key
   features. Rows are streamed in chunks (never d_sae x d_sae at once): for each feature, its top-k
   key features (score and softmax probability over all features), the row's mean and spread, its
@@ -58,7 +58,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.cli import base_parser, error_summary, script_name, start
+from common.errors import error_summary
+from common.cli import base_parser, script_name, start
 from common.outputs import prepare_out_dir, write_csv, write_json, write_meta
 from common.plotting import plt, save_figure, token_heatmap
 
@@ -141,7 +142,7 @@ def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 4
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    from common.qk import effective_embeddings
+    from common.effective_embeddings import effective_embeddings
 
     E = effective_embeddings(model, 1)
     words = [t for ids in categories.values() for t in ids]
@@ -170,7 +171,7 @@ def planted_demo_sae(model) -> Path:
 
     from common.outputs import cache_dir
     from common.planted import ground_truth
-    from common.qk import model_fingerprint
+    from common.outputs import model_fingerprint
 
     folder = cache_dir() / "sae" / f"planted-demo-{model_fingerprint(model)}"
     if (folder / "cfg.json").exists():
@@ -208,7 +209,7 @@ def feature_inputs(model, layer: int, W_dec: torch.Tensor) -> torch.Tensor:
 def feature_qk_map(bilinear, X: torch.Tensor, k: int, chunk: int = 1024, progress: bool = True) -> dict:
     """Row statistics and top-k keys of S = X W X^T, streamed over query chunks.
 
-    ``bilinear`` is a ``common.qk.Factored`` (scaled, bias-free). Returns tensors over features:
+    ``bilinear`` is a ``common.factored.Factored`` (scaled, bias-free). Returns tensors over features:
     diag, row_mean, row_std, diag_z, self_rank (keys scoring strictly above the diagonal),
     self_prob (softmax over all features), top_idx/top_score/top_prob [n, k] (self excluded).
     """
@@ -407,7 +408,7 @@ def feature_label(f: int, best_tok, best_val, tok) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from common.prompts import group_token_ids
-    from common.qk import FactoredQK
+    from common.head_qk import FactoredQK
 
     args = parse_args(argv)
     demo_sae = args.model == "planted" and not (args.sae_path or args.sae_release or args.sae_id)

@@ -7,11 +7,11 @@ in W_sym (x^T W_QK x = x^T W_sym x is the self score); its skew part cannot affe
 at all. How large is each part, how many eigenvalues are negative, and how does the target head
 compare with the other heads of its layer and with random controls?
 
-Method (conventions: ``common/qk.py``: rows are queries, columns keys; spectra use the weights
+Method (conventions: ``common/factored.py``, ``common/head_qk.py``: rows are queries, columns keys; spectra use the weights
 only, without 1/sqrt(d_head) or biases, with LN folded into W_Q/W_K as TransformerLens does).
   * Spectra, exactly, through the 2*d_head-dimensional factor space, for every head of the layer
     and in two bases: the residual basis (the weights alone) and the effective-embedding basis
-    E W_QK E^T / n_vocab (E: ``common.qk.effective_embeddings``, i.e. what layer-L attention sees
+    E W_QK E^T / n_vocab (E: ``common.effective_embeddings``, i.e. what layer-L attention sees
     per token; dividing by the vocabulary size makes it a mean over tokens). Reported: every
     non-zero eigenvalue of W_sym, the count of negative ones among the --top largest by magnitude
     and among all, the largest singular value and the Frobenius norm of each part.
@@ -65,9 +65,9 @@ from common.metrics import mean_ci
 from common.outputs import write_csv, write_meta
 from common.plotting import plt, save_figure
 from common.prompts import category_prompts, group_token_ids
-from common.qk import (
-    DEFAULT_EIG_RTOL, FactoredQK, effective_embeddings, embedding_gram, random_skew, random_symmetric, spectrum_summary,
-)
+from common.effective_embeddings import effective_embeddings, embedding_gram
+from common.factored import DEFAULT_EIG_RTOL, random_skew, random_symmetric, spectrum_summary
+from common.head_qk import FactoredQK
 from common.qk_plots import group_panels, long_table, softmax_rows
 
 PUBLISHED = {"n_negative_top64": 33, "sv_max_sym": 1.86, "sv_max_skew": 1.34,
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": {b: tgt.loc[b].to_dict() for b in tgt.index},
         "downstream": down.to_dict("records"),
         "downstream_control_max_abs_logit_deviation": max_dev,
-        "effective_basis": "E W_QK E^T / n_vocab with E = common.qk.effective_embeddings(model, layer)",
+        "effective_basis": "E W_QK E^T / n_vocab with E = common.effective_embeddings(model, layer)",
         "control_scaling": "every control rescaled to the target's ||W_QK||_F; scores / sqrt(d_head)",
     })
 

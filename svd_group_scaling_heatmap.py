@@ -4,14 +4,14 @@ Question. L1H5 never attends to its own token. If that comes from the negative e
 W_sym (x^T W_QK x = x^T W_sym x is the self score), multiplying them by alpha < 1 should turn
 self-attention back on, and alpha <= 0 should make each token its own favourite key.
 
-Method (``common.qk.steer``). W' = W_sym with the selected eigenvalues (default: all negative
+Method (``common.factored.steer``). W' = W_sym with the selected eigenvalues (default: all negative
 ones; ``--which k`` for the k most negative) multiplied by alpha, plus W_skew (unless
 ``--no-skew``). Scores are the model's attention logits on effective embeddings (b_Q/b_K kept,
 divided by sqrt(d_head); ``--no-biases`` for weights only). For each alpha in --alphas (the
 published figure: 0.5, 0 and -1) next to the unmodified head (alpha = 1), heatmaps of the scores
 and of the softmax attention over the 30 group tokens. For every alpha of --curve-alphas, per
 group token: the self score, the self-rank among the 30 group tokens and over the FULL vocabulary
-of keys (number of keys scoring strictly higher; streamed, ``common.qk.self_rank_grid``), and the
+of keys (number of keys scoring strictly higher; streamed, ``common.token_scores.self_rank_grid``), and the
 attention it pays itself in the group softmax.
 
 Outputs (figures/svd_group_scaling_heatmap/ by default):
@@ -35,7 +35,9 @@ from common.cli import base_parser, script_name, start
 from common.outputs import write_csv, write_meta
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
-from common.qk import FactoredQK, effective_embeddings, self_rank_grid
+from common.effective_embeddings import effective_embeddings
+from common.head_qk import FactoredQK
+from common.token_scores import self_rank_grid
 from common.qk_plots import group_panels, long_table, softmax_rows
 
 

@@ -4,8 +4,8 @@ Question. Scaling the k most negative eigenvalues of W_sym by a factor (1 = unmo
 removed, < 0 = sign flipped) moves each token's own key up its attention ranking. Over the whole
 vocabulary, how does the self-rank depend on k and on the scale?
 
-Method (``common.qk.self_rank_grid``). For every k in --ks and scale in --scales, the edited head
-(``common.qk.steer``: the k most negative eigenvalues multiplied by the scale, W_skew kept unless
+Method (``common.token_scores.self_rank_grid``). For every k in --ks and scale in --scales, the edited head
+(``common.factored.steer``: the k most negative eigenvalues multiplied by the scale, W_skew kept unless
 --no-skew; attention logits with b_Q/b_K unless --no-biases; effective embeddings as inputs) scores
 each query token against the FULL vocabulary of keys; the self-rank is the number of keys scoring
 strictly higher than the token's own key (0 = self on top). The vocabulary projections E @ factors
@@ -44,7 +44,10 @@ from common.cli import base_parser, script_name, start
 from common.metrics import mean_ci
 from common.outputs import atomic_path, write_csv, write_meta
 from common.plotting import plt, save_figure, sns
-from common.qk import FactoredQK, effective_embeddings, self_rank_grid, steer
+from common.effective_embeddings import effective_embeddings
+from common.factored import steer
+from common.head_qk import FactoredQK
+from common.token_scores import self_rank_grid
 
 ACC_KS = (1, 128, 256, 1024)
 

@@ -5,7 +5,7 @@ from negative eigenvalues of W_sym), its scores on tokens should be almost entir
 W_sym, and the skew part should be small.
 
 Method. Scores of the 30 group tokens against each other (rows queries, columns keys; effective
-embeddings E from ``common.qk.effective_embeddings``; scaled by 1/sqrt(d_head)) under the full
+embeddings E from ``common.effective_embeddings``; scaled by 1/sqrt(d_head)) under the full
 W_QK ("Base"), W_sym and W_skew, so Base = Sym + Skew exactly. By default the scores use the
 weights only; ``--with-biases`` adds the b_Q/b_K cross-terms to Base and Sym (Skew stays pure
 weights), giving the model's real attention logits on position-free inputs. Numbers, on the group
@@ -37,7 +37,8 @@ from common.cli import base_parser, script_name, start
 from common.outputs import write_csv, write_meta
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
-from common.qk import FactoredQK, effective_embeddings
+from common.effective_embeddings import effective_embeddings
+from common.head_qk import FactoredQK
 from common.qk_plots import group_panels, long_table, softmax_rows
 
 

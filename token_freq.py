@@ -31,7 +31,8 @@ import os
 import sys
 import time
 
-from common.cli import base_parser, error_summary, script_name
+from common.errors import error_summary
+from common.cli import base_parser, script_name
 from common.outputs import prepare_out_dir, write_csv, write_meta
 
 DEFAULT_DATASET = ("Salesforce/wikitext", "wikitext-103-raw-v1", "train")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from common import freq
-    from common.model import load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
     batches, total, unit, desc = corpus_batches(args)

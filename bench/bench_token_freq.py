@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from common import freq
-    from common.model import load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     lines = read_lines(args)

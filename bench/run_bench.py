@@ -19,7 +19,7 @@ Method:
 * side-by-side with the original approach on the same work (each case in its own process):
   self-rank of query tokens over the vocabulary as a dense score matrix (measured where it fits
   in memory, extrapolated to 50257 x 50257 otherwise, and said so) against the streamed
-  ``common.qk.self_rank``; line-by-line tokenisation against ``common.freq``'s batched counting.
+  ``common.token_scores.self_rank``; line-by-line tokenisation against ``common.freq``'s batched counting.
 
 Outputs: ``bench/RESULTS.md`` and ``bench/results.json`` (every number in RESULTS.md).
 Usage: ``python bench/run_bench.py`` (``--only a,b`` for a subset, ``--no-compare`` to skip the
@@ -82,7 +82,7 @@ def make_text(path: Path, megabytes: float, seed: int = 0) -> dict:
     import numpy as np
 
     from common.demo_corpus import demo_lines
-    from common.model import load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
@@ -214,7 +214,7 @@ def _l1h5_inputs(model_dir: Path, n: int):
     import torch
     from safetensors import safe_open
 
-    from common.qk import Factored
+    from common.factored import Factored
 
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
         c_attn = f.get_tensor("h.1.attn.c_attn.weight")
@@ -241,10 +241,10 @@ def case_dense_selfrank(model_dir: Path, n: int) -> dict:
 
 
 def case_streamed_selfrank(model_dir: Path, n: int, n_queries: int) -> dict:
-    """common.qk.self_rank over n keys for the first n_queries query tokens."""
+    """common.token_scores.self_rank over n keys for the first n_queries query tokens."""
     import torch
 
-    from common.qk import self_rank
+    from common.token_scores import self_rank
 
     f, E = _l1h5_inputs(model_dir, n)
     t0 = time.perf_counter()
@@ -259,7 +259,7 @@ def case_tokenise(text: Path, mode: str, megabytes: float) -> dict:
     import numpy as np
 
     from common.freq import count_tokens, split_lines, string_batches
-    from common.model import load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
 
     raw = text.read_text(encoding="utf-8")[: int(megabytes * 1e6)]
     lines = split_lines(raw)
@@ -284,7 +284,8 @@ def case_processed(model_dir: Path, path: Path, save: bool) -> dict:
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from common.model import load_model, load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
+    from common.model import load_model
 
     if save:
         m = load_model(str(model_dir))
@@ -555,7 +556,7 @@ def write_report(res: dict, path: Path) -> None:
             "### Self-rank of query tokens (L1H5's QK circuit over token embeddings)",
             "",
             "Original: the dense score matrix `E W_QK E^T` over the vocabulary, each row compared with its",
-            "diagonal (the cheapest dense variant; a full sort would cost more). Ours: `common.qk.self_rank`,",
+            "diagonal (the cheapest dense variant; a full sort would cost more). Ours: `common.token_scores.self_rank`,",
             "key chunks of 8192 x query chunks of 1024 on the rank-64 factors. Same work: all n tokens as",
             "queries against the same n tokens as keys, each in a fresh process (peak RSS includes about",
             "0.3-0.5 GB of Python, torch and the loaded embedding slice).",

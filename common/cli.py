@@ -76,12 +76,6 @@ def start(args: argparse.Namespace, script: str):
     return model, out_dir
 
 
-def error_summary(exc: BaseException) -> str:
-    """"Type: first line" of an exception, for one-line messages in place of a library's traceback."""
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"
-
-
 def script_name(file: str) -> str:
     return Path(file).stem
 

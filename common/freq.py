@@ -78,7 +78,7 @@ def _find_table(model_name: str, path: str | Path | None) -> Path | None:
 
 def fallback_order(vocab_size: int = 50257) -> list[int]:
     """Category words first, then every other id ascending; BOS excluded. See the module docstring."""
-    from common.model import load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
     from common.prompts import category_token_ids
 
     tok = load_tokenizer()
@@ -185,7 +185,7 @@ def batch_size_of(batch: Batch) -> int:
 def _tokenizer():
     global _TOKENIZER
     if _TOKENIZER is None:
-        from common.model import load_tokenizer
+        from common.gpt2_tokenizer import load_tokenizer
 
         _TOKENIZER = load_tokenizer().backend_tokenizer
     return _TOKENIZER
@@ -257,7 +257,7 @@ def count_tokens(
 def counts_to_table(counts: np.ndarray, tokenizer=None) -> pd.DataFrame:
     """token,id,count for every id with count > 0, sorted by count desc then id asc."""
     if tokenizer is None:
-        from common.model import load_tokenizer
+        from common.gpt2_tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer()
     ids = np.flatnonzero(counts)

@@ -5,7 +5,7 @@ Three kinds of replacement of head (L, H), each leaving the head's values and W_
 * **pattern**: ``blocks.L.attn.hook_pattern[:, H]`` is overwritten by a given pattern, e.g.
   :func:`rules_pattern` (L1H5's three rules);
 * **scores**: the head's attention logits are recomputed from its own LN-normalised input
-  (``blocks.L.ln1.hook_normalized``) with an edited QK circuit (a :class:`common.qk.Factored`
+  (``blocks.L.ln1.hook_normalized``) with an edited QK circuit (a :class:`common.factored.Factored`
   scorer: bilinear part plus the bias cross-terms, already divided by the attention scale) and
   written to ``blocks.L.attn.hook_attn_scores[:, H]`` with the causal mask applied as
   TransformerLens does (-inf above the diagonal), so the model's own softmax gives the pattern;
@@ -140,7 +140,7 @@ def pattern_hooks(layer: int, head: int, pattern: torch.Tensor) -> list:
 
 
 def head_scores(scorer, x: torch.Tensor) -> torch.Tensor:
-    """Causally masked attention logits [batch, q, k] of ``scorer`` (a common.qk.Factored with
+    """Causally masked attention logits [batch, q, k] of ``scorer`` (a common.factored.Factored with
     biases and scale included) on LN-normalised inputs ``x`` [batch, pos, d_model]."""
     qf, kf = scorer.project(x, x)
     s = qf @ kf.transpose(-1, -2)

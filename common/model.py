@@ -21,24 +21,17 @@ from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
+from common.errors import error_summary
+from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
+from common.planted import planted_folder
+
 REAL_NAMES = {"gpt2-small", "gpt2"}
 PLANTED = "planted"
 
 
 class ModelUnavailable(RuntimeError):
     """The requested weights cannot be had; the message says what to do instead."""
-
-
-def load_tokenizer(folder: str | Path = TOKENIZER_DIR) -> PreTrainedTokenizerBase:
-    """The GPT-2 BPE tokenizer from a folder (default: the copy vendored with this repo).
-
-    ``AutoTokenizer.from_pretrained`` is used on purpose: in transformers 5.x the constructor
-    ``GPT2TokenizerFast(vocab_file=..., merges_file=...)`` silently builds an empty vocabulary.
-    """
-    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def resolve_device(device: str) -> str:
@@ -49,12 +42,40 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(name: str = "gpt2-small", device: str = "cpu") -> HookedTransformer:
-    """Return a processed HookedTransformer (with tokenizer) for ``name``; see module docstring."""
-    device = resolve_device(device)
-    if name == PLANTED:
-        from common.planted import planted_folder
+# Models loaded in this process, by (name, device). Scripts never change a model's weights (every
+# edit is a hook or a separate scorer), so several analyses run in one process (run_all's tests, a
+# notebook) share one load. A local folder is keyed by its resolved path and config/weights mtimes.
+_LOADED: dict[tuple, HookedTransformer] = {}
 
+
+def load_model(name: str = "gpt2-small", device: str = "cpu") -> HookedTransformer:
+    """Return a processed HookedTransformer (with tokenizer) for ``name``; see module docstring.
+
+    Loaded once per process and (name, device); :func:`forget_models` drops them.
+    """
+    device = resolve_device(device)
+    key = _cache_key(name, device)
+    if key not in _LOADED:
+        _LOADED.clear()  # one model at a time: gpt2-small-sized models cost ~1 GB each
+        _LOADED[key] = _load(name, device)
+    return _LOADED[key]
+
+
+def forget_models() -> None:
+    """Drop the in-process models of :func:`load_model` (the next call loads again)."""
+    _LOADED.clear()
+
+
+def _cache_key(name: str, device: str) -> tuple:
+    path = Path(name).expanduser()
+    if name in REAL_NAMES or name == PLANTED or not path.exists():
+        return (name, device)
+    stamps = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(path.glob("*")) if p.is_file())
+    return (str(path.resolve()), device, stamps)
+
+
+def _load(name: str, device: str) -> HookedTransformer:
+    if name == PLANTED:
         return load_local_folder(planted_folder(), device)
     if name in REAL_NAMES:
         return _load_real_gpt2(device)
@@ -72,8 +93,6 @@ def _load_real_gpt2(device: str) -> HookedTransformer:
         return HookedTransformer.from_pretrained("gpt2-small", device=device)
     except Exception as exc:  # the hub/cache raise many different types; all mean "no weights"
         from huggingface_hub.constants import HF_HUB_CACHE
-
-        from common.cli import error_summary
 
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise ModelUnavailable(

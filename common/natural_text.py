@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import error_summary
+from common.errors import error_summary
 
 WIKITEXT = ("Salesforce/wikitext", "wikitext-103-raw-v1", "test")
 DEMO = "demo"

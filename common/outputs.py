@@ -7,6 +7,7 @@ writability before any computation starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -28,6 +29,33 @@ FIGURES = REPO_ROOT / "figures"
 def cache_dir() -> Path:
     """Where expensive intermediates live (planted model, effective embeddings): $L1H5_CACHE."""
     return Path(os.environ.get("L1H5_CACHE", Path.home() / ".cache" / "l1h5"))
+
+
+def model_fingerprint(model) -> str:
+    """sha256 (16 hex) of every parameter's bytes and the config fields that change outputs.
+
+    Cached on the model object: hashing gpt2-small's 500 MB takes about a second.
+    """
+    import torch
+
+    cached = getattr(model, "_l1h5_fingerprint", None)
+    if cached:
+        return cached
+    h = hashlib.sha256()
+    cfg = model.cfg
+    h.update(repr((cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.n_ctx,
+                   cfg.act_fn, cfg.normalization_type)).encode())
+    for name, p in sorted(model.state_dict().items()):
+        if not torch.is_floating_point(p):
+            continue
+        h.update(name.encode())
+        h.update(p.detach().float().contiguous().cpu().numpy().tobytes())
+    fp = h.hexdigest()[:16]
+    try:
+        model._l1h5_fingerprint = fp
+    except AttributeError:
+        pass
+    return fp
 
 
 def default_out_dir(script: str, model: str = "gpt2-small") -> Path:

@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
 from common.outputs import cache_dir
-from common.prompts import CATEGORIES
+from common.prompts import CATEGORIES, category_token_ids
 
 VERSION = "planted-v2"
 D_MODEL, N_LAYERS, N_HEADS, N_CTX = 320, 2, 8, 128
@@ -72,8 +73,6 @@ def _gelu_new(x: float) -> float:
 
 def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     """The Hugging Face GPT-2 state dict (Conv1D [in, out] layout) and the ground truth."""
-    from common.model import load_tokenizer
-    from common.prompts import category_token_ids
 
     rng = np.random.default_rng(seed)
     tok = load_tokenizer()
@@ -209,7 +208,6 @@ def write_folder(folder: Path, seed: int = 0) -> None:
     """Write the planted model as a Hugging Face GPT-2 folder (config, safetensors, tokenizer)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from common.model import TOKENIZER_DIR
 
     tensors, truth = build_state_dict(seed)
     cfg = GPT2Config(

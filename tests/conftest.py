@@ -40,13 +40,28 @@ def truth(planted_cache):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from common.model import load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
 
     return load_tokenizer()
 
 
+def run_main(script: str, *args: str) -> int:
+    """Run a top-level script's ``main(argv)`` in this process (the way tests run scripts).
+
+    Scripts are imported as plain modules (the repo root is on sys.path); the model is loaded once
+    per process by ``common.model.load_model``, so the planted model is shared by every test.
+    Returns main's exit code (0 is asserted).
+    """
+    import importlib
+
+    code = importlib.import_module(Path(script).stem).main([str(a) for a in args])
+    assert code in (0, None), f"{script} {' '.join(map(str, args))} returned {code}"
+    return code or 0
+
+
 def run_script(script: str, *args: str, check: bool = True, timeout: int = 600):
-    """Run a top-level script as a user would; returns the CompletedProcess."""
+    """Run a top-level script as a user would, in a subprocess; only where the process boundary is
+    the point (exit codes and messages without a traceback, ``make demo``). Returns the CompletedProcess."""
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))

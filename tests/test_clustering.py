@@ -116,7 +116,8 @@ def test_html_map_renders_in_chromium(clustered):
 
 def test_normalisation_equals_dense_softmax(planted_model):
     from clustering import attention_topk
-    from common.qk import FactoredQK, effective_embeddings
+    from common.effective_embeddings import effective_embeddings
+    from common.head_qk import FactoredQK
 
     E = effective_embeddings(planted_model, 1)
     scorer = FactoredQK.from_model(planted_model, 1, 5).scorer()
@@ -136,7 +137,8 @@ def test_normalisation_equals_dense_softmax(planted_model):
 def test_random_head_does_not_recover_categories(planted_model, truth):
     """Negative control: the same pipeline on a random head of layer 1 finds no categories."""
     from clustering import agreement, attention_topk, build_graph, leiden
-    from common.qk import FactoredQK, effective_embeddings
+    from common.effective_embeddings import effective_embeddings
+    from common.head_qk import FactoredQK
 
     E = effective_embeddings(planted_model, 1)
     cat_of = {t: i for i, ids in enumerate(truth["categories"].values()) for t in ids}

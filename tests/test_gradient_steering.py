@@ -85,7 +85,7 @@ def test_edit_hooks_match_factored_scorer(planted_model, truth):
     """The W_Q/W_K hook path (training) and the factored-scorer path (eigen steering) agree."""
     import gradient_steering as gs
     from common.prompts import category_prompts
-    from common.qk import FactoredQK
+    from common.head_qk import FactoredQK
 
     L, H = truth["target"]
     model = planted_model

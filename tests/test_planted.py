@@ -7,7 +7,7 @@ import torch
 from common.ablation import collect_activations, mean_ablation_hooks
 from common.metrics import all_head_patterns, head_survey
 from common.planted import build_state_dict
-from common.prompts import category_prompts, random_token_prompts, token_category_map
+from common.prompts import category_prompts, random_token_prompts
 
 
 @pytest.fixture(scope="module")

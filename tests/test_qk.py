@@ -1,18 +1,16 @@
-"""common/qk.py: exact factored spectra, steering edits, streamed scoring, effective embeddings."""
+"""common/factored.py, head_qk.py, token_scores.py, effective_embeddings.py: exact factored spectra, steering edits, streamed scoring, effective embeddings."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from common.qk import (
-    Factored, FactoredQK, block_scores, effective_embeddings, embedding_gram, load_shared_gpt2_state_dict,
-    model_fingerprint, query_row, random_skew, random_symmetric, rank_metrics, self_rank, self_rank_grid,
-    top_keys,
-)
-
-SHARED_GPT2 = Path(__file__).resolve().parents[2] / "shared" / "gpt2"
+from common.effective_embeddings import effective_embeddings, embedding_gram
+from common.factored import Factored, random_skew, random_symmetric
+from common.head_qk import FactoredQK
+from common.outputs import model_fingerprint
+from common.token_scores import block_scores, query_row, rank_metrics, self_rank, self_rank_grid, top_keys
+from shared_weights import SHARED_GPT2, load_shared_gpt2_state_dict
 
 
 def _random_head(d=40, dh=8, seed=0, bias=True):

@@ -75,7 +75,7 @@ def test_rules_and_w_sym_explain_the_planted_head(end_to_end):
 
 def test_score_replacement_is_exact(planted_model, demo_windows):
     from common.head_replacement import cache_inputs, kl_per_token, run_from_layer, score_hooks
-    from common.qk import FactoredQK
+    from common.head_qk import FactoredQK
 
     m = planted_model
     scorer = FactoredQK.from_model(m, 1, 5).scorer()

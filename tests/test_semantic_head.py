@@ -21,7 +21,7 @@ N_RANDOM = 48
 def build_planted_sae(model, truth, path):
     from semantic_head import build_planted_sae as build
 
-    from common.qk import effective_embeddings
+    from common.effective_embeddings import effective_embeddings
 
     sae, kind, cat_of = build(model, truth["categories"], n_random=N_RANDOM)
     # the layout the assertions rely on, checked independently of the builder
@@ -72,7 +72,7 @@ def test_self_suppression_hits_word_features(sae_run):
     sup = pd.read_csv(out / "self_suppression.csv", keep_default_na=False)
     assert all(kind[f] == "word" for f in sup["feature"].head(20))
     # labels: a word feature fires most on its own word
-    from common.model import load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     hits = [lab.split("/")[0] == tok.decode([t]) for lab, t in zip(word["label"], words)]
@@ -105,7 +105,7 @@ def test_naive_similarity_differs_by_self_attention(sae_run):
 
 
 def test_feature_map_streaming_equals_dense():
-    from common.qk import FactoredQK
+    from common.head_qk import FactoredQK
     from semantic_head import feature_qk_map
 
     g = torch.Generator().manual_seed(1)

@@ -1,13 +1,13 @@
 """skew_analysis.py on the planted model: the planted negative-eigenvalue count is recovered, the
 controls behave as their construction says, and the downstream hooks are exact."""
 
+import importlib
 import json
 
 import pandas as pd
 import pytest
 
 from conftest import check_help_and_common_errors, run_script
-from qk_test_utils import load_script
 
 SCRIPT = "skew_analysis.py"
 
@@ -64,7 +64,7 @@ def test_controls_and_downstream(run):
 def test_help_and_bad_input(tmp_path, capsys, planted_model):
     # In-process (the end-to-end run above is the subprocess one): every extra interpreter costs
     # a transformer_lens import.
-    main = load_script(SCRIPT).main
+    main = importlib.import_module(SCRIPT.removesuffix(".py")).main
     assert "skew" in check_help_and_common_errors(main, tmp_path, capsys).lower()
     with pytest.raises(SystemExit) as e:
         main(["--model", "planted", "--top", "0"])

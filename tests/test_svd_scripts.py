@@ -2,6 +2,7 @@
 model: the symmetric part carries the scores, and scaling the planted negative eigenvalues turns
 self-attention on (ground truth: common.planted)."""
 
+import importlib
 import json
 
 import numpy as np
@@ -9,7 +10,6 @@ import pandas as pd
 import pytest
 
 from conftest import check_help_and_common_errors, run_script
-from qk_test_utils import load_script
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_rank_ablation(rank_grid, truth):
 
 
 def test_rank_ablation_sampled_queries_in_process(tmp_path, planted_model):
-    main = load_script("svd_rank_ablation.py").main
+    main = importlib.import_module("svd_rank_ablation").main
     assert main(["--model", "planted", "--out", str(tmp_path), "--n-queries", "24", "--ks", "2", "--scales", "0", "1",
                  "--spearman-queries", "8", "--spearman-keys", "64"]) == 0
     g = pd.read_csv(tmp_path / "grid.csv")
@@ -103,7 +103,7 @@ def test_rank_ablation_sampled_queries_in_process(tmp_path, planted_model):
     ("svd_rank_ablation.py", ["--ks", "0"]),
 ])
 def test_help_and_bad_input(script, bad, tmp_path, capsys, planted_model):
-    main = load_script(script).main
+    main = importlib.import_module(script.removesuffix(".py")).main
     check_help_and_common_errors(main, tmp_path, capsys)
     with pytest.raises(SystemExit) as e:
         main(["--model", "planted", "--out", str(tmp_path), *bad])
