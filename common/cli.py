@@ -6,6 +6,7 @@ import argparse
 import os
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,34 @@ def start(args: argparse.Namespace, script: str):
     if hasattr(args, "layer"):
         check_head(model, args.layer, args.head)
     return model, out_dir
+
+
+@dataclass
+class HeadStart:
+    """What the QK scripts start from: the model, the output folder, the studied head's QK circuit
+    (:class:`common.head_qk.FactoredQK`) and the effective embeddings its layer sees."""
+
+    model: object
+    out_dir: Path
+    qk: object
+    E: torch.Tensor
+
+
+def start_head(args: argparse.Namespace, script: str) -> HeadStart:
+    """:func:`start`, then the head's factored QK circuit and the effective embeddings of its layer
+    (cached on disk, see :mod:`common.effective_embeddings`): the one start-up of the QK scripts."""
+    from common.effective_embeddings import effective_embeddings
+    from common.head_qk import FactoredQK
+
+    model, out_dir = start(args, script)
+    qk = FactoredQK.from_model(model, args.layer, args.head)
+    return HeadStart(model, out_dir, qk, effective_embeddings(model, args.layer))
+
+
+def add_biases_flag(p: argparse.ArgumentParser, default: bool, what: str = "scores") -> None:
+    """``--biases`` / ``--no-biases``: the one spelling of "include the b_Q/b_K cross-terms"."""
+    p.add_argument("--biases", action=argparse.BooleanOptionalAction, default=default,
+                   help=f"include the b_Q/b_K cross-terms in the {what} (the model's real attention logits)")
 
 
 def script_name(file: str) -> str:

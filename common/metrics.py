@@ -16,6 +16,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from common.prompts import self_and_copies_mask
+
 EPS = 1e-6
 MASS_PARTS = ("self_and_copies", "in_category", "bos", "other")
 
@@ -31,8 +33,7 @@ def semantic_score(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def mass_split(pattern: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean attention mass per part, [...] per head, over all queries q >= 1 of all prompts."""
-    same_tok = tokens[:, :, None] == tokens[:, None, :]
-    same_tok[:, :, 0] = False  # BOS is counted as BOS, never as a copy
+    same_tok = self_and_copies_mask(tokens)  # BOS is counted as BOS, never as a copy
     bos = torch.zeros_like(mask)
     bos[:, :, 0] = True
     in_cat = mask & ~bos

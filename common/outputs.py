@@ -130,14 +130,17 @@ def git_version() -> str:
         return "unknown"
 
 
-def write_meta(out_dir: Path, args, extra: dict | None = None) -> Path:
-    """meta.json: the model, seed and every argument of the run, the code version and timing."""
+def write_meta(out_dir: Path, args, extra: dict | None = None, script: str | None = None) -> Path:
+    """meta.json: the model, seed and every argument of the run, the code version and timing.
+
+    ``script`` names the script when it runs in-process (tests, run_all --render-only); by default
+    the command line's."""
     import torch
     import transformer_lens
 
     meta = {
-        "script": Path(sys.argv[0]).name,
-        "argv": sys.argv[1:],
+        "script": f"{script}.py" if script else Path(sys.argv[0]).name,
+        "argv": sys.argv[1:] if not script or Path(sys.argv[0]).stem == script else None,
         "args": vars(args) if hasattr(args, "__dict__") else dict(args),
         "version": git_version(),
         "torch": torch.__version__,

@@ -114,6 +114,17 @@ def mask_from_categories(tokens: torch.Tensor, cats: torch.Tensor) -> torch.Tens
     return mask
 
 
+def self_and_copies_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """Rule 2's support, [batch, q, k]: key k <= q holds the query's own token (the query itself
+    or an earlier copy). The BOS key (k = 0) never counts: BOS is the fallback, not a copy. The
+    one definition every script uses for "self and copies"."""
+    n = tokens.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril()
+    mask = (tokens[:, :, None] == tokens[:, None, :]) & causal
+    mask[:, :, 0] = False
+    return mask
+
+
 @dataclass
 class PromptBatch:
     """Token ids [batch, pos] with BOS first, and the ideal mask [batch, pos, pos]."""

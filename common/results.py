@@ -1,0 +1,60 @@
+"""Results: the interface between computing and drawing.
+
+Every script is ``compute`` -> :func:`save_results` -> ``render``. ``compute(model, args)``
+returns a :class:`Results`: named tables (saved as ``<name>.csv``) and a summary (saved as
+``summary.json``); ``render(out_dir)`` draws every figure from those saved files (and
+``meta.json``'s arguments) only, never from the model, so a figure can be restyled, and
+``run_all.py --render-only`` redraws everything, without rerunning an analysis. Numbers in figure
+titles come from the saved rows. Every file is written atomically (:mod:`common.outputs`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from common.outputs import write_csv, write_json, write_meta
+
+
+@dataclass
+class Results:
+    """What an analysis found: tables (name -> DataFrame, saved as ``<name>.csv``) and a summary
+    (JSON-serialisable, saved as ``summary.json``)."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+def save_results(out_dir: Path, results: Results, args, script: str, meta: dict | None = None) -> None:
+    """Write every table, ``summary.json`` and ``meta.json`` (arguments, versions, ``meta``)."""
+    out_dir = Path(out_dir)
+    for name, table in results.tables.items():
+        write_csv(out_dir / f"{name}.csv", table)
+    write_json(out_dir / "summary.json", results.summary)
+    write_meta(out_dir, args, meta, script=script)
+
+
+def load_table(out_dir: Path, name: str) -> pd.DataFrame:
+    """A saved table; a clear error naming the file when the analysis has not been run there."""
+    path = Path(out_dir) / f"{name}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the analysis first (render draws saved results only)")
+    return pd.read_csv(path)
+
+
+def load_summary(out_dir: Path) -> dict:
+    return _load_json(Path(out_dir) / "summary.json")
+
+
+def load_meta(out_dir: Path) -> dict:
+    """meta.json of a run (its ``args`` are what render needs: layer, head, model, ...)."""
+    return _load_json(Path(out_dir) / "meta.json")
+
+
+def _load_json(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the analysis first (render draws saved results only)")
+    return json.loads(path.read_text())
