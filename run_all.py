@@ -6,12 +6,19 @@ the run ends non-zero and names the failed scripts. A step whose script, shared 
 and upstream results are unchanged since its last successful run is skipped (``--force`` reruns).
 At the end ``figures/INDEX.md`` (or ``<root>/INDEX.md``) lists every figure with the claim it
 supports and the command that made it.
+
+``--render-only`` runs no analysis: it redraws every figure from the results saved under the root
+(each script's ``render(out_dir)``), in seconds, e.g. after restyling a plot.
+
+Run: python run_all.py --model planted            (make demo)
+     python run_all.py --model planted --render-only
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import subprocess
 import sys
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="rerun steps even when up to date")
     p.add_argument("--only", default="", help="comma-separated script names to run (default: all)")
     p.add_argument("--root", default=None, help="output root (default figures/, figures/demo/ for planted)")
+    p.add_argument("--render-only", action="store_true",
+                   help="run no analysis: redraw every figure from the saved results under the root")
     args = p.parse_args(argv)
 
     only = {s.strip().removesuffix(".py") + ".py" for s in args.only.split(",") if s.strip()}
@@ -86,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     kind = model_kind(args.model)
     console = Console()
+    if args.render_only:
+        return render_all(root, [s for s in STEPS if not only or s.script in only], args.model, console)
     stamps: dict[str, str] = {}
     rows = []
     for step in STEPS:
@@ -132,6 +143,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def render_all(root: Path, steps: list[Step], model: str, console: Console) -> int:
+    """Every script's ``render(out_dir)`` on its saved results (no model is loaded)."""
+    table = Table(title=f"run_all --render-only ({root})")
+    for c in ("script", "seconds", "figures", "status"):
+        table.add_column(c)
+    failed = []
+    for step in steps:
+        out = root / step.script.removesuffix(".py")
+        if not (out / "meta.json").exists():
+            table.add_row(step.script, "", "", "no saved results", style="yellow")
+            continue
+        t0 = time.time()
+        try:
+            figures = importlib.import_module(step.script.removesuffix(".py")).render(out)
+            table.add_row(step.script, f"{time.time() - t0:.1f}", str(len(figures or [])), "ok")
+        except Exception as exc:  # one broken figure must not stop the others
+            failed.append(step.script)
+            table.add_row(step.script, f"{time.time() - t0:.1f}", "", f"FAILED ({type(exc).__name__}: {exc})", style="red")
+    write_index(root, model)
+    console.print(table)
+    return 1 if failed else 0
+
+
 def n_outputs(out: Path) -> int:
     return sum(1 for f in out.glob("*") if f.is_file() and not f.name.startswith(".")) if out.exists() else 0
 
@@ -146,7 +180,7 @@ def write_index(root: Path, model: str) -> None:
         if not figs:
             continue
         meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
-        cmd = "python " + step.script + " " + " ".join(meta.get("argv", []))
+        cmd = "python " + step.script + " " + " ".join(meta.get("argv") or [])
         lines += [f"## {step.script}", "", f"Claim: {step.claim}", "", f"Command: `{cmd.strip()}`", ""]
         lines += [f"- [{f.name}]({out.name}/{f.name})" for f in figs] + [""]
     write_text(root / "INDEX.md", "\n".join(lines))
