@@ -72,7 +72,7 @@ from common.cli import base_parser, start
 from common.outputs import prepare_out_dir
 from common.results import Results, load_meta, load_summary, load_table, save_results
 from common.successions import (CATEGORY_NAMES, MAX_GAP, ORIGINAL_SOURCE, SEPARATORS, curated_cases,
-                                is_successor, successor_index)
+                                successor_index)
 
 SCRIPT = "succession_ablation"
 METHODS = ("mean", "resample")
@@ -282,14 +282,13 @@ def load_inputs(args, tokenizer) -> Inputs:
                 "or use the curated cases only (--n-mined 0)")
         rows, tokens = rows + mined, tokens + mined_tokens
     avoid = [(max(0, r["text_offset"] - args.context), r["text_offset"] + 1) for r in rows if r["text_offset"] >= 0]
-    reference, reference_offsets = reference_windows(ids, avoid, args.n_reference, args.reference_len, tokenizer.bos_token_id,
-                                  args.seed + 1)
+    reference, offsets = reference_windows(ids, avoid, args.n_reference, args.reference_len, tokenizer.bos_token_id,
+                                           args.seed + 1)
     cases = pd.DataFrame(rows)
     cases.insert(0, "case_id", np.arange(len(cases)))
     cases["n_tokens"] = [len(t) for t in tokens]
-    return Inputs(cases, tokens, pd.DataFrame(dropped, columns=["source", "category", "origin", "prompt", "answer",
-                                                               "reason"]),
-                  reference, reference_offsets, description, len(ids), found)
+    dropped = pd.DataFrame(dropped, columns=["source", "category", "origin", "prompt", "answer", "reason"])
+    return Inputs(cases, tokens, dropped, reference, offsets, description, len(ids), found)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,9 +460,12 @@ def composition_table(model, writers: list[tuple[int, int]] | None = None) -> pd
 
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
     writers = writers if writers is not None else [(l, h) for l in range(n_l - 1) for h in range(n_h)]
-    OV, QK = model.OV, model.QK
-    rights = {"Q": QK, "K": QK.T, "V": OV}  # the same objects every call: their SVDs are computed once
-    rl, rh = np.meshgrid(np.arange(n_l), np.arange(n_h), indexing="ij")
+    writers = [(l, h) for l, h in writers if l < n_l - 1]
+    first = min((l for l, _ in writers), default=n_l - 1) + 1  # the earliest layer any writer can be read by
+    OV, QK = model.OV, model.QK[first:]
+    # the same right-hand objects for every writer, so TransformerLens computes their SVDs once
+    rights = {"Q": QK, "K": QK.T, "V": model.OV[first:]}
+    rl, rh = np.meshgrid(np.arange(first, n_l), np.arange(n_h), indexing="ij")
     frames = []
     for mode in MODES:
         for l, h in tqdm(writers, desc=f"{mode}-composition", leave=False, disable=len(writers) < 24):
@@ -596,7 +598,7 @@ def plot_effects(stats: pd.DataFrame, summary: dict, meta: dict, path: Path) -> 
     L, H = summary["layer"], summary["head"]
     heads = [H, *summary["controls"]]
     groups = [(s, c) for s, c in dict.fromkeys(zip(stats.source, stats.category))]
-    labels = [f"{c}\n({s})" if c != "all" else f"ALL {s}" for s, c in groups]
+    labels = [f"{c}\n({s})" if c != "all" else ("ALL cases" if s == "all" else f"ALL {s}") for s, c in groups]
     fig, axes = plt.subplots(len(METHODS), 1, figsize=(max(8, 0.75 * len(groups) + 2), 3.4 * len(METHODS)), sharex=True)
     width = 0.8 / len(heads)
     colours = ["#c0392b"] + [plt.cm.Greys(0.35 + 0.5 * i / max(1, len(heads) - 1)) for i in range(1, len(heads))]

@@ -138,7 +138,9 @@ class Element(NamedTuple):
 
 def successor_index(tokenizer, categories: list[str]) -> dict[int, Element]:
     """token id -> :class:`Element` for every element of the categories' sequences that is one
-    GPT-2 token, with a leading space and without one (the first spelling listed wins a clash)."""
+    GPT-2 token, with a leading space and without one (the first spelling listed wins a clash).
+    Token b succeeds token a when both are in one sequence and b's position is a's + 1 (modulo
+    the length for a cyclic sequence: Sunday -> Monday)."""
     index: dict[int, Element] = {}
     seq_no = 0
     for cat in categories:
@@ -150,14 +152,6 @@ def successor_index(tokenizer, categories: list[str]) -> dict[int, Element]:
                         index[ids[0]] = Element(cat, seq_no, pos, len(seq.items), seq.cyclic)
             seq_no += 1
     return index
-
-
-def is_successor(a: Element, b: Element) -> bool:
-    """b is the element right after a in the same sequence (wrapping around a cyclic one)."""
-    if a.sequence != b.sequence:
-        return False
-    nxt = a.position + 1
-    return b.position == (nxt % a.length if a.cyclic else nxt)
 
 
 # Tokens allowed between two elements of a mined succession ("Monday, Tuesday", "Monday and

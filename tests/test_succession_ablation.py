@@ -228,9 +228,13 @@ def _gram_composition(sd, writer, n_l=12, n_h=12, dh=64):
     """Q/K/V composition scores of ``writer`` with every later head, in float64 from the raw HF
     tensors: LN weight folded into W_Q/W_K/W_V and their rows centred, W_O's rows centred; then
     ||A B||_F / (||A||_F ||B||_F) through 64 x 64 Gram matrices (no SVD, no TransformerLens)."""
+    folded = {}
+
     def head(l, h):
-        w = sd[f"h.{l}.attn.c_attn.weight"].double() * sd[f"h.{l}.ln_1.weight"].double()[:, None]
-        w = w - w.mean(0)
+        if l not in folded:
+            w = sd[f"h.{l}.attn.c_attn.weight"].double() * sd[f"h.{l}.ln_1.weight"].double()[:, None]
+            folded[l] = w - w.mean(0)
+        w = folded[l]
         q, k, v = (w[:, j * 768 + h * dh : j * 768 + (h + 1) * dh] for j in range(3))
         o = sd[f"h.{l}.attn.c_proj.weight"].double()[h * dh : (h + 1) * dh]
         return q, k, v, o - o.mean(1, keepdim=True)
