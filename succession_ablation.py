@@ -1,0 +1,725 @@
+"""What is L1H5 for? Its effect on succession (Monday -> Tuesday), and the later heads that read it.
+
+Question. L1H5 attends to earlier tokens of the same category (the L1H5 post explains how); an
+earlier survey of gpt2-small's heads described it only as "succession or pairs related behaviour",
+and the original repository's ``skew_ablation.py`` tested succession by ablation but never
+reported the result. Does the model use L1H5 to predict the next element of a sequence, how
+strongly compared with other heads of its layer, and which later heads read what it writes?
+
+Method.
+* Cases. Curated successor prompts in six categories (days, months, numbers as words, ordinals,
+  letters, numerals): the original repository's cases of those categories plus "a, b," -> " c"
+  for every three consecutive elements of each standard sequence (``common/successions.py``,
+  with the citation); ``--cases FILE`` replaces them by a CSV (category, prompt, answer). Mined
+  cases: every place in a text where an element is followed, directly or after a separator
+  (",", " and", " to", "-", ...), by its successor (token level); a seeded sample of
+  ``--n-mined`` of them, each cut to the ``--context`` tokens before the answer. Text: WikiText-103
+  (test split, through ``datasets``), ``--text PATH``, or the generated demo text (``--text demo``,
+  the default for ``--model planted``). A case survives only if its answer is one GPT-2 token;
+  dropped cases are listed.
+* Effect of a head on a case. The head's ``hook_z`` is mean-ablated (one mean over every non-BOS
+  position of ``--n-reference`` separate windows of the same text that overlap no mined case; the
+  original averaged over the scored prompt's own positions) and, as a second method, resample-ablated (each position gets the z of a random reference
+  position); BOS is left alone (``common/ablation.py``). At the last prompt position: the logit
+  difference between the correct successor and the top wrong answer of the clean run (held fixed
+  under ablation, as the original did); effect = clean difference - ablated difference (positive:
+  the head helps the successor); the change of the successor's rank and probability when the
+  head is ablated. Means with 95% percentile-bootstrap CIs (``--n-boot`` resamples of cases,
+  the same resamples for every head) per category, per source (curated, mined) and overall.
+* Scale. The same for ``--n-controls`` other heads of the same layer (a seeded choice, or the
+  fixed list ``--control-heads``).
+* Verdict, with the original's thresholds on the mean effect of the curated cases under mean
+  ablation: STRONG > 0.5, Moderate > 0.1, else Weak; the CI says whether the verdict is firm
+  (the whole CI in one band) or not.
+* Readers. Q-, K- and V-composition scores (Elhage et al., 2021; TransformerLens'
+  ``composition_scores`` on ``model.OV`` / ``model.QK``, processed weights) of L1H5's OV circuit
+  with every head of the later layers, against the distribution over all head pairs (writer
+  layer < reader layer): z-score and percentile. This needs attention weights only, so
+  ``--composition-only`` runs it alone, e.g. on the gpt2-small-shaped model of
+  ``bench/build_model.py``, whose attention weights are gpt2-small's real ones.
+
+Outputs (``figures/succession_ablation/``; ``figures/demo/succession_ablation/`` for planted):
+  cases.csv              every case: source, category, prompt, answer, clean logit difference,
+                         top wrong answer, clean rank and probability of the successor (a mined
+                         prompt is decoded text; its tokens are the --context tokens before
+                         text_offset in the tokenised text)
+  dropped_cases.csv      cases whose answer is not one token, and why
+  effects.csv            per case, head and method: ablated logit difference, effect, rank and
+                         probability change
+  effect_summary.csv     per head, method, source and category: mean effect [95% CI], mean rank
+                         and probability change, clean and ablated top-1 accuracy
+  effects.png            mean effect per category, target vs control heads, both methods
+  composition.csv        L1H5 -> every later head: Q/K/V score, z-score and percentile vs all pairs
+  composition_pairs.csv  every head pair's Q/K/V score (the reference distribution)
+  composition.png        all-pair distributions with L1H5's readers marked; L1H5's z-scores per head
+  summary.json, meta.json
+
+Run: python succession_ablation.py --model planted
+     python succession_ablation.py --model gpt2-small --text wikitext.txt
+     python bench/build_model.py && python succession_ablation.py --model bench/model --composition-only
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.cli import base_parser, start
+from common.outputs import prepare_out_dir
+from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.successions import (CATEGORY_NAMES, MAX_GAP, ORIGINAL_SOURCE, SEPARATORS, curated_cases,
+                                successor_index)
+
+SCRIPT = "succession_ablation"
+METHODS = ("mean", "resample")
+MODES = ("Q", "K", "V")
+# The original's verdict thresholds on the mean logit-difference effect (skew_ablation.py).
+BANDS = (("STRONG", 0.5), ("Moderate", 0.1))
+WEAK = "Weak"
+
+
+def parse_args(argv):
+    p = base_parser(__doc__)
+    p.add_argument("--categories", default=",".join(CATEGORY_NAMES),
+                   help=f"comma list of successor categories (of: {', '.join(CATEGORY_NAMES)})")
+    p.add_argument("--cases", default=None, help="CSV with columns category, prompt, answer: replaces the built-in curated cases")
+    p.add_argument("--text", default=None,
+                   help="text to mine cases and reference windows from: a .txt file, a folder of .txt files, or "
+                        "'demo' (default: WikiText-103 test via datasets; 'demo' for --model planted)")
+    p.add_argument("--n-mined", type=int, default=200, help="mined cases to keep (seeded sample); 0: curated cases only")
+    p.add_argument("--min-mined", type=int, default=10, help="fewer mined successions than this in the text is an error")
+    p.add_argument("--context", type=int, default=24, help="tokens of text before a mined answer (BOS not counted)")
+    p.add_argument("--n-reference", type=int, default=32, help="text windows the ablation values come from")
+    p.add_argument("--reference-len", type=int, default=64, help="tokens per reference window, BOS included")
+    p.add_argument("--n-controls", type=int, default=3, help="control heads of the same layer (seeded choice)")
+    p.add_argument("--control-heads", default=None, help="comma list of control heads instead of a seeded choice")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of cases")
+    p.add_argument("--composition-only", action="store_true",
+                   help="only the Q/K/V composition scores (weights only; no text, no ablation)")
+    args = p.parse_args(argv)
+    for name, low in (("n_mined", 0), ("min_mined", 1), ("context", 1), ("n_reference", 1), ("reference_len", 2),
+                      ("n_controls", 0), ("batch_size", 1), ("n_boot", 100)):
+        if getattr(args, name) < low:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {low}")
+    args.categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    unknown = [c for c in args.categories if c not in CATEGORY_NAMES]
+    if unknown or not args.categories:
+        raise SystemExit(f"error: unknown category {unknown[0] if unknown else '(none)'!r} in --categories: "
+                         f"choose from {', '.join(CATEGORY_NAMES)}")
+    if args.cases is not None and not Path(args.cases).is_file():
+        raise SystemExit(f"error: --cases {args.cases}: no such file")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases: curated and mined, tokenised; reference windows
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """Everything the ablation needs that does not depend on the model."""
+
+    cases: pd.DataFrame  # one row per surviving case (case_id, source, category, origin, prompt, answer, ...)
+    tokens: list[list[int]]  # BOS + prompt ids, per case
+    dropped: pd.DataFrame
+    reference: torch.Tensor  # [n_reference, reference_len]
+    reference_offsets: list[int]  # where each reference window's tokens start in the tokenised text
+    text: str
+    n_text_tokens: int
+    n_mined_found: int
+
+
+def read_case_file(path: str) -> list[tuple[str, str, str, str]]:
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: --cases {path}: cannot read ({exc})") from None
+    missing = {"category", "prompt", "answer"} - set(df.columns)
+    if missing:
+        raise SystemExit(f"error: --cases {path}: missing column(s) {', '.join(sorted(missing))} "
+                         "(need category, prompt, answer)")
+    return [(r.category, r.prompt, r.answer, "file") for r in df.itertuples()]
+
+
+def tokenize_curated(tokenizer, cases) -> tuple[list[dict], list[list[int]], list[dict]]:
+    """(kept rows, BOS + prompt ids, dropped rows): a case is kept iff its answer is one token."""
+    kept, tokens, dropped = [], [], []
+    bos = tokenizer.bos_token_id
+    for cat, prompt, answer, origin in cases:
+        ans = tokenizer.encode(answer, add_special_tokens=False)
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        if len(ans) != 1 or not ids:
+            why = (f"answer is {len(ans)} tokens {[tokenizer.decode([t]) for t in ans]}" if len(ans) != 1
+                   else "empty prompt")
+            dropped.append({"source": "curated", "category": cat, "origin": origin, "prompt": prompt,
+                            "answer": answer, "reason": why})
+            continue
+        kept.append({"source": "curated", "category": cat, "origin": origin, "prompt": prompt, "answer": answer,
+                     "answer_id": ans[0], "text_offset": -1})
+        tokens.append([bos] + ids)
+    return kept, tokens, dropped
+
+
+def find_successions(ids: np.ndarray, index: dict, separator: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every answer position j whose token succeeds the token at j - g (g = 1 .. MAX_GAP, every
+    token between being a separator: ``separator`` [vocab] is True for those), the smallest g when
+    several fit. Returns (j, g), sorted by j."""
+    # Vectorised: per-token lookup tables of (sequence, position, length, cyclic).
+    vocab = len(separator)
+    seq = np.full(vocab, -1)
+    pos = np.zeros(vocab, dtype=np.int64)
+    length = np.ones(vocab, dtype=np.int64)
+    cyc = np.zeros(vocab, dtype=bool)
+    for t, e in index.items():
+        seq[t], pos[t], length[t], cyc[t] = e.sequence, e.position, e.length, e.cyclic
+    return_j, return_g = [], []
+    taken = np.zeros(len(ids), dtype=bool)
+    for g in range(1, MAX_GAP + 1):
+        if len(ids) <= g:
+            break
+        a, b = ids[:-g], ids[g:]
+        ok = (seq[a] >= 0) & (seq[a] == seq[b])
+        nxt = pos[a] + 1
+        nxt = np.where(cyc[a], nxt % length[a], nxt)
+        ok &= pos[b] == nxt
+        for k in range(1, g):  # every token in between is a separator
+            ok &= separator[ids[k : len(ids) - g + k]]
+        j = np.nonzero(ok)[0] + g
+        j = j[~taken[j]]
+        taken[j] = True
+        return_j.append(j)
+        return_g.append(np.full(len(j), g))
+    j = np.concatenate(return_j) if return_j else np.zeros(0, dtype=np.int64)
+    g = np.concatenate(return_g) if return_g else np.zeros(0, dtype=np.int64)
+    order = np.argsort(j, kind="stable")
+    return j[order], g[order]
+
+
+def separator_lookup(tokenizer, vocab: int) -> np.ndarray:
+    """Boolean [vocab]: the token is one of :data:`common.successions.SEPARATORS`."""
+    lut = np.zeros(vocab, dtype=bool)
+    for s in SEPARATORS:
+        ids = tokenizer.encode(s, add_special_tokens=False)
+        if len(ids) == 1 and ids[0] < vocab:
+            lut[ids[0]] = True
+    return lut
+
+
+def mine_cases(tokenizer, ids: list[int], categories: list[str], n_mined: int, context: int, seed: int):
+    """(rows, BOS + context ids, number of successions found) for a seeded sample of the text's
+    successions of ``categories``."""
+    index = successor_index(tokenizer, categories)
+    arr = np.asarray(ids, dtype=np.int64)
+    vocab = int(max(arr.max(initial=0), max(index, default=0), tokenizer.vocab_size)) + 1
+    j, g = find_successions(arr, index, separator_lookup(tokenizer, vocab))
+    found = len(j)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(found, size=min(n_mined, found), replace=False)) if found else np.zeros(0, int)
+    rows, tokens = [], []
+    bos = tokenizer.bos_token_id
+    for i in pick:
+        jj = int(j[i])
+        ctx = ids[max(0, jj - context) : jj]
+        rows.append({"source": "mined", "category": index[ids[jj]].category, "origin": f"text gap {int(g[i])}",
+                     "prompt": tokenizer.decode(ctx), "answer": tokenizer.decode([ids[jj]]), "answer_id": ids[jj],
+                     "text_offset": jj})
+        tokens.append([bos] + ctx)
+    return rows, tokens, found
+
+
+def reference_windows(ids: list[int], avoid: list[tuple[int, int]], n: int, length: int, bos: int, seed: int):
+    """A seeded sample of non-overlapping windows (BOS + ``length - 1`` tokens) that overlap no
+    span in ``avoid`` (the mined cases' contexts and answers), so no scored prompt is its own reference.
+    Returns (tokens [n, length], start offset of each window's tokens in ``ids``)."""
+    body = length - 1
+    n_avail = len(ids) // body
+    used = np.zeros(len(ids) + 1, dtype=np.int64)
+    for a, b in avoid:
+        used[a] += 1
+        used[b] -= 1
+    covered = np.cumsum(used)[: len(ids)] > 0
+    prefix = np.concatenate([[0], np.cumsum(covered)])
+    starts = np.arange(n_avail) * body
+    free = starts[prefix[starts + body] - prefix[starts] == 0]
+    if len(free) == 0:
+        raise SystemExit(f"error: text too short: no window of {body} tokens is left for the ablation reference "
+                         f"(the text has {len(ids)} tokens); give more text or a smaller --reference-len")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(free, size=min(n, len(free)), replace=False))
+    return torch.tensor([[bos] + ids[s : s + body] for s in pick], dtype=torch.long), [int(s) for s in pick]
+
+
+def load_inputs(args, tokenizer) -> Inputs:
+    """Cases and reference windows, from the tokenizer and the text alone (checked before the model
+    loads, so bad input stops the run before any work)."""
+    from common.natural_text import DEMO, TextUnavailable, load_text, tokenize
+
+    base = read_case_file(args.cases) if args.cases else curated_cases(args.categories)
+    rows, tokens, dropped = tokenize_curated(tokenizer, base)
+    if not rows:
+        first = dropped[0] if dropped else {"answer": "", "reason": "no cases"}
+        raise SystemExit(f"error: no curated case survives tokenization: all {len(base)} answers are not one GPT-2 "
+                         f"token (e.g. {first['answer']!r}: {first['reason']})")
+    source = args.text if args.text is not None else (DEMO if args.model == "planted" else None)
+    try:
+        text, description = load_text(source)
+    except TextUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    ids = tokenize(tokenizer, text)
+    found = 0
+    if args.n_mined:
+        mined, mined_tokens, found = mine_cases(tokenizer, ids, args.categories, args.n_mined, args.context, args.seed)
+        if found < args.min_mined:
+            raise SystemExit(
+                f"error: text too short: {description} ({len(ids)} tokens) holds {found} successions of "
+                f"{', '.join(args.categories)}, fewer than --min-mined {args.min_mined}; give more text (--text PATH) "
+                "or use the curated cases only (--n-mined 0)")
+        rows, tokens = rows + mined, tokens + mined_tokens
+    avoid = [(max(0, r["text_offset"] - args.context), r["text_offset"] + 1) for r in rows if r["text_offset"] >= 0]
+    reference, offsets = reference_windows(ids, avoid, args.n_reference, args.reference_len, tokenizer.bos_token_id,
+                                           args.seed + 1)
+    cases = pd.DataFrame(rows)
+    cases.insert(0, "case_id", np.arange(len(cases)))
+    cases["n_tokens"] = [len(t) for t in tokens]
+    dropped = pd.DataFrame(dropped, columns=["source", "category", "origin", "prompt", "answer", "reason"])
+    return Inputs(cases, tokens, dropped, reference, offsets, description, len(ids), found)
+
+
+# ----------------------------------------------------------------------------------------------
+# Effects of ablating a head
+# ----------------------------------------------------------------------------------------------
+
+
+def control_heads(args, n_heads: int) -> list[int]:
+    """The control heads of layer ``args.layer``: ``--control-heads`` or a seeded choice."""
+    others = [h for h in range(n_heads) if h != args.head]
+    if args.control_heads:
+        try:
+            heads = [int(h) for h in args.control_heads.split(",") if h.strip()]
+        except ValueError:
+            raise SystemExit(f"error: --control-heads {args.control_heads!r}: expected a comma list of head indices") from None
+        bad = [h for h in heads if h not in others]
+        if bad:
+            raise SystemExit(f"error: --control-heads: head {bad[0]} is not another head of layer {args.layer} "
+                             f"(0..{n_heads - 1}, not {args.head})")
+        return heads
+    rng = np.random.default_rng(args.seed)
+    return sorted(int(h) for h in rng.choice(others, size=min(args.n_controls, len(others)), replace=False))
+
+
+def ablation_conditions(model, reference: torch.Tensor, layer: int, heads: list[int], seed: int) -> dict:
+    """(head, method) -> forward hooks replacing that head's z (common.ablation conventions)."""
+    from common.ablation import collect_activations, mean_ablation_hooks, resample_ablation_hooks
+    from common.head_replacement import z_hooks
+
+    name = f"blocks.{layer}.attn.hook_z"
+    z = collect_activations(model, reference, [name])[name]  # [n, pos, head, d_head]
+    conds = {}
+    for h in heads:
+        ref = {"z": z[:, :, h]}
+        conds[(h, "mean")] = z_hooks(layer, h, mean_ablation_hooks(ref)["z"][0][1])
+        conds[(h, "resample")] = z_hooks(layer, h, resample_ablation_hooks(ref, seed=seed)["z"][0][1])
+    return conds
+
+
+@torch.no_grad()
+def last_logits(model, tokens: list[list[int]], hooks: list, batch_size: int, pad: int):
+    """Logits [n, vocab] at each prompt's last position, batch by batch (prompts right-padded:
+    causal attention, so padding after the last position changes nothing before it)."""
+    name = "ln_final.hook_normalized"
+    for s in range(0, len(tokens), batch_size):
+        chunk = tokens[s : s + batch_size]
+        n = max(len(t) for t in chunk)
+        batch = torch.tensor([t + [pad] * (n - len(t)) for t in chunk], device=model.cfg.device)
+        last = torch.tensor([len(t) - 1 for t in chunk], device=model.cfg.device)
+        seen = {}
+
+        def save(t, hook):
+            seen["x"] = t[torch.arange(len(chunk), device=t.device), last]
+
+        model.run_with_hooks(batch, return_type=None, fwd_hooks=[*hooks, (name, save)])
+        yield s, (seen["x"] @ model.W_U + model.b_U).float()
+
+
+def answer_metrics(logits: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor | None = None) -> dict:
+    """Logit difference correct - wrong (wrong: the top non-correct token when not given), the
+    correct token's rank (1 = top) and probability."""
+    ar = torch.arange(len(correct), device=logits.device)
+    if wrong is None:
+        masked = logits.clone()
+        masked[ar, correct] = -torch.inf
+        wrong = masked.argmax(-1)
+    lc = logits[ar, correct]
+    return {"logit_diff": (lc - logits[ar, wrong]).cpu(), "rank": ((logits > lc[:, None]).sum(-1) + 1).cpu(),
+            "prob": torch.softmax(logits, -1)[ar, correct].cpu(), "wrong": wrong.cpu()}
+
+
+def case_effects(model, inputs: Inputs, layer: int, heads: list[int], seed: int, batch_size: int):
+    """(clean metrics per case [dict of tensors], effects DataFrame over heads x methods)."""
+    from tqdm import tqdm
+
+    pad = model.tokenizer.bos_token_id
+    correct = torch.tensor(inputs.cases.answer_id.to_numpy(), device=model.cfg.device)
+    n = len(correct)
+    clean = {k: [] for k in ("logit_diff", "rank", "prob", "wrong")}
+    for s, logits in last_logits(model, inputs.tokens, [], batch_size, pad):
+        for k, v in answer_metrics(logits, correct[s : s + len(logits)]).items():
+            clean[k].append(v)
+    clean = {k: torch.cat(v) for k, v in clean.items()}
+    wrong = clean["wrong"].to(model.cfg.device)
+    conds = ablation_conditions(model, inputs.reference, layer, heads, seed)
+    frames = []
+    for (h, method), hooks in tqdm(conds.items(), desc="ablated heads", leave=False):
+        parts = {k: [] for k in ("logit_diff", "rank", "prob")}
+        for s, logits in last_logits(model, inputs.tokens, hooks, batch_size, pad):
+            m = answer_metrics(logits, correct[s : s + len(logits)], wrong[s : s + len(logits)])
+            for k in parts:
+                parts[k].append(m[k])
+        abl = {k: torch.cat(v) for k, v in parts.items()}
+        frames.append(pd.DataFrame({
+            "case_id": np.arange(n), "head": h, "role": "target" if h == heads[0] else "control", "method": method,
+            "ablated_logit_diff": abl["logit_diff"].numpy(),
+            "effect": (clean["logit_diff"] - abl["logit_diff"]).numpy(),
+            "ablated_rank": abl["rank"].numpy(), "rank_change": (abl["rank"] - clean["rank"]).numpy(),
+            "ablated_prob": abl["prob"].numpy(), "prob_change": (abl["prob"] - clean["prob"]).numpy(),
+        }))
+    return clean, pd.concat(frames, ignore_index=True)
+
+
+def bootstrap_ci(values: np.ndarray, idx: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean, with resample indices ``idx`` [n_boot, n]."""
+    means = values[idx].mean(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def summarise(cases: pd.DataFrame, effects: pd.DataFrame, clean_rank: np.ndarray, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per head, method and group (source x category, each source, everything): mean effect with a
+    bootstrap CI (the same resamples of a group's cases for every head and method)."""
+    groups = []
+    for src in ("curated", "mined"):
+        sub = cases[cases.source == src]
+        for cat in dict.fromkeys(sub.category):
+            groups.append((src, cat, sub.case_id[sub.category == cat].to_numpy()))
+        if len(sub):
+            groups.append((src, "all", sub.case_id.to_numpy()))
+    groups.append(("all", "all", cases.case_id.to_numpy()))
+    rng = np.random.default_rng(seed)
+    rows = []
+    by = {k: g.set_index("case_id") for k, g in effects.groupby(["head", "role", "method"], sort=False)}
+    for src, cat, ids in groups:
+        idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+        for (h, role, method), g in by.items():
+            e = g.effect.to_numpy()[ids]
+            lo, hi = bootstrap_ci(e, idx)
+            rows.append({"head": h, "role": role, "method": method, "source": src, "category": cat, "n": len(ids),
+                         "mean_effect": float(e.mean()), "ci_lo": lo, "ci_hi": hi,
+                         "median_effect": float(np.median(e)),
+                         "mean_rank_change": float(g.rank_change.to_numpy()[ids].mean()),
+                         "mean_prob_change": float(g.prob_change.to_numpy()[ids].mean()),
+                         "clean_top1": float((clean_rank[ids] == 1).mean()),
+                         "ablated_top1": float((g.ablated_rank.to_numpy()[ids] == 1).mean())})
+    return pd.DataFrame(rows)
+
+
+def band(x: float) -> str:
+    return next((name for name, t in BANDS if x > t), WEAK)
+
+
+def verdict(mean: float, lo: float, hi: float) -> dict:
+    """The original's verdict on a mean effect, and whether its 95% CI stays in one band."""
+    label, lo_band, hi_band = band(mean), band(lo), band(hi)
+    firm = lo_band == hi_band
+    ci = f"95% CI [{lo:.3f}, {hi:.3f}]"
+    text = (f"{label}: mean effect {mean:.3f}, " +
+            (f"the whole {ci} lies in the {label} band" if firm else f"{ci} spans {lo_band} to {hi_band}"))
+    if hi < 0:
+        text += "; the head works against the successor"
+    return {"label": label, "mean": mean, "ci_lo": lo, "ci_hi": hi, "firm": firm, "text": text}
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers: composition scores
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def composition_table(model, writers: list[tuple[int, int]] | None = None) -> pd.DataFrame:
+    """Q-, K- and V-composition scores of every writer head's OV circuit with every head of a later
+    layer: TransformerLens' ``composition_scores`` (what ``model.all_composition_scores`` computes),
+    one writer at a time (all pairs at once would hold ~9 GB for gpt2-small). ``writers``: the
+    (layer, head) writers to score (default all). Returns one row per (mode, writer, reader)."""
+    from tqdm import tqdm
+    from transformer_lens.utilities import composition_scores
+
+    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+    writers = writers if writers is not None else [(l, h) for l in range(n_l - 1) for h in range(n_h)]
+    writers = [(l, h) for l, h in writers if l < n_l - 1]
+    first = min((l for l, _ in writers), default=n_l - 1) + 1  # the earliest layer any writer can be read by
+    OV, QK = model.OV, model.QK[first:]
+    # the same right-hand objects for every writer, so TransformerLens computes their SVDs once
+    rights = {"Q": QK, "K": QK.T, "V": model.OV[first:]}
+    rl, rh = np.meshgrid(np.arange(first, n_l), np.arange(n_h), indexing="ij")
+    frames = []
+    for mode in MODES:
+        for l, h in tqdm(writers, desc=f"{mode}-composition", leave=False, disable=len(writers) < 24):
+            s = composition_scores(OV[l, h], rights[mode]).float().cpu().numpy()
+            later = rl > l
+            frames.append(pd.DataFrame({"mode": mode, "writer_layer": l, "writer_head": h, "reader_layer": rl[later],
+                                        "reader_head": rh[later], "score": s[later]}))
+    cols = ["mode", "writer_layer", "writer_head", "reader_layer", "reader_head", "score"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def readers_of(pairs: pd.DataFrame, layer: int, head: int) -> pd.DataFrame:
+    """The writer's rows of ``pairs``, each with z-score and percentile against all pairs of the
+    same mode, the percentile against the pairs whose writer is in the same layer (a layer-matched
+    scale), and its rank among the writer's readers (1 = strongest)."""
+    rows = []
+    for mode in MODES:
+        in_mode = pairs[pairs["mode"] == mode]
+        all_s = in_mode.score.to_numpy()
+        same_layer = in_mode.score[in_mode.writer_layer == layer].to_numpy()
+        mine = in_mode[(in_mode.writer_layer == layer) & (in_mode.writer_head == head)]
+        if not len(mine):
+            continue
+        mu, sd = all_s.mean(), all_s.std(ddof=1) if len(all_s) > 1 else 0.0
+        s = mine.score.to_numpy()
+        rows.append(pd.DataFrame({
+            "mode": mode, "reader_layer": mine.reader_layer.to_numpy(), "reader_head": mine.reader_head.to_numpy(),
+            "score": s, "z": (s - mu) / sd if sd > 0 else np.zeros_like(s),
+            "percentile": (all_s[None, :] < s[:, None]).mean(1) * 100,
+            "percentile_writer_layer": (same_layer[None, :] < s[:, None]).mean(1) * 100,
+            "rank": pd.Series(-s).rank(method="min").astype(int).to_numpy(),
+            "n_pairs": len(all_s), "all_pairs_mean": mu, "all_pairs_std": sd}).sort_values("rank", kind="stable"))
+    cols = ["mode", "reader_layer", "reader_head", "score", "z", "percentile", "percentile_writer_layer", "rank",
+            "n_pairs", "all_pairs_mean", "all_pairs_std"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(rows, ignore_index=True)
+
+
+def top_readers(readers: pd.DataFrame, k: int = 5) -> dict:
+    return {mode: [{"layer": int(r.reader_layer), "head": int(r.reader_head), "score": float(r.score),
+                    "z": float(r.z), "percentile": float(r.percentile),
+                    "percentile_writer_layer": float(r.percentile_writer_layer)}
+                   for r in readers[readers["mode"] == mode].head(k).itertuples()] for mode in MODES}
+
+
+# ----------------------------------------------------------------------------------------------
+# Compute
+# ----------------------------------------------------------------------------------------------
+
+
+def compute(model, args, inputs: Inputs | None) -> Results:
+    L, H = args.layer, args.head
+    summary = {"model": args.model, "layer": L, "head": H, "composition_only": bool(args.composition_only)}
+    tables = {}
+    if inputs is not None:
+        longest = max(max(len(t) for t in inputs.tokens), args.reference_len)
+        if longest > model.cfg.n_ctx:
+            raise SystemExit(f"error: a prompt or reference window of {longest} tokens exceeds the model's context of "
+                             f"{model.cfg.n_ctx} (lower --context or --reference-len)")
+        controls = control_heads(args, model.cfg.n_heads)
+        heads = [H, *controls]
+        clean, effects = case_effects(model, inputs, L, heads, args.seed, args.batch_size)
+        tok = model.tokenizer
+        cases = inputs.cases.assign(clean_logit_diff=clean["logit_diff"].numpy(),
+                                    top_wrong=[tok.decode([int(t)]) for t in clean["wrong"]],
+                                    top_wrong_id=clean["wrong"].numpy(), clean_rank=clean["rank"].numpy(),
+                                    clean_prob=clean["prob"].numpy())
+        stats = summarise(cases, effects, cases.clean_rank.to_numpy(), args.n_boot, args.seed)
+        tables |= {"cases": cases, "dropped_cases": inputs.dropped, "effects": effects, "effect_summary": stats}
+
+        def get(src, method, head=H):
+            r = stats[(stats["head"] == head) & (stats.method == method) & (stats.source == src) & (stats.category == "all")]
+            return r.iloc[0] if len(r) else None
+
+        verdicts = {}
+        for src in ("curated", "mined", "all"):
+            for method in METHODS:
+                r = get(src, method)
+                if r is not None:
+                    verdicts[f"{src}/{method}"] = verdict(r.mean_effect, r.ci_lo, r.ci_hi) | {"n": int(r.n)}
+        summary |= {
+            "verdict": verdicts["curated/mean"] | {"scope": "curated cases, mean ablation (the original's setting)"},
+            "verdicts": verdicts,
+            "thresholds": {name: t for name, t in BANDS} | {WEAK: "otherwise"},
+            "controls": controls,
+            "control_choice": ("fixed list (--control-heads)" if args.control_heads else
+                               f"seeded choice of {len(controls)} other heads of layer {L} (seed {args.seed})"),
+            "control_effects": {f"L{L}H{h}": {m: {k: float(get("curated", m, h)[k]) for k in ("mean_effect", "ci_lo", "ci_hi")}
+                                               for m in METHODS} for h in controls},
+            "n_cases": {"curated": int((cases.source == "curated").sum()), "mined": int((cases.source == "mined").sum())},
+            "n_dropped": len(inputs.dropped), "n_mined_found": inputs.n_mined_found,
+            "text": inputs.text, "n_text_tokens": inputs.n_text_tokens,
+            "reference_offsets": inputs.reference_offsets,
+            "reference": f"{len(inputs.reference)} windows of {args.reference_len} tokens of the same text (seed "
+                         f"{args.seed + 1}) overlapping no mined case; mean over all non-BOS positions; BOS never ablated",
+            "clean_top1_curated": float(get("curated", "mean").clean_top1),
+            "curated_source": ORIGINAL_SOURCE if not args.cases else f"--cases {args.cases}",
+        }
+    pairs = composition_table(model)
+    readers = readers_of(pairs, L, H)
+    tables |= {"composition": readers, "composition_pairs": pairs}
+    summary["readers"] = top_readers(readers) if len(readers) else None
+    if not len(readers):
+        summary["readers_note"] = f"the model has no layer after {L}: no head can read L{L}H{H}"
+    return Results(tables, summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (from saved files only) and report
+# ----------------------------------------------------------------------------------------------
+
+
+def render(out_dir) -> list[Path]:
+    out_dir = Path(out_dir)
+    summary, meta = load_summary(out_dir), load_meta(out_dir)
+    paths = []
+    if not summary.get("composition_only"):
+        paths.append(plot_effects(load_table(out_dir, "effect_summary"), summary, meta, out_dir / "effects.png"))
+    readers = load_table(out_dir, "composition")
+    if len(readers):
+        paths.append(plot_composition(readers, load_table(out_dir, "composition_pairs"), summary, meta,
+                                      out_dir / "composition.png"))
+    return paths
+
+
+def plot_effects(stats: pd.DataFrame, summary: dict, meta: dict, path: Path) -> Path:
+    from common.plotting import plt, save_figure
+
+    L, H = summary["layer"], summary["head"]
+    heads = [H, *summary["controls"]]
+    groups = [(s, c) for s, c in dict.fromkeys(zip(stats.source, stats.category))]
+    labels = [f"{c}\n({s})" if c != "all" else ("ALL cases" if s == "all" else f"ALL {s}") for s, c in groups]
+    fig, axes = plt.subplots(len(METHODS), 1, figsize=(max(8, 0.75 * len(groups) + 2), 3.4 * len(METHODS)), sharex=True)
+    width = 0.8 / len(heads)
+    colours = ["#c0392b"] + [plt.cm.Greys(0.35 + 0.5 * i / max(1, len(heads) - 1)) for i in range(1, len(heads))]
+    x = np.arange(len(groups))
+    for ax, method in zip(np.atleast_1d(axes), METHODS):
+        for i, h in enumerate(heads):
+            sub = stats[(stats["head"] == h) & (stats.method == method)].set_index(["source", "category"]).loc[groups]
+            off = (i - (len(heads) - 1) / 2) * width
+            ax.bar(x + off, sub.mean_effect, width=width, color=colours[i],
+                   label=f"L{L}H{h}" + (" (target)" if h == H else " (control)"))
+            ax.errorbar(x + off, sub.mean_effect, yerr=[sub.mean_effect - sub.ci_lo, sub.ci_hi - sub.mean_effect],
+                        fmt="none", ecolor="k", lw=0.8, capsize=1.5)
+        for name, t in BANDS:
+            ax.axhline(t, color="grey", ls=":", lw=1)
+            ax.text(len(groups) - 0.5, t, f" {name} > {t}", va="bottom", ha="right", fontsize=7, color="grey")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel(f"effect ({method} ablation)\nclean - ablated logit diff")
+        ax.legend(fontsize=7, ncol=len(heads), loc="upper left")
+    np.atleast_1d(axes)[-1].set_xticks(x, labels, fontsize=7, rotation=45, ha="right")
+    v = summary["verdict"]
+    fig.suptitle(f"L{L}H{H} on {meta['args']['model']}: succession effect (95% bootstrap CIs)\n"
+                 f"verdict on {v['scope']}:\n{v['text']}", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_composition(readers: pd.DataFrame, pairs: pd.DataFrame, summary: dict, meta: dict, path: Path) -> Path:
+    from common.plotting import plt, save_figure, sns
+
+    L, H = summary["layer"], summary["head"]
+    n_h = int(max(pairs.reader_head.max(), readers.reader_head.max())) + 1
+    layers = sorted(readers.reader_layer.unique())
+    fig, axes = plt.subplots(2, 3, figsize=(15, 4.5 + 0.35 * len(layers) + 1),
+                             gridspec_kw={"height_ratios": [1, 0.25 + 0.1 * len(layers)], "hspace": 0.45})
+    zmax = float(np.abs(readers.z).max()) or 1.0
+    for j, mode in enumerate(MODES):
+        ax = axes[0, j]
+        all_s = pairs.score[pairs["mode"] == mode]
+        mine = readers[readers["mode"] == mode]
+        ax.hist(all_s, bins=60, color="#9bb7d4", label=f"all {len(all_s)} head pairs")
+        ax.plot(mine.score, np.full(len(mine), 0.5), "|", color="#c0392b", ms=14, mew=1.2,
+                label=f"L{L}H{H} -> its {len(mine)} readers")
+        ax.set_yscale("log")
+        ax.set_ylim(0.3, None)
+        top = "\n".join(f"L{r.reader_layer}H{r.reader_head}: {r.score:.3f} (z {r.z:.1f}, {r.percentile:.0f}th pct)"
+                        for r in mine.head(3).itertuples())
+        ax.text(0.98, 0.62, "top readers\n" + top, transform=ax.transAxes, ha="right", va="top", fontsize=7,
+                color="#c0392b", bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+        ax.set_xlabel(f"{mode}-composition score")
+        ax.set_ylabel("head pairs")
+        ax.set_title(f"{mode}-composition: L{L}H{H}'s readers vs all pairs", fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+        grid = np.full((len(layers), n_h), np.nan)
+        for r in mine.itertuples():
+            grid[layers.index(r.reader_layer), r.reader_head] = r.z
+        sns.heatmap(grid, ax=axes[1, j], cmap="RdBu_r", center=0, vmin=-zmax, vmax=zmax, annot=n_h <= 12,
+                    fmt=".1f", annot_kws={"fontsize": 6}, yticklabels=[str(l) for l in layers],
+                    cbar=j == len(MODES) - 1, cbar_kws={"label": "z vs all pairs"})
+        axes[1, j].set_xlabel("reader head")
+        axes[1, j].set_ylabel("reader layer")
+        axes[1, j].set_title(f"{mode}: z-score of L{L}H{H} -> each later head", fontsize=9)
+    fig.suptitle(f"Which later heads read L{L}H{H}? ({meta['args']['model']}; weights only: TransformerLens "
+                 "composition scores of the processed weights)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def report(results: Results, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=160)
+    s = results.summary
+    L, H = s["layer"], s["head"]
+    if "effect_summary" in results.tables:
+        st = results.tables["effect_summary"]
+        t = Table(title=f"effect of ablating L{L}H{H} vs control heads on succession (clean - ablated logit diff, "
+                        "mean ablation) [95% CI]")
+        heads = [H, *s["controls"]]
+        for c in ("source", "category", "n", *[f"L{L}H{h}" for h in heads], "clean top-1", "rank change (target)"):
+            t.add_column(c)
+        for (src, cat), g in st[st.method == "mean"].groupby(["source", "category"], sort=False):
+            g = g.set_index("head")
+            cells = [f"{g.loc[h].mean_effect:.3f} [{g.loc[h].ci_lo:.3f}, {g.loc[h].ci_hi:.3f}]" for h in heads]
+            t.add_row(src, cat, str(int(g.loc[H].n)), *cells, f"{g.loc[H].clean_top1:.2f}", f"{g.loc[H].mean_rank_change:+.1f}")
+        con.print(t)
+        con.print(f"text: {s['text']} ({s['n_text_tokens']} tokens); {s['n_cases']['curated']} curated + "
+                  f"{s['n_cases']['mined']} mined cases ({s['n_mined_found']} successions found, {s['n_dropped']} "
+                  f"curated cases dropped); controls: {s['control_choice']}")
+        for key, v in s["verdicts"].items():
+            con.print(f"  {key:18s} {v['text']}")
+        con.print(f"[bold]verdict ({s['verdict']['scope']}): {s['verdict']['text']}[/bold]")
+    if s.get("readers"):
+        t = Table(title=f"heads reading L{L}H{H}: top composition scores (z and percentile vs all head pairs)")
+        for c in ("mode", "rank", "reader", "score", "z (all pairs)", "percentile (all pairs)",
+                  f"percentile (writers in layer {L})"):
+            t.add_column(c)
+        for mode, rows in s["readers"].items():
+            for i, r in enumerate(rows, 1):
+                t.add_row(mode, str(i), f"L{r['layer']}H{r['head']}", f"{r['score']:.4f}", f"{r['z']:.2f}",
+                          f"{r['percentile']:.1f}", f"{r['percentile_writer_layer']:.1f}")
+        con.print(t)
+    elif s.get("readers_note"):
+        con.print(s["readers_note"])
+    con.print(f"outputs in {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Every input is checked before the model loads: output folder, then cases, text and windows.
+    prepare_out_dir(args.out, SCRIPT, args.model)
+    inputs = None
+    if not args.composition_only:
+        from common.gpt2_tokenizer import load_tokenizer
+
+        inputs = load_inputs(args, load_tokenizer())
+    model, out_dir = start(args, SCRIPT)
+    results = compute(model, args, inputs)
+    save_results(out_dir, results, args, SCRIPT)
+    render(out_dir)
+    report(results, out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
