@@ -144,8 +144,9 @@ class Factored:
         L, R = self.left, self.right
         return Factored(torch.cat([L, R], 1) / 2, torch.cat([R, -L], 1))
 
-    def _factor_space(self):
-        """Q [n, m] orthonormal and the small cores: W_sym = Q S Q^T, W_skew = Q K Q^T (float64)."""
+    def _spaces(self):
+        """(Q, T, S, K): A = [L, R] = Q T (thin QR, Q [n, 2r] orthonormal), W_sym = Q S Q^T,
+        W_skew = Q K Q^T (float64)."""
         L = self.left.detach().double().cpu()
         R = self.right.detach().double().cpu()
         A = torch.cat([L, R], 1)
@@ -153,7 +154,12 @@ class Factored:
         r = L.shape[1]
         TL, TR = T[:, :r], T[:, r:]  # L = Q TL, R = Q TR
         core = TL @ TR.T  # M = Q core Q^T
-        return Q, (core + core.T) / 2, (core - core.T) / 2
+        return Q, T, (core + core.T) / 2, (core - core.T) / 2
+
+    def _factor_space(self):
+        """Q [n, m] orthonormal and the small cores: W_sym = Q S Q^T, W_skew = Q K Q^T (float64)."""
+        Q, _, S, K = self._spaces()
+        return Q, S, K
 
     def sym_eig(self, rtol: float = DEFAULT_EIG_RTOL, keep_zero: bool = False) -> "Eigen":
         """Every non-zero eigenpair of W_sym, sorted by eigenvalue (ascending, most negative first).
@@ -162,18 +168,12 @@ class Factored:
         |lambda| <= rtol * max|lambda| are treated as zero and dropped unless ``keep_zero``.
         """
         Q, S, _ = self._factor_space()
-        lam, V = torch.linalg.eigh((S + S.T) / 2)
-        vecs = Q @ V
-        tol = rtol * float(lam.abs().max()) if lam.numel() else 0.0
-        keep = torch.ones_like(lam, dtype=torch.bool) if keep_zero else lam.abs() > tol
-        return Eigen(lam[keep], vecs[:, keep], tol)
+        return _eig_in_space(Q, S, rtol, keep_zero)
 
     def factor_rank(self, rtol: float = DEFAULT_EIG_RTOL) -> int:
-        """Column rank of A = [left, right] ([n, 2r]): singular values of A above rtol * the
-        largest (float64). W_sym and W_skew both live in A's column span."""
-        A = torch.cat([self.left, self.right], 1).detach().double().cpu()
-        sv = torch.linalg.svdvals(A)
-        return int((sv > rtol * float(sv.max())).sum()) if sv.numel() and float(sv.max()) > 0 else 0
+        """Column rank of A = [left, right] ([n, 2r]): singular values of A (= those of T in
+        A = Q T) above rtol * the largest (float64). W_sym and W_skew live in A's column span."""
+        return _rank_of(self._spaces()[1], rtol)
 
     def inertia(self, rtol: float = DEFAULT_EIG_RTOL) -> "Inertia":
         """(negative, positive, zero) eigenvalue counts of W_sym over all ``dim`` eigenvalues, and
@@ -295,6 +295,19 @@ class Eigen:
         raise ValueError(f"unknown eigenvalue selection {which!r}: 'negative', 'positive' or an int k")
 
 
+def _eig_in_space(Q: torch.Tensor, S: torch.Tensor, rtol: float, keep_zero: bool = False) -> Eigen:
+    lam, V = torch.linalg.eigh((S + S.T) / 2)
+    vecs = Q @ V
+    tol = rtol * float(lam.abs().max()) if lam.numel() else 0.0
+    keep = torch.ones_like(lam, dtype=torch.bool) if keep_zero else lam.abs() > tol
+    return Eigen(lam[keep], vecs[:, keep], tol)
+
+
+def _rank_of(T: torch.Tensor, rtol: float) -> int:
+    sv = torch.linalg.svdvals(T)
+    return int((sv > rtol * float(sv.max())).sum()) if sv.numel() and float(sv.max()) > 0 else 0
+
+
 def steer(base: Factored, alpha: float, which: str | int = "negative", keep_skew: bool = True,
           eig: Eigen | None = None, eig_scale: float = 1.0) -> Factored:
     """The edited head W' = W_sym + sum_{m selected} (alpha - 1) lambda_m u_m u_m^T (+ W_skew).
@@ -345,10 +358,12 @@ def spectrum_summary(f: Factored, top: int = 64, rtol: float = DEFAULT_EIG_RTOL)
     ``n_negative`` says nothing about self-suppression; ``n_negative_top{top}`` (the L1H5 post's
     "33 of the 64 largest") only says how negatives and positives interleave by magnitude.
     """
-    eig = f.sym_eig(rtol)
-    rank_factors = f.factor_rank(rtol)
-    sv_sym, sv_skew = f.sym_singular_values(), f.skew_singular_values()
-    fro = f.frobenius()
+    Q, T, S, K = f._spaces()  # one QR for every number below (same values as the methods give)
+    eig = _eig_in_space(Q, S, rtol)
+    rank_factors = _rank_of(T, rtol)
+    sv_sym, sv_skew = torch.linalg.svdvals(S), torch.linalg.svdvals(K)
+    fro = {"full": float(torch.linalg.norm(S + K)), "sym": float(torch.linalg.norm(S)),
+           "skew": float(torch.linalg.norm(K))}
     topk = eig.top_by_magnitude(top)
     return {
         "n_eigenvalues_nonzero": int(eig.values.numel()),
