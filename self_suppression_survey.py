@@ -20,8 +20,9 @@ Method.
       * positional sensitivity: how much the position-position part of the attention score
         varies over the keys a query can attend to. With p_i = W_pos[i] (TransformerLens'
         centred W_pos) and s(i, j) = (p_i W_Q)(p_j W_K)^T / sqrt(d_head) (attention-logit units,
-        no biases), it is the mean over query positions i = 1 .. n_ctx - 1 of the standard
-        deviation of s(i, j) over keys j = 0 .. i. LayerNorm's division by the residual's RMS is
+        no biases), it is the mean over query positions i = 1 .. N - 1 of the standard
+        deviation of s(i, j) over keys j = 0 .. i (N = --positions, default n_ctx: every
+        position the model has). LayerNorm's division by the residual's RMS is
         not applied (it depends on the token embedding and earlier layers): the value is for a
         residual stream of unit RMS per coordinate. That factor is shared by all heads of a layer,
         so the ordering within a layer is exact; across layers the residual grows, so later
@@ -36,6 +37,16 @@ Method.
   The checkpoint is checked against gpt2-small's published checksums
   (``common.genuine_weights``); the verdict is in meta.json and under every figure.
 
+On gpt2-small's real attention weights (../shared through bench/build_model.py's model; its token
+embedding is random, which (a) never reads): every one of the 144 heads has full-rank [W_Q W_K]
+and inertia (64, 64, 640); L1H5's 33 negatives among the top 64 sit mid-field (layer 1: 4 (H11)
+to 49); L1H5 has the lowest positional sensitivity of layer 1 (0.0386 against 0.0395 (H9) to
+0.278 (H0); H0 and H1 highest). That ordering depends on the window (--positions): over the
+first 256 or 512 positions L1H5 is lowest too (0.0238 vs 0.0241-0.197; 0.0314 vs 0.0389-0.239),
+over the first 64, 128 or 192 L1H6 is lower (e.g. 0.0251 vs L1H5's 0.0315 over 128), over the
+first 768 L1H9 is (0.0377 vs 0.0379). H0 and H1 are the two highest in every window. Read
+"least position-dependent head of layer 1" as "among the two or three least".
+
 Outputs (figures/self_suppression_survey/ by default):
   weights_survey.csv            one row per head (every layer): (a)'s statistics
   weights_survey_heatmaps.png   layers x heads heatmaps of (a), the target head outlined, its rank
@@ -45,6 +56,7 @@ Outputs (figures/self_suppression_survey/ by default):
   token_self_suppression.csv    per head and query subset (category words / sample): means
   self_suppression.png          the target layer's heads on the token-space statistic, next to
                                 the negative-eigenvalue count that cannot tell them apart
+  self_suppression_all_heads.png  (--token-space all) the same for every head, as heatmaps
   summary.json, meta.json
 
 Run: python self_suppression_survey.py --model planted
@@ -70,6 +82,9 @@ from common.results import Results, load_meta, load_summary, load_table, save_re
 from common.self_suppression import summarise_tokens, token_self_stats
 
 SCRIPT = "self_suppression_survey"
+# The gpt2-small tensors part (a) reads (TransformerLens folds ln_1's weight into W_Q/W_K and
+# centres W_pos): when all of them are verified, (a) is exact even if wte or the MLPs are not real.
+WEIGHTS_ONLY_INPUTS = ["wpe.weight"] + [f"h.{i}.{n}" for i in range(12) for n in ("ln_1.weight", "attn.c_attn.weight")]
 # Weights-only statistics shown per head, with the direction that would mark L1H5 out
 # ("low": its value is lowest; "high": highest).
 WEIGHT_STATS = {
@@ -89,6 +104,8 @@ def parse_args(argv):
     p.add_argument("--token-space", choices=["layer", "all", "none"], default="layer",
                    help="token-space statistics for the heads of --layer, of every layer, or not at all")
     p.add_argument("--n-sample", type=int, default=2000, help="seeded sample of vocabulary query tokens (besides the category words)")
+    p.add_argument("--positions", type=int, default=None,
+                   help="positional sensitivity over the first N positions (default: all n_ctx)")
     args = p.parse_args(argv)
     if args.top is not None and args.top < 1:
         p.error("--top must be >= 1")
@@ -96,6 +113,8 @@ def parse_args(argv):
         p.error("--rtol must be in (0, 1)")
     if args.n_sample < 0:
         p.error("--n-sample must be >= 0")
+    if args.positions is not None and args.positions < 2:
+        p.error("--positions must be >= 2")
     return args
 
 
@@ -127,12 +146,13 @@ def layer_scale(model, layer: int) -> float:
 
 
 @torch.no_grad()
-def weights_only_survey(model, top: int, rtol: float) -> pd.DataFrame:
+def weights_only_survey(model, top: int, rtol: float, positions: int | None = None) -> pd.DataFrame:
     """One row per head of every layer; reads W_Q, W_K and W_pos only (never the token embedding)."""
     rows = []
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    W_pos = model.W_pos.detach().cpu()[:positions]
     for layer in tqdm(range(n_layers), desc="weights-only survey", unit="layer"):
-        pos = positional_sensitivity(model.W_pos.detach().cpu(), model.W_Q[layer].detach().cpu(),
+        pos = positional_sensitivity(W_pos, model.W_Q[layer].detach().cpu(),
                                      model.W_K[layer].detach().cpu(), layer_scale(model, layer))
         for head in range(n_heads):
             qk = FactoredQK.from_model(model, layer, head)
@@ -235,11 +255,12 @@ def standout(summary: pd.DataFrame, weights: pd.DataFrame, layer: int, head: int
 
 def compute(model, args) -> Results:
     top = args.top or model.cfg.d_head
-    weights = weights_only_survey(model, top, args.rtol)
+    weights = weights_only_survey(model, top, args.rtol, args.positions)
     d_head, d_model = model.cfg.d_head, model.cfg.d_model
     sylvester = (weights.n_negative == d_head) & (weights.n_positive == d_head)
     summary = {
         "target": [args.layer, args.head], "top": top, "d_head": d_head, "d_model": d_model,
+        "positions": min(args.positions or model.cfg.n_ctx, model.cfg.n_ctx),
         "n_heads_total": int(len(weights)),
         "n_heads_full_column_rank": int(weights.full_column_rank.sum()),
         "n_heads_inertia_dhead_dhead": int(sylvester.sum()),
@@ -321,6 +342,25 @@ def plot_self_suppression(tok: pd.DataFrame, w: pd.DataFrame, layer: int, head: 
     return fig
 
 
+def plot_all_heads(tok: pd.DataFrame, w: pd.DataFrame, layer: int, head: int, top: int, note: str):
+    """--token-space all: the token statistic and the count for every head, side by side."""
+    cat = tok[tok.subset == "category"]
+    panels = [(cat.pivot(index="layer", columns="head", values="mean_self_rank_pct"),
+               "category words: own key's mean percentile among all keys (1 = bottom)", ".2f"),
+              (cat.pivot(index="layer", columns="head", values="mean_neg_share"),
+               "category words: share of the self-score from negative eigen-directions", ".2f"),
+              (w.pivot(index="layer", columns="head", values="n_negative_top"),
+               f"negatives among the top {top} eigenvalues of W_sym", "d")]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    for ax, (grid, title, fmt) in zip(axes, panels):
+        sns.heatmap(grid, ax=ax, cmap="viridis", annot=grid.size <= 160, fmt=fmt, annot_kws={"fontsize": 6})
+        ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, ec="red", lw=2.5))
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"Every head (red: L{layer}H{head}). {note}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def render(out_dir) -> list:
     meta, summary = load_meta(out_dir), load_summary(out_dir)
     layer, head = meta["args"]["layer"], meta["args"]["head"]
@@ -329,11 +369,19 @@ def render(out_dir) -> list:
     paths = []
     fig = plot_weight_heatmaps(w, layer, head, top, note)
     stamp_figure(fig, meta)
+    if meta.get("weights_only_inputs_genuine"):
+        fig.text(0.5, -0.03, "every tensor these statistics read (W_Q, W_K, ln_1, W_pos of gpt2-small) is verified genuine",
+                 ha="center", va="top", fontsize=8, color="0.35")
     paths.append(save_figure(fig, out_dir / "weights_survey_heatmaps.png"))
     if "token_space" in summary:
-        fig = plot_self_suppression(load_table(out_dir, "token_self_suppression"), w, layer, head, top, note)
+        tok = load_table(out_dir, "token_self_suppression")
+        fig = plot_self_suppression(tok, w, layer, head, top, note)
         stamp_figure(fig, meta)
         paths.append(save_figure(fig, out_dir / "self_suppression.png"))
+        if tok["layer"].nunique() > 1:
+            fig = plot_all_heads(tok, w, layer, head, top, note)
+            stamp_figure(fig, meta)
+            paths.append(save_figure(fig, out_dir / "self_suppression_all_heads.png"))
     return paths
 
 
@@ -372,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     model, out_dir = start(args, script_name(__file__))
     verdict = weights_verdict(args.model)  # is this checkpoint genuine gpt2-small? (cached by file identity)
     results = compute(model, args)
-    save_results(out_dir, results, args, SCRIPT, meta={"weights": verdict.to_meta()})
+    save_results(out_dir, results, args, SCRIPT, meta={
+        "weights": verdict.to_meta(),  # (save_results adds it itself once common/results.py calls weights_meta)
+        "weights_only_inputs_genuine": verdict.verifies(WEIGHTS_ONLY_INPUTS),
+    })
     render(out_dir)
     report(results, out_dir, verdict_text(load_meta(out_dir)))
     return 0

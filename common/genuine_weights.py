@@ -16,7 +16,7 @@ The verdict is cached on disk under ``cache_dir()/genuine/`` (written atomically
 file's identity: resolved path, size and modification time (plus the checksum table and this
 module's version), so it costs a full hash (about 0.5 GB for gpt2-small) once per file.
 
-Call sites: ``weights_verdict(args.model).to_meta()`` goes into meta.json as ``"weights"``;
+Call sites: :func:`weights_meta` (``{"weights": weights_verdict(args.model).to_meta()}``) goes into meta.json;
 :func:`verdict_text` reads it back for INDEX.md; :func:`stamp_figure` puts it under a figure.
 """
 
@@ -60,6 +60,11 @@ class Verdict:
     @property
     def genuine(self) -> bool:
         return self.status == "genuine"
+
+    def verifies(self, names) -> bool:
+        """True when every named tensor is verified genuine (e.g. all an analysis reads), even if
+        the checkpoint as a whole is not gpt2-small."""
+        return self.n_total > 0 and not set(names) & set(self.differing)
 
     def to_meta(self) -> dict:
         """JSON-ready record for meta.json (``verdict`` is the one-line text)."""
@@ -237,13 +242,25 @@ def checkpoint_file(model: str, hf_cache: str | Path | None = None) -> Path | No
 
 
 def weights_verdict(model: str, hf_cache: str | Path | None = None, use_cache: bool = True) -> Verdict:
-    """The verdict for a ``--model`` value: ``"planted"``, or the checkpoint it loads, verified."""
+    """The verdict for a ``--model`` value: ``"planted"``, or the checkpoint it loads, verified.
+    Never raises for an unreadable file: the verdict then says "unverified: <why>"."""
     if model == PLANTED:
         return Verdict("planted", "planted")
     path = checkpoint_file(model, hf_cache)
     if path is None:
         return Verdict("unverified", f"unverified: no checkpoint file found for {model!r}")
-    return verify_checkpoint(path, use_cache=use_cache)
+    try:
+        return verify_checkpoint(path, use_cache=use_cache)
+    except Exception as exc:  # safetensors/torch raise many types; the run itself must not fail here
+        from common.errors import error_summary
+
+        return Verdict("unverified", f"unverified: {path} could not be read ({error_summary(exc)})",
+                       checkpoint=str(path))
+
+
+def weights_meta(model: str | None) -> dict:
+    """``{"weights": <verdict record>}`` for meta.json (empty when there is no model name)."""
+    return {"weights": weights_verdict(model).to_meta()} if model else {}
 
 
 def verdict_text(meta: dict) -> str | None:

@@ -83,7 +83,14 @@ def test_verdicts_on_synthetic_checkpoints(tiny_table, tmp_path):
     assert gw.verify_checkpoint(tmp_path / "wrong.safetensors", use_cache=False).differing == ["h.0.attn.c_attn.weight"]
 
     assert gw.weights_verdict("planted").text == "planted"
+    assert gw.weights_meta("planted") == {"weights": gw.Verdict("planted", "planted").to_meta()}
+    assert gw.weights_meta(None) == {}
     assert gw.weights_verdict(str(tmp_path / "nothing-here")).status == "unverified"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"not a safetensors file")
+    v = gw.weights_verdict(str(tmp_path / "broken"))  # a one-line verdict, never a crash
+    assert v.status == "unverified" and "could not be read" in v.text and "\n" not in v.text
+    assert not list(gw.cache_dir().glob("genuine/.*"))  # no half-written cache entry
 
 
 def test_hf_cache_route_and_disk_cache(tiny_table, tmp_path):
@@ -139,7 +146,7 @@ def test_shared_partial_file_matches_the_table_bit_for_bit():
 def test_bench_model_from_shared_differs_in_exactly_wte_and_the_mlp_matrices(tmp_path_factory):
     folder = real_tensor_folder(tmp_path_factory)
     t0 = time.perf_counter()
-    v = gw.weights_verdict(str(folder))
+    v = gw.verify_checkpoint(folder / "model.safetensors", use_cache=False)  # the full check, uncached
     seconds = time.perf_counter() - t0
     print(f"\n[benchmark] genuine-weights check of the full-size bench model: {seconds:.2f} s "
           f"(hashing {v.seconds:.2f} s, {(folder / 'model.safetensors').stat().st_size / 1e6:.0f} MB)")
@@ -148,6 +155,8 @@ def test_bench_model_from_shared_differs_in_exactly_wte_and_the_mlp_matrices(tmp
     assert v.n_verified == 123 and v.n_total == 148
     assert v.text == ("not gpt2-small: 25 tensors differ "
                       "(wte.weight, h.0-11.mlp.c_fc.weight, h.0-11.mlp.c_proj.weight)")
+    gw.weights_verdict(str(folder))  # computes and caches (or reads an earlier test's entry)
     t0 = time.perf_counter()
-    assert gw.weights_verdict(str(folder)).cached
+    again = gw.weights_verdict(str(folder))
     print(f"[benchmark] cached verdict: {time.perf_counter() - t0:.4f} s")
+    assert again.cached and again.text == v.text and again.differing == v.differing

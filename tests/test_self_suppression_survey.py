@@ -42,12 +42,27 @@ def test_outputs_and_render_from_saved_files(run):
               "weights_survey_heatmaps.png", "self_suppression.png", "summary.json", "meta.json"):
         assert (run / f).stat().st_size > 0, f
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["weights"]["verdict"] == "planted"
+    assert meta["weights"]["verdict"] == "planted" and not meta["weights_only_inputs_genuine"]
     for png in run.glob("*.png"):
         png.unlink()
     paths = survey.render(run)
     assert sorted(p.name for p in paths) == ["self_suppression.png", "weights_survey_heatmaps.png"]
     assert all(p.exists() for p in paths)
+
+
+def test_render_all_heads_figure_from_saved_rows(run, tmp_path):
+    """--token-space all adds a heatmap figure over every layer; drawn from the saved table only
+    (here the saved rows of layer 1 copied to layer 0, so no second model run is needed)."""
+    import shutil
+
+    import self_suppression_survey as survey
+
+    for f in ("weights_survey.csv", "token_self_suppression.csv", "summary.json", "meta.json"):
+        shutil.copy(run / f, tmp_path / f)
+    tok = pd.read_csv(tmp_path / "token_self_suppression.csv")
+    pd.concat([tok.assign(layer=0), tok]).to_csv(tmp_path / "token_self_suppression.csv", index=False)
+    names = sorted(p.name for p in survey.render(tmp_path))
+    assert names == ["self_suppression.png", "self_suppression_all_heads.png", "weights_survey_heatmaps.png"]
 
 
 def test_inertia_columns_obey_sylvester(run, planted_model):
@@ -204,4 +219,5 @@ def test_real_gpt2_small_attention_weights_survey(tmp_path_factory):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["weights"]["verdict"] == ("not gpt2-small: 25 tensors differ "
                                           "(wte.weight, h.0-11.mlp.c_fc.weight, h.0-11.mlp.c_proj.weight)")
+    assert meta["weights_only_inputs_genuine"]  # what these statistics read is verified genuine
     assert not (out / "token_self_scores.csv").exists()
