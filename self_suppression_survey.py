@@ -245,8 +245,10 @@ def standout(summary: pd.DataFrame, weights: pd.DataFrame, layer: int, head: int
     w = weights[weights["layer"] == layer]
     tc = int(w.loc[w["head"] == head, "n_negative_top"].iloc[0])
     oc = w.loc[w["head"] != head, "n_negative_top"]
+    # The post's reading: more negatives among the top -> more self-suppression. Does the count
+    # rank the target first, as the token statistic does?
     out["n_negative_top"] = {"target": tc, "others_min": int(oc.min()), "others_max": int(oc.max()),
-                             "target_is_unique_extreme": bool(tc < oc.min() or tc > oc.max())}
+                             "target_highest_count": bool(tc > oc.max())}
     return out
 
 
