@@ -42,8 +42,8 @@ embedding is random, which (a) never reads): every one of the 144 heads has full
 and inertia (64, 64, 640). L1H5 among all 144 heads (1 = highest): negatives among the top 64,
 33: 75th (layer 1: 4 (H11) to 49); sv_max(W_sym) 1.86: 77th; sv_max(W_skew) 1.35: 116th; their
 ratio 1.38: 18th (the highest of layer 1, others 0.63-1.22); trace(W_QK) -7.1: 100th (layer 1:
--32.5 (H0) to 48.0 (H11)); positional sensitivity 0.0386: 58th (later layers have many lower
-values, partly because this measure overstates later layers; see above). Within layer 1
+-32.5 (H0) to 48.0 (H11)); positional sensitivity 0.0386: 58th (many heads of layers 3-11 are
+lower still; across layers the unit-RMS convention is only rough, see above). Within layer 1
 L1H5 has the lowest positional sensitivity (0.0386 against 0.0395 (H9) to
 0.278 (H0); H0 and H1 highest). That ordering depends on the window (--positions): over the
 first 256 or 512 positions L1H5 is lowest too (0.0238 vs 0.0241-0.197; 0.0314 vs 0.0389-0.239),
