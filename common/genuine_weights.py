@@ -271,7 +271,8 @@ def verdict_text(meta: dict) -> str | None:
 
 def stamp_figure(fig, meta_or_dir) -> None:
     """Write "weights: <verdict>" under a figure, from a meta dict or the folder holding meta.json
-    (render functions draw from saved files only). Does nothing when no verdict was saved."""
+    (render functions draw from saved files only). Does nothing when no verdict was saved, or
+    when the figure already carries it (so ``save_figure`` may call it for every figure)."""
     meta = meta_or_dir
     if not isinstance(meta_or_dir, dict):
         mpath = Path(meta_or_dir) / "meta.json"
@@ -280,5 +281,6 @@ def stamp_figure(fig, meta_or_dir) -> None:
         except ValueError:
             meta = {}
     text = verdict_text(meta)
-    if text:
+    if text and not getattr(fig, "_l1h5_weights_stamp", False):  # idempotent: once per figure
         fig.text(0.5, -0.01, f"weights: {text}", ha="center", va="top", fontsize=8, color="0.35")
+        fig._l1h5_weights_stamp = True
