@@ -11,10 +11,15 @@ Conventions (used by every script of this repo)
   A = [L, R]. With A = Q T (thin QR), W_sym = Q (T S T^T) Q^T, so the eigendecomposition of a
   2r x 2r matrix gives *every* non-zero eigenpair of W_sym exactly (float64), without ever
   forming n x n, let alone vocab x vocab.
-* **Inertia.** W_sym = A S A^T with S = [[0, I/2], [I/2, 0]] (r negative and r positive
-  eigenvalues). By Sylvester's law of inertia, when A = [W_Q, W_K] has full column rank 2r,
-  W_sym has exactly r negative and r positive non-zero eigenvalues: the *count* of negative
-  eigenvalues says nothing about a head beyond its rank.
+* **Inertia.** W_sym = A S A^T with A = [L, R] and S = [[0, I/2], [I/2, 0]] (r eigenvalues
+  -1/2 and r eigenvalues +1/2). Sylvester's law of inertia: congruent symmetric matrices have
+  the same numbers of negative, positive and zero eigenvalues, so when A = [W_Q, W_K] has full
+  column rank 2r (then A S A^T is congruent to diag(S, 0)), W_sym has exactly r negative, r
+  positive and n - 2r zero eigenvalues, whatever the head does. For a head with d_head = r the
+  *count* of negative eigenvalues (64 of 128 for every one of gpt2-small's 144 heads) says
+  nothing about the head beyond its rank; how the negatives interleave with the positives by
+  magnitude (e.g. "33 of the 64 largest") is all a count can show. If A loses rank, both counts
+  can only drop (each stays <= r). :meth:`Factored.inertia`, :func:`spectrum_summary`.
 * **Steering edits** (:func:`steer`) scale selected eigenvalues of W_sym and return another
   Factored; biases, when present, are kept unchanged.
 """
@@ -139,8 +144,9 @@ class Factored:
         L, R = self.left, self.right
         return Factored(torch.cat([L, R], 1) / 2, torch.cat([R, -L], 1))
 
-    def _factor_space(self):
-        """Q [n, m] orthonormal and the small cores: W_sym = Q S Q^T, W_skew = Q K Q^T (float64)."""
+    def _spaces(self):
+        """(Q, T, S, K): A = [L, R] = Q T (thin QR, Q [n, 2r] orthonormal), W_sym = Q S Q^T,
+        W_skew = Q K Q^T (float64)."""
         L = self.left.detach().double().cpu()
         R = self.right.detach().double().cpu()
         A = torch.cat([L, R], 1)
@@ -148,7 +154,12 @@ class Factored:
         r = L.shape[1]
         TL, TR = T[:, :r], T[:, r:]  # L = Q TL, R = Q TR
         core = TL @ TR.T  # M = Q core Q^T
-        return Q, (core + core.T) / 2, (core - core.T) / 2
+        return Q, T, (core + core.T) / 2, (core - core.T) / 2
+
+    def _factor_space(self):
+        """Q [n, m] orthonormal and the small cores: W_sym = Q S Q^T, W_skew = Q K Q^T (float64)."""
+        Q, _, S, K = self._spaces()
+        return Q, S, K
 
     def sym_eig(self, rtol: float = DEFAULT_EIG_RTOL, keep_zero: bool = False) -> "Eigen":
         """Every non-zero eigenpair of W_sym, sorted by eigenvalue (ascending, most negative first).
@@ -157,11 +168,21 @@ class Factored:
         |lambda| <= rtol * max|lambda| are treated as zero and dropped unless ``keep_zero``.
         """
         Q, S, _ = self._factor_space()
-        lam, V = torch.linalg.eigh((S + S.T) / 2)
-        vecs = Q @ V
-        tol = rtol * float(lam.abs().max()) if lam.numel() else 0.0
-        keep = torch.ones_like(lam, dtype=torch.bool) if keep_zero else lam.abs() > tol
-        return Eigen(lam[keep], vecs[:, keep], tol)
+        return _eig_in_space(Q, S, rtol, keep_zero)
+
+    def factor_rank(self, rtol: float = DEFAULT_EIG_RTOL) -> int:
+        """Column rank of A = [left, right] ([n, 2r]): singular values of A (= those of T in
+        A = Q T) above rtol * the largest (float64). W_sym and W_skew live in A's column span."""
+        return _rank_of(self._spaces()[1], rtol)
+
+    def inertia(self, rtol: float = DEFAULT_EIG_RTOL) -> "Inertia":
+        """(negative, positive, zero) eigenvalue counts of W_sym over all ``dim`` eigenvalues, and
+        the column rank of [left, right]; see the module docstring (Sylvester's law of inertia:
+        full column rank 2r gives exactly (r, r, n - 2r)). Eigenvalues with |lambda| <= rtol *
+        max|lambda| count as zero."""
+        eig = self.sym_eig(rtol)
+        neg, pos = eig.n_negative, eig.n_positive
+        return Inertia(neg, pos, self.dim - neg - pos, self.factor_rank(rtol), self.rank_bound)
 
     def sym_singular_values(self) -> torch.Tensor:
         """Singular values of W_sym, descending (= |eigenvalues|), float64, zeros included."""
@@ -202,6 +223,39 @@ class Factored:
         return qf @ kf.T
 
 
+@dataclass(frozen=True)
+class Inertia:
+    """Sylvester inertia of W_sym: counts of negative, positive and zero eigenvalues (over all n),
+    with the column rank of the factors A = [left, right] and r = the factors' width."""
+
+    negative: int
+    positive: int
+    zero: int
+    rank_factors: int
+    r: int
+
+    @property
+    def rank(self) -> int:
+        """Rank of W_sym (= negative + positive)."""
+        return self.negative + self.positive
+
+    @property
+    def full_column_rank(self) -> bool:
+        """A = [left, right] has full column rank 2r: then, by Sylvester's law, (r, r, n - 2r)."""
+        return self.rank_factors == 2 * self.r
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.negative, self.positive, self.zero)
+
+
+def inertia_note(d_head: int, top: int | None = None) -> str:
+    """The sentence every figure showing a negative-eigenvalue count carries (module docstring)."""
+    top_part = (f" A count among the top {top} only shows how negatives and positives interleave by "
+                "magnitude; it does not single a head out.") if top else ""
+    return (f"Sylvester's law of inertia: a head whose [W_Q W_K] has full column rank has exactly "
+            f"d_head = {d_head} negative and {d_head} positive eigenvalues of W_sym.{top_part}")
+
+
 @dataclass
 class Eigen:
     """Eigenpairs of a symmetric factored matrix: values ascending, vectors [n, m] as columns."""
@@ -239,6 +293,19 @@ class Eigen:
                 raise ValueError(f"k must be >= 0, got {which}")
             return neg[: int(which)]
         raise ValueError(f"unknown eigenvalue selection {which!r}: 'negative', 'positive' or an int k")
+
+
+def _eig_in_space(Q: torch.Tensor, S: torch.Tensor, rtol: float, keep_zero: bool = False) -> Eigen:
+    lam, V = torch.linalg.eigh((S + S.T) / 2)
+    vecs = Q @ V
+    tol = rtol * float(lam.abs().max()) if lam.numel() else 0.0
+    keep = torch.ones_like(lam, dtype=torch.bool) if keep_zero else lam.abs() > tol
+    return Eigen(lam[keep], vecs[:, keep], tol)
+
+
+def _rank_of(T: torch.Tensor, rtol: float) -> int:
+    sv = torch.linalg.svdvals(T)
+    return int((sv > rtol * float(sv.max())).sum()) if sv.numel() and float(sv.max()) > 0 else 0
 
 
 def steer(base: Factored, alpha: float, which: str | int = "negative", keep_skew: bool = True,
@@ -281,10 +348,22 @@ def _with_bias(sym: Factored, base: Factored) -> Factored:
 
 
 def spectrum_summary(f: Factored, top: int = 64, rtol: float = DEFAULT_EIG_RTOL) -> dict:
-    """Numbers the skew analysis reports for one bilinear form (weights only)."""
-    eig = f.sym_eig(rtol)
-    sv_sym, sv_skew = f.sym_singular_values(), f.skew_singular_values()
-    fro = f.frobenius()
+    """Numbers the skew analysis reports for one bilinear form (weights only).
+
+    Inertia (module docstring): ``n_negative``, ``n_positive`` and ``n_zero`` count W_sym's
+    negative, positive and zero eigenvalues over all ``dim`` of them; ``rank_sym`` = n_negative +
+    n_positive; ``rank_factors`` is the column rank of [left, right] (= [W_Q, W_K] for a head).
+    By Sylvester's law of inertia a head whose [W_Q W_K] has full column rank
+    (``full_column_rank``) has exactly d_head negative and d_head positive eigenvalues, so
+    ``n_negative`` says nothing about self-suppression; ``n_negative_top{top}`` (the L1H5 post's
+    "33 of the 64 largest") only says how negatives and positives interleave by magnitude.
+    """
+    Q, T, S, K = f._spaces()  # one QR for every number below (same values as the methods give)
+    eig = _eig_in_space(Q, S, rtol)
+    rank_factors = _rank_of(T, rtol)
+    sv_sym, sv_skew = torch.linalg.svdvals(S), torch.linalg.svdvals(K)
+    fro = {"full": float(torch.linalg.norm(S + K)), "sym": float(torch.linalg.norm(S)),
+           "skew": float(torch.linalg.norm(K))}
     topk = eig.top_by_magnitude(top)
     return {
         "n_eigenvalues_nonzero": int(eig.values.numel()),
@@ -300,6 +379,10 @@ def spectrum_summary(f: Factored, top: int = 64, rtol: float = DEFAULT_EIG_RTOL)
         "fro_sym": fro["sym"],
         "fro_skew": fro["skew"],
         "skew_share": fro["skew"] ** 2 / max(fro["full"] ** 2, 1e-30),
+        "n_zero": f.dim - eig.n_negative - eig.n_positive,
+        "rank_sym": eig.n_negative + eig.n_positive,
+        "rank_factors": rank_factors,
+        "full_column_rank": rank_factors == 2 * f.rank_bound,
     }
 
 

@@ -1,0 +1,221 @@
+"""self_suppression_survey.py and common/self_suppression.py.
+
+Ground truth: the planted model's construction (common/planted.py, ground_truth(): the target head
+repels a token's own key, reads no position; the positional head reads only positions), math
+(Sylvester's law, a brute-force positional sensitivity), and the real gpt2-small attention weights
+of ../shared through bench/build_model.py's model (skipped where ../shared is absent)."""
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common.effective_embeddings import effective_embeddings
+from common.head_qk import FactoredQK
+from common.self_suppression import summarise_tokens, token_self_stats
+from conftest import check_help_and_common_errors, run_main
+from real_tensor_model import real_tensor_folder
+from shared_weights import requires_shared
+
+SCRIPT = "self_suppression_survey.py"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, planted_model):
+    out = tmp_path_factory.mktemp("self_suppression_survey")
+    run_main(SCRIPT, "--model", "planted", "--out", str(out), "--n-sample", "64", "--threads", "1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def category_ids(truth):
+    return sorted(t for ids in truth["categories"].values() for t in ids)
+
+
+def test_outputs_and_render_from_saved_files(run, tmp_path):
+    import shutil
+
+    import self_suppression_survey as survey
+
+    for f in ("weights_survey.csv", "token_self_scores.csv", "token_self_suppression.csv",
+              "weights_survey_heatmaps.png", "self_suppression.png", "summary.json", "meta.json"):
+        assert (run / f).stat().st_size > 0, f
+    assert not (run / "self_suppression_all_heads.png").exists()  # one layer only
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["weights"]["verdict"] == "planted" and not meta["weights_only_inputs_genuine"]
+    # render() draws from the saved files alone: copy them (no PNGs) to a new folder. The saved
+    # rows of layer 1 are copied to layer 0 as well, as --token-space all would save them, which
+    # adds the all-heads figure without a second model run.
+    for f in ("weights_survey.csv", "token_self_suppression.csv", "summary.json", "meta.json"):
+        shutil.copy(run / f, tmp_path / f)
+    tok = pd.read_csv(tmp_path / "token_self_suppression.csv")
+    pd.concat([tok.assign(layer=0), tok]).to_csv(tmp_path / "token_self_suppression.csv", index=False)
+    paths = survey.render(tmp_path)
+    assert sorted(p.name for p in paths) == ["self_suppression.png", "self_suppression_all_heads.png",
+                                             "weights_survey_heatmaps.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_inertia_columns_obey_sylvester(run, planted_model):
+    w = pd.read_csv(run / "weights_survey.csv")
+    cfg = planted_model.cfg
+    assert len(w) == cfg.n_layers * cfg.n_heads
+    full = w[w.rank_factors == 2 * cfg.d_head]
+    assert len(full) > 0 and full.full_column_rank.all()
+    assert (full.n_negative == cfg.d_head).all() and (full.n_positive == cfg.d_head).all()
+    assert (full.n_zero == cfg.d_model - 2 * cfg.d_head).all()
+    assert (w.n_negative + w.n_positive + w.n_zero == cfg.d_model).all()
+    s = json.loads((run / "summary.json").read_text())
+    assert s["full_rank_heads_obey_sylvester"] and "Sylvester" in s["inertia_note"]
+
+
+def test_planted_target_stands_out_in_token_space_but_not_on_the_count(run, truth):
+    layer, head = truth["target"]
+    tok = pd.read_csv(run / "token_self_suppression.csv")
+    cat = tok[(tok["layer"] == layer) & (tok.subset == "category")].set_index("head")
+    others = cat.drop(index=head)
+    # Construction: a category word's own key gets LOGIT_SELF < 0 while unrelated keys get ~0, so
+    # with key main effects removed the own key sits at the very bottom of the vocabulary.
+    assert truth["logits"]["self"] < 0
+    assert cat.loc[head, "mean_self_rank_pct"] >= 0.9
+    assert cat.loc[head, "mean_self_rank_pct"] > others.mean_self_rank_pct.max() + 0.25
+    assert cat.loc[head, "frac_negative_self_score"] >= 0.9
+    assert cat.loc[head, "mean_neg_share"] > 0.5 and cat.loc[head, "mean_neg_share"] > others.mean_neg_share.max()
+    # ... while the post's count does not single it out: read as "more negatives among the top =
+    # more self-suppression", it ranks other heads of the layer above the target
+    w = pd.read_csv(run / "weights_survey.csv")
+    wl = w[w["layer"] == layer].set_index("head")
+    assert wl.loc[head, "n_negative_top"] < wl.drop(index=head).n_negative_top.max()
+    s = json.loads((run / "summary.json").read_text())["token_space"]["standout"]
+    assert s["category"]["target_highest_self_rank_pct"] and not s["n_negative_top"]["target_highest_count"]
+    # and where the target has full-rank [W_Q W_K], its inertia equals every full-rank head's (Sylvester)
+    if wl.loc[head, "full_column_rank"]:
+        full = wl[wl.full_column_rank]
+        assert full.n_negative.nunique() == 1 and full.n_positive.nunique() == 1
+
+
+def test_full_rank_version_of_the_planted_head_still_stands_out(planted_model, truth, category_ids):
+    """The same test on a full-rank target (generic noise added to its W_Q, W_K, as in a planted
+    model whose heads are all full rank): its inertia becomes (d_head, d_head) like every other
+    head's, so no eigenvalue count can tell it apart; the token statistic still does."""
+    layer, head = truth["target"]
+    E = effective_embeddings(planted_model, layer)
+    Ec = E - E.mean(0, keepdim=True)
+    qk = FactoredQK.from_model(planted_model, layer, head)
+    g = torch.Generator().manual_seed(0)
+    eps = 0.05 * qk.W_Q.norm() / np.sqrt(qk.W_Q.numel())
+    full = FactoredQK(qk.W_Q + eps * torch.randn(qk.W_Q.shape, generator=g),
+                      qk.W_K + eps * torch.randn(qk.W_K.shape, generator=g), qk.b_Q, qk.b_K)
+    dh, d = full.d_head, full.d_model
+    assert qk.weights().inertia().as_tuple() != (dh, dh, d - 2 * dh)  # the planted head is rank-deficient
+    assert full.weights().inertia().as_tuple() == (dh, dh, d - 2 * dh)
+    others = [h for h in range(planted_model.cfg.n_heads) if h != head]
+    inertias = [FactoredQK.from_model(planted_model, layer, h).weights().inertia() for h in others]
+    full_rank_others = {i.as_tuple() for i in inertias if i.full_column_rank}
+    assert full_rank_others == {full.weights().inertia().as_tuple()}  # indistinguishable by inertia
+    ids = torch.tensor(category_ids)
+    t = token_self_stats(full, E, ids, E_centred=Ec)
+    assert t.self_rank_pct.mean() >= 0.9 and (t.self_score_centred < 0).mean() >= 0.9
+    best_other = max(token_self_stats(FactoredQK.from_model(planted_model, layer, h), E, ids, E_centred=Ec)
+                     .self_rank_pct.mean() for h in others)
+    assert t.self_rank_pct.mean() > best_other + 0.25
+
+
+def test_token_self_stats_match_dense_scores():
+    """Streamed ranks and the eigen-share against a dense computation on a small random vocabulary."""
+    g = torch.Generator().manual_seed(1)
+    V, d, dh = 300, 16, 4
+    E = torch.randn(V, d, generator=g)
+    qk = FactoredQK(torch.randn(d, dh, generator=g), torch.randn(d, dh, generator=g),
+                    torch.randn(dh, generator=g), torch.randn(dh, generator=g))
+    ids = torch.tensor([0, 5, 17, 299])
+    t = token_self_stats(qk, E, ids, key_chunk=64, query_chunk=3)
+    raw = ((E.double() @ qk.W_Q.double() + qk.b_Q.double()) @ (E.double() @ qk.W_K.double() + qk.b_K.double()).T
+           / qk.attn_scale)
+    inter = raw - raw.mean(0, keepdim=True)  # each key's mean over all queries removed
+    for row, i in zip(t.itertuples(), ids.tolist()):
+        others = torch.arange(V) != i
+        assert row.self_rank_raw == int((raw[i, others] > raw[i, i]).sum())
+        assert row.self_rank == int((inter[i, others] > inter[i, i] + 1e-9).sum())
+        assert row.self_rank_pct == pytest.approx(row.self_rank / (V - 1))
+        x = (E[i] - E.mean(0)).double()
+        W = qk.W_Q.double() @ qk.W_K.double().T
+        lam, U = np.linalg.eigh(((W + W.T) / 2).numpy())
+        c = lam * (x.numpy() @ U) ** 2
+        assert row.neg_share == pytest.approx(-c[lam < 0].sum() / np.abs(c).sum(), rel=1e-6)
+        assert row.self_score_centred == pytest.approx(float(x @ W @ x), rel=1e-4, abs=1e-4)
+    s = summarise_tokens(t.assign(layer=0, head=0), ["layer", "head"])
+    assert s.n_queries.iloc[0] == 4 and s.mean_self_rank_pct.iloc[0] == pytest.approx(t.self_rank_pct.mean())
+
+
+def test_positional_sensitivity_brute_force_and_planted(run, truth):
+    import self_suppression_survey as survey
+
+    g = torch.Generator().manual_seed(2)
+    P, W_Q, W_K = torch.randn(9, 6, generator=g), torch.randn(2, 6, 3, generator=g), torch.randn(2, 6, 3, generator=g)
+    got = survey.positional_sensitivity(P, W_Q, W_K, attn_scale=2.0)
+    for h in range(2):
+        S = (P @ W_Q[h]) @ (P @ W_K[h]).T / 2.0
+        ref = np.mean([np.std(S[i, : i + 1].numpy()) for i in range(1, 9)])
+        assert float(got[h]) == pytest.approx(ref, rel=1e-5)
+    w = pd.read_csv(run / "weights_survey.csv")
+    layer, head = truth["target"]
+    pl, ph = truth["positional_head"]
+    wl = w[w["layer"] == pl].set_index("head").positional_sensitivity
+    assert wl.idxmax() == ph  # the previous-token head reads only positions
+    assert w[(w["layer"] == layer) & (w["head"] == head)].positional_sensitivity.iloc[0] < 1e-6 * wl.max()
+
+
+def test_weights_only_part_ignores_the_token_embedding(planted_model):
+    import self_suppression_survey as survey
+
+    other = copy.deepcopy(planted_model)  # never edit the shared model in place
+    with torch.no_grad():
+        other.W_E.copy_(torch.randn(other.W_E.shape, generator=torch.Generator().manual_seed(3)))
+    a = survey.weights_only_survey(planted_model, top=planted_model.cfg.d_head, rtol=1e-5)
+    b = survey.weights_only_survey(other, top=other.cfg.d_head, rtol=1e-5)
+    pd.testing.assert_frame_equal(a, b)
+    del other
+
+
+def test_help_and_bad_input(tmp_path, capsys, planted_model):
+    import self_suppression_survey as survey
+
+    assert "suppress their own token" in check_help_and_common_errors(survey.main, tmp_path, capsys)
+    for bad in (["--n-sample", "-1"], ["--top", "0"], ["--token-space", "some"]):
+        with pytest.raises(SystemExit) as e:
+            survey.main(["--model", "planted", "--out", str(tmp_path), *bad])
+        assert e.value.code != 0 and bad[0] in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.csv"))  # nothing half-written
+
+
+@requires_shared
+def test_real_gpt2_small_attention_weights_survey(tmp_path_factory):
+    """On gpt2-small's real attention weights (bench model: real W_Q/W_K/W_pos/LN, random wte/MLP)."""
+    from common.model import forget_models
+
+    folder = real_tensor_folder(tmp_path_factory)
+    out = tmp_path_factory.mktemp("survey-real")
+    try:
+        run_main(SCRIPT, "--model", str(folder), "--out", str(out), "--token-space", "none", "--threads", "1")
+    finally:
+        forget_models()  # free the 0.5 GB model for the rest of the session
+    w = pd.read_csv(out / "weights_survey.csv")
+    assert len(w) == 144
+    assert (w.rank_factors == 128).all() and (w.n_negative == 64).all() and (w.n_positive == 64).all()
+    t = w[(w["layer"] == 1) & (w["head"] == 5)].iloc[0]
+    assert t.n_negative_top == 33  # the post's "33 of the 64 largest"
+    assert t.sv_max_sym == pytest.approx(1.86, abs=0.01) and t.sv_max_skew == pytest.approx(1.35, abs=0.015)
+    l1 = w[w["layer"] == 1].set_index("head")
+    assert l1.positional_sensitivity.idxmin() == 5  # L1H5: least position-dependent head of layer 1
+    assert set(l1.positional_sensitivity.nlargest(2).index) == {0, 1}
+    # issue 11's reading of the count: layer 1's other heads have 35-49, L1H11 has 4
+    assert l1.loc[11, "n_negative_top"] == 4 and l1.drop(index=[5, 11]).n_negative_top.between(35, 49).all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["weights"]["verdict"] == ("not gpt2-small: 25 tensors differ "
+                                          "(wte.weight, h.0-11.mlp.c_fc.weight, h.0-11.mlp.c_proj.weight)")
+    assert meta["weights_only_inputs_genuine"]  # what these statistics read is verified genuine
+    assert not (out / "token_self_scores.csv").exists()
