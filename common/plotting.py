@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from common.genuine_weights import stamp_figure  # noqa: E402
 from common.outputs import atomic_path  # noqa: E402
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
@@ -18,8 +19,10 @@ plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tig
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Save ``fig`` atomically (format from the suffix) and close it."""
+    """Save ``fig`` atomically (format from the suffix) and close it. A figure saved beside a
+    meta.json that records the weights' verdict (genuine gpt2-small or not) carries it as a footnote."""
     path = Path(path)
+    stamp_figure(fig, path.parent)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)

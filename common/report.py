@@ -30,6 +30,7 @@ from typing import Callable
 
 import pandas as pd
 
+from common.genuine_weights import verdict_text
 from common.outputs import write_text
 
 RULES = [
@@ -354,8 +355,8 @@ window.addEventListener('load', function () {
 def _page(root: Path, model: str, rows: list[ClaimRow], metas: dict, runs: dict) -> str:
     planted = model == "planted"
     any_meta = next(iter(metas.values()), {})
-    verdict = any_meta.get("weights_verdict") or ("planted (demo model built by common/planted.py)" if planted
-                                                  else "not checked")
+    verdict = verdict_text(any_meta) or ("planted (demo model built by common/planted.py)" if planted
+                                         else "not checked")
     e = html.escape
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
            f"<title>L1H5 report: {e(model)}</title><style>{CSS}</style></head><body>",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.genuine_weights import weights_meta
 from common.outputs import write_csv, write_json, write_meta
 
 
@@ -34,6 +35,7 @@ def save_results(out_dir: Path, results: Results, args, script: str, meta: dict 
     for name, table in results.tables.items():
         write_csv(out_dir / f"{name}.csv", table)
     write_json(out_dir / "summary.json", results.summary)
+    meta = {**weights_meta(getattr(args, "model", None)), **(meta or {})}  # genuine gpt2-small or not
     write_meta(out_dir, args, meta, script=script)
 
 
