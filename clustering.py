@@ -4,7 +4,7 @@ Question. If every frequent token attends (with L1H5's QK circuit alone) to its 
 other tokens, do the resulting communities look like semantic categories (colours, numbers,
 weekdays, countries), as the head's "attend to the same category" rule predicts?
 
-Method.
+Method (the pipeline and its conventions: ``common.attention_graph``).
 * Nodes: the N most frequent GPT-2 tokens (``common.freq``: token_freq.py's table, or its
   documented fallback), plus every category word of ``common.prompts`` (``--no-category-tokens``
   to leave them out) so the agreement with known categories is measured on all of them.
@@ -17,10 +17,11 @@ Method.
   normalisation had an operator-precedence bug; here it is an explicit log-softmax over the key
   axis, tested against ``torch.softmax``.
 * Graph: each query keeps its ``--top-k`` most attended other tokens, edge weight = attention
-  probability, if that probability is at least ``--min-lift`` times uniform (1/N): a query that
-  attends almost uniformly links nothing and stays a singleton (grey in the maps). The directed graph is symmetrised (w_ij + w_ji) because a community is a symmetric
-  notion. Leiden (leidenalg, RBConfiguration i.e. modularity with ``--resolution``, seeded) finds
-  communities, numbered by size (0 = largest).
+  probability, if that probability is above ``--min-lift`` times uniform (1/N): a query that
+  attends almost uniformly links nothing and stays a singleton (grey in the maps). The directed
+  graph is symmetrised (w_ij + w_ji) because a community is a symmetric notion. Leiden
+  (leidenalg, RBConfiguration i.e. modularity with ``--resolution``, seeded) finds communities,
+  numbered by size (0 = largest).
 * Quality: modularity of the partition (resolution 1), and agreement with the known categories
   (adjusted Rand index and NMI, scikit-learn) over the category words in the graph.
 
@@ -31,32 +32,41 @@ Outputs (``figures/clustering/`` by default):
   examples.csv          the communities of the published examples and which expected companions
                         they contain
   edges.csv             the top-k graph (query, key, attention probability)
+  layout.csv            the seeded 2-D layout of the graph (id, x, y) that both maps draw
+  community_<c>_attention.csv  attention within the communities of the heatmaps
   community_map.png     static layout of the graph coloured by community
   community_heatmaps.png attention within a few communities (example communities first)
   community_map.html    interactive map (plotly, bundled inline: opens offline): pan, zoom, hover
                         labels, colour by community, search box (or open ``...html#q=Monday``),
                         click a node to list its community
-  quality.json, meta.json
+  quality.json (= summary.json), meta.json
+Figures and the HTML map are drawn from these files only (``render``).
+
+Run: python clustering.py --model planted     (offline demo; reads figures/demo/token_freq/token_freq.csv)
+     python clustering.py                     (gpt2-small; reads figures/token_freq/token_freq.csv)
 
 Published examples (the L1H5 post, gpt2-small): " red" falls with green/blue/yellow, " 69" with
 other two-digit numbers, " Monday" with the other weekdays, " Italy" with other countries.
 """
-
 from __future__ import annotations
 
 import html as html_lib
 import math
-import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from common.cli import base_parser, script_name, start
-from common.outputs import atomic_path, write_csv, write_json, write_meta
+from common.attention_graph import agreement, attention_topk, build_graph, choose_nodes, layout, leiden, strengths
+from common.cli import base_parser, script_name, start_head
+from common.outputs import atomic_path, write_json
 from common.plotting import plt, save_figure, token_heatmap
+from common.prompts import CATEGORIES, token_category_map
+from common.results import Results, load_meta, load_summary, load_table, save_results
 
+SCRIPT = script_name(__file__)
 # Published examples and the companions that, per the post, share their community.
 EXAMPLES: dict[str, list[str]] = {
     " red": [" green", " blue", " yellow"],
@@ -77,11 +87,11 @@ def parse_args(argv):
     p.add_argument("--n-tokens", type=int, default=3000, help="number of most frequent tokens (nodes)")
     p.add_argument("--freq-table", default=None, help="token_freq.csv to read (default: token_freq.py's output, else fallback)")
     p.add_argument("--no-category-tokens", action="store_true", help="do not add the known category words to the nodes")
-    p.add_argument("--top-k", type=int, default=10, help="attended keys kept per query (out-edges)")
+    p.add_argument("--top-k", type=int, default=10, help="keys kept per query, self excluded (here: out-edges per token)")
     p.add_argument("--min-lift", type=float, default=2.0,
                    help="keep an edge only if its probability exceeds min-lift / N (uniform attention is 1/N)")
     p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution (higher: more, smaller communities)")
-    p.add_argument("--chunk", type=int, default=512, help="queries scored at a time")
+    p.add_argument("--chunk", type=int, default=512, help="queries scored at a time (here: query tokens)")
     p.add_argument("--map-edges", type=int, default=2, help="strongest out-edges per node drawn in the maps")
     p.add_argument("--layout-iterations", type=int, default=300)
     p.add_argument("--n-heatmaps", type=int, default=4, help="communities shown as heatmaps")
@@ -100,142 +110,86 @@ def parse_args(argv):
 
 
 # ------------------------------------------------------------------------------------------
-# Nodes and the attention graph
+# Compute: the graph, its communities and the tables behind every figure
 # ------------------------------------------------------------------------------------------
 
 
-def choose_nodes(tokenizer, model_name: str, n: int, vocab: int, freq_table=None,
-                 add_categories: bool = True) -> tuple[list[int], dict[int, int], str]:
-    """(node ids, frequency rank of each id, source description)."""
-    from common.freq import resolve_top_tokens
-    from common.prompts import category_token_ids
-
-    ids, source = resolve_top_tokens(model_name, min(n, vocab - 1), freq_table, vocab_size=vocab)
-    rank = {t: i for i, t in enumerate(ids)}
-    if add_categories:
-        extra = [t for c in category_token_ids(tokenizer).values() for t in c if t not in rank and t < vocab]
-        if extra:
-            source += f" + {len(extra)} category words not among them"
-        ids = ids + extra
-    return ids, rank, source
-
-
-@torch.no_grad()
-def attention_topk(scorer, E: torch.Tensor, node_ids, k: int, chunk: int = 512, progress: bool = True):
-    """Per query node: its top-k other nodes by attention probability (softmax over all N nodes).
-
-    Returns (idx [N, k] node indices, prob [N, k], lse [N] row log-sum-exp, self_prob [N]).
-    Only ``chunk`` x N scores exist at a time.
-    """
-    X = E[torch.as_tensor(node_ids, dtype=torch.long)]
-    n = X.shape[0]
-    k = min(k, n - 1)
-    _, keys = scorer.project(X[:1], X)
-    idx = torch.empty(n, k, dtype=torch.long)
-    prob = torch.empty(n, k)
-    lse = torch.empty(n)
-    self_prob = torch.empty(n)
-    it = range(0, n, chunk)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="attention graph", unit="chunk", file=sys.stderr)
-    for s in it:
-        q, _ = scorer.project(X[s : s + chunk])
-        logits = (q @ keys.T).float()  # [c, N]
-        row_lse = torch.logsumexp(logits, dim=-1)
-        rows = torch.arange(len(q))
-        self_prob[s : s + len(q)] = torch.exp(logits[rows, s + rows] - row_lse)
-        logits[rows, s + rows] = -math.inf  # self is in the denominator, never an edge
-        top, top_i = torch.topk(logits, k, dim=-1)
-        idx[s : s + len(q)] = top_i
-        prob[s : s + len(q)] = torch.exp(top - row_lse[:, None])
-        lse[s : s + len(q)] = row_lse
-    return idx, prob, lse, self_prob
-
-
-def build_graph(idx: torch.Tensor, prob: torch.Tensor, min_prob: float = 0.0):
-    """Undirected igraph with edge weight w_ij + w_ji from the directed top-k edges.
-
-    Directed edges with probability <= ``min_prob`` are dropped first: a query whose attention is
-    nearly uniform over the nodes says nothing about which tokens belong together.
-    """
-    import igraph as ig
-
-    n, k = idx.shape
-    src = np.repeat(np.arange(n), k)
-    dst = idx.numpy().ravel()
-    w = prob.numpy().ravel().astype(float)
-    keep = w > min_prob
-    src, dst, w = src[keep], dst[keep], w[keep]
-    a, b = np.minimum(src, dst), np.maximum(src, dst)
-    key = a.astype(np.int64) * n + b
-    uniq, inv = np.unique(key, return_inverse=True)
-    weight = np.bincount(inv, weights=w)
-    edges = np.stack([uniq // n, uniq % n], 1)
-    g = ig.Graph(n=n, edges=edges.tolist(), directed=False)
-    g.es["weight"] = weight.tolist()
-    return g
-
-
-def leiden(g, resolution: float, seed: int) -> tuple[np.ndarray, float]:
-    """Leiden membership (relabelled by community size, 0 = largest) and the partition quality."""
-    import leidenalg
-
-    part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
-                                    resolution_parameter=resolution, seed=seed, n_iterations=-1)
-    raw = np.asarray(part.membership)
-    sizes = np.bincount(raw)
-    first = np.full(len(sizes), len(raw))
-    np.minimum.at(first, raw, np.arange(len(raw)))
-    order = sorted(range(len(sizes)), key=lambda c: (-sizes[c], first[c]))
-    relabel = np.empty(len(sizes), dtype=int)
-    relabel[order] = np.arange(len(sizes))
-    return relabel[raw], float(part.quality())
-
-
-def agreement(membership: np.ndarray, node_ids: list[int], cat_of: dict[int, int]) -> dict:
-    """ARI and NMI of communities against known categories, over the category words in the graph."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    where = [i for i, t in enumerate(node_ids) if t in cat_of]
-    if len(where) < 2:
-        return {"n_category_tokens": len(where), "ari": float("nan"), "nmi": float("nan")}
-    truth = [cat_of[node_ids[i]] for i in where]
-    pred = membership[where]
-    return {
-        "n_category_tokens": len(where),
-        "n_categories_present": len(set(truth)),
-        "ari": float(adjusted_rand_score(truth, pred)),
-        "nmi": float(normalized_mutual_info_score(truth, pred)),
-    }
-
-
-def layout(g, iterations: int, seed: int) -> np.ndarray:
-    """Seeded force-directed layout (igraph draws its randomness from Python's ``random``)."""
-    random.seed(seed)
-    if g.vcount() > 20000:  # DrL scales to large graphs, Fruchterman-Reingold does not
-        pos = g.layout_drl(weights="weight")
-    else:
-        pos = g.layout_fruchterman_reingold(weights="weight", niter=iterations)
-    xy = np.asarray(pos.coords, dtype=float)
-    xy -= xy.mean(0)
-    return xy / (np.abs(xy).max() or 1.0)
-
-
-def community_colours(membership: np.ndarray) -> list[str]:
+def compute(model, args, qk, E: torch.Tensor) -> Results:
+    """Nodes, attention graph, Leiden communities, agreement with the categories, layout."""
+    tok = model.tokenizer
+    node_ids, freq_rank, source = choose_nodes(tok, args.model, args.n_tokens, model.cfg.d_vocab, args.freq_table,
+                                               not args.no_category_tokens)
+    n = len(node_ids)
+    print(f"{n} nodes: {source}", file=sys.stderr)
+    scorer = qk.scorer()
+    idx, prob, lse, self_prob = attention_topk(scorer, E, node_ids, args.top_k, args.chunk)
+    min_prob = args.min_lift / n
+    g = build_graph(idx, prob, min_prob)
+    membership, leiden_quality = leiden(g, args.resolution, args.seed)
+    cat_of = token_category_map(tok)
     sizes = np.bincount(membership)
-    return [PALETTE[c % len(PALETTE)] if sizes[c] >= SMALL_COMMUNITY else "#c8c8c8" for c in membership]
+    strength = strengths(n, idx, prob)
+    labels = [tok.decode([t]) for t in node_ids]
+
+    communities = community_table(labels, node_ids, membership, freq_rank, strength, self_prob, cat_of, idx, prob)
+    example_list = example_rows(EXAMPLES, tok, node_ids, membership, labels, strength)
+    chosen = heatmap_communities(example_list, sizes, args.n_heatmaps)
+    xy = layout(g, args.layout_iterations, args.seed)
+    tables = {
+        "communities": communities,
+        "community_summary": community_summary(communities, membership, strength, labels),
+        "edges": edge_table(labels, node_ids, idx, prob, min_prob),
+        "examples": pd.DataFrame(example_list),
+        **{f"community_{c}_attention": community_attention(scorer, E, node_ids, labels, membership, strength, lse, c)
+           for c in chosen},
+        "layout": pd.DataFrame({"id": node_ids, "x": xy[:, 0], "y": xy[:, 1]}),
+    }
+    quality = {
+        "n_nodes": n, "n_edges": g.ecount(), "n_communities": int(len(sizes)),
+        "n_communities_ge3": int((sizes >= SMALL_COMMUNITY).sum()), "largest_community": int(sizes.max()),
+        "modularity": float(g.modularity(membership.tolist(), weights="weight")), "leiden_quality": leiden_quality,
+        "resolution": args.resolution, **agreement(membership, node_ids, cat_of), "node_source": source,
+        "mean_self_prob": float(self_prob.mean()),
+        "html_nodes": n,  # the HTML map embeds every node
+        "heatmap_communities": chosen,
+    }
+    return Results(tables=tables, summary=quality)
 
 
-# ------------------------------------------------------------------------------------------
-# Tables
-# ------------------------------------------------------------------------------------------
+def community_table(labels, node_ids, membership, freq_rank, strength, self_prob, cat_of, idx, prob) -> pd.DataFrame:
+    cat_names = list(CATEGORIES)
+    top_txt = [" | ".join(f"{labels[j]}:{p:.3f}" for j, p in zip(idx[i, :5].tolist(), prob[i, :5].tolist()))
+               for i in range(len(node_ids))]
+    return pd.DataFrame({
+        "token": labels, "id": node_ids, "community": membership, "community_size": np.bincount(membership)[membership],
+        "freq_rank": [freq_rank.get(t, -1) for t in node_ids], "strength": strength.round(5),
+        "self_prob": self_prob.numpy().round(6),
+        "category": [cat_names[cat_of[t]] if t in cat_of else "" for t in node_ids], "top_keys": top_txt,
+    })
 
 
-def strengths(n: int, idx: torch.Tensor, prob: torch.Tensor) -> np.ndarray:
-    """Attention a node receives from the other nodes' top-k (in-strength): its centrality."""
-    return np.bincount(idx.numpy().ravel(), weights=prob.numpy().ravel(), minlength=n)
+def community_summary(communities: pd.DataFrame, membership, strength, labels) -> pd.DataFrame:
+    rows = []
+    for c in range(membership.max() + 1):
+        members = np.flatnonzero(membership == c)
+        members = members[np.argsort(-strength[members])]
+        cats = communities["category"].iloc[members]
+        cats = cats[cats != ""]
+        rows.append({"community": c, "size": len(members),
+                     "majority_category": cats.mode().iloc[0] if len(cats) else "",
+                     "category_tokens": len(cats),
+                     "central_members": " | ".join(labels[m] for m in members[:15])})
+    return pd.DataFrame(rows)
+
+
+def edge_table(labels, node_ids, idx, prob, min_prob: float) -> pd.DataFrame:
+    """Every query's top-k keys in rank order; ``in_graph``: above the --min-lift threshold."""
+    src = np.repeat(np.arange(len(node_ids)), idx.shape[1])
+    dst = idx.numpy().ravel()
+    return pd.DataFrame({
+        "query": [labels[i] for i in src], "query_id": [node_ids[i] for i in src],
+        "key": [labels[j] for j in dst], "key_id": [node_ids[j] for j in dst],
+        "prob": prob.numpy().ravel().round(6), "in_graph": prob.numpy().ravel() > min_prob})
 
 
 def example_rows(examples, tokenizer, node_ids, membership, labels, strength) -> list[dict]:
@@ -263,27 +217,86 @@ def example_rows(examples, tokenizer, node_ids, membership, labels, strength) ->
     return rows
 
 
+def heatmap_communities(example_list: list[dict], sizes: np.ndarray, n_heatmaps: int) -> list[int]:
+    """The communities drawn as heatmaps: those of the published examples first, then by size."""
+    chosen: list[int] = []
+    for r in example_list:
+        if r["in_graph"] and r["community"] not in chosen and sizes[r["community"]] > 1:
+            chosen.append(r["community"])
+    chosen += [c for c in range(len(sizes)) if c not in chosen and sizes[c] >= SMALL_COMMUNITY]
+    return chosen[:n_heatmaps]
+
+
+def community_attention(scorer, E, node_ids, labels, membership, strength, lse, c: int) -> pd.DataFrame:
+    """P(key | query) among the 25 most central members of community ``c`` (softmax over all nodes)."""
+    members = np.flatnonzero(membership == c)
+    members = members[np.argsort(-strength[members])][:25]
+    ids = torch.as_tensor([node_ids[m] for m in members])
+    logits = scorer.scores(E[ids], E[ids]).float()
+    mat = torch.exp(logits - lse[torch.as_tensor(members)][:, None]).numpy()
+    names = [labels[m] for m in members]
+    return pd.DataFrame(mat, index=names, columns=names).reset_index(names="query")
+
+
 # ------------------------------------------------------------------------------------------
-# Figures
+# Render: every figure and the HTML map from the saved tables
 # ------------------------------------------------------------------------------------------
 
 
-def map_edges(idx: torch.Tensor, prob: torch.Tensor, per_node: int, min_prob: float = 0.0) -> np.ndarray:
-    """The strongest ``per_node`` out-edges of each node (those in the graph) as [m, 2] pairs."""
-    if per_node <= 0:
-        return np.zeros((0, 2), dtype=int)
-    k = min(per_node, idx.shape[1])
-    src = np.repeat(np.arange(idx.shape[0]), k)
-    keep = prob[:, :k].numpy().ravel() > min_prob
-    return np.stack([src, idx[:, :k].numpy().ravel()], 1)[keep]
+def _text_table(out_dir: Path, name: str) -> pd.DataFrame:
+    """A saved table whose text columns hold raw token strings: "null", "NaN" or "None" stay text, and a
+    lone carriage return inside a field (the token "\\r", written unquoted) is not a line break."""
+    return pd.read_csv(Path(out_dir) / f"{name}.csv", keep_default_na=False, na_values=[""], lineterminator="\n")
 
 
-def static_map(xy, membership, labels, strength, edges, title):
+def render(out_dir) -> list[Path]:
+    """community_map.png, community_heatmaps.png and community_map.html from the saved files only."""
+    out_dir = Path(out_dir)
+    args, quality = load_meta(out_dir)["args"], load_summary(out_dir)
+    nodes = _text_table(out_dir, "communities")
+    edges = _text_table(out_dir, "edges")
+    xy = load_table(out_dir, "layout").set_index("id").loc[nodes["id"], ["x", "y"]].to_numpy()
+    n, k = len(nodes), len(edges) // len(nodes)
+    title = f"L{args['layer']}H{args['head']} attention communities ({args['model']}, {n} tokens, top-{k})"
+    shown = map_edges(edges, nodes["id"], args["map_edges"])
+    paths = [save_figure(static_map(xy, nodes, shown, title), out_dir / "community_map.png")]
+    panels = []
+    for c in quality["heatmap_communities"]:
+        att = _text_table(out_dir, f"community_{c}_attention")
+        size = int((nodes["community"] == c).sum())
+        panels.append((f"community {c} ({size} tokens): P(key | query), softmax over {n} nodes",
+                       att.iloc[:, 1:].to_numpy(dtype=float), [_hover_label(str(s)) for s in att["query"]]))
+    if panels:
+        paths.append(save_figure(heatmap_figure(panels), out_dir / "community_heatmaps.png"))
+    paths.append(write_html_map(out_dir / "community_map.html", xy, nodes, edges, shown, title))
+    return paths
+
+
+def map_edges(edges: pd.DataFrame, node_ids, per_node: int) -> np.ndarray:
+    """The strongest ``per_node`` out-edges of each node that are in the graph, as [m, 2] node indices."""
+    pos = pd.Series(np.arange(len(node_ids)), index=np.asarray(node_ids))
+    rank = edges.groupby("query_id", sort=False).cumcount()
+    keep = edges[(rank < per_node) & edges["in_graph"].astype(bool)]
+    return np.stack([pos.loc[keep["query_id"]].to_numpy(), pos.loc[keep["key_id"]].to_numpy()], 1).reshape(-1, 2)
+
+
+def community_colours(membership: np.ndarray) -> list[str]:
+    sizes = np.bincount(membership)
+    return [PALETTE[c % len(PALETTE)] if sizes[c] >= SMALL_COMMUNITY else "#c8c8c8" for c in membership]
+
+
+def _hover_label(s: str) -> str:
+    return repr(s)[1:-1] if s.strip() else repr(s)
+
+
+def static_map(xy, nodes: pd.DataFrame, edges: np.ndarray, title: str):
+    membership, strength = nodes["community"].to_numpy(), nodes["strength"].to_numpy()
+    labels = nodes["token"].astype(str).tolist()
     fig, (ax, axb) = plt.subplots(1, 2, figsize=(15, 8), gridspec_kw={"width_ratios": [3, 1]})
     if len(edges):
-        seg = np.stack([xy[edges[:, 0]], xy[edges[:, 1]]], 1)
         from matplotlib.collections import LineCollection
 
+        seg = np.stack([xy[edges[:, 0]], xy[edges[:, 1]]], 1)
         ax.add_collection(LineCollection(seg, colors="#999999", linewidths=0.2, alpha=0.35, zorder=1))
     ax.scatter(xy[:, 0], xy[:, 1], c=community_colours(membership), s=8, linewidths=0, zorder=2)
     sizes = np.bincount(membership)
@@ -291,9 +304,8 @@ def static_map(xy, membership, labels, strength, edges, title):
         if sizes[c] < SMALL_COMMUNITY:
             break
         members = np.flatnonzero(membership == c)
-        top = members[np.argsort(-strength[members])[:3]]
-        centre = np.median(xy[members], 0)
-        ax.annotate(f"{c}: " + ",".join(_hover_label(labels[i]).strip() for i in top), centre,
+        top = members[np.argsort(-strength[members], kind="stable")[:3]]
+        ax.annotate(f"{c}: " + ",".join(_hover_label(labels[i]).strip() for i in top), np.median(xy[members], 0),
                     fontsize=7, ha="center", bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.75, lw=0))
     ax.set_title(title)
     ax.set_xticks([])
@@ -321,28 +333,26 @@ def heatmap_figure(panels):
     return fig
 
 
-def _hover_label(s: str) -> str:
-    return repr(s)[1:-1] if s.strip() else repr(s)
-
-
-def write_html_map(path, xy, membership, labels, node_ids, strength, idx, prob, edges, title) -> int:
+def write_html_map(path, xy, nodes: pd.DataFrame, edges: pd.DataFrame, shown: np.ndarray, title: str) -> Path:
     """A self-contained interactive map: plotly.js inlined, graph data embedded as JSON.
 
-    Returns the number of nodes embedded. Plain SVG scatter up to 5000 nodes (renders anywhere,
-    including headless browsers without WebGL); WebGL beyond that for speed.
+    Plain SVG scatter up to 5000 nodes (renders anywhere, including headless browsers without
+    WebGL); WebGL beyond that for speed. Hover text: each token's three most attended keys.
     """
     import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
 
-    n = len(node_ids)
+    n = len(nodes)
+    membership = nodes["community"].to_numpy()
     sizes = np.bincount(membership)
-    top_txt = [", ".join(f"{_hover_label(labels[j])} {p:.2f}" for j, p in zip(idx[i, :3].tolist(), prob[i, :3].tolist()))
-               for i in range(n)]
-    custom = [[_hover_label(labels[i]), int(node_ids[i]), int(membership[i]), int(sizes[membership[i]]), top_txt[i]]
-              for i in range(n)]
+    top3 = edges[edges.groupby("query_id", sort=False).cumcount() < 3]
+    attends = {q: ", ".join(f"{_hover_label(str(key))} {p:.2f}" for key, p in zip(g["key"], g["prob"]))
+               for q, g in top3.groupby("query_id", sort=False)}
+    custom = [[_hover_label(str(tok)), int(t), int(c), int(sizes[c]), attends.get(t, "")]
+              for tok, t, c in zip(nodes["token"], nodes["id"], membership)]
     Scatter = go.Scatter if n <= 5000 else go.Scattergl
     ex, ey = [], []
-    for a, b in edges:
+    for a, b in shown:
         ex += [float(xy[a, 0]), float(xy[b, 0]), None]
         ey += [float(xy[a, 1]), float(xy[b, 1]), None]
     fig = go.Figure()
@@ -367,7 +377,38 @@ def write_html_map(path, xy, membership, labels, node_ids, strength, idx, prob, 
     )
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
-    return n
+    return Path(path)
+
+
+def report(results: Results, out_dir: Path, model_name: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"Published examples ({model_name})")
+    for col in ("example", "community", "size", "companions together", "members"):
+        t.add_column(col)
+    for r in results.tables["examples"].to_dict("records"):
+        if not r["in_graph"]:
+            t.add_row(repr(r["example"]), "-", "-", "not in graph", "")
+            continue
+        t.add_row(repr(r["example"]), str(int(r["community"])), str(int(r["community_size"])),
+                  f"{int(r['companions_same_community'])}/{int(r['companions_in_graph'])}", r["members"][:90])
+    Console().print(t)
+    q = results.summary
+    print(f"modularity {q['modularity']:.3f}, {q['n_communities']} communities; ARI {q['ari']:.3f}, NMI {q['nmi']:.3f} "
+          f"over {q['n_category_tokens']} category tokens; outputs in {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    head_start = start_head(args, SCRIPT)
+    results = compute(head_start.model, args, head_start.qk, head_start.E)
+    out_dir = head_start.out_dir
+    save_results(out_dir, results, args, SCRIPT, meta={"quality": results.summary})
+    write_json(out_dir / "quality.json", results.summary)  # the summary, under the name it has always had
+    render(out_dir)
+    report(results, out_dir, args.model)
+    return 0
 
 
 HTML_TEMPLATE = """<!DOCTYPE html>
@@ -444,124 +485,6 @@ Drag to pan, scroll to zoom, hover for labels, click a token to list its communi
 </script></body></html>
 """
 
-
-# ------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from common.prompts import CATEGORIES, token_category_map
-    from common.effective_embeddings import effective_embeddings
-    from common.head_qk import FactoredQK
-
-    args = parse_args(argv)
-    model, out = start(args, script_name(__file__))
-    tok = model.tokenizer
-    L, H = args.layer, args.head
-    vocab = model.cfg.d_vocab
-    console = Console(stderr=True)
-
-    node_ids, freq_rank, source = choose_nodes(tok, args.model, args.n_tokens, vocab, args.freq_table,
-                                               not args.no_category_tokens)
-    n = len(node_ids)
-    console.print(f"{n} nodes: {source}")
-    E = effective_embeddings(model, L)
-    scorer = FactoredQK.from_model(model, L, H).scorer()
-    idx, prob, lse, self_prob = attention_topk(scorer, E, node_ids, args.top_k, args.chunk)
-    g = build_graph(idx, prob, args.min_lift / n)
-    membership, quality = leiden(g, args.resolution, args.seed)
-    modularity = float(g.modularity(membership.tolist(), weights="weight"))
-    cat_of = token_category_map(tok)
-    agree = agreement(membership, node_ids, cat_of)
-    sizes = np.bincount(membership)
-    strength = strengths(n, idx, prob)
-    labels = [tok.decode([t]) for t in node_ids]
-    cat_names = list(CATEGORIES)
-
-    # Tables.
-    top_txt = [" | ".join(f"{labels[j]}:{p:.3f}" for j, p in zip(idx[i, :5].tolist(), prob[i, :5].tolist()))
-               for i in range(n)]
-    table = pd.DataFrame({
-        "token": labels, "id": node_ids, "community": membership, "community_size": sizes[membership],
-        "freq_rank": [freq_rank.get(t, -1) for t in node_ids], "strength": strength.round(5),
-        "self_prob": self_prob.numpy().round(6),
-        "category": [cat_names[cat_of[t]] if t in cat_of else "" for t in node_ids], "top_keys": top_txt,
-    })
-    write_csv(out / "communities.csv", table)
-    summary = []
-    for c in range(len(sizes)):
-        members = np.flatnonzero(membership == c)
-        members = members[np.argsort(-strength[members])]
-        cats = table["category"].iloc[members]
-        cats = cats[cats != ""]
-        summary.append({"community": c, "size": len(members),
-                        "majority_category": cats.mode().iloc[0] if len(cats) else "",
-                        "category_tokens": len(cats),
-                        "central_members": " | ".join(labels[m] for m in members[:15])})
-    write_csv(out / "community_summary.csv", pd.DataFrame(summary))
-    src = np.repeat(np.arange(n), idx.shape[1])
-    write_csv(out / "edges.csv", pd.DataFrame({
-        "query": [labels[i] for i in src], "query_id": [node_ids[i] for i in src],
-        "key": [labels[j] for j in idx.numpy().ravel()], "key_id": [node_ids[j] for j in idx.numpy().ravel()],
-        "prob": prob.numpy().ravel().round(6), "in_graph": prob.numpy().ravel() > args.min_lift / n}))
-    example_list = example_rows(EXAMPLES, tok, node_ids, membership, labels, strength)
-    examples = pd.DataFrame(example_list)
-    write_csv(out / "examples.csv", examples)
-
-    # Figures.
-    xy = layout(g, args.layout_iterations, args.seed)
-    edges = map_edges(idx, prob, args.map_edges, args.min_lift / n)
-    title = f"L{L}H{H} attention communities ({args.model}, {n} tokens, top-{idx.shape[1]})"
-    save_figure(static_map(xy, membership, labels, strength, edges, title), out / "community_map.png")
-
-    chosen: list[int] = []
-    for r in example_list:
-        if r["in_graph"] and r["community"] not in chosen and sizes[r["community"]] > 1:
-            chosen.append(r["community"])
-    chosen += [c for c in range(len(sizes)) if c not in chosen and sizes[c] >= SMALL_COMMUNITY]
-    chosen = chosen[: args.n_heatmaps]
-    panels = []
-    for c in chosen:
-        members = np.flatnonzero(membership == c)
-        members = members[np.argsort(-strength[members])][:25]
-        ids = torch.as_tensor([node_ids[m] for m in members])
-        logits = scorer.scores(E[ids], E[ids]).float()
-        mat = torch.exp(logits - lse[torch.as_tensor(members)][:, None]).numpy()
-        panels.append((f"community {c} ({sizes[c]} tokens): P(key | query), softmax over {n} nodes",
-                       mat, [_hover_label(labels[m]) for m in members]))
-        write_csv(out / f"community_{c}_attention.csv",
-                  pd.DataFrame(mat, index=[labels[m] for m in members], columns=[labels[m] for m in members])
-                  .reset_index(names="query"))
-    if panels:
-        save_figure(heatmap_figure(panels), out / "community_heatmaps.png")
-
-    n_embedded = write_html_map(out / "community_map.html", xy, membership, labels, node_ids, strength,
-                                idx, prob, edges, title)
-    quality_out = {
-        "n_nodes": n, "n_edges": g.ecount(), "n_communities": int(len(sizes)),
-        "n_communities_ge3": int((sizes >= SMALL_COMMUNITY).sum()), "largest_community": int(sizes.max()),
-        "modularity": modularity, "leiden_quality": quality, "resolution": args.resolution,
-        **agree, "node_source": source, "mean_self_prob": float(self_prob.mean()),
-        "html_nodes": n_embedded,
-    }
-    write_json(out / "quality.json", quality_out)
-    write_meta(out, args, {"quality": quality_out})
-
-    t = Table(title=f"Published examples ({args.model})")
-    for col in ("example", "community", "size", "companions together", "members"):
-        t.add_column(col)
-    for r in example_list:
-        if not r["in_graph"]:
-            t.add_row(repr(r["example"]), "-", "-", "not in graph", "")
-            continue
-        t.add_row(repr(r["example"]), str(r["community"]), str(r["community_size"]),
-                  f"{r['companions_same_community']}/{r['companions_in_graph']}", r["members"][:90])
-    Console().print(t)
-    print(f"modularity {modularity:.3f}, {len(sizes)} communities; ARI {agree['ari']:.3f}, NMI {agree['nmi']:.3f} "
-          f"over {agree['n_category_tokens']} category tokens; outputs in {out}")
-    return 0
 
 
 if __name__ == "__main__":

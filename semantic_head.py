@@ -12,7 +12,7 @@ Method.
   ``sae.save_model`` (``SAE.load_from_disk``, offline). Loading from the hub needs network (or a
   populated Hugging Face cache); offline it fails with a message saying so. With ``--model
   planted`` and no SAE option, a demo SAE of known planted directions is built into the cache
-  (:func:`build_planted_sae`: one feature per category word, one per category, random ones).
+  (``common.sae``: one feature per category word, one per category, random ones).
 * QK map in feature space: each decoder direction d_f goes through layer 1's LayerNorm on its own
   (LNPre: centre, scale to unit RMS, i.e. "the residual is this feature alone") and then through
   the head: S[f, g] = LN(d_f)^T W_QK LN(d_g) / sqrt(d_head) (``common.head_qk``, bilinear part; b_Q/b_K
@@ -29,8 +29,9 @@ Method.
   cannot express "BOS otherwise"), compared with L1H5's real pattern: KL(L1H5 || naive),
   Jensen-Shannon, top-1 agreement, pooled correlation, and the attention mass on the token itself
   and its copies. T and c are fitted (grid, minimum mean KL) on the first half of the prompts and
-  evaluated on the second half. A second variant masks self and copies before
-  the softmax: if it fits much better, "similarity minus self" is the better description.
+  evaluated on the second half. A second variant masks self and copies (rule 2's
+  ``common.prompts.self_and_copies_mask``) before the softmax: if it fits much better,
+  "similarity minus self" is the better description.
   Prompts: half category prompts (BOS + category words, some repeated), half random tokens with
   inserted category words (``common.prompts``), seeded.
 
@@ -40,9 +41,15 @@ Outputs (``figures/semantic_head/`` by default):
   feature_top_keys.csv      long form: query feature, rank, key feature, score, probability
   self_suppression.csv      the firing features with the most negative diagonal
   group_feature_qk.csv/.png QK map among the features that best represent the 30 group tokens
-  self_suppression.png      diagonal z-scores of all features, and the most suppressed ones
+  self_suppression.png      self-score against row mean of every feature, and the most suppressed ones
   naive_vs_head.csv         per variant and prompt kind: metrics on held-out prompts; naive_vs_head.png
+  naive_example.csv         the first held-out prompt's patterns (head, both naive fits) drawn in naive_vs_head.png
   summary.json, meta.json
+Figures are drawn from these files only (``render``).
+
+Run: python semantic_head.py --model planted          (offline demo: planted model, planted demo SAE)
+     python semantic_head.py                          (gpt2-small, gpt2-small-res-jb from the hub or its cache)
+     python semantic_head.py --sae-path FOLDER        (any SAE saved with sae.save_model)
 
 Reference: the original repository explored SAE features of this head with sae_lens and compared
 the head with a cosine-similarity attention; it reported no numbers to reproduce here.
@@ -58,30 +65,35 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.errors import error_summary
-from common.cli import base_parser, script_name, start
-from common.outputs import prepare_out_dir, write_csv, write_json, write_meta
+from common.cli import base_parser, script_name, start_head
+from common.outputs import prepare_out_dir
 from common.plotting import plt, save_figure, token_heatmap
+from common.prompts import GROUP_TOKENS, category_prompts, group_token_ids, random_token_prompts, self_and_copies_mask
+from common.results import Results, load_meta, load_table, save_results
+from common.sae import (
+    DEFAULT_RELEASE,
+    DEFAULT_SAE_ID,
+    add_sae_flags,
+    check_sae,
+    load_planted_demo_sae,
+    load_sae,
+    wants_demo_sae,
+)
 
-DEFAULT_RELEASE = "gpt2-small-res-jb"
-DEFAULT_SAE_ID = "blocks.1.hook_resid_pre"
+SCRIPT = script_name(__file__)
 TEMPERATURES = np.geomspace(0.001, 10.0, 41)
 BOS_SIMS = np.linspace(-1.0, 4.0, 21)
+VARIANTS = (("naive_cosine", False), ("naive_cosine_no_self", True), ("uniform_causal", None))
 
 
 def parse_args(argv):
     p = base_parser(__doc__)
-    p.add_argument("--sae-release", default=None,
-                   help=f"sae_lens release on the Hugging Face hub (default {DEFAULT_RELEASE}; with --model planted "
-                        "and no SAE option, the planted demo SAE is used instead)")
-    p.add_argument("--sae-id", default=None, help=f"SAE id within the release (default {DEFAULT_SAE_ID})")
-    p.add_argument("--sae-path", default=None, help="local SAE folder (cfg.json + sae_weights.safetensors); overrides the release")
-    p.add_argument("--hook", default=None, help="residual hook the SAE reads (default: from the SAE's metadata, "
-                                                 "else blocks.<layer>.hook_resid_pre)")
-    p.add_argument("--top-k", type=int, default=10, help="key features listed per query feature")
-    p.add_argument("--chunk", type=int, default=1024, help="query features scored at a time")
+    add_sae_flags(p)
+    p.add_argument("--top-k", type=int, default=10,
+                   help="keys kept per query, self excluded (here: key features per query feature)")
+    p.add_argument("--chunk", type=int, default=1024, help="queries scored at a time (here: query features)")
     p.add_argument("--n-prompts", type=int, default=128, help="prompts for labels and the naive comparison")
-    p.add_argument("--seq-len", type=int, default=32, help="tokens per prompt after BOS")
+    p.add_argument("--seq-len", type=int, default=32, help="tokens per prompt (BOS not counted)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-suppressed", type=int, default=50, help="rows of self_suppression.csv")
     args = p.parse_args(argv)
@@ -94,100 +106,39 @@ def parse_args(argv):
     return args
 
 
-# ------------------------------------------------------------------------------------------
-# SAE loading
-# ------------------------------------------------------------------------------------------
+def compute(model, args, qk, sae, hook: str) -> Results:
+    """The feature-space QK map, feature labels and group features, and the naive comparison."""
+    tok, layer, head = model.tokenizer, args.layer, args.head
+    X = feature_inputs(model, layer, sae.W_dec.detach().float().cpu())
+    bilinear = qk.scorer(biases=False, scaled=True)
+    res = feature_qk_map(bilinear, X, args.top_k, args.chunk)
 
+    tokens = make_prompts(tok, args.n_prompts, args.seq_len, args.seed)
+    g_ids, g_labels, _ = group_token_ids(tok)
+    run = run_prompts(model, sae, tokens, layer, head, hook, g_ids, args.batch_size)
+    labels = [feature_label(f, run["best_tok"], run["best_val"], tok) for f in range(X.shape[0])]
+    feature_qk, top_keys = feature_tables(res, run, labels)
+    # Ranked among features that fired on the prompts: a silent feature (dead, or for tokens the
+    # prompts lack) has no label to interpret, and a random direction can score low by chance.
+    suppressed = feature_qk[feature_qk["fire_rate"] > 0].sort_values("diag").head(args.n_suppressed)
+    rows, examples = naive_comparison(run["pattern"], run["resid_ln"], tokens)
+    example_tokens = [token_text(tok, t) for t in tokens[len(tokens) // 2].tolist()]
 
-def load_sae(release: str, sae_id: str, path: str | None, device: str = "cpu"):
-    """The SAE (sae_lens), from a local folder or the hub; SystemExit with advice when unavailable."""
-    from sae_lens import SAE
-
-    if path:
-        try:
-            return SAE.load_from_disk(path, device=device)
-        except FileNotFoundError as exc:
-            raise SystemExit(f"error: --sae-path {path}: {exc.strerror or exc}: expected a folder written by "
-                             "sae.save_model (cfg.json + sae_weights.safetensors)") from None
-        except Exception as exc:  # sae_lens raises many types for a malformed folder
-            raise SystemExit(f"error: --sae-path {path}: cannot load SAE ({type(exc).__name__}: {exc})") from None
-    try:
-        return SAE.from_pretrained(release, sae_id, device=device)
-    except Exception as exc:  # hub/cache errors come in many types; all mean "no weights here"
-        raise SystemExit(
-            f"error: could not load SAE release {release!r} id {sae_id!r} with sae_lens ({error_summary(exc)}).\n"
-            "Loading from the Hugging Face hub needs network access or a populated cache (HF_HUB_OFFLINE=1 "
-            "then uses only the cache). Offline, pass --sae-path to a folder saved with sae.save_model(...)."
-        ) from None
-
-
-def sae_hook(sae, layer: int, override: str | None) -> str:
-    if override:
-        return override
-    meta = getattr(sae.cfg, "metadata", None)
-    name = getattr(meta, "hook_name", None) if meta is not None else None
-    return name or f"blocks.{layer}.hook_resid_pre"
-
-
-def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 48, seed: int = 0):
-    """A StandardSAE (sae_lens) whose decoder rows are known directions of the planted model.
-
-    Rows, in order: one "word" feature per category word (its effective embedding), one
-    "category" feature per category (the mean of its words' embeddings), ``n_random`` random
-    directions; all centred and unit norm. The encoder is the decoder transposed with bias -1, so a
-    word feature fires on its own word (about +1.2) and, weaker, on its category's other words
-    (about +0.3), but not on unrelated tokens, which share only the common non-BOS direction. Returns
-    (sae, kinds, category of each feature or None).
-    """
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    from common.effective_embeddings import effective_embeddings
-
-    E = effective_embeddings(model, 1)
-    words = [t for ids in categories.values() for t in ids]
-    rows = [E[t] for t in words] + [E[torch.as_tensor(ids)].mean(0) for ids in categories.values()]
-    g = torch.Generator().manual_seed(seed)
-    rnd = torch.randn(n_random, E.shape[1], generator=g)
-    D = torch.cat([torch.stack(rows), rnd - rnd.mean(1, keepdim=True)])
-    D = D / D.norm(dim=1, keepdim=True)
-    cfg = StandardSAEConfig(d_in=E.shape[1], d_sae=D.shape[0],
-                            metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre"))
-    sae = StandardSAE(cfg)
-    with torch.no_grad():
-        sae.W_dec.copy_(D)
-        sae.W_enc.copy_(D.T)
-        sae.b_dec.zero_()
-        sae.b_enc.fill_(-1.0)
-    kinds = ["word"] * len(words) + ["category"] * len(categories) + ["random"] * n_random
-    cat_of = [c for c, ids in categories.items() for _ in ids] + list(categories) + [None] * n_random
-    return sae, kinds, cat_of
-
-
-def planted_demo_sae(model) -> Path:
-    """The planted demo SAE saved (once, atomically) under the cache; its folder."""
-    import shutil
-    import tempfile
-
-    from common.outputs import cache_dir
-    from common.planted import ground_truth
-    from common.outputs import model_fingerprint
-
-    folder = cache_dir() / "sae" / f"planted-demo-{model_fingerprint(model)}"
-    if (folder / "cfg.json").exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        sae, _, _ = build_planted_sae(model, ground_truth()["categories"])
-        sae.save_model(str(tmp))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process built the same folder first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    summary = {
+        "sae": args.sae_path or f"{args.sae_release}/{args.sae_id}", "hook": hook, "d_sae": X.shape[0],
+        "n_prompts": len(tokens), "fraction_negative_diag": float((res["diag"] < 0).float().mean()),
+        "fraction_negative_diag_z": float((res["diag_z"] < 0).float().mean()),
+        "median_diag_z": float(res["diag_z"].median()), "mean_self_prob": float(res["self_prob"].mean()),
+        "fraction_fired": float((run["fire_rate"] > 0).float().mean()),
+        "most_suppressed": suppressed.head(10)[["feature", "label", "diag", "diag_z"]].to_dict("records"),
+        "naive": {f"{r['variant']}/{r['prompts']}": {k: v for k, v in r.items() if k not in ("variant", "prompts")}
+                  for r in rows},
+    }
+    return Results(tables={
+        "feature_qk": feature_qk, "feature_top_keys": top_keys, "self_suppression": suppressed,
+        "group_feature_qk": group_feature_table(bilinear, X, run, g_labels),
+        "naive_vs_head": pd.DataFrame(rows), "naive_example": example_table(examples, example_tokens),
+    }, summary=summary)
 
 
 # ------------------------------------------------------------------------------------------
@@ -199,10 +150,10 @@ def planted_demo_sae(model) -> Path:
 def feature_inputs(model, layer: int, W_dec: torch.Tensor) -> torch.Tensor:
     """Each decoder direction through layer ``layer``'s LayerNorm on its own: [d_sae, d_model]."""
     ln = model.blocks[layer].ln1
-    out = torch.empty_like(W_dec, dtype=torch.float32)
+    X = torch.empty_like(W_dec, dtype=torch.float32)
     for s in range(0, W_dec.shape[0], 8192):
-        out[s : s + 8192] = ln(W_dec[s : s + 8192].float().to(model.cfg.device)[None])[0].cpu()
-    return out
+        X[s : s + 8192] = ln(W_dec[s : s + 8192].float().to(model.cfg.device)[None])[0].cpu()
+    return X
 
 
 @torch.no_grad()
@@ -249,18 +200,16 @@ def feature_qk_map(bilinear, X: torch.Tensor, k: int, chunk: int = 1024, progres
 
 def make_prompts(tokenizer, n: int, seq_len: int, seed: int) -> torch.Tensor:
     """Interleaved category prompts (some repeats) and random-token prompts with category words."""
-    from common.prompts import category_prompts, random_token_prompts
-
     a = category_prompts(tokenizer, n - n // 2, seq_len, seed=seed, repeat_prob=0.2).tokens
     b = random_token_prompts(tokenizer, n // 2, seq_len, n_inserted=max(2, seq_len // 3), seed=seed + 1).tokens
-    out = torch.empty(n, seq_len + 1, dtype=torch.long)
-    out[0::2], out[1::2] = a, b  # interleaved, so both halves (fit / evaluate) hold both kinds
-    return out
+    tokens = torch.empty(n, seq_len + 1, dtype=torch.long)
+    tokens[0::2], tokens[1::2] = a, b  # interleaved, so both halves (fit / evaluate) hold both kinds
+    return tokens
 
 
 @torch.no_grad()
 def run_prompts(model, sae, tokens, layer, head, hook_name, group_ids, batch_size, n_label=3, progress=True):
-    """One pass over the prompts: L1H5 patterns, LN'd residuals, feature firing statistics."""
+    """One pass over the prompts: the head's patterns, LN'd residuals, feature firing statistics."""
     d_sae = sae.cfg.d_sae
     best_val = torch.full((d_sae, n_label), -math.inf)
     best_tok = torch.full((d_sae, n_label), -1, dtype=torch.long)
@@ -334,14 +283,11 @@ def cosines(resid_ln: torch.Tensor) -> torch.Tensor:
 
 
 def allowed_keys(tokens: torch.Tensor, mask_self: bool) -> torch.Tensor:
-    """Causal mask, optionally without the query itself and its earlier copies (BOS keeps itself)."""
+    """Causal mask [batch, q, k], optionally without rule 2's self and copies of the query
+    (``common.prompts.self_and_copies_mask``: BOS is never a copy, so BOS keeps itself)."""
     n = tokens.shape[1]
-    allowed = torch.ones(n, n, dtype=torch.bool).tril()[None].expand(len(tokens), -1, -1).clone()
-    if mask_self:
-        same = tokens[:, :, None] == tokens[:, None, :]
-        same[:, 0, 0] = False  # BOS has nothing else to attend to
-        allowed &= ~same
-    return allowed
+    causal = torch.ones(n, n, dtype=torch.bool).tril()[None].expand(len(tokens), -1, -1)
+    return causal & ~self_and_copies_mask(tokens) if mask_self else causal
 
 
 def naive_patterns(resid_ln: torch.Tensor, tokens: torch.Tensor, temperature: float, mask_self: bool,
@@ -368,7 +314,7 @@ def compare_patterns(head: torch.Tensor, naive: torch.Tensor, tokens: torch.Tens
     causal = torch.ones(n, n, dtype=torch.bool).tril()[1:][None].expand(len(tokens), -1, -1)
     a, b = A[causal].double(), N[causal].double()
     corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
-    same = (tokens[:, :, None] == tokens[:, None, :])[:, 1:]
+    same = self_and_copies_mask(tokens)[:, 1:]
     return {
         "kl": float(kl.mean()), "js": float(js.mean()),
         "top1_agreement": float((A.argmax(-1) == N.argmax(-1)).float().mean()),
@@ -398,7 +344,31 @@ def fit_naive(head, resid_ln, tokens, mask_self: bool) -> tuple[float, float]:
     return best[1], best[2]
 
 
-# ------------------------------------------------------------------------------------------
+
+def naive_comparison(pattern: torch.Tensor, resid_ln: torch.Tensor, tokens: torch.Tensor):
+    """Fit each naive variant on the first half of the prompts, compare on the second half.
+
+    Returns (rows of naive_vs_head.csv, {pattern name: attention [q, k] on the first held-out prompt}).
+    """
+    half = len(tokens) // 2
+    kinds = {"all": slice(half, None), "category": slice(half, None, 2), "random_tokens": slice(half + 1, None, 2)}
+    if half % 2:  # prompts alternate category / random-token from index 0
+        kinds["category"], kinds["random_tokens"] = kinds["random_tokens"], kinds["category"]
+    n = tokens.shape[1]
+    uniform = torch.ones(n, n).tril()
+    uniform = (uniform / uniform.sum(-1, keepdim=True))[None].expand(len(tokens), -1, -1)
+    rows, examples = [], {"head": pattern[half]}
+    for variant, mask_self in VARIANTS:
+        if mask_self is None:
+            t, b, naive = float("nan"), float("nan"), uniform
+        else:
+            t, b = fit_naive(pattern[:half], resid_ln[:half], tokens[:half], mask_self)
+            naive = naive_patterns(resid_ln, tokens, t, mask_self, b)
+            examples[variant] = naive[half]
+        for kind, sl in kinds.items():
+            rows.append({"variant": variant, "prompts": kind, "temperature": t, "bos_similarity": b,
+                         **compare_patterns(pattern[sl], naive[sl], tokens[sl])})
+    return rows, examples
 
 
 def feature_label(f: int, best_tok, best_val, tok) -> str:
@@ -406,54 +376,18 @@ def feature_label(f: int, best_tok, best_val, tok) -> str:
     return "/".join(repr(t)[1:-1] for t in toks) if toks else "(silent)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from common.prompts import group_token_ids
-    from common.head_qk import FactoredQK
+def token_text(tok, t: int) -> str:
+    return repr(tok.decode([t]))[1:-1]
 
-    args = parse_args(argv)
-    demo_sae = args.model == "planted" and not (args.sae_path or args.sae_release or args.sae_id)
-    args.sae_release = args.sae_release or DEFAULT_RELEASE
-    args.sae_id = args.sae_id or DEFAULT_SAE_ID
-    # Output folder, then the SAE (a missing SAE fails in seconds), then the model.
-    prepare_out_dir(args.out, script_name(__file__), args.model)
-    sae = None if demo_sae else load_sae(args.sae_release, args.sae_id, args.sae_path, "cpu")
-    model, out = start(args, script_name(__file__))
-    if demo_sae:
-        from sae_lens import SAE
 
-        folder = planted_demo_sae(model)
-        print(f"--model planted without an SAE option: using the planted demo SAE {folder}", file=sys.stderr)
-        args.sae_path = str(folder)
-        sae = SAE.load_from_disk(str(folder))
-    L, H = args.layer, args.head
-    if args.seq_len + 1 > model.cfg.n_ctx:
-        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
-    if sae.cfg.d_in != model.cfg.d_model:
-        raise SystemExit(f"error: the SAE reads d_in={sae.cfg.d_in} but the model's residual stream has "
-                         f"d_model={model.cfg.d_model}: this SAE is for another model")
-    hook = sae_hook(sae, L, args.hook)
-    if hook not in model.hook_dict:
-        raise SystemExit(f"error: hook {hook!r} does not exist in this model (use --hook)")
-    if hook != f"blocks.{L}.hook_resid_pre":
-        print(f"warning: the SAE reads {hook}, not blocks.{L}.hook_resid_pre (the input of layer {L}); "
-              "its features are still residual directions, but they were trained elsewhere", file=sys.stderr)
-    tok = model.tokenizer
-    W_dec = sae.W_dec.detach().float().cpu()
-    d_sae = W_dec.shape[0]
+# ------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------
 
-    # QK map in feature space.
-    X = feature_inputs(model, L, W_dec)
-    qk = FactoredQK.from_model(model, L, H)
-    bilinear = qk.scorer(biases=False, scaled=True)
-    res = feature_qk_map(bilinear, X, args.top_k, args.chunk)
 
-    # Prompts: labels, group-token features, patterns.
-    tokens = make_prompts(tok, args.n_prompts, args.seq_len, args.seed)
-    g_ids, g_labels, g_groups = group_token_ids(tok)
-    run = run_prompts(model, sae, tokens, L, H, hook, g_ids, args.batch_size)
-    labels = [feature_label(f, run["best_tok"], run["best_val"], tok) for f in range(d_sae)]
-
-    k = res["top_idx"].shape[1]
+def feature_tables(res: dict, run: dict, labels: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """feature_qk (one row per feature) and feature_top_keys (long form)."""
+    d_sae, k = res["top_idx"].shape
     table = pd.DataFrame({
         "feature": np.arange(d_sae), "label": labels, "fire_rate": run["fire_rate"].numpy().round(5),
         "diag": res["diag"].numpy().round(4), "row_mean": res["row_mean"].numpy().round(4),
@@ -464,84 +398,107 @@ def main(argv: list[str] | None = None) -> int:
                                                                             res["top_prob"][f, :5].tolist()))
                      for f in range(d_sae)],
     })
-    write_csv(out / "feature_qk.csv", table)
-    write_csv(out / "feature_top_keys.csv", pd.DataFrame({
+    top = pd.DataFrame({
         "query_feature": np.repeat(np.arange(d_sae), k), "rank": np.tile(np.arange(1, k + 1), d_sae),
         "key_feature": res["top_idx"].numpy().ravel(), "score": res["top_score"].numpy().ravel().round(4),
-        "prob": res["top_prob"].numpy().ravel()}))
-    # Ranked among features that fired on the prompts: a silent feature (dead, or for tokens the
-    # prompts lack) has no label to interpret, and a random direction can score low by chance.
-    suppressed = table[table["fire_rate"] > 0].sort_values("diag").head(args.n_suppressed)
-    write_csv(out / "self_suppression.csv", suppressed)
+        "prob": res["top_prob"].numpy().ravel()})
+    return table, top
 
-    # Group tokens -> the feature that fires most on each; QK map among those features.
+
+def group_feature_table(bilinear, X: torch.Tensor, run: dict, group_labels: list[str]) -> pd.DataFrame:
+    """Group tokens -> the feature that fires most on each; the QK map among those features
+    (NaN rows/columns for a token no feature fires on)."""
     fire_ok = run["fire_rate"] < 0.5  # a feature on everywhere is a bias, not a token feature
     gm = run["group_mean"].masked_fill(~fire_ok[None], -math.inf)
     g_feat = gm.argmax(1)
-    g_has = (run["group_n"] > 0) & (gm.max(1).values > 0)
+    g_has = ((run["group_n"] > 0) & (gm.max(1).values > 0)).numpy()
     G = bilinear.scores(X[g_feat], X[g_feat]).numpy()
-    G[~g_has.numpy()] = np.nan
-    G[:, ~g_has.numpy()] = np.nan
-    g_tick = [f"{w} (f{int(f)})" for w, f in zip(g_labels, g_feat)]
-    write_csv(out / "group_feature_qk.csv", pd.DataFrame(G, index=g_tick, columns=g_tick).reset_index(names="query"))
+    G[~g_has] = np.nan
+    G[:, ~g_has] = np.nan
+    ticks = [f"{w} (f{int(f)})" for w, f in zip(group_labels, g_feat)]
+    return pd.DataFrame(G, index=ticks, columns=ticks).reset_index(names="query")
+
+
+def example_table(examples: dict, tokens: list[str]) -> pd.DataFrame:
+    """naive_example.csv: the example prompt's patterns in long form (pattern, query, key, tokens, weight)."""
+    n = len(tokens)
+    q, k = np.divmod(np.arange(n * n), n)
+    return pd.concat([pd.DataFrame({"pattern": name, "query": q, "key": k, "query_token": [tokens[i] for i in q],
+                                    "key_token": [tokens[j] for j in k], "weight": mat.numpy().ravel()})
+                      for name, mat in examples.items()], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Render: every figure from the saved tables
+# ------------------------------------------------------------------------------------------
+
+
+def _text_table(out_dir: Path, name: str) -> pd.DataFrame:
+    """A saved table whose text columns hold raw token strings: "null", "NaN" or "None" stay text, and a
+    lone carriage return inside a field (the token "\\r", written unquoted) is not a line break."""
+    return pd.read_csv(Path(out_dir) / f"{name}.csv", keep_default_na=False, na_values=[""], lineterminator="\n")
+
+
+def render(out_dir) -> list[Path]:
+    """Every figure, from the saved tables and meta.json only."""
+    out_dir = Path(out_dir)
+    args = load_meta(out_dir)["args"]
+    name = f"L{args['layer']}H{args['head']}"
+    return [draw_group_map(out_dir, name), draw_self_suppression(out_dir), draw_naive_vs_head(out_dir, name)]
+
+
+def draw_group_map(out_dir: Path, name: str) -> Path:
+    table = load_table(out_dir, "group_feature_qk").set_index("query")
+    G, ticks = table.to_numpy(dtype=float), list(table.columns)
+    groups = [g for g, words in GROUP_TOKENS.items() for _ in words]  # the order of group_token_ids
     fig, ax = plt.subplots(figsize=(11, 9.5))
     lim = float(np.nanmax(np.abs(G))) if np.isfinite(G).any() else 1.0
-    token_heatmap(ax, G, g_tick, title=f"L{L}H{H} QK map between the features of the 30 group tokens\n"
-                  "(score of LN(decoder direction) pairs; diagonal = self)", vmin=-lim, vmax=lim, groups=g_groups)
-    save_figure(fig, out / "group_feature_qk.png")
+    token_heatmap(ax, G, ticks, title=f"{name} QK map between the features of the 30 group tokens\n"
+                  "(score of LN(decoder direction) pairs; diagonal = self)", vmin=-lim, vmax=lim,
+                  groups=groups if len(groups) == len(ticks) else None)
+    return save_figure(fig, out_dir / "group_feature_qk.png")
 
+
+def draw_self_suppression(out_dir: Path) -> Path:
+    table = load_table(out_dir, "feature_qk")
+    top = _text_table(out_dir, "self_suppression").head(20)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1, 1.3]})
-    fired = (run["fire_rate"] > 0).numpy()
-    a1.scatter(res["row_mean"].numpy()[~fired], res["diag"].numpy()[~fired], s=4, c="#bbbbbb", label="silent on prompts")
-    a1.scatter(res["row_mean"].numpy()[fired], res["diag"].numpy()[fired], s=5, c="#4c72b0", label="fired")
-    lo = float(min(res["row_mean"].min(), res["diag"].min()))
-    hi = float(max(res["row_mean"].max(), res["diag"].max()))
+    fired = (table["fire_rate"] > 0).to_numpy()
+    row_mean, diag = table["row_mean"].to_numpy(), table["diag"].to_numpy()
+    a1.scatter(row_mean[~fired], diag[~fired], s=4, c="#bbbbbb", label="silent on prompts")
+    a1.scatter(row_mean[fired], diag[fired], s=5, c="#4c72b0", label="fired")
+    lo, hi = float(min(row_mean.min(), diag.min())), float(max(row_mean.max(), diag.max()))
     a1.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="self = row mean")
     a1.set_xlabel("mean score of the feature against all features (row mean)")
     a1.set_ylabel("self-score S[f, f]")
-    a1.set_title(f"Self-scores of all {d_sae} features: below the line = self-suppressed")
+    a1.set_title(f"Self-scores of all {len(table)} features: below the line = self-suppressed")
     a1.legend(fontsize=8)
-    top = suppressed.head(20)
     a2.barh(np.arange(len(top)), top["diag"], color="#c44e52")
-    a2.set_yticks(np.arange(len(top)), [f"f{f} {lab[:28]} (rank {r})" for f, lab, r in
+    a2.set_yticks(np.arange(len(top)), [f"f{f} {str(lab)[:28]} (rank {r})" for f, lab, r in
                                         zip(top["feature"], top["label"], top["self_rank"])], fontsize=7)
     a2.invert_yaxis()
     a2.set_xlabel("self-score S[f, f] (most negative = hit hardest by self-suppression)")
     a2.set_title("Most self-suppressed firing features")
-    save_figure(fig, out / "self_suppression.png")
+    return save_figure(fig, out_dir / "self_suppression.png")
 
-    # Naive similarity attention vs the head: fit T on the first half, evaluate on the second.
-    half = len(tokens) // 2
-    A, R = run["pattern"], run["resid_ln"]
-    kinds = {"all": slice(half, None), "category": slice(half, None, 2), "random_tokens": slice(half + 1, None, 2)}
-    if half % 2:  # prompts alternate category / random-token from index 0
-        kinds["category"], kinds["random_tokens"] = kinds["random_tokens"], kinds["category"]
-    n_ = tokens.shape[1]
-    uni = torch.ones(n_, n_).tril()
-    uni = (uni / uni.sum(-1, keepdim=True))[None].expand(len(tokens), -1, -1)
-    rows, temps, examples = [], {}, {}
-    for variant, mask_self in (("naive_cosine", False), ("naive_cosine_no_self", True), ("uniform_causal", None)):
-        if mask_self is None:
-            t, b, naive = float("nan"), float("nan"), uni
-        else:
-            t, b = fit_naive(A[:half], R[:half], tokens[:half], mask_self)
-            naive = naive_patterns(R, tokens, t, mask_self, b)
-            examples[variant] = naive[half]
-        temps[variant] = t
-        for kind, sl in kinds.items():
-            rows.append({"variant": variant, "prompts": kind, "temperature": t, "bos_similarity": b,
-                         **compare_patterns(A[sl], naive[sl], tokens[sl])})
-    naive_df = pd.DataFrame(rows)
-    write_csv(out / "naive_vs_head.csv", naive_df)
 
-    ex_tok = [repr(tok.decode([t]))[1:-1] for t in tokens[half].tolist()]
+def draw_naive_vs_head(out_dir: Path, name: str) -> Path:
+    metrics = load_table(out_dir, "naive_vs_head")
+    ex = _text_table(out_dir, "naive_example")
+    temps = metrics.groupby("variant", sort=False)["temperature"].first()
+    head = ex[ex["pattern"] == "head"]
+    tokens = head.drop_duplicates("query").sort_values("query")["query_token"].astype(str).tolist()
+
+    def matrix(pattern):
+        return ex[ex["pattern"] == pattern].pivot(index="query", columns="key", values="weight").to_numpy()
+
     fig, axes = plt.subplots(1, 4, figsize=(24, 6.5), gridspec_kw={"width_ratios": [1, 1, 1, 0.9]})
-    for ax, (title, mat) in zip(axes[:3], [(f"L{L}H{H} (model)", A[half]),
-                                           (f"naive cosine, T={temps['naive_cosine']:.3g}", examples["naive_cosine"]),
-                                           (f"naive, self/copies masked, T={temps['naive_cosine_no_self']:.3g}",
-                                            examples["naive_cosine_no_self"])]):
-        token_heatmap(ax, mat.numpy(), ex_tok, title=title, cmap="viridis", center=None, vmin=0, vmax=1, cbar=False)
-    m = naive_df[naive_df["prompts"] == "all"].set_index("variant")
+    for ax, (title, pattern) in zip(axes[:3], [(f"{name} (model)", "head"),
+                                               (f"naive cosine, T={temps['naive_cosine']:.3g}", "naive_cosine"),
+                                               (f"naive, self/copies masked, T={temps['naive_cosine_no_self']:.3g}",
+                                                "naive_cosine_no_self")]):
+        token_heatmap(ax, matrix(pattern), tokens, title=title, cmap="viridis", center=None, vmin=0, vmax=1, cbar=False)
+    m = metrics[metrics["prompts"] == "all"].set_index("variant")
     x = np.arange(len(m))
     axes[3].bar(x - 0.2, m["kl"], 0.4, label="KL(head || variant)")
     axes[3].bar(x + 0.2, m["naive_self_mass"], 0.4, label="variant's mass on self+copies")
@@ -549,27 +506,51 @@ def main(argv: list[str] | None = None) -> int:
     axes[3].set_xticks(x, [v.replace("_", "\n") for v in m.index], fontsize=8)
     axes[3].legend(fontsize=8)
     axes[3].set_title("held-out prompts")
-    save_figure(fig, out / "naive_vs_head.png")
+    return save_figure(fig, out_dir / "naive_vs_head.png")
 
-    summary = {
-        "sae": args.sae_path or f"{args.sae_release}/{args.sae_id}", "hook": hook, "d_sae": d_sae,
-        "n_prompts": len(tokens), "fraction_negative_diag": float((res["diag"] < 0).float().mean()),
-        "fraction_negative_diag_z": float((res["diag_z"] < 0).float().mean()),
-        "median_diag_z": float(res["diag_z"].median()), "mean_self_prob": float(res["self_prob"].mean()),
-        "fraction_fired": float((run["fire_rate"] > 0).float().mean()),
-        "most_suppressed": suppressed.head(10)[["feature", "label", "diag", "diag_z"]].to_dict("records"),
-        "naive": {f"{r['variant']}/{r['prompts']}": {k2: v for k2, v in r.items() if k2 not in ("variant", "prompts")}
-                  for r in rows},
-    }
-    write_json(out / "summary.json", summary)
-    write_meta(out, args, {"summary": {k2: v for k2, v in summary.items() if k2 != "most_suppressed"}})
 
-    print(f"{d_sae} features: {summary['fraction_negative_diag_z']:.1%} have a self-score below their row mean; "
-          f"most suppressed: " + ", ".join(f"f{r['feature']} {r['label']}" for r in summary["most_suppressed"][:5]))
-    for r in rows:
-        print(f"{r['variant']:>22} {r['prompts']:>13}: KL {r['kl']:.3f}, JS {r['js']:.3f}, top-1 agreement {r['top1_agreement']:.2f}, "
-              f"self mass {r['naive_self_mass']:.3f} (head {r['head_self_mass']:.3f})")
-    print(f"outputs in {out}")
+def report(results: Results, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = results.summary
+    console = Console(width=max(Console().width, 110))
+    console.print(f"{s['d_sae']} features: {s['fraction_negative_diag_z']:.1%} have a self-score below their row "
+                  "mean; most suppressed: " + ", ".join(f"f{r['feature']} {r['label']}" for r in s["most_suppressed"][:5]),
+                  markup=False, highlight=False, soft_wrap=True)
+    t = Table(title="naive similarity attention vs the head (held-out prompts)")
+    for col in ("variant", "prompts", "KL", "JS", "top-1 agreement", "self mass", "head self mass"):
+        t.add_column(col)
+    for r in results.tables["naive_vs_head"].itertuples():
+        t.add_row(r.variant, r.prompts, f"{r.kl:.3f}", f"{r.js:.3f}", f"{r.top1_agreement:.2f}",
+                  f"{r.naive_self_mass:.3f}", f"{r.head_self_mass:.3f}")
+    console.print(t)
+    console.print(f"outputs in {out_dir}", markup=False, highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    demo_sae = wants_demo_sae(args)
+    args.sae_release = args.sae_release or DEFAULT_RELEASE
+    args.sae_id = args.sae_id or DEFAULT_SAE_ID
+    # Output folder, then the SAE (a missing SAE fails in seconds), then the model.
+    prepare_out_dir(args.out, SCRIPT, args.model)
+    sae = None if demo_sae else load_sae(args.sae_release, args.sae_id, args.sae_path)
+    head_start = start_head(args, SCRIPT)
+    model, out_dir = head_start.model, head_start.out_dir
+    if demo_sae:
+        sae, folder = load_planted_demo_sae(model)
+        args.sae_path = str(folder)
+        print(f"--model planted without an SAE option: using the planted demo SAE {folder}", file=sys.stderr)
+    if args.seq_len + 1 > model.cfg.n_ctx:
+        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
+    hook = check_sae(sae, model, args.layer, args.hook)
+
+    results = compute(model, args, head_start.qk, sae, hook)
+    save_results(out_dir, results, args, SCRIPT,
+                 meta={"summary": {k: v for k, v in results.summary.items() if k != "most_suppressed"}})
+    render(out_dir)
+    report(results, out_dir)
     return 0
 
 

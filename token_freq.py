@@ -20,9 +20,15 @@ Corpus (first that applies):
 Outputs in --out (default figures/token_freq/, figures/demo/token_freq/ for planted):
   token_freq.csv  columns token,id,count; every token that occurs, by count desc, ties by id asc
                   (read it with common.freq.load_freq_table / top_tokens);
-  token_freq.png  rank-frequency (Zipf) plot, category words marked; numbers in token_freq.csv;
-  meta.json       corpus, totals, elapsed seconds and tokens/second.
+  token_freq.png  rank-frequency (Zipf) plot, category words marked; drawn (``render``) from
+                  token_freq.csv and summary.json only;
+  summary.json    corpus, totals, elapsed seconds, tokens/second, the category word ids;
+  meta.json       arguments, versions, and the same corpus totals.
 Speed against the original's per-line `tokenizer.encode` loop: bench/bench_token_freq.py.
+
+Run: python token_freq.py --model planted        (offline demo corpus)
+     python token_freq.py --text FILE_OR_FOLDER  (a local corpus)
+     python token_freq.py                        (WikiText-103 train through `datasets`)
 """
 
 from __future__ import annotations
@@ -30,11 +36,19 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
-from common.errors import error_summary
+from tqdm import tqdm
+
+from common import freq
 from common.cli import base_parser, script_name
-from common.outputs import prepare_out_dir, write_csv, write_meta
+from common.errors import error_summary
+from common.outputs import prepare_out_dir
+from common.prompts import token_category_map
+from common.results import Results, load_summary, load_table, save_results
 
+SCRIPT = script_name(__file__)
+TABLE = freq.TABLE_NAME.removesuffix(".csv")
 DEFAULT_DATASET = ("Salesforce/wikitext", "wikitext-103-raw-v1", "train")
 
 
@@ -62,8 +76,6 @@ def parse_args(argv):
 
 def corpus_batches(args):
     """(batches iterator, progress total, progress unit, description) for the chosen corpus."""
-    from common import freq
-
     if args.text:
         files = freq.text_files(args.text, args.glob)
         total = sum(f.stat().st_size for f in files)
@@ -110,19 +122,12 @@ def _column(batches, column, name):
         yield b[column]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    out_dir = prepare_out_dir(args.out, script_name(__file__), args.model)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    import numpy as np
-    from tqdm import tqdm
-
-    from common import freq
-    from common.gpt2_tokenizer import load_tokenizer
+def compute(args) -> Results:
+    """Count every GPT-2 token of the corpus (``common.freq.count_tokens``): the table and its totals."""
+    batches, total, unit, desc = corpus_batches(args)  # a missing corpus fails here, before the tokenizer loads
+    from common.gpt2_tokenizer import load_tokenizer  # imports transformers: not for --help
 
     tokenizer = load_tokenizer()
-    batches, total, unit, desc = corpus_batches(args)
     print(f"counting GPT-2 tokens in {desc} with {args.workers} worker(s)", file=sys.stderr)
     bar = tqdm(total=total, unit=unit, unit_scale=True, desc="tokenising", file=sys.stderr,
                disable=None, mininterval=1.0)
@@ -138,18 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     if n_tokens == 0:
         raise SystemExit(f"error: the corpus ({desc}) contains no tokens")
     table = freq.counts_to_table(counts, tokenizer)
-    write_csv(out_dir / freq.TABLE_NAME, table)
-    if not args.no_plot:
-        _plot(table, tokenizer, out_dir / "token_freq.png", desc)
     rate = n_tokens / seconds if seconds > 0 else float("nan")
-    write_meta(out_dir, args, {
+    summary = {
         "corpus": desc, "n_tokens": n_tokens, "n_distinct": int((counts > 0).sum()),
         "seconds": round(seconds, 3), "tokens_per_second": round(rate), "workers": args.workers,
         "top10": table.head(10)[["token", "count"]].values.tolist(),
-    })
-    print(f"{n_tokens:,} tokens ({int(np.count_nonzero(counts)):,} distinct) in {seconds:.1f} s "
-          f"= {rate:,.0f} tokens/s -> {out_dir / freq.TABLE_NAME}")
-    return 0
+        "category_ids": sorted(token_category_map(tokenizer)),  # marked in the figure
+    }
+    return Results(tables={TABLE: table}, summary=summary)
 
 
 def _count_rows(batches, bar):
@@ -158,25 +159,46 @@ def _count_rows(batches, bar):
         bar.update(len(b))
 
 
-def _plot(table, tokenizer, path, desc):
+def render(out_dir) -> list[Path]:
+    """token_freq.png, the rank-frequency (Zipf) plot, from token_freq.csv and summary.json only."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     from common.plotting import save_figure
-    from common.prompts import token_category_map
 
-    cat_of = token_category_map(tokenizer)
+    out_dir = Path(out_dir)
+    table, summary = load_table(out_dir, TABLE), load_summary(out_dir)
+    category_ids = summary["category_ids"]
     rank = np.arange(1, len(table) + 1)
-    is_cat = table["id"].isin(list(cat_of)).to_numpy()
+    is_cat = table["id"].isin(category_ids).to_numpy()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.loglog(rank, table["count"], lw=1, color="0.3", label="all tokens")
     ax.scatter(rank[is_cat], table["count"][is_cat], s=8, color="C3", zorder=3,
-               label=f"category words ({int(is_cat.sum())} of {len(cat_of)} occur)")
+               label=f"category words ({int(is_cat.sum())} of {len(category_ids)} occur)")
     ax.set_xlabel("rank")
     ax.set_ylabel("count")
-    ax.set_title(f"GPT-2 token frequencies\n{desc}", fontsize=9)
+    ax.set_title(f"GPT-2 token frequencies\n{summary['corpus']}", fontsize=9)
     ax.legend(fontsize=8)
-    save_figure(fig, path)
+    return [save_figure(fig, out_dir / "token_freq.png")]
+
+
+def report(results: Results, out_dir: Path) -> None:
+    s = results.summary
+    print(f"{s['n_tokens']:,} tokens ({s['n_distinct']:,} distinct) in {s['seconds']:.1f} s "
+          f"= {s['tokens_per_second']:,.0f} tokens/s -> {out_dir / freq.TABLE_NAME}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out_dir = prepare_out_dir(args.out, SCRIPT, args.model)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    results = compute(args)
+    meta = {k: v for k, v in results.summary.items() if k != "category_ids"}
+    save_results(out_dir, results, args, SCRIPT, meta=meta)
+    if not args.no_plot:
+        render(out_dir)
+    report(results, out_dir)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,17 +1,26 @@
 """clustering.py on the planted model: communities recover the planted categories; the map is
 self-contained, carries every node, and renders in headless Chromium."""
 
+import csv
 import json
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_main
 
 N_TOKENS = 400
+DRAWN = ("community_map.png", "community_heatmaps.png", "community_map.html")
+TRICKY_TOKENS = [201, 8423, 14202]  # "\r" (pandas writes it unquoted), "null" and "None" (read as missing by default)
+
+
+def read_table(path) -> pd.DataFrame:
+    """A saved CSV with raw token text: no missing-value guessing, and only "\\n" ends a line."""
+    return pd.read_csv(path, keep_default_na=False, lineterminator="\n")
 
 
 @pytest.fixture(scope="module")
@@ -28,25 +37,28 @@ def freq_table(tmp_path_factory, truth, tokenizer):
         ids.append(t)
         if i % 3 == 0 and i // 3 < len(cat_ids) // 2:
             ids.append(cat_ids[2 * (i // 3)])
+    ids += TRICKY_TOKENS
     df = pd.DataFrame({"token": [tokenizer.decode([t]) for t in ids], "id": ids,
                        "count": np.arange(len(ids), 0, -1) * 10})
     path = tmp_path_factory.mktemp("freq") / "token_freq.csv"
-    df.to_csv(path, index=False)
+    # quoted: common.freq reads "\r" unquoted as a line break (a separate fix); clustering's own tables
+    # are written unquoted by the script, and test_tokens_that_look_like_missing_values... reads them back
+    df.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
     return path
 
 
 @pytest.fixture(scope="module")
-def clustered(tmp_path_factory, planted_cache, freq_table):
+def clustered(tmp_path_factory, planted_model, freq_table):
     out = tmp_path_factory.mktemp("clustering") / "out"
-    run_script("clustering.py", "--model", "planted", "--out", str(out), "--n-tokens", str(N_TOKENS),
-               "--freq-table", str(freq_table), "--layout-iterations", "100", "--n-heatmaps", "2")
+    run_main("clustering.py", "--model", "planted", "--out", str(out), "--n-tokens", str(N_TOKENS),
+             "--freq-table", str(freq_table), "--layout-iterations", "100", "--n-heatmaps", "2")
     return out
 
 
 def test_communities_recover_planted_categories(clustered, truth):
     from sklearn.metrics import adjusted_rand_score
 
-    table = pd.read_csv(clustered / "communities.csv", keep_default_na=False)
+    table = read_table(clustered / "communities.csv")
     cat_of = {t: c for c, ids in truth["categories"].items() for t in ids}
     assert set(cat_of) <= set(table["id"])  # every category word is a node
     sub = table[table["id"].isin(cat_of)]
@@ -63,16 +75,20 @@ def test_communities_recover_planted_categories(clustered, truth):
 
 
 def test_tables_and_examples(clustered):
-    for f in ("communities.csv", "community_summary.csv", "edges.csv", "examples.csv", "community_map.png",
-              "community_heatmaps.png", "community_map.html", "quality.json", "meta.json"):
+    for f in ("communities.csv", "community_summary.csv", "edges.csv", "examples.csv", "layout.csv", "community_map.png",
+              "community_heatmaps.png", "community_map.html", "quality.json", "summary.json", "meta.json"):
         assert (clustered / f).stat().st_size > 0, f
-    table = pd.read_csv(clustered / "communities.csv", keep_default_na=False)
+    table = read_table(clustered / "communities.csv")
     assert table["id"].is_unique and len(table) >= N_TOKENS
-    ex = pd.read_csv(clustered / "examples.csv", keep_default_na=False).set_index("example")
+    ex = read_table(clustered / "examples.csv").set_index("example")
     for word in (" red", " Monday", " Italy"):
         assert float(ex.loc[word, "companion_fraction"]) == 1.0, word
         assert int(float(ex.loc[word, "community_size"])) <= 12
     assert len(list(clustered.glob("community_*_attention.csv"))) == 2
+    quality = json.loads((clustered / "quality.json").read_text())
+    assert quality == json.loads((clustered / "summary.json").read_text())
+    assert sorted(f"community_{c}_attention.csv" for c in quality["heatmap_communities"]) == \
+        sorted(p.name for p in clustered.glob("community_*_attention.csv"))
     assert not list(clustered.glob(".*"))  # no temporary files left behind
 
 
@@ -90,7 +106,7 @@ def test_html_map_is_self_contained_and_complete(clustered):
     assert "cdn.plot.ly" not in html.split("<script>", 1)[0]
     fig = _embedded_graph(html)
     tokens = next(t for t in fig["data"] if t.get("name") == "tokens")
-    table = pd.read_csv(clustered / "communities.csv", keep_default_na=False)
+    table = read_table(clustered / "communities.csv")
     assert len(tokens["x"]) == len(tokens["y"]) == len(table)
     assert sorted(d[1] for d in tokens["customdata"]) == sorted(table["id"])
     # every planted category gets its own colour
@@ -103,7 +119,7 @@ def test_html_map_renders_in_chromium(clustered):
 
     if find_chromium() is None:
         pytest.skip("chromium not installed (apt-get install -y chromium)")
-    n = len(pd.read_csv(clustered / "communities.csv", keep_default_na=False))
+    n = len(read_table(clustered / "communities.csv"))
     page = check_page(clustered / "community_map.html", clustered / "shot.png", want_dom=True,
                       fragment="q=Monday", min_fraction=0.01, min_colours=8)
     assert page.ok, page.problems
@@ -115,7 +131,7 @@ def test_html_map_renders_in_chromium(clustered):
 
 
 def test_normalisation_equals_dense_softmax(planted_model):
-    from clustering import attention_topk
+    from common.attention_graph import attention_topk
     from common.effective_embeddings import effective_embeddings
     from common.head_qk import FactoredQK
 
@@ -136,7 +152,7 @@ def test_normalisation_equals_dense_softmax(planted_model):
 
 def test_random_head_does_not_recover_categories(planted_model, truth):
     """Negative control: the same pipeline on a random head of layer 1 finds no categories."""
-    from clustering import agreement, attention_topk, build_graph, leiden
+    from common.attention_graph import agreement, attention_topk, build_graph, leiden
     from common.effective_embeddings import effective_embeddings
     from common.head_qk import FactoredQK
 
@@ -168,3 +184,39 @@ def test_help_and_bad_input(tmp_path, capsys, planted_cache):
         clustering.main(["--model", "planted", "--freq-table", str(tmp_path / "none.csv"), "--out", str(tmp_path)])
     assert "not found" in str(e.value.code)
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_render_draws_maps_from_saved_files_only(clustered, tmp_path, monkeypatch):
+    """render() on a copy of the saved tables (no figures, no HTML, no model) redraws both maps, the
+    heatmaps and the HTML page exactly as the run drew them."""
+    import clustering
+    import common.model
+
+    copy = tmp_path / "copy"
+    shutil.copytree(clustered, copy, ignore=shutil.ignore_patterns("*.png", "*.html"))
+    assert not list(copy.glob("*.png")) and not list(copy.glob("*.html"))
+
+    def no_model(*a, **k):
+        raise AssertionError("render must not load a model")
+
+    monkeypatch.setattr(common.model, "load_model", no_model)
+    paths = clustering.render(copy)
+    assert sorted(p.name for p in paths) == sorted(DRAWN)
+    for f in DRAWN:
+        assert (copy / f).read_bytes() == (clustered / f).read_bytes(), f
+
+
+def test_tokens_that_look_like_missing_values_or_line_breaks_survive(clustered):
+    """Raw token text such as "\\r" (written unquoted by pandas) or "null" reads back as written:
+    render's reader keeps the edges table aligned and every label intact."""
+    from clustering import _text_table
+
+    edges = _text_table(clustered, "edges")
+    assert edges["query_id"].dtype.kind == "i" and edges["key_id"].dtype.kind == "i"
+    nodes = _text_table(clustered, "communities")
+    from common.gpt2_tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    assert set(TRICKY_TOKENS) <= set(nodes["id"])
+    assert nodes["token"].tolist() == [tok.decode([t]) for t in nodes["id"]]
+    assert edges["query"].tolist() == [tok.decode([t]) for t in edges["query_id"]]

@@ -8,20 +8,21 @@ attention mainly by not attending to itself.
 """
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_main
 
 N_RANDOM = 48
+FIGURES = ("group_feature_qk.png", "self_suppression.png", "naive_vs_head.png")
 
 
 def build_planted_sae(model, truth, path):
-    from semantic_head import build_planted_sae as build
-
     from common.effective_embeddings import effective_embeddings
+    from common.sae import build_planted_sae as build
 
     sae, kind, cat_of = build(model, truth["categories"], n_random=N_RANDOM)
     # the layout the assertions rely on, checked independently of the builder
@@ -38,8 +39,8 @@ def sae_run(tmp_path_factory, planted_model, truth):
     tmp = tmp_path_factory.mktemp("semantic_head")
     words, kind, cat_of = build_planted_sae(planted_model, truth, tmp / "sae")
     out = tmp / "out"
-    run_script("semantic_head.py", "--model", "planted", "--sae-path", str(tmp / "sae"), "--out", str(out),
-               "--n-prompts", "48", "--seq-len", "32")
+    run_main("semantic_head.py", "--model", "planted", "--sae-path", str(tmp / "sae"), "--out", str(out),
+             "--n-prompts", "48", "--seq-len", "32")
     return out, words, kind, cat_of, tmp / "sae"
 
 
@@ -47,7 +48,7 @@ def test_outputs(sae_run):
     out = sae_run[0]
     for f in ("feature_qk.csv", "feature_top_keys.csv", "self_suppression.csv", "group_feature_qk.csv",
               "group_feature_qk.png", "self_suppression.png", "naive_vs_head.csv", "naive_vs_head.png",
-              "summary.json", "meta.json"):
+              "naive_example.csv", "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
     assert not list(out.glob(".*"))
 
@@ -155,10 +156,71 @@ def test_planted_demo_sae_is_cached_and_loadable(planted_model, sae_run):
     """`--model planted` without an SAE option uses this folder (what `make demo` runs)."""
     from sae_lens import SAE
 
-    from semantic_head import planted_demo_sae
+    from common.sae import planted_demo_sae
 
     folder = planted_demo_sae(planted_model)
     assert planted_demo_sae(planted_model) == folder  # built once
     sae = SAE.load_from_disk(str(folder))
     ref = SAE.load_from_disk(str(sae_run[4]))
     assert sae.cfg.d_sae == ref.cfg.d_sae and torch.allclose(sae.W_dec, ref.W_dec)
+
+
+def test_render_draws_every_figure_from_saved_files_only(sae_run, tmp_path, monkeypatch):
+    """render() on a copy of the saved tables (no figures, no model) redraws every figure exactly."""
+    import common.model
+    import semantic_head
+
+    out = sae_run[0]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.png"))
+    assert not list(copy.glob("*.png"))
+
+    def no_model(*a, **k):
+        raise AssertionError("render must not load a model")
+
+    monkeypatch.setattr(common.model, "load_model", no_model)
+    paths = semantic_head.render(copy)
+    assert sorted(p.name for p in paths) == sorted(FIGURES)
+    for f in FIGURES:  # main() drew its figures from the same files: identical bytes
+        assert (copy / f).read_bytes() == (out / f).read_bytes(), f
+
+
+def test_naive_example_is_the_first_held_out_prompt(sae_run):
+    """naive_example.csv: three causal attention patterns (rows sum to 1) on one prompt starting with
+    BOS; the head gives its own token and its copies almost nothing (planted self logit about -6)."""
+    out = sae_run[0]
+    ex = pd.read_csv(out / "naive_example.csv", keep_default_na=False)
+    assert set(ex["pattern"]) == {"head", "naive_cosine", "naive_cosine_no_self"}
+    for _, g in ex.groupby("pattern"):
+        assert len(g) == 33 * 33
+        assert (g.loc[g["key"] > g["query"], "weight"] == 0).all()
+        assert (g.groupby("query")["weight"].sum() - 1).abs().max() < 1e-4
+    head = ex[ex["pattern"] == "head"]
+    assert head.loc[head["query"] == 0, "query_token"].iloc[0] == "<|endoftext|>"
+    self_or_copy = (head["key_token"] == head["query_token"]) & (head["key"] > 0)
+    assert self_or_copy.sum() >= 33 - 1  # every query but BOS sees itself
+    assert head.loc[self_or_copy].groupby("query")["weight"].sum().max() < 0.05
+
+
+def test_rule2_mask_in_naive_attention():
+    """Self and copies (rule 2) are masked for the naive variant; BOS is never a copy."""
+    from semantic_head import allowed_keys, compare_patterns
+
+    a, b = 7, 8
+    tokens = torch.tensor([[50256, a, b, a, a]])
+    allowed = allowed_keys(tokens, mask_self=True)[0]
+    expected = torch.tensor([[1, 0, 0, 0, 0],   # BOS keeps itself
+                             [1, 0, 0, 0, 0],   # a: only BOS
+                             [1, 1, 0, 0, 0],   # b: BOS, a
+                             [1, 0, 1, 0, 0],   # a (copy): BOS, b
+                             [1, 0, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(allowed, expected)
+    assert torch.equal(allowed_keys(tokens, mask_self=False)[0], torch.ones(5, 5, dtype=torch.bool).tril())
+    # self mass: query 4 (a) puts 0.5 on its copy at 1 and 0.5 on BOS; query 3 (a) 1.0 on itself
+    A = torch.zeros(1, 5, 5)
+    A[0, 0, 0] = A[0, 1, 0] = A[0, 2, 0] = 1.0
+    A[0, 3, 3] = 1.0
+    A[0, 4, 1] = A[0, 4, 0] = 0.5
+    m = compare_patterns(A, A, tokens)
+    assert m["head_self_mass"] == pytest.approx((0 + 0 + 1 + 0.5) / 4)
+    assert m["kl"] == pytest.approx(0.0, abs=1e-6)

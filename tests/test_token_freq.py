@@ -1,11 +1,12 @@
 """token_freq.py and common/freq.py: exact counts, worker-independence, offline error, demo run."""
 
+import json
 import os
 import sys
 
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import run_main, run_script
 
 import token_freq
 from common import freq
@@ -151,13 +152,18 @@ def test_offline_without_corpus_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out" / "token_freq.csv").exists()
 
 
-def test_planted_demo_end_to_end(tmp_path, tokenizer):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("token_freq") / "demo"
+    run_main("token_freq.py", "--model", "planted", "--out", str(out), "--workers", "1")
+    return out
+
+
+def test_planted_demo_end_to_end(demo_run, tokenizer):
     from common.prompts import category_token_ids
 
-    out = tmp_path / "demo"
-    proc = run_script("token_freq.py", "--model", "planted", "--out", str(out), "--workers", "2")
-    assert "tokens/s" in proc.stdout
-    for f in ("token_freq.csv", "token_freq.png", "meta.json"):
+    out = demo_run
+    for f in ("token_freq.csv", "token_freq.png", "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
     df = freq.load_freq_table(out)
     cats = {t for v in category_token_ids(tokenizer).values() for t in v}
@@ -165,6 +171,38 @@ def test_planted_demo_end_to_end(tmp_path, tokenizer):
     assert df["count"].sum() > 20000
     ids = freq.top_tokens("planted", 600, path=out / "token_freq.csv")
     assert cats <= set(ids)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_tokens"] == df["count"].sum() and summary["n_distinct"] == len(df)
+    assert set(summary["category_ids"]) == cats
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["n_tokens"] == summary["n_tokens"] and meta["corpus"] == summary["corpus"]
+
+
+def test_report_line(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text(TEXT)
+    token_freq.main(["--text", str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"), "--workers", "1", "--no-plot"])
+    out = capsys.readouterr().out
+    assert "13 tokens (7 distinct)" in out and "tokens/s" in out  # 13 = sum(EXPECTED.values())
+    assert not (tmp_path / "o" / "token_freq.png").exists()  # --no-plot
+
+
+def test_render_draws_the_figure_from_saved_files_only(demo_run, tmp_path, monkeypatch):
+    """render() on a copy of token_freq.csv + summary.json + meta.json (no tokenizer, no corpus)
+    redraws token_freq.png exactly as the run drew it."""
+    import shutil
+
+    import common.gpt2_tokenizer
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_run, copy, ignore=shutil.ignore_patterns("*.png"))
+    assert not (copy / "token_freq.png").exists()
+
+    def no_tokenizer(*a, **k):
+        raise AssertionError("render must not need the tokenizer")
+
+    monkeypatch.setattr(common.gpt2_tokenizer, "load_tokenizer", no_tokenizer)
+    assert [p.name for p in token_freq.render(copy)] == ["token_freq.png"]
+    assert (copy / "token_freq.png").read_bytes() == (demo_run / "token_freq.png").read_bytes()
 
 
 if __name__ == "__main__":
