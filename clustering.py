@@ -243,18 +243,12 @@ def community_attention(scorer, E, node_ids, labels, membership, strength, lse, 
 # ------------------------------------------------------------------------------------------
 
 
-def _text_table(out_dir: Path, name: str) -> pd.DataFrame:
-    """A saved table whose text columns hold raw token strings: "null", "NaN" or "None" stay text, and a
-    lone carriage return inside a field (the token "\\r", written unquoted) is not a line break."""
-    return pd.read_csv(Path(out_dir) / f"{name}.csv", keep_default_na=False, na_values=[""], lineterminator="\n")
-
-
 def render(out_dir) -> list[Path]:
     """community_map.png, community_heatmaps.png and community_map.html from the saved files only."""
     out_dir = Path(out_dir)
     args, quality = load_meta(out_dir)["args"], load_summary(out_dir)
-    nodes = _text_table(out_dir, "communities")
-    edges = _text_table(out_dir, "edges")
+    nodes = load_table(out_dir, "communities")
+    edges = load_table(out_dir, "edges")
     xy = load_table(out_dir, "layout").set_index("id").loc[nodes["id"], ["x", "y"]].to_numpy()
     n, k = len(nodes), len(edges) // len(nodes)
     title = f"L{args['layer']}H{args['head']} attention communities ({args['model']}, {n} tokens, top-{k})"
@@ -262,7 +256,7 @@ def render(out_dir) -> list[Path]:
     paths = [save_figure(static_map(xy, nodes, shown, title), out_dir / "community_map.png")]
     panels = []
     for c in quality["heatmap_communities"]:
-        att = _text_table(out_dir, f"community_{c}_attention")
+        att = load_table(out_dir, f"community_{c}_attention")
         size = int((nodes["community"] == c).sum())
         panels.append((f"community {c} ({size} tokens): P(key | query), softmax over {n} nodes",
                        att.iloc[:, 1:].to_numpy(dtype=float), [_hover_label(str(s)) for s in att["query"]]))

@@ -433,12 +433,6 @@ def example_table(examples: dict, tokens: list[str]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 
 
-def _text_table(out_dir: Path, name: str) -> pd.DataFrame:
-    """A saved table whose text columns hold raw token strings: "null", "NaN" or "None" stay text, and a
-    lone carriage return inside a field (the token "\\r", written unquoted) is not a line break."""
-    return pd.read_csv(Path(out_dir) / f"{name}.csv", keep_default_na=False, na_values=[""], lineterminator="\n")
-
-
 def render(out_dir) -> list[Path]:
     """Every figure, from the saved tables and meta.json only."""
     out_dir = Path(out_dir)
@@ -461,7 +455,7 @@ def draw_group_map(out_dir: Path, name: str) -> Path:
 
 def draw_self_suppression(out_dir: Path) -> Path:
     table = load_table(out_dir, "feature_qk")
-    top = _text_table(out_dir, "self_suppression").head(20)
+    top = load_table(out_dir, "self_suppression").head(20)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1, 1.3]})
     fired = (table["fire_rate"] > 0).to_numpy()
     row_mean, diag = table["row_mean"].to_numpy(), table["diag"].to_numpy()
@@ -484,7 +478,7 @@ def draw_self_suppression(out_dir: Path) -> Path:
 
 def draw_naive_vs_head(out_dir: Path, name: str) -> Path:
     metrics = load_table(out_dir, "naive_vs_head")
-    ex = _text_table(out_dir, "naive_example")
+    ex = load_table(out_dir, "naive_example")
     temps = metrics.groupby("variant", sort=False)["temperature"].first()
     head = ex[ex["pattern"] == "head"]
     tokens = head.drop_duplicates("query").sort_values("query")["query_token"].astype(str).tolist()

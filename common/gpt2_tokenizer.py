@@ -6,6 +6,7 @@ tokenise import this, not :mod:`common.model`.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -14,9 +15,15 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
 
 
 def load_tokenizer(folder: str | Path = TOKENIZER_DIR) -> PreTrainedTokenizerBase:
-    """The GPT-2 BPE tokenizer from a folder (default: the copy vendored with this repo).
+    """The GPT-2 BPE tokenizer from a folder (default: the copy vendored with this repo), loaded
+    once per process and folder (a tokenizer is never modified, so callers share it).
 
     ``AutoTokenizer.from_pretrained`` is used on purpose: in transformers 5.x the constructor
     ``GPT2TokenizerFast(vocab_file=..., merges_file=...)`` silently builds an empty vocabulary.
     """
-    return AutoTokenizer.from_pretrained(str(folder))
+    return _load(str(Path(folder).resolve()))
+
+
+@lru_cache(maxsize=4)
+def _load(folder: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(folder)

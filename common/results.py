@@ -40,11 +40,19 @@ def save_results(out_dir: Path, results: Results, args, script: str, meta: dict 
 
 
 def load_table(out_dir: Path, name: str) -> pd.DataFrame:
-    """A saved table; a clear error naming the file when the analysis has not been run there."""
+    """A saved table; a clear error naming the file when the analysis has not been run there.
+
+    Read as written: only "\\n" ends a row (pandas writes a token such as "\\r" unquoted) and only
+    an empty field is missing (tokens such as "null", "NaN" or "None" stay text)."""
     path = Path(out_dir) / f"{name}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the analysis first (render draws saved results only)")
-    return pd.read_csv(path)
+    return read_table(path)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """``pd.read_csv`` for the CSVs this repo writes (see :func:`load_table`)."""
+    return pd.read_csv(path, lineterminator="\n", keep_default_na=False, na_values=[""])
 
 
 def load_summary(out_dir: Path) -> dict:

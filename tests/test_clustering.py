@@ -209,11 +209,11 @@ def test_render_draws_maps_from_saved_files_only(clustered, tmp_path, monkeypatc
 def test_tokens_that_look_like_missing_values_or_line_breaks_survive(clustered):
     """Raw token text such as "\\r" (written unquoted by pandas) or "null" reads back as written:
     render's reader keeps the edges table aligned and every label intact."""
-    from clustering import _text_table
+    from common.results import load_table
 
-    edges = _text_table(clustered, "edges")
+    edges = load_table(clustered, "edges")
     assert edges["query_id"].dtype.kind == "i" and edges["key_id"].dtype.kind == "i"
-    nodes = _text_table(clustered, "communities")
+    nodes = load_table(clustered, "communities")
     from common.gpt2_tokenizer import load_tokenizer
 
     tok = load_tokenizer()
