@@ -1,6 +1,7 @@
 """Replace one head's attention by a hypothesis and measure what the model's output loses.
 
-Three kinds of replacement of head (L, H), each leaving the head's values and W_O untouched:
+Three kinds of replacement of one head (``head`` of layer ``layer``; L and H in hook names), each
+leaving the head's values and W_O untouched:
 
 * **pattern**: ``blocks.L.attn.hook_pattern[:, H]`` is overwritten by a given pattern, e.g.
   :func:`rules_pattern` (L1H5's three rules);

@@ -2,22 +2,27 @@
 saved files, and its bad-input errors."""
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
 
-from conftest import check_help_and_common_errors, run_main, run_script
+from conftest import check_help_and_common_errors, run_script
+from script_run import run_then_render
 
 SCRIPT = "characterize_head.py"
 FIGURES = ("head_scores.png", "mass_split.png")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, planted_model):
+def runs(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("characterize_head") / "out"
-    run_main(SCRIPT, "--model", "planted", "--n-prompts", "16", "--out", str(out), "--threads", "1")
-    return out
+    drawn = run_then_render(SCRIPT, out, "--model", "planted", "--n-prompts", "16", "--threads", "1")
+    return out, drawn
+
+
+@pytest.fixture(scope="module")
+def run(runs):
+    return runs[0]
 
 
 def test_end_to_end(run):
@@ -38,15 +43,12 @@ def test_end_to_end(run):
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
-def test_render_draws_from_saved_files_only(run, tmp_path):
-    """A folder holding only the saved tables and JSON (no PNGs, no model) is enough to draw every figure."""
-    from characterize_head import render
-
-    for f in [*run.glob("*.csv"), *run.glob("*.json")]:
-        shutil.copy(f, tmp_path)
-    assert sorted(p.name for p in render(tmp_path)) == sorted(FIGURES)
+def test_render_draws_every_figure_from_saved_files(runs):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    out, drawn = runs
+    assert sorted(p.name for p in drawn) == sorted(FIGURES)
     for f in FIGURES:
-        assert (tmp_path / f).stat().st_size > 0, f
+        assert (out / f).stat().st_size > 0, f
 
 
 def test_help_and_bad_input(tmp_path, capsys):

@@ -2,24 +2,27 @@
 whether the head ignores position (ground truth: common.planted)."""
 
 import json
-import shutil
-
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_main
+from script_run import run_then_render
 
 SCRIPT = "component_ablation.py"
 FIGURES = ("ablation_boxplot.png", "ablation_heads.png", "position_independence.png")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, planted_model):
+def runs(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("component_ablation")
-    run_main(SCRIPT, "--model", "planted", "--out", str(out), "--n-prompts", "128", "--seq-len", "10",
-             "--n-reference", "16", "--batch-size", "128", "--threads", "1")
-    return out
+    drawn = run_then_render(SCRIPT, out, "--model", "planted", "--n-prompts", "128", "--seq-len", "10",
+                            "--n-reference", "16", "--batch-size", "128", "--threads", "1")
+    return out, drawn
+
+
+@pytest.fixture(scope="module")
+def run(runs):
+    return runs[0]
 
 
 def _mean(summary, ablation, method, head):
@@ -61,15 +64,12 @@ def test_figure_data_agree_with_the_table(run, truth):
     assert abs(pd.DataFrame(clean).sum(1) - 1).max() < 1e-5  # each query's attention sums to 1
 
 
-def test_render_draws_from_saved_files_only(run, tmp_path):
-    """A folder holding only the saved tables and JSON (no PNGs, no model) is enough to draw every figure."""
-    from component_ablation import render
-
-    for f in [*run.glob("*.csv"), *run.glob("*.json")]:
-        shutil.copy(f, tmp_path)
-    assert sorted(p.name for p in render(tmp_path)) == sorted(FIGURES)
+def test_render_draws_every_figure_from_saved_files(runs):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    out, drawn = runs
+    assert sorted(p.name for p in drawn) == sorted(FIGURES)
     for f in FIGURES:
-        assert (tmp_path / f).stat().st_size > 0, f
+        assert (out / f).stat().st_size > 0, f
 
 
 def test_embedding_and_mlp0_carry_the_signal(run, truth):

@@ -4,24 +4,27 @@ Ground truth (common.planted): L1H5 gives itself a logit 20 below its same-categ
 self-attention starts near zero; its W_sym's negative eigenvalues are exactly the identity codes.
 """
 
-import shutil
-
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_main
+from script_run import run_then_render
 
 SCRIPT = "gradient_steering.py"
 FIGURES = ("loss_curve.png", "group_heatmaps.png", "self_rank.png")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, planted_model):
+def runs(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("gradient_steering")
-    run_main(SCRIPT, "--model", "planted", "--out", str(out), "--steps", "40", "--lr", "0.02",
-             "--n-prompts", "64", "--n-heldout", "48", "--n-rank-queries", "100", "--threads", "1")
-    return out
+    drawn = run_then_render(SCRIPT, out, "--model", "planted", "--steps", "40", "--lr", "0.02",
+                            "--n-prompts", "64", "--n-heldout", "48", "--n-rank-queries", "100", "--threads", "1")
+    return out, drawn
+
+
+@pytest.fixture(scope="module")
+def run(runs):
+    return runs[0]
 
 
 def _row(run, variant):
@@ -40,15 +43,12 @@ def test_outputs_complete(run):
     assert not list(run.glob(".*"))  # no temporary files left behind
 
 
-def test_render_draws_from_saved_files_only(run, tmp_path):
-    """A folder holding only the saved tables and JSON (no PNGs, no model) is enough to draw every figure."""
-    from gradient_steering import render
-
-    for f in [*run.glob("*.csv"), *run.glob("*.json")]:
-        shutil.copy(f, tmp_path)
-    assert sorted(p.name for p in render(tmp_path)) == sorted(FIGURES)
+def test_render_draws_every_figure_from_saved_files(runs):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    out, drawn = runs
+    assert sorted(p.name for p in drawn) == sorted(FIGURES)
     for f in FIGURES:
-        assert (tmp_path / f).stat().st_size > 0, f
+        assert (out / f).stat().st_size > 0, f
 
 
 def test_loss_goes_down(run):
@@ -129,24 +129,23 @@ def test_weight_path_and_factored_path_match_the_model(planted_model, truth):
     from common.head_replacement import head_scores, layer_input
     from common.prompts import category_prompts
 
-    L, H = truth["target"]
+    layer, head = truth["target"]
     model = planted_model
     tokens = category_prompts(model.tokenizer, 4, 10, seed=5, repeat_prob=0.3).tokens
-    x = layer_input(model, tokens, L, H)
+    x = layer_input(model, tokens, layer, head)
     g = torch.Generator().manual_seed(0)
     shape = (model.cfg.d_model, model.cfg.d_head)
     dQ, dK = 0.05 * torch.randn(shape, generator=g), 0.05 * torch.randn(shape, generator=g)
-    qk = FactoredQK.from_model(model, L, H)
-    reference = _model_scores(model, tokens, L, H, dQ, dK)
-    a = gs.edited_scores(qk, x, dQ, dK)
-    b = gs.weight_variant(qk, qk.W_Q + dQ, qk.W_K + dK).scorer
-    b = head_scores(b, x)
+    qk = FactoredQK.from_model(model, layer, head)
+    reference = _model_scores(model, tokens, layer, head, dQ, dK)
+    a = gs.edited_scores(qk, x, dQ, dK)  # the training path
+    b = head_scores(gs.weight_variant(qk, qk.W_Q + dQ, qk.W_K + dK).scorer, x)  # the factored path
     finite = torch.isfinite(reference)
     for s in (a, b):
         assert torch.equal(finite, torch.isfinite(s))
         assert torch.allclose(s[finite], reference[finite], atol=1e-3, rtol=1e-4)
-    assert not torch.allclose(reference[finite], _model_scores(model, tokens, L, H)[finite], atol=1e-3)  # the edit matters
-    clean = _model_scores(model, tokens, L, H)
+    assert not torch.allclose(reference[finite], _model_scores(model, tokens, layer, head)[finite], atol=1e-3)  # the edit matters
+    clean = _model_scores(model, tokens, layer, head)
     for s in (gs.edited_scores(qk, x), head_scores(qk.scorer(), x)):
         assert torch.allclose(s[finite], clean[finite], atol=1e-3)
     with torch.enable_grad():  # the training path is differentiable in the update

@@ -4,14 +4,13 @@ removing the negative eigenvalues does not; the score replacement is exact; bad 
 import contextlib
 import io
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_main
+from script_run import run_then_render
 
 SCRIPT = "rule_preserving_ablation.py"
 FIGURES = ("explained.png", "k_curve.png")
@@ -35,13 +34,13 @@ def end_to_end(tmp_path_factory, truth, planted_model):
     rank = truth["n_negative_eigenvalues"] + truth["n_positive_eigenvalues"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        run_main(SCRIPT, "--model", "planted", "--out", str(out), "--text", "demo",
-                 "--communities", "lists", "--k-values", f"1,12,26,{rank}", *FAST, "--threads", "1")
-    return out, stdout.getvalue(), rank
+        drawn = run_then_render(SCRIPT, out, "--model", "planted", "--text", "demo", "--communities", "lists",
+                                "--k-values", f"1,12,26,{rank}", *FAST, "--threads", "1")
+    return out, stdout.getvalue(), rank, drawn
 
 
 def test_end_to_end_outputs(end_to_end, truth):
-    out, stdout, rank = end_to_end
+    out, stdout, rank, _ = end_to_end
     for f in ("explained.csv", "k_curve.csv", "query_types.csv", "worst_failures.csv", "per_window_kl.csv",
               *FIGURES, "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
@@ -59,20 +58,16 @@ def test_end_to_end_outputs(end_to_end, truth):
     assert meta["k_values"] == [1, 12, 26, rank] and meta["summary"]["n_windows"] == s["n_windows"]
 
 
-def test_render_draws_from_saved_files_only(end_to_end, tmp_path):
-    """A folder holding only the saved tables and JSON (no PNGs, no model) is enough to draw every figure."""
-    from rule_preserving_ablation import render
-
-    out, _, _ = end_to_end
-    for f in [*out.glob("*.csv"), *out.glob("*.json")]:
-        shutil.copy(f, tmp_path)
-    assert sorted(p.name for p in render(tmp_path)) == sorted(FIGURES)
+def test_render_draws_every_figure_from_saved_files(end_to_end):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    out, _, _, drawn = end_to_end
+    assert sorted(p.name for p in drawn) == sorted(FIGURES)
     for f in FIGURES:
-        assert (tmp_path / f).stat().st_size > 0, f
+        assert (out / f).stat().st_size > 0, f
 
 
 def test_rules_and_w_sym_explain_the_planted_head(end_to_end):
-    out, _, rank = end_to_end
+    out, _, rank, _ = end_to_end
     ex = pd.read_csv(out / "explained.csv").set_index(["variant", "baseline"])
     for b in ("mean", "resample"):
         assert ex.loc[("rules", b), "explained"] >= 0.95
