@@ -1,4 +1,4 @@
-"""characterize_head.py end to end on the planted model (in process), its figures redrawn from the
+"""characterize_head.py end to end on the planted model (in process), its figures drawn from the
 saved files, and its bad-input errors."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import check_help_and_common_errors, run_script
+from conftest import check_help_and_common_errors
 from script_run import run_then_render
 
 SCRIPT = "characterize_head.py"
@@ -65,9 +65,15 @@ def test_help_and_bad_input(tmp_path, capsys):
     assert not list(tmp_path.glob("*.csv"))
 
 
-def test_missing_weights_message(tmp_path):
-    """The process boundary is the point: exit code 2, a one-line message, no traceback."""
-    proc = run_script(SCRIPT, "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path), check=False)
-    assert proc.returncode == 2 and "unknown model" in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_missing_weights_message(tmp_path, capsys):
+    """A model that cannot be loaded: exit code 2 and a one-line message. SystemExit is the only
+    exception that leaves main (anything else would be a traceback), and it is raised before any
+    result is written."""
+    from characterize_head import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown model" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.csv"))
