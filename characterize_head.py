@@ -17,19 +17,25 @@ Outputs (``figures/characterize_head/`` by default):
   summary.json, meta.json
 
 Published reference (the L1H5 post, gpt2-small): L1H5 about 0.6, the next-lowest heads 1.2 or more.
+
+Run: python characterize_head.py --model planted   (real gpt2-small: --model gpt2-small)
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import base_parser, script_name, start
+from common.cli import base_parser, start
 from common.metrics import MASS_PARTS, all_head_patterns, head_survey, mean_ci
-from common.outputs import write_csv, write_json, write_meta, write_text
-from common.plotting import plt, save_figure, sns
+from common.outputs import write_text
 from common.prompts import category_prompts
+from common.results import Results, load_meta, load_summary, load_table, save_results
+
+SCRIPT = "characterize_head"
 
 
 def parse_args(argv: list[str] | None):
@@ -48,69 +54,44 @@ def parse_args(argv: list[str] | None):
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    model, out = start(args, script_name(__file__))
+def prompts(model, args):
+    """The seeded category prompts every head is scored on."""
     if args.seq_len + 1 > model.cfg.n_ctx:
         raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
-    L, H = args.layer, args.head
-    batch = category_prompts(model.tokenizer, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
+    return category_prompts(model.tokenizer, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
 
-    survey = head_survey(model, batch.tokens, batch.mask, batch_size=args.batch_size, layers=list(range(L + 1)))
+
+def compute(model, args, batch) -> Results:
+    """Score and mass split of every head of layers 0..layer; the target against the median head."""
+    layer, head = args.layer, args.head
+    survey = head_survey(model, batch.tokens, batch.mask, batch_size=args.batch_size, layers=list(range(layer + 1)))
     score = survey["score"].numpy()  # [layer, head, prompt]
     mean, half = mean_ci(score, axis=-1)
-    rows = [
+    table = pd.DataFrame([
         {"layer": l, "head": h, "score_mean": mean[l, h], "score_ci95": half[l, h],
          **{f"mass_{p}": float(survey["mass"][p][l, h]) for p in MASS_PARTS}}
         for l in range(mean.shape[0]) for h in range(mean.shape[1])
-    ]
-    table = pd.DataFrame(rows)
-    write_csv(out / "head_scores.csv", table)
-
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * mean.shape[1], 0.8 + 0.5 * mean.shape[0]))
-    sns.heatmap(mean, annot=mean.shape[1] <= 16, fmt=".2f", cmap="viridis_r", ax=ax,
-                cbar_kws={"label": "semantic category score (lower = follows the rules)"})
-    ax.add_patch(plt.Rectangle((H, L), 1, 1, fill=False, edgecolor="red", lw=2.5))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(f"Semantic category score per head, {args.n_prompts} prompts ({args.model})")
-    save_figure(fig, out / "head_scores.png")
-
+    ])
     order = table.sort_values("score_mean").reset_index(drop=True)
     median_row = order.iloc[len(order) // 2]
-    target_row = table[(table.layer == L) & (table["head"] == H)].iloc[0]
+    target_row = table[(table.layer == layer) & (table["head"] == head)].iloc[0]
     mass = pd.DataFrame([
-        {"head": f"L{L}H{H} (target)", **{p: target_row[f"mass_{p}"] for p in MASS_PARTS}},
+        {"head": f"L{layer}H{head} (target)", **{p: target_row[f"mass_{p}"] for p in MASS_PARTS}},
         {"head": f"L{int(median_row.layer)}H{int(median_row['head'])} (median score)",
          **{p: median_row[f"mass_{p}"] for p in MASS_PARTS}},
     ])
-    write_csv(out / "mass_split.csv", mass)
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    mass.set_index("head")[list(MASS_PARTS)].plot.barh(stacked=True, ax=ax, colormap="tab10")
-    ax.set_xlabel("mean attention mass per query")
-    ax.set_xlim(0, 1)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, frameon=False)
-    ax.set_title("Where the attention goes")
-    save_figure(fig, out / "mass_split.png")
-
-    html_path = out / f"attention_L{L}H{H}.html"
-    write_text(html_path, attention_page(model, batch.tokens[0], L, H))
-
-    others = table[~((table.layer == L) & (table["head"] == H))]
+    others = table[~((table.layer == layer) & (table["head"] == head))]
+    nxt = others.sort_values("score_mean").iloc[0]
     summary = {
-        "model": args.model, "layer": L, "head": H, "n_prompts": args.n_prompts,
+        "model": args.model, "layer": layer, "head": head, "n_prompts": args.n_prompts,
         "target_score": float(target_row.score_mean), "target_score_ci95": float(target_row.score_ci95),
         "target_rank": int((table.score_mean < target_row.score_mean).sum()) + 1,
-        "next_lowest": {"layer": int(others.sort_values("score_mean").iloc[0].layer),
-                        "head": int(others.sort_values("score_mean").iloc[0]["head"]),
+        "next_lowest": {"layer": int(nxt.layer), "head": int(nxt["head"]),
                         "score": float(others.score_mean.min())},
         "target_mass": {p: float(target_row[f"mass_{p}"]) for p in MASS_PARTS},
         "published_gpt2_small": {"L1H5": 0.6, "next_lowest_at_least": 1.2},
     }
-    write_json(out / "summary.json", summary)
-    write_meta(out, args)
-    report(order, L, H, summary)
-    return 0
+    return Results({"head_scores": table, "mass_split": mass}, summary)
 
 
 def attention_page(model, tokens, layer: int, head: int) -> str:
@@ -122,7 +103,36 @@ def attention_page(model, tokens, layer: int, head: int) -> str:
     return cv.attention.attention_pattern(tokens=labels, attention=pattern).local_src
 
 
-def report(order: pd.DataFrame, layer: int, head: int, summary: dict) -> None:
+def render(out_dir) -> list[Path]:
+    """head_scores.png and mass_split.png from the saved tables (title: prompts and model of the run)."""
+    from common.plotting import plt, save_figure, sns
+
+    out_dir = Path(out_dir)
+    table, summary = load_table(out_dir, "head_scores"), load_summary(out_dir)
+    mean = table.pivot(index="layer", columns="head", values="score_mean").to_numpy()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * mean.shape[1], 0.8 + 0.5 * mean.shape[0]))
+    sns.heatmap(mean, annot=mean.shape[1] <= 16, fmt=".2f", cmap="viridis_r", ax=ax,
+                cbar_kws={"label": "semantic category score (lower = follows the rules)"})
+    ax.add_patch(plt.Rectangle((summary["head"], summary["layer"]), 1, 1, fill=False, edgecolor="red", lw=2.5))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"Semantic category score per head, {summary['n_prompts']} prompts ({load_meta(out_dir)['args']['model']})")
+    paths = [save_figure(fig, out_dir / "head_scores.png")]
+
+    mass = load_table(out_dir, "mass_split")
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    mass.set_index("head")[list(MASS_PARTS)].plot.barh(stacked=True, ax=ax, colormap="tab10")
+    ax.set_xlabel("mean attention mass per query")
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, frameon=False)
+    ax.set_title("Where the attention goes")
+    paths.append(save_figure(fig, out_dir / "mass_split.png"))
+    return paths
+
+
+def report(results: Results) -> None:
+    summary, layer, head = results.summary, results.summary["layer"], results.summary["head"]
+    order = results.tables["head_scores"].sort_values("score_mean").reset_index(drop=True)
     t = Table(title="Lowest semantic category scores (lower = follows the three rules)")
     for c in ("rank", "head", "score", "95% CI", "self+copies", "in-category", "BOS"):
         t.add_column(c)
@@ -133,6 +143,21 @@ def report(order: pd.DataFrame, layer: int, head: int, summary: dict) -> None:
                   f"{r.mass_in_category:.3f}", f"{r.mass_bos:.3f}")
     Console().print(t)
     print(f"L{layer}H{head}: score {summary['target_score']:.3f}, rank {summary['target_rank']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score every head up to the target layer on seeded category prompts; save the tables and the
+    target head's interactive page (data for a viewer); draw from the saved files; report."""
+    args = parse_args(argv)
+    model, out_dir = start(args, SCRIPT)
+    batch = prompts(model, args)
+    results = compute(model, args, batch)
+    save_results(out_dir, results, args, SCRIPT)
+    write_text(out_dir / f"attention_L{args.layer}H{args.head}.html",
+               attention_page(model, batch.tokens[0], args.layer, args.head))
+    render(out_dir)
+    report(results)
+    return 0
 
 
 if __name__ == "__main__":

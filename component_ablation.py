@@ -34,14 +34,23 @@ Outputs (``figures/component_ablation/`` by default):
   position_independence.csv      per variant and head: correlation, max/mean |difference|
   position_independence.png      target head: token-pair pattern clean vs rearranged (one prompt)
                                  and all pairs as a scatter, per variant
-  meta.json
+  position_example.csv           the figure's top row: target head, first prompt, every (query, key)
+                                 pair, clean and per variant (NaN where the key is not visible)
+  position_pairs.csv             the figure's scatters: target head, every visible pair of every
+                                 prompt (query BOS left out), clean vs rearranged, per variant;
+                                 rounded to 3 decimals (the scatter's resolution), equal points
+                                 stored once with their count n_pairs
+  summary.json, meta.json
 
 Published reference (the L1H5 post, gpt2-small, mean ablation): baseline score about 0.66; token
 embedding ablated about 2.1; MLP0 ablated about 1.75; positional embedding and layer-0 attention
 about unchanged. (Prompt sets differ, so compare ratios rather than absolute values.)
-"""
 
+Run: python component_ablation.py --model planted   (real gpt2-small: --model gpt2-small)
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,17 +61,19 @@ from tqdm import tqdm
 
 from common.ablation import (COMPONENTS, collect_activations, keep_only_hooks, mean_ablation_hooks,
                              resample_ablation_hooks)
-from common.cli import base_parser, script_name, start
+from common.cli import base_parser, start
 from common.metrics import all_head_patterns, mean_ci, semantic_score
-from common.outputs import write_csv, write_meta
-from common.plotting import plt, save_figure, sns
 from common.prompts import category_prompts
+from common.results import Results, load_meta, load_table, save_results
 
+SCRIPT = "component_ablation"
 CLEAN = "clean"
 MLP0_ONLY = "MLP0 output only"
 VARIANTS = ("shuffled", "shifted", "padded")
 PUBLISHED = {"clean": 0.66, "token embedding": 2.1, "layer-0 MLP": 1.75,
              "positional embedding": "about unchanged", "layer-0 attention": "about unchanged"}
+PAIR_DECIMALS = 3  # the scatter's resolution (1/1000 of its axes): identical points are stored once, counted
+META_KEYS = ("mean_ablation_data", "resample_ablation_data", "target_means", "published_gpt2_small_mean_ablation")
 
 
 def parse_args(argv):
@@ -85,6 +96,15 @@ def parse_args(argv):
     if args.batch_size < 1 or args.shift < 0 or args.pad < 0:
         p.error("--batch-size must be positive; --shift and --pad non-negative")
     return args
+
+
+def check_args(model, args) -> None:
+    """Checks that need the model."""
+    if args.layer < 1:
+        raise SystemExit("error: --layer must be >= 1: the ablated components (layer-0 attention and MLP) "
+                         "feed layer 1 onwards")
+    if args.seq_len + 1 > model.cfg.n_ctx:
+        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +134,18 @@ def condition_scores(model, tokens, mask, layer: int, hooks, batch_size: int) ->
         pat = all_head_patterns(model, tokens[i : i + batch_size], layers=[layer], hooks=hooks)[0]
         out.append(semantic_score(pat, mask[i : i + batch_size]))
     return torch.cat(out, -1)
+
+
+def ablation_scores(model, batch, ref_tokens, args) -> pd.DataFrame:
+    """Score per (ablation, method, head, prompt): clean and under every ablation condition."""
+    conds = ablation_conditions(model, ref_tokens, args.layer, args.seed, args.ablate_bos)
+    frames = []
+    for (abl, meth), hooks in tqdm(conds.items(), desc="ablations", leave=False):
+        s = condition_scores(model, batch.tokens, batch.mask, args.layer, hooks, args.batch_size).numpy()
+        hh, pp = np.meshgrid(np.arange(s.shape[0]), np.arange(s.shape[1]), indexing="ij")
+        frames.append(pd.DataFrame({"ablation": abl, "method": meth, "head": hh.ravel(), "prompt": pp.ravel(),
+                                    "score": s.ravel()}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarise(scores: pd.DataFrame) -> pd.DataFrame:
@@ -184,18 +216,28 @@ def renormalise(pattern: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
-def position_independence(model, tokens, layer: int, args, batch_size: int):
-    """Per variant: (metrics rows per head, example clean/rearranged token-pair matrices of the target)."""
-    rows, examples = [], {}
-    clean = torch.cat([all_head_patterns(model, tokens[i : i + batch_size], layers=[layer])[0]
-                       for i in range(0, len(tokens), batch_size)], 1)
+def position_independence(model, tokens, args) -> dict[str, pd.DataFrame]:
+    """Per variant and head: agreement of the token-pair pattern with the clean run
+    (``position_independence``); for the target head, the first prompt's pattern per variant
+    (``position_example``) and every visible pair of every prompt (``position_pairs``)."""
+    layer, head, bs = args.layer, args.head, args.batch_size
+    rows, pairs = [], []
+    clean = torch.cat([all_head_patterns(model, tokens[i : i + bs], layers=[layer])[0]
+                       for i in range(0, len(tokens), bs)], 1)
+    n = tokens.shape[1]
+    labels = [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
+    qq, kk = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    causal = np.tril(np.ones((n, n), dtype=bool))
+    example = pd.DataFrame({"query": qq.ravel(), "key": kk.ravel(), "query_token": np.array(labels)[qq.ravel()],
+                            "key_token": np.array(labels)[kk.ravel()],
+                            CLEAN: np.where(causal, clean[head, 0].numpy(), np.nan).ravel()})
     bos = model.tokenizer.bos_token_id
     for variant in VARIANTS:
         new, pos_map, hooks = rearrange(tokens, variant, args.seed + 2, args.shift, args.pad, bos, model.W_pos.detach())
         pats, common_all = [], []
-        for i in range(0, len(new), batch_size):
-            pat = all_head_patterns(model, new[i : i + batch_size], layers=[layer], hooks=hooks)[0]
-            mapped, common = pair_patterns(pat, pos_map[i : i + batch_size])
+        for i in range(0, len(new), bs):
+            pat = all_head_patterns(model, new[i : i + bs], layers=[layer], hooks=hooks)[0]
+            mapped, common = pair_patterns(pat, pos_map[i : i + bs])
             pats.append(mapped)
             common_all.append(common)
         moved, common = torch.cat(pats, 1), torch.cat(common_all, 0)
@@ -208,17 +250,62 @@ def position_independence(model, tokens, layer: int, args, batch_size: int):
             d = (x - y).abs()
             rows.append({"variant": variant, "head": h, "pearson_r": corr, "max_abs_diff": float(d.max()),
                          "mean_abs_diff": float(d.mean()), "n_pairs": int(sel.sum())})
-        examples[variant] = (b[args.head, 0].numpy(), common[0].numpy(), a[args.head][sel].numpy(),
-                             b[args.head][sel].numpy())
-    return pd.DataFrame(rows), examples, clean[args.head, 0].numpy()
+        example[variant] = np.where(common[0].numpy(), b[head, 0].numpy(), np.nan).ravel()
+        pairs.append(pd.DataFrame({"variant": variant, "clean": a[head][sel].numpy().round(PAIR_DECIMALS),
+                                   "rearranged": b[head][sel].numpy().round(PAIR_DECIMALS)}))
+    pairs = pd.concat(pairs).groupby(["variant", "clean", "rearranged"], sort=False).size()
+    return {"position_independence": pd.DataFrame(rows), "position_example": example,
+            "position_pairs": pairs.reset_index(name="n_pairs")}
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures and report
+# compute -> Results
 # ----------------------------------------------------------------------------------------------
 
 
-def boxplot(scores: pd.DataFrame, head: int, title: str, path):
+def compute(model, args) -> Results:
+    tok = model.tokenizer
+    batch = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
+    ref = category_prompts(tok, args.n_reference, args.seq_len, args.seed + 1, repeat_prob=args.repeat_prob)
+    scores = ablation_scores(model, batch, ref.tokens, args)
+    table = summarise(scores)
+    target = table[table["head"] == args.head].set_index(["ablation", "method"])["mean"]
+    summary = {
+        "model": args.model, "layer": args.layer, "head": args.head, "n_prompts": int(scores.prompt.nunique()),
+        "mean_ablation_data": (f"mean over all {'' if args.ablate_bos else 'non-BOS '}positions of {args.n_reference} "
+                               f"reference prompts (seed {args.seed + 1}); "
+                               f"BOS position {'ablated' if args.ablate_bos else 'kept clean'}"),
+        "resample_ablation_data": "a uniformly drawn (prompt, position) of the same reference batch per ablated "
+                                  "position",
+        "target_means": {f"{a} ({m})": float(v) for (a, m), v in target.items()},
+        "published_gpt2_small_mean_ablation": PUBLISHED,
+    }
+    return Results({"scores": scores, "summary": table, **position_independence(model, batch.tokens, args)}, summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (from the saved files only) and report
+# ----------------------------------------------------------------------------------------------
+
+
+def render(out_dir) -> list[Path]:
+    out_dir = Path(out_dir)
+    args = load_meta(out_dir)["args"]
+    layer, head = args["layer"], args["head"]
+    scores, summary = load_table(out_dir, "scores"), load_table(out_dir, "summary")
+    return [
+        boxplot(scores, summary, head, f"L{layer}H{head}: score per prompt, {scores.prompt.nunique()} prompts "
+                f"({args['model']})", out_dir / "ablation_boxplot.png"),
+        heads_figure(summary, layer, head, out_dir / "ablation_heads.png"),
+        position_figure(load_table(out_dir, "position_example"), load_table(out_dir, "position_pairs"),
+                        load_table(out_dir, "position_independence"), layer, head,
+                        out_dir / "position_independence.png"),
+    ]
+
+
+def boxplot(scores: pd.DataFrame, summary: pd.DataFrame, head: int, title: str, path) -> Path:
+    from common.plotting import plt, save_figure, sns
+
     df = scores[scores["head"] == head].copy()
     df["condition"] = df.ablation
     order = list(dict.fromkeys(df.condition))
@@ -227,7 +314,7 @@ def boxplot(scores: pd.DataFrame, head: int, title: str, path):
     fig, ax = plt.subplots(figsize=(9, 4.5))
     sns.boxplot(data=df, x="condition", y="score", hue="method", order=order, ax=ax, fliersize=1.5,
                 hue_order=["-", "mean", "resample", "replace"], palette="Set2")
-    clean = df[df.ablation == CLEAN].score.mean()
+    clean = float(summary[(summary.ablation == CLEAN) & (summary["head"] == head)]["mean"].iloc[0])
     ax.axhline(clean, color="k", ls="--", lw=0.8, label=f"clean mean {clean:.3g}")
     ax.set_yscale("log")
     ax.set_ylabel("semantic category score (log; lower = follows rules)")
@@ -235,10 +322,12 @@ def boxplot(scores: pd.DataFrame, head: int, title: str, path):
     ax.tick_params(axis="x", rotation=20)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def heads_figure(summary: pd.DataFrame, layer: int, target: int, path):
+def heads_figure(summary: pd.DataFrame, layer: int, target: int, path) -> Path:
+    from common.plotting import plt, save_figure, sns
+
     df = summary[summary.ablation != CLEAN].copy()
     df["condition"] = df.ablation + " (" + df.method + ")"
     mat = df.pivot(index="condition", columns="head", values="ratio_to_clean")
@@ -250,26 +339,30 @@ def heads_figure(summary: pd.DataFrame, layer: int, target: int, path):
     ax.set_xlabel(f"head of layer {layer} (annotated: ratio to clean)")
     ax.set_ylabel("")
     ax.set_title("Which heads depend on which component")
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def position_figure(examples: dict, clean: np.ndarray, table: pd.DataFrame, labels: list[str], layer: int, head: int,
-                    path):
+def position_figure(example: pd.DataFrame, pairs: pd.DataFrame, table: pd.DataFrame, layer: int, head: int,
+                    path) -> Path:
     """Top: one prompt's token-pair pattern, clean and (mapped back, renormalised on the common keys)
     rearranged; bottom: every (query, key) pair of every prompt, clean vs rearranged."""
-    fig, axes = plt.subplots(2, len(examples) + 1, figsize=(4.2 * (len(examples) + 1), 8.2))
-    causal = np.tril(np.ones_like(clean, dtype=bool))
-    sns.heatmap(np.where(causal, clean, np.nan), ax=axes[0, 0], xticklabels=labels, yticklabels=labels, cmap="viridis",
-                vmin=0, vmax=1,
-                square=True, cbar=False)
+    from common.plotting import plt, save_figure, sns
+
+    variants = [v for v in VARIANTS if v in example.columns]
+    n = int(example["query"].max()) + 1
+    labels = example[example["query"] == n - 1].sort_values("key").key_token.astype(str).tolist()
+    fig, axes = plt.subplots(2, len(variants) + 1, figsize=(4.2 * (len(variants) + 1), 8.2))
+    sns.heatmap(example[CLEAN].to_numpy().reshape(n, n), ax=axes[0, 0], xticklabels=labels, yticklabels=labels,
+                cmap="viridis", vmin=0, vmax=1, square=True, cbar=False)
     axes[0, 0].set_title(f"L{layer}H{head} clean (token pairs)")
     axes[1, 0].axis("off")
-    for j, (variant, (b, common, xs, ys)) in enumerate(examples.items(), start=1):
-        sns.heatmap(np.where(common, b, np.nan), ax=axes[0, j], xticklabels=labels, yticklabels=labels,
-                    cmap="viridis", vmin=0, vmax=1, square=True, cbar=j == len(examples))
+    for j, variant in enumerate(variants, start=1):
+        sns.heatmap(example[variant].to_numpy().reshape(n, n), ax=axes[0, j], xticklabels=labels, yticklabels=labels,
+                    cmap="viridis", vmin=0, vmax=1, square=True, cbar=j == len(variants))
         axes[0, j].set_title(f"{variant}, mapped back to clean order")
         r = table[(table.variant == variant) & (table["head"] == head)].iloc[0]
-        axes[1, j].scatter(xs, ys, s=3, alpha=0.4)
+        p = pairs[pairs.variant == variant]  # a point stored once for n pairs is drawn as n overlapping ones
+        axes[1, j].scatter(p.clean, p.rearranged, s=3, alpha=1 - 0.6 ** p.n_pairs.to_numpy())
         axes[1, j].plot([0, 1], [0, 1], "k--", lw=0.7)
         axes[1, j].set_xlabel("clean")
         axes[1, j].set_ylabel(variant)
@@ -278,10 +371,12 @@ def position_figure(examples: dict, clean: np.ndarray, table: pd.DataFrame, labe
         ax.tick_params(labelsize=5)
     fig.suptitle(f"L{layer}H{head}: attention of each query word to each key word, renormalised on the keys "
                  "visible in both arrangements")
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def report(summary: pd.DataFrame, pos: pd.DataFrame, head: int, layer: int) -> None:
+def report(results: Results) -> None:
+    summary, pos = results.tables["summary"], results.tables["position_independence"]
+    layer, head = results.summary["layer"], results.summary["head"]
     t = Table(title=f"L{layer}H{head}: semantic category score under ablation (lower = follows rules)")
     for c in ("ablation", "method", "mean", "95% CI", "median", "x clean"):
         t.add_column(c)
@@ -299,49 +394,16 @@ def report(summary: pd.DataFrame, pos: pd.DataFrame, head: int, layer: int) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Score every head of the layer on category prompts, clean and with each component ablated
+    (reference statistics from a separate batch); re-run the prompts shuffled, shifted and padded;
+    save, draw from the saved files, report."""
     args = parse_args(argv)
-    model, out = start(args, script_name(__file__))
-    L, H = args.layer, args.head
-    if L < 1:
-        raise SystemExit("error: --layer must be >= 1: the ablated components (layer-0 attention and MLP) "
-                         "feed layer 1 onwards")
-    if args.seq_len + 1 > model.cfg.n_ctx:
-        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
-    tok = model.tokenizer
-    batch = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
-    ref = category_prompts(tok, args.n_reference, args.seq_len, args.seed + 1, repeat_prob=args.repeat_prob)
-
-    conds = ablation_conditions(model, ref.tokens, L, args.seed, args.ablate_bos)
-    frames = []
-    for (abl, meth), hooks in tqdm(conds.items(), desc="ablations", leave=False):
-        s = condition_scores(model, batch.tokens, batch.mask, L, hooks, args.batch_size).numpy()
-        hh, pp = np.meshgrid(np.arange(s.shape[0]), np.arange(s.shape[1]), indexing="ij")
-        frames.append(pd.DataFrame({"ablation": abl, "method": meth, "head": hh.ravel(), "prompt": pp.ravel(),
-                                    "score": s.ravel()}))
-    scores = pd.concat(frames, ignore_index=True)
-    summary = summarise(scores)
-
-    pos, examples, clean_example = position_independence(model, batch.tokens, L, args, args.batch_size)
-    labels = [tok.decode([t]) for t in batch.tokens[0].tolist()]
-
-    write_csv(out / "scores.csv", scores)
-    write_csv(out / "summary.csv", summary)
-    write_csv(out / "position_independence.csv", pos)
-    boxplot(scores, H, f"L{L}H{H}: score per prompt, {args.n_prompts} prompts ({args.model})",
-            out / "ablation_boxplot.png")
-    heads_figure(summary, L, H, out / "ablation_heads.png")
-    position_figure(examples, clean_example, pos, labels, L, H, out / "position_independence.png")
-    target = summary[summary["head"] == H].set_index(["ablation", "method"])["mean"]
-    write_meta(out, args, {
-        "mean_ablation_data": (f"mean over all {'' if args.ablate_bos else 'non-BOS '}positions of {args.n_reference} "
-                               f"reference prompts (seed {args.seed + 1}); "
-                               f"BOS position {'ablated' if args.ablate_bos else 'kept clean'}"),
-        "resample_ablation_data": "a uniformly drawn (prompt, position) of the same reference batch per ablated "
-                                  "position",
-        "target_means": {f"{a} ({m})": float(v) for (a, m), v in target.items()},
-        "published_gpt2_small_mean_ablation": PUBLISHED,
-    })
-    report(summary, pos, H, L)
+    model, out_dir = start(args, SCRIPT)
+    check_args(model, args)
+    results = compute(model, args)
+    save_results(out_dir, results, args, SCRIPT, meta={k: results.summary[k] for k in META_KEYS})
+    render(out_dir)
+    report(results)
     return 0
 
 

@@ -8,11 +8,12 @@ repository's one-step trace-loss edit?
 
 Method. Seeded category prompts with many repeated words (train and a held-out set). The head's
 W_Q and W_K get an update dW_Q, dW_K, either full ([d_model, d_head] each) or low rank
-(A B^T with rank --rank, LoRA-style: A random, B zero), applied through forward hooks on
-``blocks.L.attn.hook_q`` / ``hook_k`` (q += x dW_Q, k += x dW_K, x = the LN1-normalised input), so
-the model's parameters are never modified. Layers 0..L-1 do not depend on the optimised weights,
-so their output is computed once (``stop_at_layer=L``); each step runs layer L (``start_at_layer``)
-with autograd up to the head's attention scores. Loss (Adam, --lr, --steps; after each step dW_Q,
+(A B^T with rank --rank, LoRA-style: A random, B zero). The head's input, its LN-normalised
+residual x = ``blocks.L.ln1.hook_normalized``, does not depend on the optimised weights, so it is
+computed once (layers 0..L, ``common.head_replacement.layer_input``); each step recomputes the
+head's attention scores (x (W_Q + dW_Q) + b_Q)(x (W_K + dW_K) + b_K)^T / sqrt(d_head) from it with
+autograd (``common.head_replacement.qk_scores``), so the model's parameters are never modified.
+Loss (Adam, --lr, --steps; after each step dW_Q,
 dW_K are shrunk back into the trust region ||dW||_F <= --max-edit * ||W||_F) over queries q >= 1:
   promote:   -mean_q log m_q                                   + keep * KL
   suppress:  mean_q softplus(log m_q - (log m_q^orig - margin))  + keep * KL
@@ -47,11 +48,14 @@ Outputs (``figures/gradient_steering/`` by default):
 
 Published reference (the original repository): the trace-loss step makes tokens attend to
 themselves; no numbers to compare against are published for gradient steering.
-"""
 
+Run: python gradient_steering.py --model planted   (real gpt2-small: --model gpt2-small)
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,17 +64,21 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from common.cli import base_parser, script_name, start
-from common.metrics import mass_split, semantic_score
-from common.outputs import write_csv, write_json, write_meta
-from common.plotting import plt, save_figure
-from common.prompts import TokenizationError, category_prompts, category_token_ids, group_token_ids, single_token_id
+from common.cli import base_parser, start
 from common.effective_embeddings import effective_embeddings
 from common.factored import Factored, steer
 from common.head_qk import FactoredQK
+from common.head_replacement import head_scores, layer_input, qk_scores
+from common.metrics import mass_split, semantic_score
+from common.prompts import (GROUP_TOKENS, TokenizationError, category_prompts, category_token_ids, group_token_ids,
+                            self_and_copies_mask, single_token_id)
+from common.results import Results, load_table, load_summary, save_results
 from common.token_scores import query_row, rank_metrics, self_rank
 
+SCRIPT = "gradient_steering"
 DIRECTIONS = {"promote": ["promote"], "suppress": ["suppress"], "both": ["promote", "suppress"]}
+SUMMARY_KEYS = ("mass_self_and_copies", "mean_log_self_mass", "mass_in_category", "in_category_share_of_nonself",
+                "semantic_score", "category_median_rank", "median_rank", "edit_fro_rel", "alpha")
 
 
 def parse_args(argv):
@@ -112,60 +120,34 @@ def parse_args(argv):
     return args
 
 
-# ----------------------------------------------------------------------------------------------
-# Running only what the head needs
-# ----------------------------------------------------------------------------------------------
-
-
-class _Done(Exception):
-    """Raised from a hook once the head's scores exist: nothing after them is needed."""
-
-
-@torch.no_grad()
-def residual_before(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-    """blocks.<layer>.hook_resid_pre for ``tokens``: constant while only layer ``layer`` changes."""
-    return model(tokens.to(model.cfg.device), stop_at_layer=layer)
-
-
-def head_scores(model, resid: torch.Tensor, layer: int, head: int, hooks=()) -> torch.Tensor:
-    """Attention scores [batch, q, k] of one head (causally masked), from the residual before ``layer``.
-
-    Runs layer ``layer`` only up to ``hook_attn_scores``; ``hooks`` (e.g. W_Q/W_K edits) apply.
-    Differentiable when the hooks carry parameters and grad is enabled.
-    """
-    out = {}
-
-    def grab(t, hook):
-        out["s"] = t[:, head]
-        raise _Done
-
+def check_args(model, args) -> int:
+    """Checks that need the model; returns the id of --query-word."""
+    if args.seq_len + 1 > model.cfg.n_ctx:
+        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
+    if args.rank > model.cfg.d_head:
+        raise SystemExit(f"error: --rank {args.rank} exceeds d_head {model.cfg.d_head} (use 0 for a full update)")
     try:
-        model.run_with_hooks(resid, start_at_layer=layer, stop_at_layer=layer + 1,
-                             fwd_hooks=[*hooks, (f"blocks.{layer}.attn.hook_attn_scores", grab)])
-    except _Done:
-        pass
-    return out["s"]
+        return single_token_id(model.tokenizer, args.query_word)
+    except TokenizationError as exc:
+        raise SystemExit(f"error: --query-word: {exc}") from None
 
 
-def self_mask(tokens: torch.Tensor) -> torch.Tensor:
-    """[batch, q, k]: key k <= q is the query token itself or an earlier copy (never BOS)."""
-    n = tokens.shape[1]
-    m = (tokens[:, :, None] == tokens[:, None, :]) & torch.ones(n, n, dtype=torch.bool).tril()
-    m[:, :, 0] = False
-    return m
+# ----------------------------------------------------------------------------------------------
+# Losses on the head's attention scores
+# ----------------------------------------------------------------------------------------------
 
 
 def log_self_mass(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log m_q [batch, q-1] for queries q >= 1, exact for tiny masses."""
     logp = torch.log_softmax(scores, -1)
-    logp = logp.masked_fill(~self_mask(tokens).to(scores.device), -torch.inf)
+    logp = logp.masked_fill(~self_and_copies_mask(tokens).to(scores.device), -torch.inf)
     return torch.logsumexp(logp, -1)[:, 1:]
 
 
 def nonself_kl(scores, ref_scores, tokens) -> torch.Tensor:
     """mean_q KL(p_ref || p) of the attention renormalised over the keys that are NOT the query
     or its copies: how much the rest of the pattern (in-category, BOS, other) changed shape."""
-    drop = self_mask(tokens).to(scores.device)
+    drop = self_and_copies_mask(tokens).to(scores.device)
     lp = torch.log_softmax(scores.masked_fill(drop, -torch.inf), -1)
     lr = torch.log_softmax(ref_scores.masked_fill(drop, -torch.inf), -1)
     valid = torch.isfinite(lr)
@@ -183,7 +165,7 @@ def loss_fn(scores, ref_scores, tokens, direction: str, margin: float) -> torch.
 
 
 # ----------------------------------------------------------------------------------------------
-# Edits as hooks
+# The edits: a W_Q/W_K update, or any factored scorer
 # ----------------------------------------------------------------------------------------------
 
 
@@ -219,80 +201,64 @@ class Update(torch.nn.Module):
                 param.mul_(cap / n)
 
 
-def qk_edit_hooks(layer: int, head: int, get_deltas) -> list:
-    """Hooks adding x dW_Q to the head's queries and x dW_K to its keys (x: LN1-normalised input).
-
-    ``get_deltas()`` is called at each forward pass, so trainable deltas stay in the graph.
-    """
-    saved = {}
-
-    def save_x(t, hook):
-        saved["x"] = t
-
-    def add(which):
-        def fn(t, hook):
-            dQ, dK = get_deltas()
-            d = dQ if which == "q" else dK
-            t = t.clone()
-            t[:, :, head] = t[:, :, head] + saved["x"] @ d.to(t.dtype)
-            return t
-        return fn
-
-    return [(f"blocks.{layer}.ln1.hook_normalized", save_x),
-            (f"blocks.{layer}.attn.hook_q", add("q")), (f"blocks.{layer}.attn.hook_k", add("k"))]
+def edited_scores(qk: FactoredQK, x: torch.Tensor, dQ=None, dK=None) -> torch.Tensor:
+    """The head's attention scores on its input ``x`` with W_Q + dQ and W_K + dK (differentiable)."""
+    W_Q = qk.W_Q if dQ is None else qk.W_Q + dQ
+    W_K = qk.W_K if dK is None else qk.W_K + dK
+    return qk_scores(x, W_Q, W_K, qk.b_Q, qk.b_K, qk.attn_scale)
 
 
-def scorer_hooks(layer: int, head: int, f: Factored) -> list:
-    """Hooks replacing the head's attention scores by those of an arbitrary (factored) scorer ``f``.
+@dataclass
+class Variant:
+    """One edit of the head: its factored scorer (vocabulary views) and how its held-out scores
+    are computed (``weights`` = edited (W_Q, W_K) when the edit is a weight update, else the scorer)."""
 
-    Used for edits that are not a d_head-sized W_Q/W_K change (eigenvalue steering). ``f`` must
-    be in logit units (biases and 1/sqrt(d_head) included, as ``FactoredQK.scorer()``).
-    """
-    saved = {}
+    scorer: Factored
+    weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    alpha: float = float("nan")
 
-    def save_x(t, hook):
-        saved["x"] = t
+    def scores(self, qk: FactoredQK, x: torch.Tensor) -> torch.Tensor:
+        if self.weights is None:
+            return head_scores(self.scorer, x)
+        return qk_scores(x, *self.weights, qk.b_Q, qk.b_K, qk.attn_scale)
 
-    def replace(t, hook):
-        x = saved["x"]
-        qf, kf = f.project(x.reshape(-1, x.shape[-1]).double(), x.reshape(-1, x.shape[-1]).double())
-        b, n = x.shape[:2]
-        s = (qf.reshape(b, n, -1) @ kf.reshape(b, n, -1).transpose(1, 2)).to(t.dtype)
-        causal = torch.ones(n, n, dtype=torch.bool, device=t.device).tril()
-        t = t.clone()
-        t[:, head] = s.masked_fill(~causal, -torch.inf)
-        return t
 
-    return [(f"blocks.{layer}.ln1.hook_normalized", save_x), (f"blocks.{layer}.attn.hook_attn_scores", replace)]
+def weight_variant(qk: FactoredQK, W_Q: torch.Tensor, W_K: torch.Tensor) -> Variant:
+    edited = FactoredQK(W_Q, W_K, qk.b_Q, qk.b_K, attn_scale=qk.attn_scale)
+    return Variant(edited.scorer(), (W_Q, W_K))
+
+
+def eigen_scorer(qk: FactoredQK, alpha: float) -> Factored:
+    """The head with W_sym's negative eigenvalues multiplied by ``alpha`` (biases kept)."""
+    return steer(qk.scorer(), alpha, "negative", eig=qk.sym_eig(), eig_scale=1.0 / qk.attn_scale)
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimisation
+# Optimisation and matching
 # ----------------------------------------------------------------------------------------------
 
 
-def optimise(model, train, held, layer, head, direction, args):
-    """Returns (Update, loss curve rows)."""
-    upd = Update(model.cfg.d_model, model.cfg.d_head, args.rank, args.seed)
+def optimise(qk: FactoredQK, train, held, direction: str, args):
+    """Adam on dW_Q, dW_K for one direction. ``train``/``held`` = (x, tokens). Returns (Update, loss rows)."""
+    upd = Update(qk.d_model, qk.d_head, args.rank, args.seed)
     opt = torch.optim.Adam(upd.parameters(), lr=args.lr)
-    hooks = qk_edit_hooks(layer, head, upd.deltas)
-    w_norms = (float(model.W_Q[layer, head].norm()), float(model.W_K[layer, head].norm()))
-    rows = []
-    ref_train = head_scores(model, train[0], layer, head)
-    ref_held = head_scores(model, held[0], layer, head)
+    w_norms = (float(qk.W_Q.norm()), float(qk.W_K.norm()))
+    ref_train, ref_held = edited_scores(qk, train[0]), edited_scores(qk, held[0])
 
-    def total(s, ref, tokens):
+    def total(x, ref, tokens):
+        s = edited_scores(qk, x, *upd.deltas())
         task = loss_fn(s, ref, tokens, direction, args.margin)
         keep = nonself_kl(s, ref, tokens) if args.keep_weight > 0 else torch.zeros(())
         return task + args.keep_weight * keep, task, keep
 
+    rows = []
     with torch.enable_grad():  # common.cli.start disables grad globally
         for step in tqdm(range(args.steps + 1), desc=f"{direction}", leave=False):
             held_loss = None
             if step % args.eval_every == 0 or step == args.steps:
                 with torch.no_grad():
-                    held_loss = float(total(head_scores(model, held[0], layer, head, hooks), ref_held, held[1])[0])
-            loss, task, keep = total(head_scores(model, train[0], layer, head, hooks), ref_train, train[1])
+                    held_loss = float(total(held[0], ref_held, held[1])[0])
+            loss, task, keep = total(train[0], ref_train, train[1])
             rows.append({"direction": direction, "step": step, "train_loss": loss.item(),
                          "train_task_loss": task.item(), "train_keep_kl": keep.item(), "heldout_loss": held_loss})
             if step == args.steps:
@@ -308,32 +274,27 @@ def optimise(model, train, held, layer, head, direction, args):
 
 
 @torch.no_grad()
-def evaluate(model, held, layer, head, hooks, mask) -> dict:
-    """Held-out numbers of the head under ``hooks``."""
-    s = head_scores(model, held[0], layer, head, hooks)
-    pat = torch.softmax(s, -1)
-    split = mass_split(pat[None], held[1], mask)
-    ls = log_self_mass(s, held[1])
+def evaluate(scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Held-out numbers of the head from its attention scores."""
+    pat = torch.softmax(scores, -1)
+    split = mass_split(pat[None], tokens, mask)
     out = {f"mass_{k}": float(v[0]) for k, v in split.items()}
-    out["mean_log_self_mass"] = float(ls.mean())
+    out["mean_log_self_mass"] = float(log_self_mass(scores, tokens).mean())
     out["semantic_score"] = float(semantic_score(pat, mask).mean())
     out["in_category_share_of_nonself"] = out["mass_in_category"] / max(1 - out["mass_self_and_copies"], 1e-12)
     return out
 
 
 @torch.no_grad()
-def match_alpha(model, held, layer, head, qk: FactoredQK, target: float, iters: int = 30) -> tuple[float, float]:
+def match_alpha(qk: FactoredQK, held, target: float, iters: int = 30) -> tuple[float, float]:
     """alpha such that scaling W_sym's negative eigenvalues by alpha gives held-out mean log
     self-mass ``target``; (alpha, reached value). Bisection, bracket grown geometrically."""
-    eig = qk.sym_eig()
-    if eig.n_negative == 0:
+    if qk.sym_eig().n_negative == 0:
         raise SystemExit("error: W_sym of this head has no negative eigenvalues: "
                          "nothing for eigenvalue steering to edit")
 
     def value(alpha):
-        f = steer(qk.scorer(), alpha, "negative", eig=eig, eig_scale=1.0 / qk.attn_scale)
-        s = head_scores(model, held[0], layer, head, scorer_hooks(layer, head, f))
-        return float(log_self_mass(s, held[1]).mean())
+        return float(log_self_mass(head_scores(eigen_scorer(qk, alpha), held[0]), held[1]).mean())
 
     v1 = value(1.0)
     up = target > v1  # promoting self needs alpha < 1 (weaker or flipped negative eigenvalues)
@@ -350,17 +311,10 @@ def match_alpha(model, held, layer, head, qk: FactoredQK, target: float, iters: 
     lo, hi = (far, 1.0) if up else (1.0, far)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        v = value(mid)
-        if (v >= target) == up:
-            if up:
-                lo = mid
-            else:
-                hi = mid
+        if (value(mid) >= target) == up:
+            lo, hi = (mid, hi) if up else (lo, mid)
         else:
-            if up:
-                hi = mid
-            else:
-                lo = mid
+            lo, hi = (lo, mid) if up else (mid, hi)
     a = lo if up else hi
     return a, value(a)
 
@@ -400,12 +354,93 @@ def rank_queries(tokenizer, vocab: int, n_random: int, seed: int) -> tuple[torch
     return torch.tensor(ids), np.array(["category"] * len(cat) + ["random"] * len(rand))
 
 
+def vocabulary_views(model, args, qk: FactoredQK, variants: dict[str, Variant], word_id: int) -> dict[str, pd.DataFrame]:
+    """Per variant over the vocabulary (effective embeddings of the head's layer): self-ranks,
+    group-token attention, the query word's top keys and the rank metrics."""
+    tok = model.tokenizer
+    E = effective_embeddings(model, args.layer)
+    q_ids, q_kind = rank_queries(tok, model.cfg.d_vocab, args.n_rank_queries, args.seed)
+    g_ids, g_labels, _ = group_token_ids(tok)
+    rank_rows, group_rows, top_rows, metric_rows = [], [], [], []
+    for name, v in tqdm(variants.items(), desc="vocabulary views", leave=False):
+        f = v.scorer
+        ranks = self_rank(f, E, q_ids)
+        rank_rows.append(pd.DataFrame({"variant": name, "token_id": q_ids.numpy(), "kind": q_kind,
+                                       "rank": ranks.numpy()}))
+        m = group_attention(f, E, g_ids)
+        for i, qi in enumerate(g_labels):
+            for j, kj in enumerate(g_labels):
+                group_rows.append({"variant": name, "query": qi, "key": kj, "attention": float(m[i, j])})
+        ids, vals, probs, own = top_attended(f, E, word_id)
+        for r, (t, s, p) in enumerate(zip(ids, vals, probs), start=1):
+            top_rows.append({"variant": name, "rank": r, "token": tok.decode([t]), "token_id": t, "score": s,
+                             "prob_over_vocab": p, "is_query": t == word_id, "query_self_rank": own})
+        cat_ranks = ranks.numpy()[q_kind == "category"]
+        metric_rows.append({**{f"category_{k}": x for k, x in rank_metrics(cat_ranks).items()},
+                            **rank_metrics(ranks.numpy()), "edit_fro_rel": edit_size(qk, f)})
+    ranks_df = pd.concat(rank_rows, ignore_index=True)
+    ranks_df["token"] = [tok.decode([int(t)]) for t in ranks_df.token_id]
+    return {"self_ranks": ranks_df, "group_attention": pd.DataFrame(group_rows),
+            "monday_top10": pd.DataFrame(top_rows), "metrics": pd.DataFrame(metric_rows)}
+
+
 # ----------------------------------------------------------------------------------------------
-# Figures and report
+# compute -> Results
 # ----------------------------------------------------------------------------------------------
 
 
-def loss_figure(curve: pd.DataFrame, path):
+def compute(model, args, word_id: int) -> Results:
+    layer, head, tok = args.layer, args.head, model.tokenizer
+    W_before = (model.W_Q[layer, head].detach().clone(), model.W_K[layer, head].detach().clone())
+    train_b = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
+    held_b = category_prompts(tok, args.n_heldout, args.seq_len, args.seed + 1000, repeat_prob=args.repeat_prob)
+    train = (layer_input(model, train_b.tokens, layer, head, len(train_b.tokens)), train_b.tokens)
+    held = (layer_input(model, held_b.tokens, layer, head, len(held_b.tokens)), held_b.tokens)
+    qk = FactoredQK.from_model(model, layer, head)
+
+    variants = {"original": weight_variant(qk, qk.W_Q, qk.W_K)}
+    curves = []
+    for d in DIRECTIONS[args.direction]:
+        upd, rows = optimise(qk, train, held, d, args)
+        curves += rows
+        dQ, dK = (t.detach().cpu() for t in upd.deltas())
+        variants[f"gradient {d}"] = weight_variant(qk, qk.W_Q + dQ, qk.W_K + dK)
+    variants["trace step (W_K += W_Q)"] = weight_variant(qk, qk.W_Q, qk.W_K + qk.W_Q)
+    evals = {name: evaluate(v.scores(qk, held[0]), held[1], held_b.mask) for name, v in variants.items()}
+    for d in DIRECTIONS[args.direction]:
+        alpha, _ = match_alpha(qk, held, evals[f"gradient {d}"]["mean_log_self_mass"])
+        name = f"eigen {d} (matched)"
+        variants[name] = Variant(eigen_scorer(qk, alpha), alpha=alpha)
+        evals[name] = evaluate(variants[name].scores(qk, held[0]), held[1], held_b.mask)
+
+    views = vocabulary_views(model, args, qk, variants, word_id)
+    for before, now in zip(W_before, (model.W_Q[layer, head], model.W_K[layer, head])):
+        if not torch.equal(before, now):  # the model must come out exactly as it went in
+            raise RuntimeError("model weights changed during steering")
+
+    table = pd.DataFrame([{"variant": name, "alpha": v.alpha, **evals[name], **metrics}
+                          for (name, v), metrics in zip(variants.items(), views.pop("metrics").to_dict("records"))])
+    curve = pd.DataFrame(curves)
+    summary = {
+        "model": args.model, "layer": layer, "head": head, "query_word": args.query_word,
+        "variants": {r["variant"]: {k: r[k] for k in SUMMARY_KEYS} for r in table.to_dict("records")},
+        "loss_first_last": {d: [float(curve[curve.direction == d].train_loss.iloc[0]),
+                                float(curve[curve.direction == d].train_loss.iloc[-1])]
+                            for d in DIRECTIONS[args.direction]},
+    }
+    return Results({"loss_curve": curve, "variants": table, **views}, summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (from the saved files only) and report
+# ----------------------------------------------------------------------------------------------
+
+
+def render(out_dir) -> list[Path]:
+    from common.plotting import plt, save_figure, token_heatmap
+
+    out_dir, paths = Path(out_dir), []
+    curve = load_table(out_dir, "loss_curve")
     dirs = list(dict.fromkeys(curve.direction))
     fig, axes = plt.subplots(1, len(dirs), figsize=(5.2 * len(dirs), 3.6), squeeze=False)
     for ax, d in zip(axes[0], dirs):
@@ -419,25 +454,25 @@ def loss_figure(curve: pd.DataFrame, path):
             ax.set_yscale("log")
         ax.set_title(f"{d} self-attention")
         ax.legend()
-    save_figure(fig, path)
+    paths.append(save_figure(fig, out_dir / "loss_curve.png"))
 
-
-def group_figure(mats: dict, labels, groups, path):
-    n = len(mats)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
+    groups = load_table(out_dir, "group_attention")
+    group_of = {w: g for g, words in GROUP_TOKENS.items() for w in words}
+    names = list(dict.fromkeys(groups.variant))
+    labels = [str(q) for q in dict.fromkeys(groups[groups.variant == names[0]]["query"])]
+    n, cols = len(labels), min(len(names), 3)
+    rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 5.8 * rows), squeeze=False)
-    from common.plotting import token_heatmap
-
-    for ax, (name, m) in zip(axes.flat, mats.items()):
-        token_heatmap(ax, m, labels, title=name, vmin=0, vmax=1, cmap="viridis", center=None, groups=groups)
-    for ax in list(axes.flat)[n:]:
+    for ax, name in zip(axes.flat, names):
+        m = groups[groups.variant == name].attention.to_numpy().reshape(n, n)  # saved query-major
+        token_heatmap(ax, m, labels, title=name, vmin=0, vmax=1, cmap="viridis", center=None,
+                      groups=[group_of.get(w, "") for w in labels])
+    for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle("Attention among the 30 group tokens (softmax over these keys, effective embeddings)")
-    save_figure(fig, path)
+    fig.suptitle(f"Attention among the {n} group tokens (softmax over these keys, effective embeddings)")
+    paths.append(save_figure(fig, out_dir / "group_heatmaps.png"))
 
-
-def rank_figure(ranks: pd.DataFrame, path):
+    ranks = load_table(out_dir, "self_ranks")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, g in ranks[ranks.kind == "category"].groupby("variant", sort=False):
         r = np.sort(g["rank"].to_numpy())
@@ -447,10 +482,12 @@ def rank_figure(ranks: pd.DataFrame, path):
     ax.set_ylabel("fraction of query tokens")
     ax.legend(fontsize=7)
     ax.set_title("Where each category word's own key ranks")
-    save_figure(fig, path)
+    paths.append(save_figure(fig, out_dir / "self_rank.png"))
+    return paths
 
 
-def report(variants: pd.DataFrame, top: pd.DataFrame, word: str):
+def report(results: Results) -> None:
+    variants, top, word = results.tables["variants"], results.tables["monday_top10"], results.summary["query_word"]
     c = Console(width=max(Console().width, 150))
     t = Table(title="Held-out attention per variant")
     for col in ("variant", "self+copies", "log self", "in-category", "in-cat share of non-self", "BOS",
@@ -478,104 +515,18 @@ def report(variants: pd.DataFrame, top: pd.DataFrame, word: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Optimise dW_Q, dW_K of the head on its cached layer input (per direction), evaluate every
+    variant on held-out prompts, match eigenvalue steering to the gradient result, then view every
+    variant over the vocabulary; save, draw from the saved files, report."""
     args = parse_args(argv)
-    model, out = start(args, script_name(__file__))
-    L, H = args.layer, args.head
-    if args.seq_len + 1 > model.cfg.n_ctx:
-        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
-    if args.rank > model.cfg.d_head:
-        raise SystemExit(f"error: --rank {args.rank} exceeds d_head {model.cfg.d_head} (use 0 for a full update)")
-    tok = model.tokenizer
-    try:
-        word_id = single_token_id(tok, args.query_word)
-    except TokenizationError as exc:
-        raise SystemExit(f"error: --query-word: {exc}") from None
-    W_before = (model.W_Q[L, H].detach().clone(), model.W_K[L, H].detach().clone())
-
-    train_b = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
-    held_b = category_prompts(tok, args.n_heldout, args.seq_len, args.seed + 1000, repeat_prob=args.repeat_prob)
-    train = (residual_before(model, train_b.tokens, L), train_b.tokens)
-    held = (residual_before(model, held_b.tokens, L), held_b.tokens)
-
-    qk = FactoredQK.from_model(model, L, H)
-    variants: dict[str, dict] = {"original": {"hooks": [], "scorer": qk.scorer()}}
-    curves = []
-    for d in DIRECTIONS[args.direction]:
-        upd, rows = optimise(model, train, held, L, H, d, args)
-        curves += rows
-        dQ, dK = (t.detach().cpu() for t in upd.deltas())
-        edited = FactoredQK(qk.W_Q + dQ, qk.W_K + dK, qk.b_Q, qk.b_K, attn_scale=qk.attn_scale)
-        variants[f"gradient {d}"] = {"hooks": qk_edit_hooks(L, H, lambda dQ=dQ, dK=dK: (dQ, dK)),
-                                     "scorer": edited.scorer()}
-    trace = FactoredQK(qk.W_Q, qk.W_K + qk.W_Q, qk.b_Q, qk.b_K, attn_scale=qk.attn_scale)
-    variants["trace step (W_K += W_Q)"] = {"hooks": qk_edit_hooks(L, H, lambda: (torch.zeros_like(qk.W_Q), qk.W_Q)),
-                                          "scorer": trace.scorer()}
-
-    rows = []
-    for name, v in list(variants.items()):
-        v["eval"] = evaluate(model, held, L, H, v["hooks"], held_b.mask)
-    for d in DIRECTIONS[args.direction]:
-        target = variants[f"gradient {d}"]["eval"]["mean_log_self_mass"]
-        alpha, reached = match_alpha(model, held, L, H, qk, target)
-        f = steer(qk.scorer(), alpha, "negative", eig=qk.sym_eig(), eig_scale=1.0 / qk.attn_scale)
-        name = f"eigen {d} (matched)"
-        variants[name] = {"hooks": scorer_hooks(L, H, f), "scorer": f, "alpha": alpha}
-        variants[name]["eval"] = evaluate(model, held, L, H, variants[name]["hooks"], held_b.mask)
-
-    E = effective_embeddings(model, L)
-    q_ids, q_kind = rank_queries(tok, model.cfg.d_vocab, args.n_rank_queries, args.seed)
-    g_ids, g_labels, g_groups = group_token_ids(tok)
-    rank_rows, group_rows, top_rows, mats = [], [], [], {}
-    for name, v in tqdm(variants.items(), desc="vocabulary views", leave=False):
-        f = v["scorer"]
-        ranks = self_rank(f, E, q_ids)
-        rank_rows.append(pd.DataFrame({"variant": name, "token_id": q_ids.numpy(), "kind": q_kind,
-                                       "rank": ranks.numpy()}))
-        m = group_attention(f, E, g_ids)
-        mats[name] = m
-        for i, qi in enumerate(g_labels):
-            for j, kj in enumerate(g_labels):
-                group_rows.append({"variant": name, "query": qi, "key": kj, "attention": float(m[i, j])})
-        ids, vals, probs, own = top_attended(f, E, word_id)
-        for r, (t, s, p) in enumerate(zip(ids, vals, probs), start=1):
-            top_rows.append({"variant": name, "rank": r, "token": tok.decode([t]), "token_id": t, "score": s,
-                             "prob_over_vocab": p, "is_query": t == word_id, "query_self_rank": own})
-        cat_ranks = ranks.numpy()[q_kind == "category"]
-        rows.append({"variant": name, "alpha": v.get("alpha", np.nan), **v["eval"],
-                     **{f"category_{k}": x for k, x in rank_metrics(cat_ranks).items()},
-                     **rank_metrics(ranks.numpy()), "edit_fro_rel": edit_size(qk, f)})
-
-    for i in range(2):  # hooks only: the model must come out exactly as it went in
-        if not torch.equal((model.W_Q, model.W_K)[i][L, H], W_before[i]):
-            raise RuntimeError("model weights changed during steering")
-
-    table = pd.DataFrame(rows)
-    curve = pd.DataFrame(curves)
-    ranks_df = pd.concat(rank_rows, ignore_index=True)
-    ranks_df["token"] = [tok.decode([int(t)]) for t in ranks_df.token_id]
-    top = pd.DataFrame(top_rows)
-    write_csv(out / "loss_curve.csv", curve)
-    write_csv(out / "variants.csv", table)
-    write_csv(out / "self_ranks.csv", ranks_df)
-    write_csv(out / "group_attention.csv", pd.DataFrame(group_rows))
-    write_csv(out / "monday_top10.csv", top)
-    loss_figure(curve, out / "loss_curve.png")
-    group_figure(mats, g_labels, g_groups, out / "group_heatmaps.png")
-    rank_figure(ranks_df, out / "self_rank.png")
-    summary = {
-        "model": args.model, "layer": L, "head": H, "query_word": args.query_word,
-        "variants": {r["variant"]: {k: r[k] for k in ("mass_self_and_copies", "mean_log_self_mass", "mass_in_category",
-                                                        "in_category_share_of_nonself", "semantic_score",
-                                                        "category_median_rank", "median_rank",
-                                                        "edit_fro_rel", "alpha")} for r in rows},
-        "loss_first_last": {d: [float(curve[curve.direction == d].train_loss.iloc[0]),
-                                float(curve[curve.direction == d].train_loss.iloc[-1])]
-                            for d in DIRECTIONS[args.direction]},
-    }
-    write_json(out / "summary.json", summary)
-    write_meta(out, args, {"matching": "eigen alpha matched on held-out mean log self-mass",
-                           "n_rank_queries_total": int(len(q_ids))})
-    report(table, top, args.query_word)
+    model, out_dir = start(args, SCRIPT)
+    word_id = check_args(model, args)
+    results = compute(model, args, word_id)
+    save_results(out_dir, results, args, SCRIPT, meta={
+        "matching": "eigen alpha matched on held-out mean log self-mass",
+        "n_rank_queries_total": int(results.tables["self_ranks"].token_id.nunique())})
+    render(out_dir)
+    report(results)
     return 0
 
 

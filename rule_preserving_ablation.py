@@ -46,19 +46,25 @@ Outputs (figures/rule_preserving_ablation/ by default):
 Reference (anchor, not a claim about L1H5): the copy-suppression study of gpt2-small head L10H7
 (McDougall et al., 2023) found that preserving only the hypothesised mechanism explains 76.9% of
 that head's effect. Neither the original L1H5 repository nor the L1H5 post reports this number.
+
+Run: python rule_preserving_ablation.py --model planted --communities figures/demo/clustering/communities.csv
+     (real gpt2-small: --model gpt2-small; the communities default to clustering.py's output)
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from common.cli import base_parser, script_name, start
+from common.ablation import mean_ablation_hooks, resample_ablation_hooks
+from common.cli import base_parser, start
+from common.gpt2_tokenizer import load_tokenizer
 from common.head_replacement import (
     bootstrap_indices,
     cache_inputs,
@@ -74,9 +80,10 @@ from common.head_replacement import (
     z_hooks,
 )
 from common.natural_text import DEMO, TextUnavailable, load_text, sample_windows, tokenize
-from common.gpt2_tokenizer import load_tokenizer
-from common.outputs import default_out_dir, prepare_out_dir, write_csv, write_json, write_meta
+from common.outputs import default_out_dir
+from common.results import Results, load_summary, load_table, save_results
 
+SCRIPT = "rule_preserving_ablation"
 ANCHOR = 0.769  # copy suppression, L10H7 (McDougall et al., 2023)
 BASELINES = ("mean", "resample")
 MECHANISM = {
@@ -86,9 +93,10 @@ MECHANISM = {
     "sym_neg_zeroed": "W_sym, negative eigenvalues zeroed",
 }
 QUERY_TYPES = ("no category", "category, no partner", "category with partner")
+TOKEN_LEVEL = ("mean", "resample", "rules")  # variants whose per-token KL is kept (query types, failures)
 
 
-def build_parser():
+def parse_args(argv):
     p = base_parser(__doc__)
     p.add_argument("--text", default=None,
                    help="text to sample windows from: a .txt file, a folder of .txt files, or 'demo' "
@@ -105,12 +113,58 @@ def build_parser():
                         "and the full rank; each k costs one forward pass), 'all', or a comma list")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of windows")
     p.add_argument("--n-worst", type=int, default=15, help="rows of the printed worst-failure table (CSV keeps 10x)")
-    return p
+    args = p.parse_args(argv)
+    for name in ("n_windows", "n_reference", "batch_size", "n_boot"):
+        if getattr(args, name) < (2 if name == "n_windows" else 1):
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {2 if name == 'n_windows' else 1}")
+    if args.window_len < 2:
+        raise SystemExit("error: --window-len must be at least 2 (BOS plus one token)")
+    if args.communities not in (None, "lists") and not Path(args.communities).is_file():
+        raise SystemExit(f"error: --communities {args.communities}: no such file (use 'lists' for the category lists)")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Windows:
+    """Evaluated and reference windows [n, window_len] (BOS first) and where they came from."""
+
+    evaluated: torch.Tensor
+    reference: torch.Tensor
+    starts: list[int]  # text offset of each evaluated window
+    description: str
+    n_text_tokens: int
+
+
+def load_windows(args, tokenizer) -> Windows:
+    source = args.text if args.text is not None else (DEMO if args.model == "planted" else None)
+    try:
+        text, description = load_text(source)
+    except TextUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    ids = tokenize(tokenizer, text)
+    want = args.n_windows + args.n_reference
+    try:
+        tokens, starts = sample_windows(ids, args.window_len, want, tokenizer.bos_token_id, args.seed)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    n = len(tokens)
+    if n < 3:
+        raise SystemExit(f"error: the text holds only {n} window(s) of {args.window_len - 1} tokens; "
+                         "at least 3 are needed (2 evaluated, 1 reference): give more text or a shorter --window-len")
+    n_ref = args.n_reference if n == want else max(1, round(n * args.n_reference / want))
+    n_eval = n - n_ref
+    if n < want:
+        print(f"warning: the text holds {n} windows of {args.window_len - 1} tokens, fewer than the "
+              f"{want} requested; using {n_eval} evaluated + {n_ref} reference")
+    # Interleave so evaluated and reference windows come from the whole text, not two halves.
+    order = np.random.default_rng(args.seed + 1).permutation(n)
+    ev, ref = np.sort(order[:n_eval]), np.sort(order[n_eval:])
+    return Windows(tokens[ev], tokens[ref], [starts[i] for i in ev], description, len(ids))
 
 
 def resolve_categories(arg: str | None, out_dir: Path, model_name: str, tokenizer, d_vocab: int):
@@ -145,33 +199,6 @@ def parse_k_values(spec: str, rank: int) -> list[int]:
     if bad or not ks:
         raise SystemExit(f"error: --k-values {spec!r}: k must be within 1..{rank} (the rank of W_sym)")
     return ks
-
-
-def load_windows(args, tokenizer):
-    source = args.text if args.text is not None else (DEMO if args.model == "planted" else None)
-    try:
-        text, description = load_text(source)
-    except TextUnavailable as exc:
-        raise SystemExit(f"error: {exc}") from None
-    ids = tokenize(tokenizer, text)
-    want = args.n_windows + args.n_reference
-    try:
-        tokens, starts = sample_windows(ids, args.window_len, want, tokenizer.bos_token_id, args.seed)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    n = len(tokens)
-    if n < 3:
-        raise SystemExit(f"error: the text holds only {n} window(s) of {args.window_len - 1} tokens; "
-                         "at least 3 are needed (2 evaluated, 1 reference): give more text or a shorter --window-len")
-    n_ref = args.n_reference if n == want else max(1, round(n * args.n_reference / want))
-    n_eval = n - n_ref
-    if n < want:
-        print(f"warning: the text holds {n} windows of {args.window_len - 1} tokens, fewer than the "
-              f"{want} requested; using {n_eval} evaluated + {n_ref} reference")
-    # Interleave so evaluated and reference windows come from the whole text, not two halves.
-    order = np.random.default_rng(args.seed + 1).permutation(n)
-    ev, ref = np.sort(order[:n_eval]), np.sort(order[n_eval:])
-    return tokens[ev], tokens[ref], [starts[i] for i in ev], description, len(ids)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,8 +241,69 @@ def mechanism_scorers(model, layer: int, head: int, k_spec: str):
     return scorers, info, k_values
 
 
+def variant_hooks(layer: int, head: int, scorers: dict, ref_z: torch.Tensor, seed: int) -> dict[str, list]:
+    """Forward hooks of every variant except the rules (whose pattern depends on the batch)."""
+    z_ref = {"z": ref_z}
+    hooks = {
+        "mean": z_hooks(layer, head, mean_ablation_hooks(z_ref)["z"][0][1]),
+        "resample": z_hooks(layer, head, resample_ablation_hooks(z_ref, seed=seed)["z"][0][1]),
+    }
+    for name, scorer in scorers.items():
+        if name != "full":
+            hooks[name] = score_hooks(layer, head, scorer)
+    return hooks
+
+
+def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
+    """KL(clean || variant) per window (every variant) and per token (:data:`TOKEN_LEVEL`), running
+    layers L..end from the cached residual."""
+    from tqdm import tqdm
+
+    layer, bs = args.layer, args.batch_size
+    variants = ["mean", "resample", "rules", *[v for v in hooks if v not in ("mean", "resample")]]
+    n, pos = tokens.shape
+    window_kl = {v: np.zeros(n) for v in variants}
+    kl_tok = {v: torch.zeros(n, pos - 1) for v in TOKEN_LEVEL}
+    bar = tqdm(total=math.ceil(n / bs) * (len(variants) + 1), desc="forward passes (layers L..end)", unit="pass")
+    for s in range(0, n, bs):
+        sl = slice(s, s + bs)
+        clean_logp = torch.log_softmax(run_from_layer(model, resid_pre[sl], layer, []).float(), -1)
+        clean_p = clean_logp.exp()
+        bar.update()
+        for v in variants:
+            h = pattern_hooks(layer, args.head, rules_pattern(tokens[sl], cats)) if v == "rules" else hooks[v]
+            kl = kl_per_token(clean_logp, run_from_layer(model, resid_pre[sl], layer, h), clean_p)[:, 1:].cpu()
+            window_kl[v][sl] = kl.mean(1).numpy()
+            if v in TOKEN_LEVEL:
+                kl_tok[v][sl] = kl
+            bar.update()
+        del clean_logp, clean_p
+    bar.close()
+    return window_kl, kl_tok
+
+
+def explained_tables(window_kl: dict, k_values: list[int], eig_info: dict, n_boot: int, seed: int):
+    """(explained: every mechanism variant vs both baselines, k_curve: top-k eigen-directions vs mean ablation)."""
+    idx = bootstrap_indices(len(window_kl["mean"]), n_boot, seed)
+    rows = []
+    for b in BASELINES:
+        for v in [*MECHANISM, *BASELINES]:
+            r = explained_fraction(window_kl[v], window_kl[b], idx)
+            rows.append({"variant": v, "label": MECHANISM.get(v, f"{v} ablation"), "baseline": b,
+                         "mean_kl": float(window_kl[v].mean()), "mean_kl_baseline": float(window_kl[b].mean()), **r})
+    lam = eig_info["eigenvalues_by_magnitude"]
+    krows = []
+    for k in k_values:
+        v = "sym" if k == eig_info["rank"] else f"top{k}"
+        r = explained_fraction(window_kl[v], window_kl["mean"], idx)
+        krows.append({"k": k, "eigenvalue_k": lam[k - 1], "n_negative_in_top_k": int(sum(x < 0 for x in lam[:k])),
+                      "mean_kl": float(window_kl[v].mean()), **r})
+    k_curve = pd.DataFrame(krows, columns=["k", "eigenvalue_k", "n_negative_in_top_k", "mean_kl", "explained", "ci_lo", "ci_hi"])
+    return pd.DataFrame(rows), k_curve
+
+
 # ----------------------------------------------------------------------------------------------
-# Failure table
+# Where the rules fail
 # ----------------------------------------------------------------------------------------------
 
 
@@ -270,11 +358,75 @@ def query_type_table(tokens, mask, pattern, kls: dict[str, torch.Tensor], cats) 
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures
+# compute -> Results
 # ----------------------------------------------------------------------------------------------
 
 
-def plot_explained(df: pd.DataFrame, title: str, path: Path) -> None:
+def compute(model, args, windows: Windows, cats) -> Results:
+    t0 = time.time()
+    layer, head, ev = args.layer, args.head, windows.evaluated
+    scorers, eig_info, k_values = mechanism_scorers(model, layer, head, args.k_values)
+    # Layers 0..L once: the cached residual feeds every variant; the check pattern proves the
+    # score replacement exact before any number depends on it.
+    cache = cache_inputs(model, ev, layer, head, args.batch_size, progress=True, scorer=scorers["full"])
+    ref_cache = cache_inputs(model, windows.reference, layer, head, args.batch_size)
+    exact_diff = float((cache["recomputed"] - cache["pattern"]).abs().max())
+    if exact_diff > 1e-4:
+        print(f"warning: recomputed pattern differs from the model's by {exact_diff:.2e} (> 1e-4)")
+    hooks = variant_hooks(layer, head, scorers, ref_cache["z"], args.seed)
+    window_kl, kl_tok = variant_kls(model, args, ev, cache["resid_pre"], cats, hooks)
+
+    explained, k_curve = explained_tables(window_kl, k_values, eig_info, args.n_boot, args.seed)
+    mask = rules_mask(ev, cats)
+    qtypes = query_type_table(ev, mask, cache["pattern"], {v: kl_tok[v] for v in ("rules", "mean")}, cats)
+    worst = worst_failures(ev, cache["pattern"], mask, kl_tok["rules"], kl_tok["mean"], cats, model.tokenizer,
+                           10 * args.n_worst)
+    n, pos = ev.shape
+    per_window = pd.DataFrame({"window": np.arange(n), "text_offset": windows.starts,
+                               **{f"kl_{v}": kl for v, kl in window_kl.items()}})
+    ex = explained.set_index(["variant", "baseline"])
+    summary = {
+        "model": args.model, "layer": layer, "head": head,
+        "text": windows.description, "n_windows": n, "n_reference_windows": len(windows.reference),
+        "window_len": args.window_len, "n_tokens_evaluated": n * (pos - 1),
+        "categories_source": cats.source, "n_categories": len(cats.names), "n_category_tokens": cats.n_tokens,
+        "kl_mean_ablation": float(window_kl["mean"].mean()),
+        "kl_resample_ablation": float(window_kl["resample"].mean()),
+        "explained": {b: {v: {k: float(ex.loc[(v, b), k]) for k in ("explained", "ci_lo", "ci_hi")}
+                          for v in MECHANISM} for b in BASELINES},
+        "w_sym_rank": eig_info["rank"], "w_sym_n_negative": eig_info["n_negative"],
+        "w_sym_n_positive": eig_info["n_positive"],
+        "recomputed_pattern_max_abs_diff": exact_diff,
+        "head_mass_on_rule_keys": float(((cache["pattern"] * mask).sum(-1))[:, 1:].mean()),
+        "anchor_copy_suppression_L10H7": ANCHOR,
+        "seconds": round(time.time() - t0, 1),
+    }
+    return Results({"explained": explained, "k_curve": k_curve, "query_types": qtypes, "worst_failures": worst,
+                    "per_window_kl": per_window}, summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (from the saved files only) and report
+# ----------------------------------------------------------------------------------------------
+
+
+def render(out_dir) -> list[Path]:
+    out_dir = Path(out_dir)
+    s = load_summary(out_dir)
+    title = (f"L{s['layer']}H{s['head']} on {s['model']}: {s['n_windows']} windows x "
+             f"{s['n_tokens_evaluated'] // s['n_windows']} tokens of {s['text'].split(' (')[0]}\n"
+             f"categories: {s['categories_source']}")
+    explained = load_table(out_dir, "explained")
+    paths = [plot_explained(explained, title, out_dir / "explained.png")]
+    k_curve = load_table(out_dir, "k_curve")
+    if len(k_curve):
+        mean = explained[explained.baseline == "mean"].set_index("variant").explained
+        paths.append(plot_k_curve(k_curve, float(mean["rules"]), float(mean["neg_zeroed"]), title,
+                                  out_dir / "k_curve.png"))
+    return paths
+
+
+def plot_explained(df: pd.DataFrame, title: str, path: Path) -> Path:
     from common.plotting import plt, save_figure
 
     names = list(MECHANISM)
@@ -299,10 +451,10 @@ def plot_explained(df: pd.DataFrame, title: str, path: Path) -> None:
     ax.set_xlabel("explained fraction 1 - KL(clean, variant) / KL(clean, ablated)  (95% CI)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: Path) -> None:
+def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: Path) -> Path:
     from common.plotting import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -321,149 +473,14 @@ def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: 
     ax.set_ylim(max(min(float(df.ci_lo.min()), neg0, 0.0) - 0.05, -2.0), 1.1)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-# ----------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("n_windows", "n_reference", "batch_size", "n_boot"):
-        if getattr(args, name) < (2 if name == "n_windows" else 1):
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {2 if name == 'n_windows' else 1}")
-    if args.window_len < 2:
-        raise SystemExit("error: --window-len must be at least 2 (BOS plus one token)")
-    if args.communities not in (None, "lists") and not Path(args.communities).is_file():
-        raise SystemExit(f"error: --communities {args.communities}: no such file (use 'lists' for the category lists)")
-    t0 = time.time()
-    # Every input is checked before the model loads: output folder, then text and windows.
-    prepare_out_dir(args.out, script_name(__file__), args.model)
-    ev, ref, starts, text_desc, n_text_tokens = load_windows(args, load_tokenizer())
-    model, out_dir = start(args, script_name(__file__))
-    if args.window_len > model.cfg.n_ctx:
-        raise SystemExit(f"error: --window-len {args.window_len} exceeds the model's context of {model.cfg.n_ctx} tokens")
-    L, H = args.layer, args.head
-    tok = model.tokenizer
-    from common.ablation import mean_ablation_hooks, resample_ablation_hooks
-
-    cats = resolve_categories(args.communities, out_dir, args.model, tok, model.cfg.d_vocab)
-    print(f"text: {text_desc} ({n_text_tokens} tokens); {len(ev)} evaluated + {len(ref)} reference windows "
-          f"of {args.window_len} tokens")
-    print(f"categories: {cats.source} ({len(cats.names)} categories, {cats.n_tokens} tokens)")
-
-    scorers, eig_info, k_values = mechanism_scorers(model, L, H, args.k_values)
-
-    # Layers 0..L once: the cached residual feeds every variant; the check pattern proves the
-    # score replacement exact before any number depends on it.
-    cache = cache_inputs(model, ev, L, H, args.batch_size, progress=True, scorer=scorers["full"])
-    ref_cache = cache_inputs(model, ref, L, H, args.batch_size)
-    exact_diff = float((cache["recomputed"] - cache["pattern"]).abs().max())
-    if exact_diff > 1e-4:
-        print(f"warning: recomputed pattern differs from the model's by {exact_diff:.2e} (> 1e-4)")
-
-    z_ref = {"z": ref_cache["z"]}
-    fixed_hooks = {
-        "mean": z_hooks(L, H, mean_ablation_hooks(z_ref)["z"][0][1]),
-        "resample": z_hooks(L, H, resample_ablation_hooks(z_ref, seed=args.seed)["z"][0][1]),
-        "sym": score_hooks(L, H, scorers["sym"]),
-        "neg_zeroed": score_hooks(L, H, scorers["neg_zeroed"]),
-        "sym_neg_zeroed": score_hooks(L, H, scorers["sym_neg_zeroed"]),
-    }
-    for k in k_values:
-        if f"top{k}" in scorers:
-            fixed_hooks[f"top{k}"] = score_hooks(L, H, scorers[f"top{k}"])
-    variants = ["mean", "resample", "rules", *[v for v in fixed_hooks if v not in ("mean", "resample")]]
-    token_level = ("mean", "resample", "rules")
-
-    mask = rules_mask(ev, cats)
-    n, pos = ev.shape
-    window_kl = {v: np.zeros(n) for v in variants}
-    kl_tok = {v: torch.zeros(n, pos - 1) for v in token_level}
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=math.ceil(n / args.batch_size) * (len(variants) + 1), desc="forward passes (layers L..end)", unit="pass")
-    for s in range(0, n, args.batch_size):
-        sl = slice(s, s + args.batch_size)
-        resid = cache["resid_pre"][sl]
-        clean_logp = torch.log_softmax(run_from_layer(model, resid, L, []).float(), -1)
-        clean_p = clean_logp.exp()
-        bar.update()
-        for v in variants:
-            hooks = pattern_hooks(L, H, rules_pattern(ev[sl], cats)) if v == "rules" else fixed_hooks[v]
-            kl = kl_per_token(clean_logp, run_from_layer(model, resid, L, hooks), clean_p)[:, 1:].cpu()
-            window_kl[v][sl] = kl.mean(1).numpy()
-            if v in token_level:
-                kl_tok[v][sl] = kl
-            bar.update()
-        del clean_logp, clean_p
-    bar.close()
-
-    # Statistics.
-    idx = bootstrap_indices(n, args.n_boot, args.seed)
-    rows = []
-    for b in BASELINES:
-        for v in ["rules", "sym", "neg_zeroed", "sym_neg_zeroed", *BASELINES]:
-            r = explained_fraction(window_kl[v], window_kl[b], idx)
-            rows.append({"variant": v, "label": MECHANISM.get(v, f"{v} ablation"), "baseline": b,
-                         "mean_kl": float(window_kl[v].mean()), "mean_kl_baseline": float(window_kl[b].mean()), **r})
-    explained = pd.DataFrame(rows)
-
-    lam = eig_info["eigenvalues_by_magnitude"]
-    krows = []
-    for k in k_values:
-        v = "sym" if k == eig_info["rank"] else f"top{k}"
-        r = explained_fraction(window_kl[v], window_kl["mean"], idx)
-        krows.append({"k": k, "eigenvalue_k": lam[k - 1], "n_negative_in_top_k": int(sum(x < 0 for x in lam[:k])),
-                      "mean_kl": float(window_kl[v].mean()), **r})
-    k_curve = pd.DataFrame(krows, columns=["k", "eigenvalue_k", "n_negative_in_top_k", "mean_kl", "explained", "ci_lo", "ci_hi"])
-
-    qtypes = query_type_table(ev, mask, cache["pattern"], {v: kl_tok[v] for v in ("rules", "mean")}, cats)
-    worst = worst_failures(ev, cache["pattern"], mask, kl_tok["rules"], kl_tok["mean"], cats, tok, 10 * args.n_worst)
-    per_window = pd.DataFrame({"window": np.arange(n), "text_offset": starts, **{f"kl_{v}": window_kl[v] for v in variants}})
-
-    def get(v, b="mean"):
-        return explained[(explained.variant == v) & (explained.baseline == b)].iloc[0]
-
-    summary = {
-        "model": args.model, "layer": L, "head": H,
-        "text": text_desc, "n_windows": n, "n_reference_windows": len(ref), "window_len": args.window_len,
-        "n_tokens_evaluated": n * (pos - 1),
-        "categories_source": cats.source, "n_categories": len(cats.names), "n_category_tokens": cats.n_tokens,
-        "kl_mean_ablation": float(window_kl["mean"].mean()),
-        "kl_resample_ablation": float(window_kl["resample"].mean()),
-        "explained": {b: {v: {k: float(get(v, b)[k]) for k in ("explained", "ci_lo", "ci_hi")}
-                          for v in MECHANISM} for b in BASELINES},
-        "w_sym_rank": eig_info["rank"], "w_sym_n_negative": eig_info["n_negative"], "w_sym_n_positive": eig_info["n_positive"],
-        "recomputed_pattern_max_abs_diff": exact_diff,
-        "head_mass_on_rule_keys": float(((cache["pattern"] * mask).sum(-1))[:, 1:].mean()),
-        "anchor_copy_suppression_L10H7": ANCHOR,
-        "seconds": round(time.time() - t0, 1),
-    }
-
-    write_csv(out_dir / "explained.csv", explained)
-    write_csv(out_dir / "k_curve.csv", k_curve)
-    write_csv(out_dir / "query_types.csv", qtypes)
-    write_csv(out_dir / "worst_failures.csv", worst)
-    write_csv(out_dir / "per_window_kl.csv", per_window)
-    title = (f"L{L}H{H} on {args.model}: {n} windows x {pos - 1} tokens of {text_desc.split(' (')[0]}\n"
-             f"categories: {cats.source}")
-    plot_explained(explained, title, out_dir / "explained.png")
-    if len(k_curve):
-        plot_k_curve(k_curve, float(get("rules")["explained"]), float(get("neg_zeroed")["explained"]), title, out_dir / "k_curve.png")
-    write_json(out_dir / "summary.json", summary)
-    write_meta(out_dir, args, {"summary": summary, "k_values": k_values})
-
-    report(explained, k_curve, qtypes, worst.head(args.n_worst), summary)
-    print(f"outputs in {out_dir}")
-    return 0
-
-
-def report(explained, k_curve, qtypes, worst, summary) -> None:
+def report(results: Results, n_worst: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    explained, k_curve, summary = results.tables["explained"], results.tables["k_curve"], results.summary
     con = Console(width=200)
     t = Table(title=f"explained fraction of L{summary['layer']}H{summary['head']}'s effect "
                     f"(KL mean ablation {summary['kl_mean_ablation']:.4g}, resample {summary['kl_resample_ablation']:.4g})")
@@ -483,17 +500,39 @@ def report(explained, k_curve, qtypes, worst, summary) -> None:
     q = Table(title="where the effect sits, by query token")
     for c in ("query type", "share of tokens", "head mass on rule keys", "mean KL ablated", "mean KL rules", "share of unexplained KL"):
         q.add_column(c)
-    for r in qtypes.itertuples():
+    for r in results.tables["query_types"].itertuples():
         q.add_row(r.query_type, f"{r.share_of_tokens:.3f}", f"{r.head_mass_on_rule_keys:.3f}",
                   f"{r.mean_kl_mean:.4g}", f"{r.mean_kl_rules:.4g}", f"{r.share_of_kl_rules:.3f}")
     con.print(q)
     w = Table(title="worst failures of the rules (largest KL(clean, rules))")
     for c in ("#", "context", "token", "head attended", "rules predicted", "KL rules", "KL ablated"):
         w.add_column(c, overflow="fold")
-    for r in worst.itertuples():
+    for r in results.tables["worst_failures"].head(n_worst).itertuples():
         w.add_row(str(r.rank), r.context[-60:], repr(r.token), r.head_attended, r.rules_predicted or "-",
                   f"{r.kl_rules:.3f}", f"{r.kl_ablated:.3f}")
     con.print(w)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Windows of text (checked before the model loads), categories, then per window: layers 0..L
+    once, every variant from layer L on, KL against the clean run; explained fractions with a
+    bootstrap over windows; save, draw from the saved files, report."""
+    args = parse_args(argv)
+    windows = load_windows(args, load_tokenizer())
+    model, out_dir = start(args, SCRIPT)
+    if args.window_len > model.cfg.n_ctx:
+        raise SystemExit(f"error: --window-len {args.window_len} exceeds the model's context of {model.cfg.n_ctx} tokens")
+    cats = resolve_categories(args.communities, out_dir, args.model, model.tokenizer, model.cfg.d_vocab)
+    print(f"text: {windows.description} ({windows.n_text_tokens} tokens); {len(windows.evaluated)} evaluated + "
+          f"{len(windows.reference)} reference windows of {args.window_len} tokens")
+    print(f"categories: {cats.source} ({len(cats.names)} categories, {cats.n_tokens} tokens)")
+    results = compute(model, args, windows, cats)
+    save_results(out_dir, results, args, SCRIPT,
+                 meta={"summary": results.summary, "k_values": [int(k) for k in results.tables["k_curve"].k]})
+    render(out_dir)
+    report(results, args.n_worst)
+    print(f"outputs in {out_dir}")
+    return 0
 
 
 if __name__ == "__main__":

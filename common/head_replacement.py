@@ -1,6 +1,7 @@
 """Replace one head's attention by a hypothesis and measure what the model's output loses.
 
-Three kinds of replacement of head (L, H), each leaving the head's values and W_O untouched:
+Three kinds of replacement of one head (``head`` of layer ``layer``; L and H in hook names), each
+leaving the head's values and W_O untouched:
 
 * **pattern**: ``blocks.L.attn.hook_pattern[:, H]`` is overwritten by a given pattern, e.g.
   :func:`rules_pattern` (L1H5's three rules);
@@ -10,6 +11,10 @@ Three kinds of replacement of head (L, H), each leaving the head's values and W_
   written to ``blocks.L.attn.hook_attn_scores[:, H]`` with the causal mask applied as
   TransformerLens does (-inf above the diagonal), so the model's own softmax gives the pattern;
 * **z**: ``blocks.L.attn.hook_z[:, :, H]`` through a function, for mean and resample ablation.
+
+The head's scores from its layer input are computed here and nowhere else: :func:`head_scores`
+for a factored scorer, :func:`qk_scores` for raw W_Q, W_K, b_Q, b_K tensors (differentiable, for
+optimising the weights), both on :func:`layer_input`'s LN-normalised input.
 
 Everything before layer L is the same in every run, so :func:`cache_inputs` runs layers 0..L
 once per window and keeps ``blocks.L.hook_resid_pre``; each replacement then runs only layers
@@ -143,10 +148,51 @@ def head_scores(scorer, x: torch.Tensor) -> torch.Tensor:
     """Causally masked attention logits [batch, q, k] of ``scorer`` (a common.factored.Factored with
     biases and scale included) on LN-normalised inputs ``x`` [batch, pos, d_model]."""
     qf, kf = scorer.project(x, x)
-    s = qf @ kf.transpose(-1, -2)
-    n = x.shape[1]
+    return _causal(qf @ kf.transpose(-1, -2)).to(x.dtype)
+
+
+def qk_scores(x: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor, b_Q: torch.Tensor | None = None,
+              b_K: torch.Tensor | None = None, attn_scale: float = 1.0) -> torch.Tensor:
+    """Causally masked attention logits [batch, q, k] of a head given as tensors: W_Q, W_K
+    [d_model, d_head], b_Q, b_K [d_head] (None: zero), on LN-normalised inputs ``x`` [batch, pos,
+    d_model]: (x W_Q + b_Q)(x W_K + b_K)^T / attn_scale, in the order TransformerLens computes
+    them. Differentiable in every tensor (gradient_steering optimises W_Q and W_K through it);
+    :func:`head_scores` is the same for a factored scorer."""
+    q, k = x @ W_Q, x @ W_K
+    if b_Q is not None:
+        q = q + b_Q
+    if b_K is not None:
+        k = k + b_K
+    return _causal(q @ k.transpose(-1, -2) / attn_scale)
+
+
+def _causal(s: torch.Tensor) -> torch.Tensor:
+    """-inf above the diagonal of [..., q, k] scores (TransformerLens' causal mask)."""
+    n = s.shape[-1]
     causal = torch.ones(n, n, dtype=torch.bool, device=s.device).tril()
-    return s.masked_fill(~causal, float("-inf")).to(x.dtype)
+    return s.masked_fill(~causal, float("-inf"))
+
+
+def _head_input(x: torch.Tensor, head: int) -> torch.Tensor:
+    """hook_normalized of one head: [batch, pos, d_model] (split q/k/v inputs carry a head axis)."""
+    return x if x.dim() == 3 else x[:, :, head]
+
+
+@torch.no_grad()
+def layer_input(model, tokens: torch.Tensor, layer: int, head: int, batch_size: int = 64) -> torch.Tensor:
+    """``blocks.L.ln1.hook_normalized`` [n, pos, d_model] for ``tokens``: the LN-normalised input
+    the head's W_Q and W_K read (fold_ln), which no edit of layer L changes. Runs layers 0..L only."""
+    name = f"blocks.{layer}.ln1.hook_normalized"
+    out, seen = [], {}
+
+    def save(t, hook):  # fires once per q/k/v input in some TransformerLens versions: all equal
+        seen["x"] = t.detach()
+
+    for s in range(0, len(tokens), batch_size):
+        model.run_with_hooks(tokens[s : s + batch_size].to(model.cfg.device), stop_at_layer=layer + 1,
+                             fwd_hooks=[(name, save)])
+        out.append(_head_input(seen.pop("x"), head).cpu())
+    return torch.cat(out)
 
 
 def score_hooks(layer: int, head: int, scorer) -> list:
@@ -158,11 +204,8 @@ def score_hooks(layer: int, head: int, scorer) -> list:
         seen["x"] = t
 
     def replace(t, hook):
-        x = seen.pop("x")
-        if x.dim() != 3:  # split q/k/v inputs would be [batch, pos, head, d_model]
-            x = x[:, :, head]
         t = t.clone()
-        t[:, head] = head_scores(scorer, x)
+        t[:, head] = head_scores(scorer, _head_input(seen.pop("x"), head))
         return t
 
     return [(f"blocks.{layer}.ln1.hook_normalized", save), (f"blocks.{layer}.attn.hook_attn_scores", replace)]
@@ -214,8 +257,7 @@ def cache_inputs(model, tokens: torch.Tensor, layer: int, head: int, batch_size:
         out["z"].append(store[names["z"]][:, :, head].cpu())
         out["pattern"].append(store[names["pattern"]][:, head].cpu())
         if scorer is not None:
-            x = store[names["x"]]
-            x = x if x.dim() == 3 else x[:, :, head]
+            x = _head_input(store[names["x"]], head)
             out["recomputed"].append(torch.softmax(head_scores(scorer, x.cpu()), -1))
     res = {k: torch.cat(v) for k, v in out.items() if v}
     res.pop("x", None)

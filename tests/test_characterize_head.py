@@ -1,17 +1,33 @@
-"""characterize_head.py end to end on the planted model, and its bad-input errors."""
+"""characterize_head.py end to end on the planted model (in process), its figures drawn from the
+saved files, and its bad-input errors."""
 
 import json
 
 import pandas as pd
+import pytest
 
-from conftest import run_script
+from conftest import check_help_and_common_errors
+from script_run import run_then_render
+
+SCRIPT = "characterize_head.py"
+FIGURES = ("head_scores.png", "mass_split.png")
 
 
-def test_end_to_end(tmp_path):
-    out = tmp_path / "out"
-    run_script("characterize_head.py", "--model", "planted", "--n-prompts", "16", "--out", str(out))
-    for f in ("head_scores.csv", "head_scores.png", "mass_split.csv", "mass_split.png",
-              "attention_L1H5.html", "summary.json", "meta.json"):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, planted_model):
+    out = tmp_path_factory.mktemp("characterize_head") / "out"
+    drawn = run_then_render(SCRIPT, out, "--model", "planted", "--n-prompts", "16", "--threads", "1")
+    return out, drawn
+
+
+@pytest.fixture(scope="module")
+def run(runs):
+    return runs[0]
+
+
+def test_end_to_end(run):
+    out = run
+    for f in ("head_scores.csv", *FIGURES, "mass_split.csv", "attention_L1H5.html", "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
     table = pd.read_csv(out / "head_scores.csv")
     assert len(table) == 16
@@ -23,27 +39,41 @@ def test_end_to_end(tmp_path):
     assert "<script src=\"http" not in html and "unpkg.com" not in html  # local_src, not the CDN
     meta = json.loads((out / "meta.json").read_text())
     assert meta["args"]["model"] == "planted" and meta["args"]["seed"] == 0
+    assert meta["script"] == SCRIPT
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
-def test_help():
-    proc = run_script("characterize_head.py", "--help")
-    assert "--n-prompts" in proc.stdout and "--layer" in proc.stdout
+def test_render_draws_every_figure_from_saved_files(runs):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    out, drawn = runs
+    assert sorted(p.name for p in drawn) == sorted(FIGURES)
+    for f in FIGURES:
+        assert (out / f).stat().st_size > 0, f
 
 
-def test_bad_head_and_layer(tmp_path):
-    proc = run_script("characterize_head.py", "--model", "planted", "--head", "99", "--out", str(tmp_path), check=False)
-    assert proc.returncode != 0 and "heads 0..7" in proc.stderr
-    proc = run_script("characterize_head.py", "--model", "planted", "--layer", "5", "--out", str(tmp_path), check=False)
-    assert proc.returncode != 0 and "layers 0..1" in proc.stderr
+def test_help_and_bad_input(tmp_path, capsys):
+    from characterize_head import main
+
+    help_text = check_help_and_common_errors(main, tmp_path, capsys)
+    assert "--n-prompts" in help_text and "--layer" in help_text
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "planted", "--head", "99", "--out", str(tmp_path)])
+    assert "heads 0..7" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "planted", "--layer", "5", "--out", str(tmp_path)])
+    assert "layers 0..1" in str(e.value.code)
     assert not list(tmp_path.glob("*.csv"))
 
 
-def test_unwritable_out_dir_fails_before_work(tmp_path):
-    proc = run_script("characterize_head.py", "--model", "planted", "--out", "/proc/l1h5-out", check=False)
-    assert proc.returncode != 0 and "not writable" in proc.stderr
+def test_missing_weights_message(tmp_path, capsys):
+    """A model that cannot be loaded: exit code 2 and a one-line message. SystemExit is the only
+    exception that leaves main (anything else would be a traceback), and it is raised before any
+    result is written."""
+    from characterize_head import main
 
-
-def test_missing_weights_message(tmp_path):
-    proc = run_script("characterize_head.py", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path), check=False)
-    assert proc.returncode == 2 and "unknown model" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown model" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.csv"))

@@ -2,22 +2,27 @@
 whether the head ignores position (ground truth: common.planted)."""
 
 import json
-
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script
+from script_run import run_then_render
 
 SCRIPT = "component_ablation.py"
+FIGURES = ("ablation_boxplot.png", "ablation_heads.png", "position_independence.png")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, planted_cache):
+def runs(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("component_ablation")
-    run_script(SCRIPT, "--model", "planted", "--out", str(out), "--n-prompts", "128", "--seq-len", "10",
-               "--n-reference", "16", "--batch-size", "128", "--threads", "1")
-    return out
+    drawn = run_then_render(SCRIPT, out, "--model", "planted", "--n-prompts", "128", "--seq-len", "10",
+                            "--n-reference", "16", "--batch-size", "128", "--threads", "1")
+    return out, drawn
+
+
+@pytest.fixture(scope="module")
+def run(runs):
+    return runs[0]
 
 
 def _mean(summary, ablation, method, head):
@@ -27,8 +32,8 @@ def _mean(summary, ablation, method, head):
 
 
 def test_outputs_complete(run):
-    for f in ("scores.csv", "summary.csv", "position_independence.csv", "ablation_boxplot.png",
-              "ablation_heads.png", "position_independence.png", "meta.json"):
+    for f in ("scores.csv", "summary.csv", "position_independence.csv", "position_example.csv",
+              "position_pairs.csv", *FIGURES, "summary.json", "meta.json"):
         assert (run / f).stat().st_size > 0, f
     meta = json.loads((run / "meta.json").read_text())
     assert "non-BOS positions of 16 reference prompts" in meta["mean_ablation_data"]
@@ -36,6 +41,35 @@ def test_outputs_complete(run):
     # 128 prompts x 8 heads x (clean + 4 components x 2 methods + MLP0-only)
     assert len(scores) == 128 * 8 * 10
     assert scores.score.notna().all()
+    assert not list(run.glob(".*"))  # no temporary files left behind
+
+
+def test_figure_data_agree_with_the_table(run, truth):
+    """The saved figure data (first prompt, every visible pair) are the target head's pairs that
+    position_independence.csv summarises."""
+    _, h = truth["target"]
+    pos = pd.read_csv(run / "position_independence.csv")
+    pairs = pd.read_csv(run / "position_pairs.csv")
+    example = pd.read_csv(run / "position_example.csv")
+    for variant in ("shuffled", "shifted", "padded"):
+        row = pos[(pos.variant == variant) & (pos["head"] == h)].iloc[0]
+        p = pairs[pairs.variant == variant]
+        assert p.n_pairs.sum() == row.n_pairs, variant
+        assert (p.rearranged - p.clean).abs().max() == pytest.approx(row.max_abs_diff, abs=1e-3), variant
+    n = 11  # BOS + --seq-len 10
+    assert len(example) == n * n
+    clean = example.pivot(index="query", columns="key", values="clean").to_numpy()
+    assert pd.isna(clean[0, 1]) and not pd.isna(clean[1, 0])  # causal: upper triangle not visible
+    assert clean[~pd.isna(clean)].reshape(-1).size == n * (n + 1) // 2
+    assert abs(pd.DataFrame(clean).sum(1) - 1).max() < 1e-5  # each query's attention sums to 1
+
+
+def test_render_draws_every_figure_from_saved_files(runs):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    out, drawn = runs
+    assert sorted(p.name for p in drawn) == sorted(FIGURES)
+    for f in FIGURES:
+        assert (out / f).stat().st_size > 0, f
 
 
 def test_embedding_and_mlp0_carry_the_signal(run, truth):
@@ -120,9 +154,13 @@ def test_ablation_hooks(planted_model):
     assert torch.allclose(seen["blocks.1.hook_resid_pre"][:, 1:], seen["blocks.0.hook_mlp_out"][:, 1:])
 
 
-def test_help():
-    proc = run_script(SCRIPT, "--help")
-    assert "--n-reference" in proc.stdout and "--ablate-bos" in proc.stdout
+def test_help(capsys):
+    from component_ablation import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--n-reference" in out and "--ablate-bos" in out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,17 +8,23 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script
+from script_run import run_then_render
 
 SCRIPT = "gradient_steering.py"
+FIGURES = ("loss_curve.png", "group_heatmaps.png", "self_rank.png")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, planted_cache):
+def runs(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("gradient_steering")
-    run_script(SCRIPT, "--model", "planted", "--out", str(out), "--steps", "40", "--lr", "0.02",
-               "--n-prompts", "64", "--n-heldout", "48", "--n-rank-queries", "100", "--threads", "1")
-    return out
+    drawn = run_then_render(SCRIPT, out, "--model", "planted", "--steps", "40", "--lr", "0.02",
+                            "--n-prompts", "64", "--n-heldout", "48", "--n-rank-queries", "100", "--threads", "1")
+    return out, drawn
+
+
+@pytest.fixture(scope="module")
+def run(runs):
+    return runs[0]
 
 
 def _row(run, variant):
@@ -34,6 +40,15 @@ def test_outputs_complete(run):
     assert list(v.variant) == ["original", "gradient promote", "gradient suppress", "trace step (W_K += W_Q)",
                                "eigen promote (matched)", "eigen suppress (matched)"]
     assert len(pd.read_csv(run / "group_attention.csv")) == 6 * 30 * 30
+    assert not list(run.glob(".*"))  # no temporary files left behind
+
+
+def test_render_draws_every_figure_from_saved_files(runs):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    out, drawn = runs
+    assert sorted(p.name for p in drawn) == sorted(FIGURES)
+    for f in FIGURES:
+        assert (out / f).stat().st_size > 0, f
 
 
 def test_loss_goes_down(run):
@@ -81,29 +96,62 @@ def test_monday_top10(run, truth, tokenizer):
     assert monday in set(prom.token_id) and prom.query_self_rank.iloc[0] < 10
 
 
-def test_edit_hooks_match_factored_scorer(planted_model, truth):
-    """The W_Q/W_K hook path (training) and the factored-scorer path (eigen steering) agree."""
-    import gradient_steering as gs
-    from common.prompts import category_prompts
-    from common.head_qk import FactoredQK
+def _model_scores(model, tokens, layer, head, dQ=None, dK=None):
+    """The head's attention scores from the model's own forward pass (hook_attn_scores), with
+    x dQ added to its queries and x dK to its keys (x: the LN1-normalised input): an edit of W_Q/W_K
+    made inside the model, independent of common.head_replacement."""
+    seen = {}
 
-    L, H = truth["target"]
+    def save_x(t, hook):
+        seen["x"] = t
+
+    def add(d):
+        def fn(t, hook):
+            t = t.clone()
+            t[:, :, head] = t[:, :, head] + seen["x"] @ d
+            return t
+        return fn
+
+    hooks = [(f"blocks.{layer}.ln1.hook_normalized", save_x)]
+    if dQ is not None:
+        hooks += [(f"blocks.{layer}.attn.hook_q", add(dQ)), (f"blocks.{layer}.attn.hook_k", add(dK))]
+    hooks.append((f"blocks.{layer}.attn.hook_attn_scores", lambda t, hook: seen.__setitem__("s", t[:, head])))
+    model.run_with_hooks(tokens, stop_at_layer=layer + 1, fwd_hooks=hooks)
+    return seen["s"]
+
+
+def test_weight_path_and_factored_path_match_the_model(planted_model, truth):
+    """The scores gradient_steering trains through (head_replacement.qk_scores on W_Q + dW_Q,
+    W_K + dW_K) and the factored-scorer path (eigen steering) both equal the model's own scores
+    with the same edit made inside its forward pass."""
+    import gradient_steering as gs
+    from common.head_qk import FactoredQK
+    from common.head_replacement import head_scores, layer_input
+    from common.prompts import category_prompts
+
+    layer, head = truth["target"]
     model = planted_model
     tokens = category_prompts(model.tokenizer, 4, 10, seed=5, repeat_prob=0.3).tokens
-    resid = gs.residual_before(model, tokens, L)
+    x = layer_input(model, tokens, layer, head)
     g = torch.Generator().manual_seed(0)
     shape = (model.cfg.d_model, model.cfg.d_head)
     dQ, dK = 0.05 * torch.randn(shape, generator=g), 0.05 * torch.randn(shape, generator=g)
-    a = gs.head_scores(model, resid, L, H, gs.qk_edit_hooks(L, H, lambda: (dQ, dK)))
-    qk = FactoredQK.from_model(model, L, H)
-    edited = FactoredQK(qk.W_Q + dQ, qk.W_K + dK, qk.b_Q, qk.b_K, attn_scale=qk.attn_scale)
-    b = gs.head_scores(model, resid, L, H, gs.scorer_hooks(L, H, edited.scorer()))
-    finite = torch.isfinite(a)
-    assert torch.equal(finite, torch.isfinite(b))
-    assert torch.allclose(a[finite], b[finite], atol=1e-3, rtol=1e-4)
-    clean = gs.head_scores(model, resid, L, H)
-    assert torch.allclose(gs.head_scores(model, resid, L, H, gs.scorer_hooks(L, H, qk.scorer()))[finite],
-                          clean[finite], atol=1e-3)
+    qk = FactoredQK.from_model(model, layer, head)
+    reference = _model_scores(model, tokens, layer, head, dQ, dK)
+    a = gs.edited_scores(qk, x, dQ, dK)  # the training path
+    b = head_scores(gs.weight_variant(qk, qk.W_Q + dQ, qk.W_K + dK).scorer, x)  # the factored path
+    finite = torch.isfinite(reference)
+    for s in (a, b):
+        assert torch.equal(finite, torch.isfinite(s))
+        assert torch.allclose(s[finite], reference[finite], atol=1e-3, rtol=1e-4)
+    assert not torch.allclose(reference[finite], _model_scores(model, tokens, layer, head)[finite], atol=1e-3)  # the edit matters
+    clean = _model_scores(model, tokens, layer, head)
+    for s in (gs.edited_scores(qk, x), head_scores(qk.scorer(), x)):
+        assert torch.allclose(s[finite], clean[finite], atol=1e-3)
+    with torch.enable_grad():  # the training path is differentiable in the update
+        d = torch.zeros(shape, requires_grad=True)
+        gs.edited_scores(qk, x, d, d)[finite].sum().backward()
+    assert d.grad is not None and float(d.grad.abs().sum()) > 0
 
 
 def test_low_rank_update_and_trust_region():
@@ -122,10 +170,15 @@ def test_low_rank_update_and_trust_region():
     assert torch.linalg.matrix_rank(dQ) <= 2
 
 
-def test_help():
-    proc = run_script(SCRIPT, "--help")
+def test_help(capsys):
+    from gradient_steering import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
     for flag in ("--lr", "--steps", "--rank", "--direction", "--max-edit", "--keep-weight"):
-        assert flag in proc.stdout
+        assert flag in out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,6 +1,8 @@
 """rule_preserving_ablation.py on the planted model: the rules and W_sym explain L1H5's effect,
 removing the negative eigenvalues does not; the score replacement is exact; bad input fails clearly."""
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -8,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script
+from script_run import run_then_render
 
 SCRIPT = "rule_preserving_ablation.py"
+FIGURES = ("explained.png", "k_curve.png")
 FAST = ["--n-windows", "8", "--n-reference", "4", "--window-len", "48", "--batch-size", "8", "--n-boot", "500"]
 
 
@@ -24,35 +27,47 @@ def demo_windows(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def end_to_end(tmp_path_factory, truth):
+def end_to_end(tmp_path_factory, truth, planted_model):
     out = tmp_path_factory.mktemp("rpa")
     # By |eigenvalue| the planted W_sym has the 12 suppressing identity codes first, then the 14
     # category directions (k = 26); its full rank is every planted direction (truth).
     rank = truth["n_negative_eigenvalues"] + truth["n_positive_eigenvalues"]
-    proc = run_script(SCRIPT, "--model", "planted", "--out", str(out), "--text", "demo",
-                      "--communities", "lists", "--k-values", f"1,12,26,{rank}", *FAST)
-    return out, proc, rank
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        drawn = run_then_render(SCRIPT, out, "--model", "planted", "--text", "demo", "--communities", "lists",
+                                "--k-values", f"1,12,26,{rank}", *FAST, "--threads", "1")
+    return out, stdout.getvalue(), rank, drawn
 
 
 def test_end_to_end_outputs(end_to_end, truth):
-    out, proc, rank = end_to_end
+    out, stdout, rank, _ = end_to_end
     for f in ("explained.csv", "k_curve.csv", "query_types.csv", "worst_failures.csv", "per_window_kl.csv",
-              "explained.png", "k_curve.png", "summary.json", "meta.json"):
+              *FIGURES, "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
     assert not list(out.glob(".*-*")), "temporary files left behind"
     s = json.loads((out / "summary.json").read_text())
     assert s["categories_source"].startswith("category lists")
-    assert "categories: category lists" in proc.stdout
+    assert "categories: category lists" in stdout
     assert s["recomputed_pattern_max_abs_diff"] < 1e-4
     assert s["w_sym_rank"] == rank and s["w_sym_n_negative"] == truth["n_negative_eigenvalues"]
     worst = pd.read_csv(out / "worst_failures.csv", keep_default_na=False)
     assert {"context", "token", "head_attended", "rules_predicted", "kl_rules"} <= set(worst.columns)
     assert worst.kl_rules.is_monotonic_decreasing and len(worst) > 0
-    assert "worst failures of the rules" in proc.stdout
+    assert "worst failures of the rules" in stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["k_values"] == [1, 12, 26, rank] and meta["summary"]["n_windows"] == s["n_windows"]
+
+
+def test_render_draws_every_figure_from_saved_files(end_to_end):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    out, _, _, drawn = end_to_end
+    assert sorted(p.name for p in drawn) == sorted(FIGURES)
+    for f in FIGURES:
+        assert (out / f).stat().st_size > 0, f
 
 
 def test_rules_and_w_sym_explain_the_planted_head(end_to_end):
-    out, _, rank = end_to_end
+    out, _, rank, _ = end_to_end
     ex = pd.read_csv(out / "explained.csv").set_index(["variant", "baseline"])
     for b in ("mean", "resample"):
         assert ex.loc[("rules", b), "explained"] >= 0.95
