@@ -28,33 +28,40 @@ Method.
     pairs of one query are not independent): ratio estimator sum_q S_q / sum_q n_q with
     linearised variance n/(n-1) sum_q (S_q - mean n_q)^2 / (sum_q n_q)^2. Also the share of pairs
     with d > 0 (keys that out-score self).
-  * Chunked: query rows in blocks of about 2^23 / N, accumulated into fine cosine bins
-    (--resolution), so nothing larger than a block of the N x N matrix ever exists.
+  * Chunked: query rows in blocks of about 2^23 / N, accumulated into fine cosine bins of width
+    --bin-width, so nothing larger than a block of the N x N matrix ever exists.
 
-Outputs (figures/cosine_attention_analysis/, figures/demo/... for planted):
+Outputs (figures/cosine_attention_analysis/, figures/demo/... for planted; the figure is drawn from
+the saved files):
   cosine_attention.png   mean d vs cosine with CI, share above self, pair counts, self marked
   cosine_attention.csv   per window: centre, lo, hi, n_pairs, n_queries, mean_diff, ci_lo, ci_hi,
                          share_above_self
   category_pairs.csv     same-category pairs of the category words among the N (cosine, d),
                          drawn as points in the figure
   summary.json, meta.json  peak cosine and height, the value near 1, token source
+
+Run: python token_freq.py --model planted   (its table chooses the tokens), then
+     python cosine_attention_analysis.py --model planted --freq-table figures/demo/token_freq/token_freq.csv
 """
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from common.cli import base_parser, script_name, start
+from common.cli import base_parser, script_name, start_head
 from common.freq import resolve_top_tokens
-from common.outputs import write_csv, write_json, write_meta
-from common.plotting import plt, save_figure
-from common.prompts import token_category_map
-from common.effective_embeddings import effective_embeddings
 from common.head_qk import FactoredQK
+from common.plotting import plt, save_figure
+from common.prompts import CATEGORIES, token_category_map
+from common.results import Results, load_meta, load_summary, load_table, save_results
+
+SCRIPT = script_name(__file__)
 
 BLOCK_ELEMENTS = 1 << 23  # pairs per query block (~0.5 GB of temporaries at most)
 ABOVE_TOL = 1e-3  # logits: "out-scores self" means by more than float rounding of a tie
@@ -67,14 +74,14 @@ def parse_args(argv):
                    help="token_freq.csv (or its folder); default: token_freq.py's output for --model")
     p.add_argument("--window", type=float, default=0.05, help="cosine window width")
     p.add_argument("--step", type=float, default=0.01, help="distance between window centres")
-    p.add_argument("--resolution", type=float, default=0.0025, help="fine cosine bin width (window/step are rounded to it)")
+    p.add_argument("--bin-width", type=float, default=0.0025, help="fine cosine bin width (window/step are rounded to it)")
     p.add_argument("--min-pairs", type=int, default=200, help="windows with fewer pairs are not considered for the peak")
     p.add_argument("--min-queries", type=int, default=10, help="... or with pairs from fewer query tokens")
     args = p.parse_args(argv)
     if args.n_tokens < 2:
         p.error("--n-tokens must be at least 2")
-    if not 0 < args.resolution <= args.step <= 2 or not args.resolution <= args.window <= 2:
-        p.error("need 0 < --resolution <= --step, --window <= 2")
+    if not 0 < args.bin_width <= args.step <= 2 or not args.bin_width <= args.window <= 2:
+        p.error("need 0 < --bin-width <= --step, --window <= 2")
     if args.min_pairs < 1 or args.min_queries < 1:
         p.error("--min-pairs and --min-queries must be positive")
     return args
@@ -158,30 +165,28 @@ def window_table(acc, window_bins, step_bins, n_fine, z=1.96) -> pd.DataFrame:
     })
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    model, out = start(args, script_name(__file__))
-    L, H = args.layer, args.head
+def bins(args) -> tuple[int, int, int]:
+    """(fine bins over [-1, 1], bins per window, bins per step) from --bin-width, --window, --step."""
+    n_fine = round(2 / args.bin_width)
+    return n_fine, max(1, round(args.window / args.bin_width)), max(1, round(args.step / args.bin_width))
+
+
+def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
+    """Windowed s[i,j] - s[i,i] by cosine over the N most frequent tokens, and same-category pairs."""
     vocab = model.cfg.d_vocab
     ids, source = resolve_top_tokens(args.model, min(args.n_tokens, vocab - 1), args.freq_table, vocab)
     N = len(ids)
     print(f"{N} tokens from {source}")
-
-    E = effective_embeddings(model, L)[torch.tensor(ids)]
-    qk = FactoredQK.from_model(model, L, H)
+    E = E[torch.tensor(ids)]
     q_feat, k_feat = qk.scorer().project(E, E)
     unit = E / E.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    n_fine = int(round(2 / args.resolution))
-    window_bins = max(1, int(round(args.window / args.resolution)))
-    step_bins = max(1, int(round(args.step / args.resolution)))
+    n_fine, window_bins, step_bins = bins(args)
     if window_bins > n_fine:
         raise SystemExit("error: --window is wider than the cosine range [-1, 1]")
     acc = windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine)
-    full = window_table(acc, window_bins, step_bins, n_fine)  # empty windows are NaN: gaps in the plot
+    full = window_table(acc, window_bins, step_bins, n_fine)
     table = full[full["n_pairs"] > 0].reset_index(drop=True)
-    write_csv(out / "cosine_attention.csv", table)
-
     ok = table[(table["n_pairs"] >= args.min_pairs) & (table["n_queries"] >= args.min_queries)]
     if ok.empty:
         raise SystemExit(f"error: no cosine window has >= {args.min_pairs} pairs from >= {args.min_queries} "
@@ -189,12 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = ok.loc[ok["mean_diff"].idxmax()]
     top = ok.iloc[-1]  # the most similar well-populated window
     pairs = category_pairs(model.tokenizer, ids, q_feat, k_feat, unit)
-    write_csv(out / "category_pairs.csv", pairs)
 
     fine_centre = -1 + (np.arange(n_fine) + 0.5) * 2 / n_fine
     n_pairs = acc["fine_n"].sum()
     summary = {
-        "model": args.model, "layer": L, "head": H, "n_tokens": N, "token_source": source,
+        "model": args.model, "layer": args.layer, "head": args.head, "n_tokens": N, "token_source": source,
         "n_pairs": int(n_pairs), "mean_cosine": float((acc["fine_n"] * fine_centre).sum() / n_pairs),
         "mean_diff_all_pairs": float(acc["fine_sum"].sum() / n_pairs),
         "peak_cosine": float(peak["centre"]), "peak_window": [float(peak["lo"]), float(peak["hi"])],
@@ -207,13 +211,21 @@ def main(argv: list[str] | None = None) -> int:
         "same_category_mean_cosine": float(pairs["cosine"].mean()) if len(pairs) else None,
         "same_category_mean_diff": float(pairs["diff"].mean()) if len(pairs) else None,
     }
-    write_json(out / "summary.json", summary)
-    plot(full, pairs, peak, args, N, out / "cosine_attention.png")
-    write_meta(out, args, {"token_source": source, "n_tokens": N})
-    print(f"peak of mean s[i,j]-s[i,i] at cosine {peak['centre']:.3f} (window {peak['lo']:.3f}..{peak['hi']:.3f}): "
-          f"{peak['mean_diff']:+.2f} [{peak['ci_lo']:+.2f}, {peak['ci_hi']:+.2f}] logits; "
-          f"self (cosine 1) is 0 by definition -> {out}")
-    return 0
+    return Results(tables={"cosine_attention": table, "category_pairs": pairs}, summary=summary)
+
+
+def every_window(table: pd.DataFrame, args) -> pd.DataFrame:
+    """The saved (populated) windows back on the full window grid; empty windows get n_pairs 0 and
+    NaN elsewhere, so plotted lines break across gaps."""
+    n_fine, window_bins, step_bins = bins(args)
+    width = 2.0 / n_fine
+    n_win = (n_fine - window_bins) // step_bins + 1
+    lo = -1 + np.arange(n_win) * step_bins * width
+    full = pd.DataFrame(np.nan, index=range(n_win), columns=table.columns)
+    full["lo"], full["hi"], full["n_pairs"] = lo, lo + window_bins * width, 0.0
+    full["centre"] = (full["lo"] + full["hi"]) / 2
+    full.iloc[np.rint((table["lo"].to_numpy() + 1) / (step_bins * width)).astype(int)] = table.to_numpy(float)
+    return full
 
 
 @torch.no_grad()
@@ -223,8 +235,6 @@ def category_pairs(tokenizer, ids, q_feat, k_feat, unit) -> pd.DataFrame:
     pos = [(p, cat_of[t]) for p, t in enumerate(ids) if t in cat_of]
     if not pos:
         return pd.DataFrame(columns=["query", "key", "category", "cosine", "diff"])
-    from common.prompts import CATEGORIES
-
     names = list(CATEGORIES)
     idx = torch.tensor([p for p, _ in pos])
     cats = np.array([c for _, c in pos])
@@ -240,8 +250,12 @@ def category_pairs(tokenizer, ids, q_feat, k_feat, unit) -> pd.DataFrame:
     })
 
 
-def plot(table, pairs, peak, args, N, path):
-    """``table``: every window, empty ones NaN (so lines break across gaps)."""
+def render(out_dir) -> list[Path]:
+    """cosine_attention.png from cosine_attention.csv, category_pairs.csv and summary.json."""
+    out_dir = Path(out_dir)
+    args = argparse.Namespace(**load_meta(out_dir)["args"])
+    summary, pairs = load_summary(out_dir), load_table(out_dir, "category_pairs")
+    table = every_window(load_table(out_dir, "cosine_attention"), args)
     fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1]})
     ax = axes[0]
     if len(pairs):
@@ -252,10 +266,10 @@ def plot(table, pairs, peak, args, N, path):
             label=f"mean over pairs, window {args.window:g} (95% CI, clustered by query)")
     ax.axhline(0, color="k", lw=0.8)
     ax.scatter([1.0], [0.0], marker="*", s=120, color="C3", zorder=4, label="self (cosine 1, d = 0)")
-    ax.axvline(peak["centre"], color="C2", ls="--", lw=1, label=f"peak at cosine {peak['centre']:.2f}")
+    ax.axvline(summary["peak_cosine"], color="C2", ls="--", lw=1, label=f"peak at cosine {summary['peak_cosine']:.2f}")
     ax.set_ylabel("s[i,j] - s[i,i]  (log attention ratio to self)")
-    ax.set_title(f"L{args.layer}H{args.head}: attention to key vs to self, by embedding similarity\n"
-                 f"{N} most frequent tokens, {args.model}", fontsize=10)
+    ax.set_title(f"L{summary['layer']}H{summary['head']}: attention to key vs to self, by embedding similarity\n"
+                 f"{summary['n_tokens']} most frequent tokens, {summary['model']}", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     axes[1].plot(table["centre"], table["share_above_self"], color="C4")
     axes[1].set_ylabel("share of keys\nout-scoring self")
@@ -266,7 +280,25 @@ def plot(table, pairs, peak, args, N, path):
     axes[2].set_xlabel("cosine similarity of effective embeddings E_i, E_j")
     populated = table[table["n_pairs"] > 0]
     axes[2].set_xlim(min(populated["lo"].min(), 0) - 0.02, 1.03)
-    save_figure(fig, path)
+    return [save_figure(fig, out_dir / "cosine_attention.png")]
+
+
+def report(results: Results, out_dir: Path) -> None:
+    s = results.summary
+    print(f"peak of mean s[i,j]-s[i,i] at cosine {s['peak_cosine']:.3f} (window {s['peak_window'][0]:.3f}.."
+          f"{s['peak_window'][1]:.3f}): {s['peak_mean_diff']:+.2f} [{s['peak_ci'][0]:+.2f}, {s['peak_ci'][1]:+.2f}] "
+          f"logits; self (cosine 1) is 0 by definition -> {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = start_head(args, SCRIPT)
+    results = compute(s.model, s.qk, s.E, args)
+    save_results(s.out_dir, results, args, SCRIPT, meta={
+        "token_source": results.summary["token_source"], "n_tokens": results.summary["n_tokens"]})
+    render(s.out_dir)
+    report(results, s.out_dir)
+    return 0
 
 
 if __name__ == "__main__":

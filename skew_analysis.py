@@ -13,8 +13,8 @@ only, without 1/sqrt(d_head) or biases, with LN folded into W_Q/W_K as Transform
     and in two bases: the residual basis (the weights alone) and the effective-embedding basis
     E W_QK E^T / n_vocab (E: ``common.effective_embeddings``, i.e. what layer-L attention sees
     per token; dividing by the vocabulary size makes it a mean over tokens). Reported: every
-    non-zero eigenvalue of W_sym, the count of negative ones among the --top largest by magnitude
-    and among all, the largest singular value and the Frobenius norm of each part.
+    non-zero eigenvalue of W_sym, the count of negative ones among the --top-eigenvalues largest
+    by magnitude and among all, the largest singular value and the Frobenius norm of each part.
   * Random controls on the 30 group tokens (effective embeddings, scores scaled by 1/sqrt(d_head),
     every control rescaled to the target's Frobenius norm; attention = softmax over the 30 keys):
     a truly skew-symmetric random W (W^T = -W: every self score is exactly 0), a random symmetric
@@ -25,10 +25,10 @@ only, without 1/sqrt(d_head) or biases, with LN folded into W_Q/W_K as Transform
     replaced by the mean over the batch's non-BOS positions, and by zero) versus when only its
     skew part is removed (the head's attention scores recomputed from W_sym, biases kept, inside
     hook_attn_scores). A control run recomputing the scores from the full W_QK (first batch) must
-    reproduce the clean logits (its maximum deviation is saved in meta.json). Only the correct
+    reproduce the clean logits (its maximum deviation is saved in summary.json). Only the correct
     token's logit is computed (final residual . W_U column), not the full unembedding.
 
-Outputs (figures/skew_analysis/ by default):
+Outputs (figures/skew_analysis/ by default; every figure is drawn from the saved files):
   spectrum_summary.csv   per head and basis: counts, extreme eigenvalues, largest singular
                          values and Frobenius norms of W_sym and W_skew, skew share of ||W||^2
   eigenvalues.csv        every non-zero eigenvalue of W_sym and singular value of W_skew,
@@ -41,7 +41,11 @@ Outputs (figures/skew_analysis/ by default):
                          the target head and the random controls on the group tokens
   downstream.csv, downstream_summary.csv, downstream.png
                          logit drops per prompt and their means with 95% CIs
-  meta.json
+  summary.json           the target head's spectrum numbers, the downstream means, the control
+                         run's largest logit deviation, the published numbers, the group tokens
+  meta.json              arguments and versions
+
+Run: python skew_analysis.py --model planted   (gpt2-small: --model gpt2-small)
 
 Published reference (the L1H5 post, gpt2-small L1H5): 33 of the 64 largest eigenvalues of W_sym
 are negative; largest singular value 1.86 for the symmetric part against 1.34 for the skew part;
@@ -52,6 +56,8 @@ is (removing the skew part helps). The spectrum numbers are reproduced in the re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -59,16 +65,18 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from common.cli import base_parser, script_name, start
-from common.head_replacement import score_hooks
-from common.metrics import mean_ci
-from common.outputs import write_csv, write_meta
-from common.plotting import plt, save_figure
-from common.prompts import category_prompts, group_token_ids
-from common.effective_embeddings import effective_embeddings, embedding_gram
+from common.cli import base_parser, script_name, start_head
+from common.effective_embeddings import embedding_gram
 from common.factored import DEFAULT_EIG_RTOL, random_skew, random_symmetric, spectrum_summary
 from common.head_qk import FactoredQK
-from common.qk_plots import group_panels, long_table, softmax_rows
+from common.head_replacement import score_hooks
+from common.metrics import mean_ci
+from common.plotting import plt, save_figure
+from common.prompts import category_prompts, group_token_ids
+from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
+from common.results import Results, load_meta, load_summary, load_table, save_results
+
+SCRIPT = script_name(__file__)
 
 PUBLISHED = {"n_negative_top64": 33, "sv_max_sym": 1.86, "sv_max_skew": 1.34,
              "drop_whole_head": 0.44, "drop_skew_only": -0.35}
@@ -76,15 +84,16 @@ PUBLISHED = {"n_negative_top64": 33, "sv_max_sym": 1.86, "sv_max_skew": 1.34,
 
 def parse_args(argv):
     p = base_parser(__doc__)
-    p.add_argument("--top", type=int, default=64, help="count negative eigenvalues among this many largest |lambda|")
+    p.add_argument("--top-eigenvalues", type=int, default=64,
+                   help="count negative eigenvalues among this many largest |lambda|")
     p.add_argument("--rtol", type=float, default=DEFAULT_EIG_RTOL, help="eigenvalues below rtol * max|lambda| count as zero")
     p.add_argument("--low-rank", type=int, default=None, help="rank of the low-rank controls (default d_head, made even)")
     p.add_argument("--n-prompts", type=int, default=64, help="category prompts for the downstream check")
     p.add_argument("--seq-len", type=int, default=20, help="category words per prompt")
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
-    if args.top < 1:
-        p.error("--top must be >= 1")
+    if args.top_eigenvalues < 1:
+        p.error("--top-eigenvalues must be >= 1")
     if not 0 < args.rtol < 1:
         p.error("--rtol must be in (0, 1)")
     if args.n_prompts < 2 or args.seq_len < 2 or args.batch_size < 1:
@@ -119,26 +128,28 @@ def head_spectra(model, layer: int, E: torch.Tensor, top: int, rtol: float):
     return pd.DataFrame(summary), pd.DataFrame(values)
 
 
-def plot_target_spectrum(values: pd.DataFrame, head: int, top: int, layer: int):
+def plot_target_spectrum(values: pd.DataFrame, summary: pd.DataFrame, head: int, top: int, layer: int):
+    """Eigenvalues (eigenvalues.csv) and singular values of the target head; the counts and maxima
+    in the titles and legends are the saved spectrum_summary.csv numbers."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     for row, basis in enumerate(("residual", "effective")):
         v = values[(values["head"] == head) & (values.basis == basis)]
+        s = summary[(summary["head"] == head) & (summary.basis == basis)].iloc[0]
         eig = v[v.part == "sym_eigenvalue"]
         ax = axes[row, 0]
         colours = np.where(eig.value < 0, "tab:red", "tab:blue")
         ax.bar(eig["index"], eig.value, color=colours, width=1.0)
         ax.axvline(top - 0.5, color="k", ls="--", lw=0.8)
-        n_neg = int((eig.value.iloc[:top] < 0).sum())
         ax.set_title(f"L{layer}H{head} W_sym eigenvalues by |lambda| ({basis} basis): "
-                     f"{n_neg} of top {min(top, len(eig))} negative (red)")
+                     f"{int(s[f'n_negative_top{top}'])} of top {int(s.top_k)} negative (red)")
         ax.set_xlabel("rank by |eigenvalue|")
         ax.set_ylabel("eigenvalue")
         ax = axes[row, 1]
         sym_sv = np.abs(eig.value.to_numpy())
         skew_sv = v[v.part == "skew_singular_value"].value.to_numpy()
-        ax.plot(np.arange(len(sym_sv)), sym_sv, "o-", ms=2.5, label=f"W_sym (max {sym_sv.max():.3g})")
+        ax.plot(np.arange(len(sym_sv)), sym_sv, "o-", ms=2.5, label=f"W_sym (max {s.sv_max_sym:.3g})")
         if len(skew_sv):
-            ax.plot(np.arange(len(skew_sv)), skew_sv, "s-", ms=2.5, label=f"W_skew (max {skew_sv.max():.3g})")
+            ax.plot(np.arange(len(skew_sv)), skew_sv, "s-", ms=2.5, label=f"W_skew (max {s.sv_max_skew:.3g})")
         ax.set_yscale("log")
         ax.set_title(f"singular values ({basis} basis)")
         ax.set_xlabel("index")
@@ -307,62 +318,78 @@ def plot_downstream(summary: pd.DataFrame, layer: int, head: int):
 # ----------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    model, out_dir = start(args, script_name(__file__))
+def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
+    """Spectra of every head of the layer, the random controls, and the downstream check."""
     layer, head = args.layer, args.head
-    E = effective_embeddings(model, layer)
-    f = FactoredQK.from_model(model, layer, head)
-    low_rank = args.low_rank or f.d_head
-
-    summary, values = head_spectra(model, layer, E, args.top, args.rtol)
-    write_csv(out_dir / "spectrum_summary.csv", summary)
-    write_csv(out_dir / "eigenvalues.csv", values)
-    save_figure(plot_target_spectrum(values, head, args.top, layer), out_dir / "spectrum_target.png")
-    save_figure(plot_heads(summary, head, args.top, layer), out_dir / "spectrum_heads.png")
+    summary, values = head_spectra(model, layer, E, args.top_eigenvalues, args.rtol)
 
     ids, labels, groups = group_token_ids(model.tokenizer)
-    Eg = E[ids]
-    forms = controls(f, args.seed, low_rank, args.rtol)
-    scores = {name: (form.scores(Eg, Eg) / f.attn_scale).numpy() for name, form in forms.items()}
+    forms = controls(qk, args.seed, args.low_rank or qk.d_head, args.rtol)
+    scores = {name: (form.scores(E[ids], E[ids]) / qk.attn_scale).numpy() for name, form in forms.items()}
     ctrl = pd.DataFrame([control_metrics(n, forms[n], scores[n], groups, args.rtol) for n in forms])
-    write_csv(out_dir / "controls.csv", ctrl)
-    write_csv(out_dir / "controls_scores.csv", long_table(scores, labels, name="control", value="score"))
-    att = {n: softmax_rows(s) for n, s in scores.items()}
-    fig = group_panels(att, labels, groups, suptitle="attention over the 30 group tokens (softmax of scaled "
-                       "scores; every control has the target's Frobenius norm)", cmap="viridis", center=None,
-                       vmin=0.0, vmax=1.0, ncols=3)
-    save_figure(fig, out_dir / "controls_heatmaps.png")
 
     prompts = category_prompts(model.tokenizer, args.n_prompts, args.seq_len, seed=args.seed)
-    per_prompt, max_dev = downstream(model, f, prompts.tokens, args.batch_size)
+    per_prompt, max_dev = downstream(model, qk, prompts.tokens, args.batch_size)
     down = summarise_downstream(per_prompt)
-    write_csv(out_dir / "downstream.csv", per_prompt)
-    write_csv(out_dir / "downstream_summary.csv", down)
-    save_figure(plot_downstream(down, layer, head), out_dir / "downstream.png")
-
     tgt = summary[summary["head"] == head].set_index("basis")
-    write_meta(out_dir, args, {
-        "published": PUBLISHED,
-        "target": {b: tgt.loc[b].to_dict() for b in tgt.index},
-        "downstream": down.to_dict("records"),
-        "downstream_control_max_abs_logit_deviation": max_dev,
-        "effective_basis": "E W_QK E^T / n_vocab with E = common.effective_embeddings(model, layer)",
-        "control_scaling": "every control rescaled to the target's ||W_QK||_F; scores / sqrt(d_head)",
-    })
+    return Results(
+        tables={"spectrum_summary": summary, "eigenvalues": values, "controls": ctrl,
+                "controls_scores": long_table(scores, labels, name="control", value="score"),
+                "downstream": per_prompt, "downstream_summary": down},
+        summary={
+            "published": PUBLISHED, "top_eigenvalues": args.top_eigenvalues,
+            "target": {b: tgt.loc[b].to_dict() for b in tgt.index},
+            "downstream": down.to_dict("records"),
+            "downstream_control_max_abs_logit_deviation": max_dev,
+            "effective_basis": "E W_QK E^T / n_vocab with E = common.effective_embeddings(model, layer)",
+            "control_scaling": "every control rescaled to the target's ||W_QK||_F; scores / sqrt(d_head)",
+            "group_tokens": labels, "groups": groups,
+        })
 
+
+def render(out_dir) -> list[Path]:
+    """The four figures from the saved tables (layer and head from meta.json, top from summary.json)."""
+    out_dir = Path(out_dir)
+    args, s = load_meta(out_dir)["args"], load_summary(out_dir)
+    layer, head, top = args["layer"], args["head"], s["top_eigenvalues"]
+    summary = load_table(out_dir, "spectrum_summary")
+    paths = [save_figure(plot_target_spectrum(load_table(out_dir, "eigenvalues"), summary, head, top, layer),
+                         out_dir / "spectrum_target.png"),
+             save_figure(plot_heads(summary, head, top, layer), out_dir / "spectrum_heads.png")]
+    att = {n: softmax_rows(v) for n, v in panels_from_long(load_table(out_dir, "controls_scores"),
+                                                           name="control", value="score").items()}
+    fig = group_panels(att, s["group_tokens"], s["groups"], suptitle="attention over the 30 group tokens (softmax "
+                       "of scaled scores; every control has the target's Frobenius norm)", cmap="viridis",
+                       center=None, vmin=0.0, vmax=1.0, ncols=3)
+    paths.append(save_figure(fig, out_dir / "controls_heatmaps.png"))
+    paths.append(save_figure(plot_downstream(load_table(out_dir, "downstream_summary"), layer, head),
+                             out_dir / "downstream.png"))
+    return paths
+
+
+def report(results: Results, out_dir: Path, layer: int, head: int) -> None:
+    top = results.summary["top_eigenvalues"]
     table = Table(title=f"L{layer}H{head}: W_sym / W_skew spectrum")
-    for c in ("basis", f"neg in top {args.top}", "neg / nonzero", "sv max sym", "sv max skew", "skew share"):
+    for c in ("basis", f"neg in top {top}", "neg / nonzero", "sv max sym", "sv max skew", "skew share"):
         table.add_column(c)
     for b in ("residual", "effective"):
-        r = tgt.loc[b]
-        table.add_row(b, str(int(r[f"n_negative_top{args.top}"])), f"{int(r.n_negative)}/{int(r.n_eigenvalues_nonzero)}",
-                      f"{r.sv_max_sym:.3g}", f"{r.sv_max_skew:.3g}", f"{r.skew_share:.3f}")
+        r = results.summary["target"][b]
+        table.add_row(b, str(int(r[f"n_negative_top{top}"])), f"{int(r['n_negative'])}/{int(r['n_eigenvalues_nonzero'])}",
+                      f"{r['sv_max_sym']:.3g}", f"{r['sv_max_skew']:.3g}", f"{r['skew_share']:.3f}")
     console = Console()
     console.print(table)
-    for r in down.itertuples():
+    for r in results.tables["downstream_summary"].itertuples():
         console.print(f"logit drop, {r.ablation}: {r.mean_drop:+.3f} +/- {r.ci95:.3f}")
     console.print(f"outputs: {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = start_head(args, SCRIPT)
+    results = compute(s.model, s.qk, s.E, args)
+    save_results(s.out_dir, results, args, SCRIPT)
+    render(s.out_dir)
+    report(results, s.out_dir, args.layer, args.head)
     return 0
 
 

@@ -14,11 +14,14 @@ group token: the self score, the self-rank among the 30 group tokens and over th
 of keys (number of keys scoring strictly higher; streamed, ``common.token_scores.self_rank_grid``), and the
 attention it pays itself in the group softmax.
 
-Outputs (figures/svd_group_scaling_heatmap/ by default):
+Outputs (figures/svd_group_scaling_heatmap/ by default; every figure is drawn from the saved files):
   scaling_scores.png    score heatmaps, unmodified and each alpha, one shared colour scale
   scaling_patterns.png  softmax attention over the group tokens, same panels
   self_vs_alpha.png     self score, self-rank (vocabulary and group) and self-attention vs alpha
-  scores.csv            every heatmap cell; curves.csv: every point of the curves; meta.json
+  scores.csv            every heatmap cell; curves.csv: every point of the curves
+  summary.json          selected eigenvalues, score kind, group tokens, per-alpha means; meta.json
+
+Run: python svd_group_scaling_heatmap.py --model planted   (gpt2-small: --model gpt2-small)
 
 Published reference (the original repository's group-scaling figure, gpt2-small L1H5): with the
 negative eigenvalues scaled to 0 or -1 the diagonal (self-attention) lights up.
@@ -26,19 +29,23 @@ negative eigenvalues scaled to 0 or -1 the diagonal (self-attention) lights up.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import base_parser, script_name, start
-from common.outputs import write_csv, write_meta
+from common.cli import add_biases_flag, base_parser, script_name, start_head
+from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
-from common.effective_embeddings import effective_embeddings
-from common.head_qk import FactoredQK
+from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
+from common.results import Results, load_meta, load_summary, load_table, save_results
 from common.token_scores import self_rank_grid
-from common.qk_plots import group_panels, long_table, softmax_rows
+
+SCRIPT = script_name(__file__)
 
 
 def parse_which(value: str):
@@ -60,7 +67,7 @@ def parse_args(argv):
                    help="alphas of the self-score/self-rank curves")
     p.add_argument("--which", default="negative", help="'negative' (all negative eigenvalues) or k (the k most negative)")
     p.add_argument("--no-skew", action="store_true", help="also drop W_skew")
-    p.add_argument("--no-biases", action="store_true", help="weights only (no b_Q/b_K cross-terms)")
+    add_biases_flag(p, default=True)
     args = p.parse_args(argv)
     args.which = parse_which(args.which)
     if not args.alphas or not args.curve_alphas:
@@ -70,45 +77,30 @@ def parse_args(argv):
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    model, out_dir = start(args, script_name(__file__))
-    layer, head = args.layer, args.head
-    E = effective_embeddings(model, layer)
-    f = FactoredQK.from_model(model, layer, head)
-    eig = f.sym_eig()
-    biases = not args.no_biases
+def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
+    """Heatmap panels for --alphas and the self-score/self-rank curves over --curve-alphas."""
+    eig = qk.sym_eig()
     keep_skew = not args.no_skew
     n_sel = len(eig.select(args.which))
     if n_sel == 0:
-        raise SystemExit(f"error: W_sym of L{layer}H{head} has no negative eigenvalue to scale")
-
+        raise SystemExit(f"error: W_sym of L{args.layer}H{args.head} has no negative eigenvalue to scale")
     ids, labels, groups = group_token_ids(model.tokenizer)
     Eg = E[ids]
 
     def form(alpha):
-        return f.steer(alpha, args.which, keep_skew=keep_skew, biases=biases, scaled=True)
+        return qk.steer(alpha, args.which, keep_skew=keep_skew, biases=args.biases, scaled=True)
 
     panels = {"unmodified (alpha = 1)": form(1.0).scores(Eg, Eg).numpy()}
     if not keep_skew:
-        panels = {"unmodified (alpha = 1, with skew)": f.scorer(biases=biases).scores(Eg, Eg).numpy()}
+        panels = {"unmodified (alpha = 1, with skew)": qk.scorer(biases=args.biases).scores(Eg, Eg).numpy()}
     for a in args.alphas:
         panels[f"alpha = {a:g}"] = form(a).scores(Eg, Eg).numpy()
-    write_csv(out_dir / "scores.csv", long_table(panels, labels, value="score"))
-    what = "all negative eigenvalues" if args.which == "negative" else f"the {n_sel} most negative eigenvalues"
-    title = f"L{layer}H{head}: {what} of W_sym scaled by alpha" + ("" if keep_skew else ", W_skew dropped")
-    save_figure(group_panels(panels, labels, groups, suptitle=title + " (attention logits)", ncols=min(4, len(panels)),
-                             cbar_label="score"), out_dir / "scaling_scores.png")
-    pats = {k: softmax_rows(v) for k, v in panels.items()}
-    save_figure(group_panels(pats, labels, groups, suptitle=title + " (softmax over the group tokens)",
-                             cmap="viridis", center=None, vmin=0, vmax=1, ncols=min(4, len(pats))),
-                out_dir / "scaling_patterns.png")
 
     # Curves: the vocabulary self-rank for every alpha in one streamed pass.
     curve = sorted(set(args.curve_alphas) | {1.0})
-    base = f.scorer(biases=biases, scaled=True)
+    base = qk.scorer(biases=args.biases, scaled=True)
     k = n_sel if args.which == "negative" else args.which
-    vocab_rank = self_rank_grid(base, eig, E, ids, [k], curve, eig_scale=1.0 / f.attn_scale,
+    vocab_rank = self_rank_grid(base, eig, E, ids, [k], curve, eig_scale=1.0 / qk.attn_scale,
                                 keep_skew=keep_skew)[0]  # [alpha, token]
     rows = []
     for ia, a in enumerate(curve):
@@ -121,17 +113,49 @@ def main(argv: list[str] | None = None) -> int:
                          "self_rank_vocab": int(vocab_rank[ia, i]),
                          "self_attention_group": float(att[i, i])})
     curves = pd.DataFrame(rows)
-    write_csv(out_dir / "curves.csv", curves)
+    per_alpha = curves.groupby("alpha").agg(
+        mean_self_score=("self_score", "mean"), top1_vocab=("self_rank_vocab", lambda r: float((r == 0).mean())),
+        median_rank_vocab=("self_rank_vocab", "median"), mean_self_attention_group=("self_attention_group", "mean"),
+    ).reset_index()
+    return Results(tables={"scores": long_table(panels, labels, value="score"), "curves": curves}, summary={
+        "which": args.which, "n_selected": n_sel, "keep_skew": keep_skew,
+        "selected_eigenvalues": eig.values[eig.select(args.which)].tolist(),
+        "scores": "attention logits" + (" with b_Q/b_K" if args.biases else ", weights only") + ", / sqrt(d_head)",
+        "group_tokens": labels, "groups": groups, "per_alpha": per_alpha.to_dict("records")})
 
+
+def title(out_dir: Path) -> str:
+    args, summary = load_meta(out_dir)["args"], load_summary(out_dir)
+    what = ("all negative eigenvalues" if summary["which"] == "negative"
+            else f"the {summary['n_selected']} most negative eigenvalues")
+    return (f"L{args['layer']}H{args['head']}: {what} of W_sym scaled by alpha"
+            + ("" if summary["keep_skew"] else ", W_skew dropped"))
+
+
+def render(out_dir) -> list[Path]:
+    """scaling_scores.png, scaling_patterns.png (scores.csv) and self_vs_alpha.png (curves.csv)."""
+    out_dir = Path(out_dir)
+    summary, head_title = load_summary(out_dir), title(out_dir)
+    labels, groups = summary["group_tokens"], summary["groups"]
+    panels = panels_from_long(load_table(out_dir, "scores"), value="score")
+    paths = [save_figure(group_panels(panels, labels, groups, suptitle=head_title + " (attention logits)",
+                                      ncols=min(4, len(panels)), cbar_label="score"), out_dir / "scaling_scores.png")]
+    pats = {k: softmax_rows(v) for k, v in panels.items()}
+    paths.append(save_figure(group_panels(pats, labels, groups, suptitle=head_title + " (softmax over the group tokens)",
+                                          cmap="viridis", center=None, vmin=0, vmax=1, ncols=min(4, len(pats))),
+                             out_dir / "scaling_patterns.png"))
+
+    curves = load_table(out_dir, "curves")
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     palette = dict(zip(dict.fromkeys(groups), plt.cm.tab10.colors))
     for ax, col, ylab in zip(axes, ("self_score", "self_rank_vocab", "self_rank_group", "self_attention_group"),
                              ("self score (logit)", "self-rank over the vocabulary (log)", "self-rank among group tokens",
                               "self-attention (group softmax)")):
-        for lab, g in curves.groupby("token", sort=False):
-            ax.plot(g.alpha, g[col] + (1 if col == "self_rank_vocab" else 0), color=palette[g.group.iloc[0]], lw=0.8, alpha=0.6)
+        shift = 1 if col == "self_rank_vocab" else 0
+        for _, g in curves.groupby("token_id", sort=False):
+            ax.plot(g.alpha, g[col] + shift, color=palette[g.group.iloc[0]], lw=0.8, alpha=0.6)
         m = curves.groupby("alpha")[col].mean()
-        ax.plot(m.index, m.values + (1 if col == "self_rank_vocab" else 0), "k-", lw=2.2, label="mean")
+        ax.plot(m.index, m.values + shift, "k-", lw=2.2, label="mean")
         if col == "self_rank_vocab":
             ax.set_yscale("log")
             ylab += " + 1"
@@ -141,26 +165,31 @@ def main(argv: list[str] | None = None) -> int:
     for grp, c in palette.items():
         axes[0].plot([], [], color=c, label=grp)
     axes[0].legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(head_title)
     fig.tight_layout()
-    save_figure(fig, out_dir / "self_vs_alpha.png")
+    paths.append(save_figure(fig, out_dir / "self_vs_alpha.png"))
+    return paths
 
-    summary = curves.groupby("alpha").agg(
-        mean_self_score=("self_score", "mean"), top1_vocab=("self_rank_vocab", lambda r: float((r == 0).mean())),
-        median_rank_vocab=("self_rank_vocab", "median"), mean_self_attention_group=("self_attention_group", "mean"),
-    ).reset_index()
-    write_meta(out_dir, args, {"selected_eigenvalues": eig.values[eig.select(args.which)].tolist(),
-                               "n_selected": n_sel, "summary": summary.to_dict("records"),
-                               "scores": "attention logits" + (" with b_Q/b_K" if biases else ", weights only") + ", / sqrt(d_head)"})
-    table = Table(title=title)
+
+def report(results: Results, out_dir: Path) -> None:
+    table = Table(title=title(out_dir))
     for c in ("alpha", "mean self score", "self top-1 (vocab)", "median vocab rank", "self-attention (group)"):
         table.add_column(c)
-    for r in summary.itertuples():
-        table.add_row(f"{r.alpha:g}", f"{r.mean_self_score:.2f}", f"{r.top1_vocab:.2f}", f"{r.median_rank_vocab:.0f}",
-                      f"{r.mean_self_attention_group:.3f}")
+    for r in results.summary["per_alpha"]:
+        table.add_row(f"{r['alpha']:g}", f"{r['mean_self_score']:.2f}", f"{r['top1_vocab']:.2f}",
+                      f"{r['median_rank_vocab']:.0f}", f"{r['mean_self_attention_group']:.3f}")
     console = Console()
     console.print(table)
     console.print(f"outputs: {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = start_head(args, SCRIPT)
+    results = compute(s.model, s.qk, s.E, args)
+    save_results(s.out_dir, results, args, SCRIPT)
+    render(s.out_dir)
+    report(results, s.out_dir)
     return 0
 
 

@@ -17,12 +17,15 @@ gpt2-small size), or --query-set category (the category words of ``common/prompt
 queries, and (mean over --spearman-queries queries) of the full key ordering on a seeded sample
 of --spearman-keys keys.
 
-Outputs (figures/svd_rank_ablation/ by default):
+Outputs (figures/svd_rank_ablation/ by default; the figure is drawn from the saved files):
   grid.csv            every (k, scale) cell: all metrics with 95% CIs, k_effective (k is
                       capped at the number of negative eigenvalues)
   grid_heatmaps.png   mean rank (log), MRR, acc@1, acc@1024, both Spearman correlations
   ranks.npz           the self-rank of every query in every cell, with the query ids
-  meta.json           including wall time and peak memory
+  summary.json        negative eigenvalues, query set, the unmodified head's numbers, grid time
+  meta.json           arguments, versions, total wall time and peak memory
+
+Run: python svd_rank_ablation.py --model planted   (gpt2-small: --model gpt2-small)
 
 Reference (the original repository): the same grid (k = 1..32, scale -5..1.25) computed with dense
 50257 x 50257 matrices, which needs about 40 GB of RAM; it is computed here exactly in minutes.
@@ -33,6 +36,8 @@ from __future__ import annotations
 import math
 import resource
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,14 +45,16 @@ import torch
 from rich.console import Console
 from scipy.stats import spearmanr
 
-from common.cli import base_parser, script_name, start
-from common.metrics import mean_ci
-from common.outputs import atomic_path, write_csv, write_meta
-from common.plotting import plt, save_figure, sns
-from common.effective_embeddings import effective_embeddings
+from common.cli import add_biases_flag, base_parser, script_name, start_head
 from common.factored import steer
 from common.head_qk import FactoredQK
+from common.metrics import mean_ci
+from common.outputs import atomic_path
+from common.plotting import plt, save_figure, sns
+from common.results import Results, load_meta, load_summary, load_table, save_results
 from common.token_scores import self_rank_grid
+
+SCRIPT = script_name(__file__)
 
 ACC_KS = (1, 128, 256, 1024)
 
@@ -63,7 +70,7 @@ def parse_args(argv):
     p.add_argument("--query-set", choices=["vocab", "category"], default="vocab",
                    help="sample queries from the whole vocabulary, or use the category words of common/prompts.py")
     p.add_argument("--no-skew", action="store_true", help="drop W_skew as well")
-    p.add_argument("--no-biases", action="store_true", help="weights only (no b_Q/b_K cross-terms)")
+    add_biases_flag(p, default=True)
     p.add_argument("--spearman-queries", type=int, default=256)
     p.add_argument("--spearman-keys", type=int, default=2048)
     p.add_argument("--query-chunk", type=int, default=512)
@@ -140,7 +147,85 @@ def cell_metrics(r: np.ndarray, r0: np.ndarray) -> dict:
     return out
 
 
-def plot_grid(df: pd.DataFrame, title: str):
+def query_tokens(model, args, vocab: int, gen: torch.Generator) -> tuple[torch.Tensor, str]:
+    """The query token ids (sorted) and how they were chosen (--query-set, --all-queries, --n-queries)."""
+    if args.query_set == "category":
+        from common.prompts import category_token_ids
+
+        q = torch.tensor(sorted(t for ids in category_token_ids(model.tokenizer).values() for t in ids))
+        return q, f"{len(q)} category-word queries"
+    if args.all_queries or args.n_queries >= vocab:
+        return torch.arange(vocab), "exact, all queries"
+    return torch.randperm(vocab, generator=gen)[: args.n_queries].sort().values, f"{args.n_queries} sampled queries"
+
+
+@dataclass
+class RankResults(Results):
+    """Results plus the self-rank of every query in every cell (saved as ranks.npz)."""
+
+    ranks: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> RankResults:
+    """The (k, scale) grid of self-rank metrics over the full vocabulary of keys."""
+    eig = qk.sym_eig()
+    n_neg = eig.n_negative
+    if n_neg == 0:
+        raise SystemExit(f"error: W_sym of L{args.layer}H{args.head} has no negative eigenvalue to scale")
+    keep_skew = not args.no_skew
+    base = qk.scorer(biases=args.biases, scaled=True)
+    eig_scale = 1.0 / qk.attn_scale
+    vocab = E.shape[0]
+    gen = torch.Generator().manual_seed(args.seed)
+    queries, what = query_tokens(model, args, vocab, gen)
+    scales = sorted(set(args.scales) | {1.0})  # 1.0 is the unmodified reference
+    chunks = {"key_chunk": args.key_chunk, "query_chunk": args.query_chunk}
+    t1 = time.time()
+    grid = self_rank_grid(base, eig, E, queries, args.ks, scales, eig_scale=eig_scale, keep_skew=keep_skew,
+                          progress=True, **chunks).numpy()
+    t_grid = time.time() - t1
+    r0 = self_rank_grid(base, eig, E, queries, [args.ks[0]], [1.0], eig_scale=eig_scale, keep_skew=True,
+                        **chunks)[0, 0].numpy()  # the real head
+
+    sq = queries[torch.randperm(len(queries), generator=gen)[: args.spearman_queries]]
+    sk = torch.randperm(vocab, generator=gen)[: args.spearman_keys]
+    # reference = the real head (with skew), so --no-skew shows what dropping W_skew does by itself
+    sp = key_order_spearman(base, eig, E, sq, sk, args.ks, scales, eig_scale, keep_skew)
+
+    rows = []
+    for ik, k in enumerate(args.ks):
+        for js, s in enumerate(scales):
+            if s not in args.scales:
+                continue
+            m = cell_metrics(grid[ik, js], r0)
+            msp, hsp = mean_ci(sp[ik, js])
+            rows.append({"k": k, "k_effective": min(k, n_neg), "scale": s, "n_queries": len(queries), **m,
+                         "spearman_keys": float(msp), "spearman_keys_ci95": float(hsp)})
+    summary = {
+        "n_vocab": vocab, "n_negative_eigenvalues": n_neg, "keep_skew": keep_skew,
+        "negative_eigenvalues": eig.values[eig.select("negative")].tolist(), "queries": what,
+        "grid_seconds": round(t_grid, 2),
+        "unmodified": {"mean_rank": float(r0.mean()), "acc@1": float((r0 == 0).mean())},
+        "scores": "attention logits" + (" with b_Q/b_K" if args.biases else ", weights only") + ", / sqrt(d_head)",
+    }
+    ranks = {"ranks": grid.astype(np.int32), "ks": np.array(args.ks), "scales": np.array(scales),
+             "queries": queries.numpy(), "unmodified": r0.astype(np.int32)}
+    return RankResults(tables={"grid": pd.DataFrame(rows)}, summary=summary, ranks=ranks)
+
+
+def save_ranks(out_dir: Path, ranks: dict[str, np.ndarray]) -> None:
+    with atomic_path(out_dir / "ranks.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **ranks)
+
+
+def render(out_dir) -> list[Path]:
+    """grid_heatmaps.png from grid.csv; the title from summary.json."""
+    out_dir = Path(out_dir)
+    df, summary, args = load_table(out_dir, "grid"), load_summary(out_dir), load_meta(out_dir)["args"]
+    title = (f"L{args['layer']}H{args['head']}: self-rank over {summary['n_vocab']} keys ({summary['queries']}); "
+             f"k most negative of {summary['n_negative_eigenvalues']} negative eigenvalues scaled"
+             + ("" if summary["keep_skew"] else ", W_skew dropped"))
     panels = [("mean_rank", "mean self-rank (log10)", "viridis_r", True), ("mrr", "MRR", "viridis", False),
               ("acc@1", "acc@1 (self on top)", "viridis", False), ("acc@1024", "acc@1024", "viridis", False),
               ("spearman_selfrank", "Spearman of self-ranks vs unmodified", "RdBu_r", False),
@@ -157,81 +242,30 @@ def plot_grid(df: pd.DataFrame, title: str):
         ax.tick_params(axis="x", labelsize=7, rotation=90)
     fig.suptitle(title)
     fig.tight_layout()
-    return fig
+    return [save_figure(fig, out_dir / "grid_heatmaps.png")]
+
+
+def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
+    df, u = results.tables["grid"], results.summary["unmodified"]
+    best = df.loc[df["acc@1"].idxmax()]
+    console = Console()
+    console.print(f"unmodified: mean self-rank {u['mean_rank']:.1f}, acc@1 {u['acc@1']:.3f}")
+    console.print(f"best acc@1 {best['acc@1']:.3f} at k = {int(best.k)}, scale = {best.scale:g} "
+                  f"(mean rank {best.mean_rank:.1f})")
+    console.print(f"grid {results.summary['grid_seconds']:.1f} s, peak RSS {peak_mb:.0f} MB; outputs: {out_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    model, out_dir = start(args, script_name(__file__))
-    layer, head = args.layer, args.head
-    E = effective_embeddings(model, layer)
-    f = FactoredQK.from_model(model, layer, head)
-    eig = f.sym_eig()
-    n_neg = eig.n_negative
-    if n_neg == 0:
-        raise SystemExit(f"error: W_sym of L{layer}H{head} has no negative eigenvalue to scale")
-    biases, keep_skew = not args.no_biases, not args.no_skew
-    base = f.scorer(biases=biases, scaled=True)
-    eig_scale = 1.0 / f.attn_scale
-
-    vocab = E.shape[0]
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.query_set == "category":
-        from common.prompts import category_token_ids
-
-        queries = torch.tensor(sorted(t for ids in category_token_ids(model.tokenizer).values() for t in ids))
-    elif args.all_queries or args.n_queries >= vocab:
-        queries = torch.arange(vocab)
-    else:
-        queries = torch.randperm(vocab, generator=gen)[: args.n_queries].sort().values
-    scales = sorted(set(args.scales) | {1.0})  # 1.0 is the unmodified reference
-    t1 = time.time()
-    grid = self_rank_grid(base, eig, E, queries, args.ks, scales, eig_scale=eig_scale, keep_skew=keep_skew,
-                          key_chunk=args.key_chunk, query_chunk=args.query_chunk, progress=True).numpy()
-    t_grid = time.time() - t1
-    r0 = self_rank_grid(base, eig, E, queries, [args.ks[0]], [1.0], eig_scale=eig_scale, keep_skew=True,
-                        key_chunk=args.key_chunk, query_chunk=args.query_chunk)[0, 0].numpy()  # the real head
-
-    sq = queries[torch.randperm(len(queries), generator=gen)[: args.spearman_queries]]
-    sk = torch.randperm(vocab, generator=gen)[: args.spearman_keys]
-    # reference = the real head (with skew), so --no-skew shows what dropping W_skew does by itself
-    sp = key_order_spearman(base, eig, E, sq, sk, args.ks, scales, eig_scale, keep_skew)
-
-    rows = []
-    for ik, k in enumerate(args.ks):
-        for js, s in enumerate(scales):
-            if s not in args.scales:
-                continue
-            m = cell_metrics(grid[ik, js], r0)
-            msp, hsp = mean_ci(sp[ik, js])
-            rows.append({"k": k, "k_effective": min(k, n_neg), "scale": s, "n_queries": len(queries), **m,
-                         "spearman_keys": float(msp), "spearman_keys_ci95": float(hsp)})
-    df = pd.DataFrame(rows)
-    write_csv(out_dir / "grid.csv", df)
-    with atomic_path(out_dir / "ranks.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, ranks=grid.astype(np.int32), ks=np.array(args.ks), scales=np.array(scales),
-                                queries=queries.numpy(), unmodified=r0.astype(np.int32))
-    what = ("exact, all queries" if len(queries) == vocab else f"{len(queries)} category-word queries"
-            if args.query_set == "category" else f"{len(queries)} sampled queries")
-    title = (f"L{layer}H{head}: self-rank over {vocab} keys ({what}); k most negative of {n_neg} negative "
-             f"eigenvalues scaled" + ("" if keep_skew else ", W_skew dropped"))
-    save_figure(plot_grid(df, title), out_dir / "grid_heatmaps.png")
+    s = start_head(args, SCRIPT)
+    results = compute(s.model, s.qk, s.E, args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    write_meta(out_dir, args, {
-        "n_negative_eigenvalues": n_neg, "negative_eigenvalues": eig.values[eig.select("negative")].tolist(),
-        "queries": what, "grid_seconds": round(t_grid, 2), "total_seconds": round(time.time() - t0, 2),
-        "peak_rss_mb": round(peak_mb, 1),
-        "unmodified": {"mean_rank": float(r0.mean()), "acc@1": float((r0 == 0).mean())},
-        "scores": "attention logits" + (" with b_Q/b_K" if biases else ", weights only") + ", / sqrt(d_head)",
-    })
-    console = Console()
-    best = df.loc[df["acc@1"].idxmax()]
-    console.print(f"unmodified: mean self-rank {r0.mean():.1f}, acc@1 {(r0 == 0).mean():.3f}")
-    console.print(f"best acc@1 {best['acc@1']:.3f} at k = {int(best.k)}, scale = {best.scale:g} "
-                  f"(mean rank {best.mean_rank:.1f})")
-    console.print(f"grid {t_grid:.1f} s, peak RSS {peak_mb:.0f} MB; outputs: {out_dir}")
+    save_results(s.out_dir, results, args, SCRIPT, meta={
+        "total_seconds": round(time.time() - t0, 2), "peak_rss_mb": round(peak_mb, 1)})
+    save_ranks(s.out_dir, results.ranks)
+    render(s.out_dir)
+    report(results, s.out_dir, peak_mb)
     return 0
 
 

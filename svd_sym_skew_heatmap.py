@@ -7,7 +7,7 @@ W_sym, and the skew part should be small.
 Method. Scores of the 30 group tokens against each other (rows queries, columns keys; effective
 embeddings E from ``common.effective_embeddings``; scaled by 1/sqrt(d_head)) under the full
 W_QK ("Base"), W_sym and W_skew, so Base = Sym + Skew exactly. By default the scores use the
-weights only; ``--with-biases`` adds the b_Q/b_K cross-terms to Base and Sym (Skew stays pure
+weights only; ``--biases`` adds the b_Q/b_K cross-terms to Base and Sym (Skew stays pure
 weights), giving the model's real attention logits on position-free inputs. Numbers, on the group
 tokens and on a seeded sample of --n-sample vocabulary tokens: Pearson correlation of Base with
 Sym, the share of Base's variance that Sym explains (1 - Var(Base - Sym)/Var(Base)), the ratio
@@ -15,12 +15,19 @@ Sym, the share of Base's variance that Sym explains (1 - Var(Base - Sym)/Var(Bas
 softmax attention rows of Base and Sym (the sample always includes BOS, whose key is where
 an asymmetric "attend to BOS" term shows up); plus the weight-level share ||W_skew||^2/||W_QK||^2.
 
-Outputs (figures/svd_sym_skew_heatmap/ by default):
+Outputs (figures/svd_sym_skew_heatmap/ by default; every figure is drawn from the saved files):
   scores_heatmaps.png    Base / Sym / Skew scores on the group tokens, one shared colour scale
   patterns_heatmaps.png  softmax attention over the group tokens, Base vs Sym
-  scatter.png            Base against Sym for every (query, key) pair of both token sets
+  scatter.png            Base against Sym for (query, key) pairs of both token sets
   scores.csv             every plotted score (panel, query, key, score)
-  numbers.csv            the numbers above per token set; meta.json
+  numbers.csv            the numbers above per token set
+  scatter_points.csv     the scatter's points (Base, Sym; rounded to 1e-4): every group-token
+                         pair; of the sampled tokens BOS's row and column, the diagonal and a
+                         seeded sample of 10,000 other pairs (the numbers use all pairs)
+  summary.json           score kind, group tokens and their groups, the sampled token ids
+  meta.json              arguments and versions
+
+Run: python svd_sym_skew_heatmap.py --model planted   (gpt2-small: --model gpt2-small)
 
 Published context (the original repository): the Base/Symmetric/Skew group heatmaps, with the
 symmetric part visually matching Base. Our numbers make that comparison quantitative.
@@ -28,23 +35,27 @@ symmetric part visually matching Base. Our numbers make that comparison quantita
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
 
-from common.cli import base_parser, script_name, start
-from common.outputs import write_csv, write_meta
+from common.cli import add_biases_flag, base_parser, script_name, start_head
+from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
-from common.effective_embeddings import effective_embeddings
-from common.head_qk import FactoredQK
-from common.qk_plots import group_panels, long_table, softmax_rows
+from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
+from common.results import Results, load_meta, load_summary, load_table, save_results
+
+SCRIPT = script_name(__file__)
+SCATTER_POINTS = 10_000  # sampled-token pairs kept for the scatter plot
 
 
 def parse_args(argv):
     p = base_parser(__doc__)
-    p.add_argument("--with-biases", action="store_true", help="include the b_Q/b_K cross-terms in Base and Sym")
+    add_biases_flag(p, default=False, what="Base and Sym scores")
     p.add_argument("--n-sample", type=int, default=2000, help="seeded sample of vocabulary tokens for the second set of numbers")
     args = p.parse_args(argv)
     if args.n_sample < 2:
@@ -52,10 +63,10 @@ def parse_args(argv):
     return args
 
 
-def parts(f: FactoredQK, with_biases: bool):
+def parts(f: FactoredQK, biases: bool):
     """(Base, Sym, Skew) as Factored forms on the scaled scale, Base = Sym + Skew exactly."""
-    base = f.scorer(biases=with_biases, scaled=True)
-    sym = f.steer(1.0, 0, keep_skew=False, biases=with_biases, scaled=True)
+    base = f.scorer(biases=biases, scaled=True)
+    sym = f.steer(1.0, 0, keep_skew=False, biases=biases, scaled=True)
     skew = f.skew().scaled(1.0 / f.attn_scale)
     return {"Base": base, "Sym": sym, "Skew": skew}
 
@@ -74,53 +85,74 @@ def compare(base: np.ndarray, sym: np.ndarray, skew: np.ndarray) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    model, out_dir = start(args, script_name(__file__))
-    layer, head = args.layer, args.head
-    E = effective_embeddings(model, layer)
-    f = FactoredQK.from_model(model, layer, head)
-    forms = parts(f, args.with_biases)
+def scatter_keep(n: int, seed: int) -> np.ndarray:
+    """[n, n] mask of the sampled-token pairs the scatter shows: BOS's row and column (where the
+    asymmetric "attend to BOS" term lives), the diagonal (self scores), and a seeded uniform
+    sample of SCATTER_POINTS of the other pairs."""
+    keep = np.zeros((n, n), dtype=bool)
+    keep[0, :] = keep[:, 0] = True
+    keep[np.diag_indices(n)] = True
+    rest = np.flatnonzero(~keep)
+    keep.flat[np.random.default_rng(seed).choice(rest, min(SCATTER_POINTS, len(rest)), replace=False)] = True
+    return keep
 
+
+def scatter_points(token_set: str, scores: dict[str, np.ndarray], keep: np.ndarray) -> pd.DataFrame:
+    """(token_set, base, sym) of the kept (query, key) pairs, rounded to 1e-4 (a plot's precision)."""
+    return pd.DataFrame({"token_set": token_set, "base": np.round(scores["Base"][keep].astype(float), 4),
+                         "sym": np.round(scores["Sym"][keep].astype(float), 4)})
+
+
+def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
+    """Base/Sym/Skew scores on the group tokens and on BOS + a seeded vocabulary sample."""
+    forms = parts(qk, args.biases)
     ids, labels, groups = group_token_ids(model.tokenizer)
-    Eg = E[ids]
-    group = {k: v.scores(Eg, Eg).numpy() for k, v in forms.items()}
+    group = {k: v.scores(E[ids], E[ids]).numpy() for k, v in forms.items()}
     gen = torch.Generator().manual_seed(args.seed)
     bos = model.tokenizer.bos_token_id
     perm = torch.randperm(E.shape[0], generator=gen)
     perm = perm[perm != bos][: min(args.n_sample, E.shape[0]) - 1]
     sample = torch.cat([torch.tensor([bos]), perm])  # BOS always in: attention sink, asymmetric by nature
-    Es = E[sample]
-    samp = {k: v.scores(Es, Es).numpy() for k, v in forms.items()}
+    samp = {k: v.scores(E[sample], E[sample]).numpy() for k, v in forms.items()}
 
-    w = f.weights().frobenius()
+    w = qk.weights().frobenius()
     numbers = pd.DataFrame([
         {"token_set": "30 group tokens", "n_tokens": len(ids), **compare(group["Base"], group["Sym"], group["Skew"])},
         {"token_set": f"BOS + {len(sample) - 1} sampled vocabulary tokens", "n_tokens": len(sample),
          **compare(samp["Base"], samp["Sym"], samp["Skew"])},
     ])
     numbers["weight_skew_share"] = w["skew"] ** 2 / w["full"] ** 2
-    write_csv(out_dir / "numbers.csv", numbers)
-    write_csv(out_dir / "scores.csv", long_table(group, labels, value="score"))
+    points = pd.concat([scatter_points("group tokens", group, np.ones(group["Base"].shape, dtype=bool)),
+                        scatter_points("sampled tokens", samp, scatter_keep(len(sample), args.seed))], ignore_index=True)
+    kind = "weights + biases" if args.biases else "weights only"
+    return Results(
+        tables={"numbers": numbers, "scores": long_table(group, labels, value="score"), "scatter_points": points},
+        summary={"score_kind": kind, "group_tokens": labels, "groups": groups, "sample_token_ids": sample.tolist()},
+    )
 
+
+def render(out_dir) -> list[Path]:
+    """scores_heatmaps.png, patterns_heatmaps.png and scatter.png from the saved tables."""
+    out_dir = Path(out_dir)
+    args, summary = load_meta(out_dir)["args"], load_summary(out_dir)
+    numbers, points = load_table(out_dir, "numbers"), load_table(out_dir, "scatter_points")
+    group = panels_from_long(load_table(out_dir, "scores"), value="score")
+    labels, groups = summary["group_tokens"], summary["groups"]
     g0 = numbers.iloc[0]
-    kind = "weights + biases" if args.with_biases else "weights only"
     fig = group_panels(group, labels, groups, suptitle=(
-        f"L{layer}H{head} scores on the group tokens ({kind}, / sqrt(d_head)); Base = Sym + Skew; "
-        f"corr(Base, Sym) = {g0.pearson_base_sym:.3f}, Sym explains {100 * g0.variance_share_sym:.1f}% "
-        f"of the variance, ||Skew||/||Base|| = {g0.fro_ratio_skew_base:.3f}"), cbar_label="score")
-    save_figure(fig, out_dir / "scores_heatmaps.png")
+        f"L{args['layer']}H{args['head']} scores on the group tokens ({summary['score_kind']}, / sqrt(d_head)); "
+        f"Base = Sym + Skew; corr(Base, Sym) = {g0.pearson_base_sym:.3f}, Sym explains "
+        f"{100 * g0.variance_share_sym:.1f}% of the variance, ||Skew||/||Base|| = {g0.fro_ratio_skew_base:.3f}"),
+        cbar_label="score")
+    paths = [save_figure(fig, out_dir / "scores_heatmaps.png")]
     pats = {"Base attention": softmax_rows(group["Base"]), "Sym attention": softmax_rows(group["Sym"])}
     fig = group_panels(pats, labels, groups, cmap="viridis", center=None, vmin=0, vmax=1,
                        suptitle=f"softmax over the 30 group tokens; mean TV distance {g0.mean_tv_attention_base_sym:.3f}")
-    save_figure(fig, out_dir / "patterns_heatmaps.png")
+    paths.append(save_figure(fig, out_dir / "patterns_heatmaps.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, (name, d), row in zip(axes, (("group tokens", group), ("sampled tokens", samp)), numbers.itertuples()):
-        b, s = d["Base"].ravel(), d["Sym"].ravel()
-        if len(b) > 200_000:
-            keep = np.random.default_rng(args.seed).choice(len(b), 200_000, replace=False)
-            b, s = b[keep], s[keep]
+    for ax, (name, d), row in zip(axes, points.groupby("token_set", sort=False), numbers.itertuples()):
+        b, s = d["base"].to_numpy(), d["sym"].to_numpy()
         ax.scatter(b, s, s=3, alpha=0.3, lw=0)
         lim = [min(b.min(), s.min()), max(b.max(), s.max())]
         ax.plot(lim, lim, "k--", lw=0.8)
@@ -128,16 +160,26 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylabel("Sym score")
         ax.set_title(f"{name}: r = {row.pearson_base_sym:.3f}")
     fig.tight_layout()
-    save_figure(fig, out_dir / "scatter.png")
+    paths.append(save_figure(fig, out_dir / "scatter.png"))
+    return paths
 
-    write_meta(out_dir, args, {"numbers": numbers.to_dict("records"), "score_kind": kind,
-                               "sample_token_ids": sample.tolist()})
+
+def report(results: Results, out_dir: Path) -> None:
     console = Console()
-    for r in numbers.itertuples():
+    for r in results.tables["numbers"].itertuples():
         console.print(f"{r.token_set}: corr(Base, Sym) {r.pearson_base_sym:.4f}, variance share "
                       f"{r.variance_share_sym:.4f}, ||Skew||/||Base|| {r.fro_ratio_skew_base:.4f}, "
                       f"TV {r.mean_tv_attention_base_sym:.4f}")
     console.print(f"outputs: {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = start_head(args, SCRIPT)
+    results = compute(s.model, s.qk, s.E, args)
+    save_results(s.out_dir, results, args, SCRIPT)
+    render(s.out_dir)
+    report(results, s.out_dir)
     return 0
 
 

@@ -35,10 +35,17 @@ def group_panels(panels: dict[str, np.ndarray], labels: list[str], groups: list[
     size = 0.16 * len(labels) + 1.5
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 1.0, size * nrows), squeeze=False)
     for ax, (title, m) in zip(axes.flat, mats.items()):
-        token_heatmap(ax, m, labels, title=title, vmin=vmin, vmax=vmax, cmap=cmap, center=center,
+        token_heatmap(ax, m, False, title=title, vmin=vmin, vmax=vmax, cmap=cmap, center=center,
                       cbar=True, groups=groups)
         if cbar_label and ax.collections:
             ax.collections[0].colorbar.set_label(cbar_label)
+    # Token labels go on once every panel is drawn: sns.heatmap draws the whole figure on each call
+    # to choose the labels' rotation, which with labelled panels costs most of the figure's time.
+    # A panel of the group tokens always gets seaborn's choice for overlapping labels, set here.
+    ticks = np.arange(len(labels)) + 0.5
+    for ax in list(axes.flat)[:n]:
+        ax.set_xticks(ticks, labels, rotation="vertical")
+        ax.set_yticks(ticks, labels, rotation="horizontal", va="center")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if suptitle:
@@ -56,3 +63,16 @@ def long_table(panels: dict[str, np.ndarray], labels: list[str], name: str = "pa
             for j, k in enumerate(labels):
                 rows.append({name: title, "query": q, "key": k, value: m[i, j]})
     return pd.DataFrame(rows)
+
+
+def panels_from_long(table: pd.DataFrame, name: str = "panel", value: str = "value") -> dict[str, np.ndarray]:
+    """The inverse of :func:`long_table`: panel title -> [query, key] matrix, in saved order. Cells
+    are read by position (each panel is n*n rows, query-major), so token labels that a CSV reader
+    turns into numbers ("1990") cannot mix cells up; the labels themselves are saved in summary.json."""
+    panels = {}
+    for title, rows in table.groupby(name, sort=False):
+        n = round(np.sqrt(len(rows)))
+        if n * n != len(rows):
+            raise ValueError(f"panel {title!r} has {len(rows)} cells, not a square number")
+        panels[str(title)] = np.array(rows[value], dtype=float).reshape(n, n)
+    return panels

@@ -1,6 +1,7 @@
 """cosine_attention_analysis.py: chunked windows equal a dense computation; on the planted model the
 curve peaks below similarity 1 (self-suppression) at the in-category similarity band."""
 
+import argparse
 import json
 import math
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_main
 
 import cosine_attention_analysis as caa
 
@@ -53,14 +54,23 @@ def test_chunked_windows_equal_dense_computation():
     assert int(acc["fine_n"].sum()) == N * (N - 1)
 
 
-def test_planted_peak_below_one_at_category_similarity(tmp_path):
+FIGURES = ("cosine_attention.png",)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, planted_model):
     import token_freq
 
-    freq_dir = tmp_path / "freq"
+    freq_dir = tmp_path_factory.mktemp("freq")
     token_freq.main(["--model", "planted", "--out", str(freq_dir), "--workers", "1", "--no-plot"])
-    out = tmp_path / "cos"
-    run_script("cosine_attention_analysis.py", "--model", "planted", "--out", str(out), "--n-tokens", "1024",
-               "--freq-table", str(freq_dir / "token_freq.csv"))
+    out = tmp_path_factory.mktemp("cos")
+    run_main("cosine_attention_analysis.py", "--model", "planted", "--out", out, "--n-tokens", "1024",
+             "--freq-table", freq_dir / "token_freq.csv", "--threads", "1")
+    return out
+
+
+def test_planted_peak_below_one_at_category_similarity(run):
+    out = run
     for f in ("cosine_attention.png", "cosine_attention.csv", "category_pairs.csv", "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
     summary = json.loads((out / "summary.json").read_text())
@@ -87,12 +97,36 @@ def test_planted_peak_below_one_at_category_similarity(tmp_path):
     assert set(table.columns) >= {"centre", "lo", "hi", "n_pairs", "n_queries", "mean_diff", "ci_lo", "ci_hi"}
 
 
+def test_every_window_restores_the_gaps(run):
+    """render's full window grid: the saved (populated) windows at their own places, empty ones between."""
+    meta = json.loads((run / "meta.json").read_text())
+    args = argparse.Namespace(**meta["args"])
+    saved = pd.read_csv(run / "cosine_attention.csv")
+    full = caa.every_window(saved, args)
+    assert len(full) == int(round((2 - args.window) / args.step)) + 1
+    populated = full[full["n_pairs"] > 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(populated, saved.astype(float))
+    empty = full[full["n_pairs"] == 0]
+    assert len(empty) > 0 and empty["mean_diff"].isna().all()
+    assert np.allclose(np.diff(full["lo"]), args.step)
+
+
+def test_render_redraws_from_saved_files(run):
+    drawn_by_main = {f: (run / f).read_bytes() for f in FIGURES}
+    for f in FIGURES:
+        (run / f).unlink()
+    assert [p.name for p in caa.render(run)] == list(FIGURES)
+    for f in FIGURES:  # the same figure: it depends on the saved files only
+        assert (run / f).read_bytes() == drawn_by_main[f], f
+
+
 def test_help(capsys):
     with pytest.raises(SystemExit) as exc:
         caa.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--n-tokens" in out and "--freq-table" in out and "--window" in out
+    assert "--n-tokens" in out and "--freq-table" in out and "--window" in out and "--bin-width" in out
+    assert "--resolution" not in out  # the fine bin width's old name (clustering's --resolution is Leiden's)
 
 
 def test_bad_input(tmp_path, capsys, planted_model):

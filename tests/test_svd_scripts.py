@@ -8,35 +8,42 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import check_help_and_common_errors, run_main
 
-from conftest import check_help_and_common_errors, run_script
+FIGURES = {
+    "svd_sym_skew_heatmap": ("scores_heatmaps.png", "patterns_heatmaps.png", "scatter.png"),
+    "svd_group_scaling_heatmap": ("scaling_scores.png", "scaling_patterns.png", "self_vs_alpha.png"),
+    "svd_rank_ablation": ("grid_heatmaps.png",),
+}
 
 
 @pytest.fixture(scope="module")
-def sym_skew(tmp_path_factory, planted_cache):
+def sym_skew(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("svd_sym_skew_heatmap")
-    run_script("svd_sym_skew_heatmap.py", "--model", "planted", "--out", str(out), "--n-sample", "300")
+    run_main("svd_sym_skew_heatmap.py", "--model", "planted", "--out", out, "--n-sample", "300", "--threads", "1")
     return out
 
 
 @pytest.fixture(scope="module")
-def scaling(tmp_path_factory, planted_cache):
+def scaling(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("svd_group_scaling_heatmap")
-    run_script("svd_group_scaling_heatmap.py", "--model", "planted", "--out", str(out),
-               "--curve-alphas", "-1", "-0.5", "0", "0.5", "1")
+    run_main("svd_group_scaling_heatmap.py", "--model", "planted", "--out", out,
+             "--curve-alphas", "-1", "-0.5", "0", "0.5", "1", "--threads", "1")
     return out
 
 
 @pytest.fixture(scope="module")
-def rank_grid(tmp_path_factory, planted_cache):
+def rank_grid(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("svd_rank_ablation")
-    run_script("svd_rank_ablation.py", "--model", "planted", "--out", str(out), "--query-set", "category",
-               "--ks", "1", "13", "16", "--scales", "-1", "0", "1", "--spearman-queries", "32", "--spearman-keys", "256")
+    run_main("svd_rank_ablation.py", "--model", "planted", "--out", out, "--query-set", "category",
+             "--ks", "1", "13", "16", "--scales", "-1", "0", "1", "--spearman-queries", "32", "--spearman-keys", "256",
+             "--threads", "1")
     return out
 
 
 def test_sym_skew_heatmap(sym_skew):
-    for f in ("scores_heatmaps.png", "patterns_heatmaps.png", "scatter.png", "scores.csv", "numbers.csv", "meta.json"):
+    for f in (*FIGURES["svd_sym_skew_heatmap"], "scores.csv", "numbers.csv", "scatter_points.csv", "summary.json",
+              "meta.json"):
         assert (sym_skew / f).stat().st_size > 0, f
     n = pd.read_csv(sym_skew / "numbers.csv")
     g, s = n.iloc[0], n.iloc[1]
@@ -47,10 +54,20 @@ def test_sym_skew_heatmap(sym_skew):
     assert s.fro_ratio_skew_base > 10 * g.fro_ratio_skew_base
     scores = pd.read_csv(sym_skew / "scores.csv")
     assert len(scores) == 3 * 30 * 30 and set(scores.panel) == {"Base", "Sym", "Skew"}
+    summary = json.loads((sym_skew / "summary.json").read_text())
+    assert summary["score_kind"] == "weights only"  # --biases is off by default here
+    assert len(summary["group_tokens"]) == len(summary["groups"]) == 30
+    # the scatter's points are the saved scores: every group pair, and BOS's row/column, the
+    # diagonal and a sample of the 300 sampled tokens' pairs
+    pts = pd.read_csv(sym_skew / "scatter_points.csv")
+    grp = pts[pts.token_set == "group tokens"]
+    base = scores[scores.panel == "Base"].score.to_numpy()
+    assert len(grp) == 30 * 30 and np.allclose(grp.base.to_numpy(), base, atol=1e-4)
+    assert (pts.token_set == "sampled tokens").sum() == 2 * 300 - 1 + 299 + 10_000
 
 
 def test_group_scaling(scaling):
-    for f in ("scaling_scores.png", "scaling_patterns.png", "self_vs_alpha.png", "scores.csv", "curves.csv", "meta.json"):
+    for f in (*FIGURES["svd_group_scaling_heatmap"], "scores.csv", "curves.csv", "summary.json", "meta.json"):
         assert (scaling / f).stat().st_size > 0, f
     c = pd.read_csv(scaling / "curves.csv")
     assert len(c) == 5 * 30
@@ -66,18 +83,19 @@ def test_group_scaling(scaling):
     assert np.all(np.diff(c.groupby("alpha").self_score.mean().to_numpy()) < 0)  # self score falls with alpha
     s = pd.read_csv(scaling / "scores.csv")
     assert {"unmodified (alpha = 1)", "alpha = 0.5", "alpha = 0", "alpha = -1"} == set(s.panel)
-    meta = json.loads((scaling / "meta.json").read_text())
-    assert meta["n_selected"] == 13
+    summary = json.loads((scaling / "summary.json").read_text())
+    assert summary["n_selected"] == 13
+    assert json.loads((scaling / "meta.json").read_text())["args"]["biases"] is True  # on by default here
 
 
 def test_rank_ablation(rank_grid, truth):
-    for f in ("grid.csv", "grid_heatmaps.png", "ranks.npz", "meta.json"):
+    for f in (*FIGURES["svd_rank_ablation"], "grid.csv", "ranks.npz", "summary.json", "meta.json"):
         assert (rank_grid / f).stat().st_size > 0, f
     g = pd.read_csv(rank_grid / "grid.csv")
     assert len(g) == 3 * 3
     n_neg = truth["n_negative_eigenvalues"]
     assert set(g.k_effective) == {1, n_neg}  # k = 16 is capped at the 13 planted negative eigenvalues
-    cell = lambda k, s: g[(g.k == k) & (g.scale == s)].iloc[0]  # noqa: E731
+    cell = lambda k, s: g[(g.k == k) & (g.scale == s)].iloc[0]
     assert cell(13, 1.0)["acc@1"] == 0 and cell(13, 1.0).mean_rank > 10_000
     assert cell(13, 1.0).spearman_keys == pytest.approx(1.0)
     assert cell(13, -1.0)["acc@1"] >= 0.9 and cell(16, -1.0)["acc@1"] >= 0.9
@@ -85,16 +103,49 @@ def test_rank_ablation(rank_grid, truth):
     assert cell(13, 0.0)["acc@1"] >= 0.9  # removed: the positive identity term puts self on top
     r = np.load(rank_grid / "ranks.npz")
     assert r["ranks"].shape == (3, 3, len(r["queries"])) and len(r["queries"]) == 163
-    meta = json.loads((rank_grid / "meta.json").read_text())
-    assert meta["n_negative_eigenvalues"] == n_neg and meta["peak_rss_mb"] > 0
+    summary = json.loads((rank_grid / "summary.json").read_text())
+    assert summary["n_negative_eigenvalues"] == n_neg
+    assert json.loads((rank_grid / "meta.json").read_text())["peak_rss_mb"] > 0
 
 
-def test_rank_ablation_sampled_queries_in_process(tmp_path, planted_model):
-    main = importlib.import_module("svd_rank_ablation").main
-    assert main(["--model", "planted", "--out", str(tmp_path), "--n-queries", "24", "--ks", "2", "--scales", "0", "1",
-                 "--spearman-queries", "8", "--spearman-keys", "64"]) == 0
-    g = pd.read_csv(tmp_path / "grid.csv")
+def test_rank_ablation_sampled_queries(planted_model):
+    # compute() alone (no files, no figure): the sampled-query path of the same grid
+    from common.effective_embeddings import effective_embeddings
+    from common.head_qk import FactoredQK
+
+    m = importlib.import_module("svd_rank_ablation")
+    args = m.parse_args(["--model", "planted", "--n-queries", "24", "--ks", "2", "--scales", "0", "1",
+                         "--spearman-queries", "8", "--spearman-keys", "64"])
+    results = m.compute(planted_model, FactoredQK.from_model(planted_model, args.layer, args.head),
+                        effective_embeddings(planted_model, args.layer), args)
+    g = results.tables["grid"]
     assert (g.n_queries == 24).all() and (g.mean_rank_ci95 >= 0).all() and "acc@256_ci95" in g
+    assert results.summary["queries"] == "24 sampled queries" and len(results.ranks["queries"]) == 24
+
+
+@pytest.mark.parametrize("script,fixture", [("svd_sym_skew_heatmap", "sym_skew"),
+                                            ("svd_group_scaling_heatmap", "scaling"),
+                                            ("svd_rank_ablation", "rank_grid")])
+def test_render_redraws_from_saved_files(script, fixture, request):
+    out = request.getfixturevalue(fixture)
+    drawn_by_main = {f: (out / f).read_bytes() for f in FIGURES[script]}
+    for f in FIGURES[script]:
+        (out / f).unlink()
+    paths = importlib.import_module(script).render(out)
+    assert sorted(p.name for p in paths) == sorted(FIGURES[script])
+    for f in FIGURES[script]:  # the same figures: they depend on the saved files only
+        assert (out / f).read_bytes() == drawn_by_main[f], f
+
+
+def test_biases_flag_has_one_spelling(capsys):
+    sym = importlib.import_module("svd_sym_skew_heatmap").parse_args
+    assert sym([]).biases is False and sym(["--biases"]).biases is True
+    for script in ("svd_group_scaling_heatmap", "svd_rank_ablation"):
+        parse = importlib.import_module(script).parse_args
+        assert parse([]).biases is True and parse(["--no-biases"]).biases is False
+    with pytest.raises(SystemExit) as e:
+        sym(["--with-biases"])  # the old spelling is gone
+    assert e.value.code == 2 and "--with-biases" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script,bad", [
