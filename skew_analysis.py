@@ -28,6 +28,13 @@ only, without 1/sqrt(d_head) or biases, with LN folded into W_Q/W_K as Transform
     reproduce the clean logits (its maximum deviation is saved in summary.json). Only the correct
     token's logit is computed (final residual . W_U column), not the full unembedding.
 
+What the count can and cannot show. W_sym = [W_Q W_K] S [W_Q W_K]^T with S = [[0, I/2], [I/2, 0]],
+so by Sylvester's law of inertia every head whose [W_Q W_K] has full column rank has exactly d_head
+negative and d_head positive eigenvalues (all 144 gpt2-small heads: 64/64; spectrum_summary.csv
+reports the rank and inertia of every head). The post's "33 of the 64 largest are negative" is
+reproduced, but it reflects how negative and positive eigenvalues interleave by magnitude, not
+self-suppression: token-space evidence (self-rank, self-score) is in self_suppression_survey.py.
+
 Outputs (figures/skew_analysis/ by default; every figure is drawn from the saved files):
   spectrum_summary.csv   per head and basis: counts, extreme eigenvalues, largest singular
                          values and Frobenius norms of W_sym and W_skew, skew share of ||W||^2
@@ -67,7 +74,7 @@ from tqdm import tqdm
 
 from common.cli import base_parser, script_name, start_head
 from common.effective_embeddings import embedding_gram
-from common.factored import DEFAULT_EIG_RTOL, random_skew, random_symmetric, spectrum_summary
+from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_symmetric, spectrum_summary
 from common.head_qk import FactoredQK
 from common.head_replacement import score_hooks
 from common.metrics import mean_ci
@@ -158,7 +165,7 @@ def plot_target_spectrum(values: pd.DataFrame, summary: pd.DataFrame, head: int,
     return fig
 
 
-def plot_heads(summary: pd.DataFrame, target: int, top: int, layer: int):
+def plot_heads(summary: pd.DataFrame, target: int, top: int, layer: int, d_head: int):
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     heads = sorted(summary["head"].unique())
     x = np.arange(len(heads))
@@ -177,6 +184,7 @@ def plot_heads(summary: pd.DataFrame, target: int, top: int, layer: int):
         ax.set_xticks(x, [f"H{h}" + ("*" if h == target else "") for h in heads])
         ax.legend(fontsize=8)
     fig.tight_layout()
+    fig.text(0.5, -0.02, inertia_note(d_head, top), ha="center", va="top", fontsize=8, wrap=True)
     return fig
 
 
@@ -337,7 +345,7 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
                 "controls_scores": long_table(scores, labels, name="control", value="score"),
                 "downstream": per_prompt, "downstream_summary": down},
         summary={
-            "published": PUBLISHED, "top_eigenvalues": args.top_eigenvalues,
+            "published": PUBLISHED, "top_eigenvalues": args.top_eigenvalues, "d_head": qk.d_head,
             "target": {b: tgt.loc[b].to_dict() for b in tgt.index},
             "downstream": down.to_dict("records"),
             "downstream_control_max_abs_logit_deviation": max_dev,
@@ -355,7 +363,7 @@ def render(out_dir) -> list[Path]:
     summary = load_table(out_dir, "spectrum_summary")
     paths = [save_figure(plot_target_spectrum(load_table(out_dir, "eigenvalues"), summary, head, top, layer),
                          out_dir / "spectrum_target.png"),
-             save_figure(plot_heads(summary, head, top, layer), out_dir / "spectrum_heads.png")]
+             save_figure(plot_heads(summary, head, top, layer, s["d_head"]), out_dir / "spectrum_heads.png")]
     att = {n: softmax_rows(v) for n, v in panels_from_long(load_table(out_dir, "controls_scores"),
                                                            name="control", value="score").items()}
     fig = group_panels(att, s["group_tokens"], s["groups"], suptitle="attention over the 30 group tokens (softmax "

@@ -21,6 +21,7 @@ def base_parser(doc: str | None, head: bool = True) -> argparse.ArgumentParser:
         description=(doc or "").strip().split("\n\n")[0],
         epilog="Module docstring: question, method and outputs of this analysis.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # one spelling per flag: no silent prefixes of renamed flags
     )
     p.add_argument("--model", default="gpt2-small",
                    help="'gpt2-small' (HF cache/hub), 'planted' (offline demo model) or a local HF GPT-2 folder")
@@ -56,14 +57,14 @@ def start(args: argparse.Namespace, script: str):
     Returns (model, out_dir). Exits with a short message (no traceback) when the model cannot be
     loaded.
     """
-    from common.model import ModelUnavailable, load_model  # transformer_lens is slow to import: not for --help
-
     torch.set_grad_enabled(False)
     if getattr(args, "threads", 0) < 0:
         raise SystemExit("error: --threads must be >= 0")
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     out_dir = prepare_out_dir(args.out, script, args.model)
+    # transformer_lens takes seconds to import: not for --help, nor before the output folder is checked
+    from common.model import ModelUnavailable, load_model
     seed_everything(args.seed)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()

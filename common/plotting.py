@@ -29,11 +29,20 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def token_heatmap(ax, matrix: np.ndarray, labels: list[str], title: str = "", vmin=None, vmax=None,
+def token_heatmap(ax, matrix: np.ndarray, labels: list[str] | bool, title: str = "", vmin=None, vmax=None,
                   cmap: str = "RdBu_r", center: float | None = 0.0, cbar: bool = True, groups: list[str] | None = None):
-    """A query x key heatmap with token labels (rows: queries, columns: keys)."""
-    sns.heatmap(matrix, ax=ax, xticklabels=labels, yticklabels=labels, cmap=cmap, center=center,
+    """A query x key heatmap with token labels (rows: queries, columns: keys); ``labels=False``
+    leaves the ticks to the caller.
+
+    The labels are set after ``sns.heatmap``, not through it: seaborn draws the whole figure on
+    every call to choose the labels' rotation, which costs most of a multi-panel figure's time.
+    """
+    sns.heatmap(matrix, ax=ax, xticklabels=False, yticklabels=False, cmap=cmap, center=center,
                 vmin=vmin, vmax=vmax, square=True, cbar=cbar, linewidths=0)
+    if labels is not False:
+        ticks = np.arange(len(labels)) + 0.5
+        ax.set_xticks(ticks, labels, rotation="vertical")
+        ax.set_yticks(ticks, labels, rotation="horizontal", va="center")
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     ax.set_title(title)
