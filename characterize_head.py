@@ -4,25 +4,34 @@ Question. Is L1H5 the head of gpt2-small whose attention best follows the three 
 earlier same-category tokens, never to yourself or earlier copies, BOS otherwise), and by how much?
 
 Method. Many seeded category prompts (BOS + words drawn across the categories of
-``common/prompts.py``, some words repeated so that rule 2 is tested) go through the model once,
-up to the target layer (``stop_at_layer``); every head's ``hook_pattern`` is scored with the
-post's semantic category score L = mean_q -log(sum_k M[q,k] A[q,k]) (lower is better), and its
-attention mass is split into self+copies, in-category, BOS and other. The original used a single
-prompt; here the mean and a 95% confidence interval over prompts are reported.
+``common/prompts.py``, some words repeated so that rule 2 is tested) go through the model once;
+every head of every layer (the published survey is all 12 x 12 of gpt2-small) is scored on its
+``hook_pattern`` with the post's semantic category score L = mean_q -log(sum_k M[q,k] A[q,k])
+(lower is better), and its attention mass is split into self+copies, in-category, BOS and other.
+The original used a single prompt; here the mean and a 95% confidence interval over prompts are
+reported, with the target's rank among all heads and the next-lowest head anywhere in the model.
+
+Several models at once (``--model gpt2-small gpt2-medium stanford-crfm/alias-gpt2-small-x21 ...``):
+each model's survey goes to its own sub-folder, and ``cross_model.csv`` / ``cross_model.png`` put
+the lowest-scoring head of every model (its score and CI) and the --layer/--head head side by side:
+"does every model, every training seed, grow an L1H5?" in one command.
 
 Outputs (``figures/characterize_head/`` by default):
   head_scores.csv / head_scores.png  score per head (mean, CI), target outlined
   mass_split.csv / mass_split.png    attention mass parts: target head vs the median head
   attention_<layer>_<head>.html      interactive circuitsvis page of the target head (offline)
   summary.json, meta.json
+  cross_model.csv / cross_model.png  (several --model values) lowest head of each model
 
 Published reference (the L1H5 post, gpt2-small): L1H5 about 0.6, the next-lowest heads 1.2 or more.
 
 Run: python characterize_head.py --model planted   (real gpt2-small: --model gpt2-small)
+     python characterize_head.py --model gpt2-small gpt2-medium distilgpt2 --out figures/cross_model
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import base_parser, start
+from common.outputs import FIGURES, prepare_out_dir
 from common.metrics import MASS_PARTS, all_head_patterns, head_survey, mean_ci
 from common.outputs import write_text
 from common.prompts import category_prompts
@@ -39,7 +49,7 @@ SCRIPT = "characterize_head"
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__)
+    p = base_parser(__doc__, several_models=True)
     p.add_argument("--n-prompts", type=int, default=64, help="number of seeded category prompts")
     p.add_argument("--seq-len", type=int, default=48, help="category words per prompt (BOS not counted)")
     p.add_argument("--repeat-prob", type=float, default=0.1, help="chance a word repeats an earlier one")
@@ -62,9 +72,9 @@ def prompts(model, args):
 
 
 def compute(model, args, batch) -> Results:
-    """Score and mass split of every head of layers 0..layer; the target against the median head."""
+    """Score and mass split of every head of every layer; the target against the median head."""
     layer, head = args.layer, args.head
-    survey = head_survey(model, batch.tokens, batch.mask, batch_size=args.batch_size, layers=list(range(layer + 1)))
+    survey = head_survey(model, batch.tokens, batch.mask, batch_size=args.batch_size)
     score = survey["score"].numpy()  # [layer, head, prompt]
     mean, half = mean_ci(score, axis=-1)
     table = pd.DataFrame([
@@ -85,10 +95,13 @@ def compute(model, args, batch) -> Results:
     summary = {
         "model": args.model, "layer": layer, "head": head, "n_prompts": args.n_prompts,
         "target_score": float(target_row.score_mean), "target_score_ci95": float(target_row.score_ci95),
-        "target_rank": int((table.score_mean < target_row.score_mean).sum()) + 1,
+        "target_rank": int((table.score_mean < target_row.score_mean).sum()) + 1, "n_heads_total": len(table),
         "next_lowest": {"layer": int(nxt.layer), "head": int(nxt["head"]),
                         "score": float(others.score_mean.min())},
         "target_mass": {p: float(target_row[f"mass_{p}"]) for p in MASS_PARTS},
+        "lowest": {"layer": int(order.iloc[0].layer), "head": int(order.iloc[0]["head"]),
+                   "score": float(order.iloc[0].score_mean), "ci95": float(order.iloc[0].score_ci95),
+                   "next_score": float(order.iloc[1].score_mean)},
         "published_gpt2_small": {"L1H5": 0.6, "next_lowest_at_least": 1.2},
     }
     return Results({"head_scores": table, "mass_split": mass}, summary)
@@ -145,10 +158,36 @@ def report(results: Results) -> None:
     print(f"L{layer}H{head}: score {summary['target_score']:.3f}, rank {summary['target_rank']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Score every head up to the target layer on seeded category prompts; save the tables and the
-    target head's interactive page (data for a viewer); draw from the saved files; report."""
-    args = parse_args(argv)
+def cross_model(summaries: list[dict]) -> pd.DataFrame:
+    """One row per model: its lowest-scoring head (score, CI) and the --layer/--head head's score and rank."""
+    rows = []
+    for s in summaries:
+        rows.append({"model": s["model"], "lowest_layer": s["lowest"]["layer"], "lowest_head": s["lowest"]["head"],
+                     "lowest_score": s["lowest"]["score"], "lowest_score_ci95": s["lowest"]["ci95"],
+                     "next_score": s["lowest"]["next_score"], "target": f"L{s['layer']}H{s['head']}",
+                     "target_score": s["target_score"], "target_score_ci95": s["target_score_ci95"],
+                     "target_rank": s["target_rank"], "n_heads": s["n_heads_total"]})
+    return pd.DataFrame(rows)
+
+
+def render_cross_model(out_dir) -> list[Path]:
+    """cross_model.png from cross_model.csv: each model's lowest head against its runner-up."""
+    from common.plotting import plt, save_figure
+
+    t = load_table(out_dir, "cross_model")
+    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(t), 3.6))
+    x = range(len(t))
+    ax.bar([i - 0.2 for i in x], t.lowest_score, 0.4, yerr=t.lowest_score_ci95, label="lowest head")
+    ax.bar([i + 0.2 for i in x], t.next_score, 0.4, label="next-lowest head")
+    ax.set_xticks(list(x), [f"{m}\nL{a}H{b}" for m, a, b in zip(t.model, t.lowest_layer, t.lowest_head)], fontsize=7)
+    ax.set_ylabel("semantic category score (lower = follows the rules)")
+    ax.set_title("Does every model grow an L1H5? Lowest-scoring head per model")
+    ax.legend(fontsize=8)
+    return [save_figure(fig, Path(out_dir) / "cross_model.png")]
+
+
+def run_one(args) -> Results:
+    """The whole analysis for one model (args.model is one name)."""
     model, out_dir = start(args, SCRIPT)
     batch = prompts(model, args)
     results = compute(model, args, batch)
@@ -157,7 +196,31 @@ def main(argv: list[str] | None = None) -> int:
                attention_page(model, batch.tokens[0], args.layer, args.head))
     render(out_dir)
     report(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score every head on seeded category prompts; save the tables and the target head's
+    interactive page (data for a viewer); draw from the saved files; report. With several models,
+    one sub-folder each and the cross-model table."""
+    args = parse_args(argv)
+    if len(args.model) == 1:
+        run_one(argparse.Namespace(**{**vars(args), "model": args.model[0]}))
+        return 0
+    out_dir = prepare_out_dir(args.out or FIGURES / "cross_model" / SCRIPT, SCRIPT)
+    summaries = []
+    for name in args.model:
+        sub = argparse.Namespace(**{**vars(args), "model": name, "out": str(out_dir / model_folder(name))})
+        summaries.append(run_one(sub).summary)
+    save_results(out_dir, Results({"cross_model": cross_model(summaries)}, {"models": args.model}), args, SCRIPT)
+    render_cross_model(out_dir)
+    Console().print(load_table(out_dir, "cross_model").to_string(index=False))
     return 0
+
+
+def model_folder(name: str) -> str:
+    """A folder name for a model name or path (stanford-crfm/alias-gpt2-small-x21 -> alias-gpt2-small-x21)."""
+    return Path(name.rstrip("/")).name
 
 
 if __name__ == "__main__":

@@ -15,16 +15,22 @@ import torch
 from common.outputs import prepare_out_dir
 
 
-def base_parser(doc: str | None, head: bool = True) -> argparse.ArgumentParser:
-    """argparse with --model --device --seed --out (and --layer --head unless head=False)."""
+MODEL_HELP = ("'gpt2-small' (HF cache/hub), another GPT-2-family name (gpt2-medium, gpt2-large, gpt2-xl, "
+              "distilgpt2, stanford-crfm/alias-gpt2-small-x21, ...), 'planted' (offline demo model) or a local "
+              "HF GPT-2 folder")
+
+
+def base_parser(doc: str | None, head: bool = True, several_models: bool = False) -> argparse.ArgumentParser:
+    """argparse with --model --device --seed --out (and --layer --head unless head=False);
+    ``several_models``: --model takes one or more names (a list)."""
     p = argparse.ArgumentParser(
         description=(doc or "").strip().split("\n\n")[0],
         epilog="Module docstring: question, method and outputs of this analysis.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,  # one spelling per flag: no silent prefixes of renamed flags
     )
-    p.add_argument("--model", default="gpt2-small",
-                   help="'gpt2-small' (HF cache/hub), 'planted' (offline demo model) or a local HF GPT-2 folder")
+    p.add_argument("--model", default=["gpt2-small"] if several_models else "gpt2-small",
+                   nargs="+" if several_models else None, help=MODEL_HELP + (" (one or more)" if several_models else ""))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     if head:
         p.add_argument("--layer", type=int, default=1, help="layer of the head to study")

@@ -35,7 +35,8 @@ def save_results(out_dir: Path, results: Results, args, script: str, meta: dict 
     for name, table in results.tables.items():
         write_csv(out_dir / f"{name}.csv", table)
     write_json(out_dir / "summary.json", results.summary)
-    meta = {**weights_meta(getattr(args, "model", None)), **(meta or {})}  # genuine gpt2-small or not
+    model = getattr(args, "model", None)  # one name; a list (several models) has a verdict per sub-folder
+    meta = {**(weights_meta(model) if isinstance(model, str) else {}), **(meta or {})}  # genuine or not
     write_meta(out_dir, args, meta, script=script)
 
 

@@ -77,3 +77,22 @@ def test_missing_weights_message(tmp_path, capsys):
     assert e.value.code == 2 and "unknown model" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_several_models_give_one_cross_model_table(tmp_path, planted_model):
+    """Two models (the planted model by name and by folder: the same weights) -> one sub-folder
+    each and cross_model.csv with each model's lowest head; both are the planted target."""
+    from common.planted import ground_truth, planted_folder
+    from conftest import run_main
+
+    layer, head = ground_truth()["target"]
+    folder = planted_folder()
+    run_main(SCRIPT, "--model", "planted", str(folder), "--n-prompts", "4", "--out", tmp_path, "--threads", "1")
+    t = pd.read_csv(tmp_path / "cross_model.csv")
+    assert list(t.model) == ["planted", str(folder)]
+    assert (t.lowest_layer == layer).all() and (t.lowest_head == head).all()
+    assert t.lowest_score.iloc[0] == pytest.approx(t.lowest_score.iloc[1], abs=1e-6)
+    assert (t.lowest_score < t.next_score).all() and (t.target_rank == 1).all()
+    assert (tmp_path / "cross_model.png").stat().st_size > 0
+    for sub in ("planted", folder.name):
+        assert (tmp_path / sub / "head_scores.csv").exists()
