@@ -11,6 +11,9 @@ figures/demo/token_freq/ for the planted model). The tokenizer is GPT-2's in eve
 table made for one model is valid for any other; when the model's own table is missing, the
 gpt2-small table is used if it exists.
 
+The path ``none`` asks for the fallback without looking for any table (run_all.py passes
+``--freq-table none`` when token_freq.py failed, so a stale table from an earlier run is never used).
+
 Fallback without any table (documented, deterministic, never silent: :func:`resolve_top_tokens`
 says which source was used): every category word of :data:`common.prompts.CATEGORIES` first (in
 list order), then the remaining ids in increasing order. Lower GPT-2 ids are earlier BPE merges,
@@ -67,7 +70,12 @@ def load_freq_table(path: str | Path) -> pd.DataFrame:
     return df[list(COLUMNS)]
 
 
+NO_TABLE = "none"  # as a table path: use the fallback order, look for no table (run_all after a failed token_freq)
+
+
 def _find_table(model_name: str, path: str | Path | None) -> Path | None:
+    if path is not None and str(path).strip().lower() == NO_TABLE:
+        return None
     if path is not None:
         return Path(path)
     for candidate in (default_table_path(model_name), default_table_path("gpt2-small")):
@@ -100,6 +108,8 @@ def resolve_top_tokens(
     table = _find_table(model_name, path)
     ids: list[int] = []
     source = "fallback (no frequency table: category words, then ids ascending)"
+    if path is not None and str(path).strip().lower() == NO_TABLE:
+        source = "fallback (table 'none' requested: category words, then ids ascending)"
     if table is not None:
         df = load_freq_table(table)
         keep = df["id"][(df["id"] != EOT_ID) & (df["id"] >= 0) & (df["id"] < vocab_size)]
