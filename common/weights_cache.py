@@ -98,6 +98,11 @@ def root() -> Path:
 def load_processed(source: Source, device: str = "cpu"):
     """The processed model of ``source`` on ``device``: from the cache if a valid entry exists,
     else built (``source.build()``), saved, and mapped back. See the module docstring."""
+    with torch.no_grad():  # building or hashing weights never needs autograd (it would keep copies)
+        return _load_processed(source, device)
+
+
+def _load_processed(source: Source, device: str):
     if not enabled():
         return _to_device(source.build(), device)
     key = make_key(source)
