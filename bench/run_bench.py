@@ -600,7 +600,9 @@ def _load_col(r: dict) -> str:
 
 def _reused(section: dict | list | None, key: str, res: dict) -> list[str]:
     src = res.get("reused", {}).get(key)
-    return [f"(Carried over from the run of {src}; not measured again in this run.)", ""] if src else []
+    cpu = res.get("reused_machine")
+    on = f" on {cpu}" if cpu and cpu != res["machine"]["cpu"] else ""
+    return [f"(Carried over from the run of {src}{on}; not measured again in this run.)", ""] if src else []
 
 
 def report_machine(res: dict) -> list[str]:
@@ -627,7 +629,7 @@ def report_scripts(res: dict) -> list[str]:
     labels = [l for l in ("before", "after") if l in sc]
     L = ["## Every script (default settings, cold cache per code version, one at a time)", ""]
     L += _reused(sc, "scripts", res)
-    if "before" in labels:
+    if len(labels) == 2:
         b = res["versions"]["before"]
         L += [f"Before: `{b['ref']}` ({b['commit']}: {b['subject']}). After: the current tree "
               f"({res['versions']['after']['commit']}). Each script ran for both, alternately, so both saw the same load.", ""]
@@ -652,12 +654,18 @@ def report_scripts(res: dict) -> list[str]:
             L.append(f"| {n} | " + " | ".join(cells(b) + cells(a) + ratios +
                                               [_load_col(b) if ok_b else "", _load_col(a) if ok_a else ""]) + " |")
         tb, ta = sc["before"], sc["after"]
+        passed = [f"{n} `{' '.join(r['extra'])}`" for n, r in ta["rows"].items() if r.get("extra")]
         L.append(f"| **whole run** | **{tb['total_seconds']:.1f}** | {tb['cpu_seconds']:.1f} | **{gb(tb['peak_rss'])}** (max) | "
                  f"**{ta['total_seconds']:.1f}** | {ta['cpu_seconds']:.1f} | **{gb(ta['peak_rss'])}** (max) | "
                  f"{_ratio(tb['total_seconds'], ta['total_seconds'])} | {_ratio(tb['cpu_seconds'], ta['cpu_seconds'])} | "
                  f"{_ratio(tb['peak_rss'], ta['peak_rss'])} | {tb['load1_mean']} | {ta['load1_mean']} |")
+        if passed:
+            L += ["", "Inputs passed (current code; the earlier code got the same where it had the flag): " + "; ".join(passed) + "."]
     else:
         lab = labels[0]
+        if res.get("reused", {}).get("scripts") and lab == "before":
+            L += ["These are the numbers of the code before issue 12's changes (no processed-weights cache, the Hugging Face",
+                  "token counter); `python bench/run_bench.py --before <ref>` measures both versions side by side.", ""]
         L += ["| script | status | wall s | cpu s | peak RSS GB | load (mean/max) | extra inputs |",
               "| --- | --- | ---: | ---: | ---: | --- | --- |"]
         for n in names:
@@ -671,10 +679,11 @@ def report_scripts(res: dict) -> list[str]:
         L.append(f"| **whole run** | | **{t['total_seconds']:.1f}** | {t['cpu_seconds']:.1f} | **{gb(t['peak_rss'])}** (max) | "
                  f"{t['load1_mean']} | |")
     cur = sc[labels[-1]]
+    which = "current code" if labels[-1] == "after" else "the code measured above (before issue 12's changes)"
     rows = [(n, r) for n, r in cur["rows"].items() if r["status"] != "missing"]
     over = [n for n, r in rows if r["peak_rss"] >= TARGET_RSS and n != PREPARE]
     L += ["",
-          f"Targets (issue 12), current code: whole regeneration < {TARGET_SECONDS // 60} min on 2 cores: "
+          f"Targets (issue 12), {which}: whole regeneration < {TARGET_SECONDS // 60} min on 2 cores: "
           f"{'met' if cur['total_seconds'] < TARGET_SECONDS else 'NOT met'} as measured ({cur['total_seconds'] / 60:.1f} min wall "
           f"at the load above; {cur['cpu_seconds'] / 60:.1f} min of CPU time, i.e. between {cur['cpu_seconds'] / 120:.1f} and "
           f"{cur['cpu_seconds'] / 60:.1f} min on 2 idle cores). Peak RSS of every script < {TARGET_RSS / 1e9:.1f} GB: "
@@ -850,6 +859,7 @@ def reuse_sections(res: dict, path: Path, cases: set[str], scripts_measured: boo
     old = json.loads(path.read_text())
     date = old.get("date", "?")
     res.setdefault("reused", {})
+    res["reused_machine"] = (old.get("machine") or {}).get("cpu")
     old_cases = old.get("cases") or {}
     legacy = old.get("comparisons") or {}
     for key in CASE_GROUPS:
