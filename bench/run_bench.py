@@ -34,7 +34,8 @@ Method:
   ``guard``: every script on the planted model under bench/dense_guard.py (no dense vocab x vocab).
 
 Outputs: ``bench/RESULTS.md`` and ``bench/results.json`` (every number in RESULTS.md).
-Usage: ``python bench/run_bench.py --before REF`` (everything); ``--cases load,tokenise
+Usage: ``python bench/run_bench.py --before REF`` (everything; ``--hotspots all`` adds a cProfile
+pass per script: where the time goes); ``--cases load,tokenise
 --no-scripts`` for the side-by-side cases only; ``--only a,b`` for some scripts; ``--reuse JSON``
 to carry sections not measured in this run over from an earlier results.json (labelled with their
 date); ``--render JSON`` to rewrite RESULTS.md from a results.json.
@@ -536,6 +537,50 @@ class Version:
         return r
 
 
+def hotspots(version: "Version", scripts: list[str], model: Path, work: Path, timeout: float, top: int = 8) -> dict:
+    """Where each script's time goes: a second run under cProfile (slower than the timed run, so
+    only the shares are reported), the functions of this repository with the largest cumulative
+    time, and the share of the run spent inside them."""
+    import pstats
+
+    out = {}
+    for script in scripts:
+        if not (version.tree / script).exists():
+            continue
+        help_text = subprocess.run([sys.executable, script, "--help"], cwd=version.tree, env=version.env,
+                                   capture_output=True, text=True).stdout
+        prof = version.logs / f"{script}.prof"
+        outdir = work / "hotspots" / script.removesuffix(".py")
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), script, "--model", str(model), "--out", str(outdir),
+               *extra_args(help_text, version.ctx)]
+        m = measure(cmd, version.env, version.logs / f"hotspots-{script}.log", timeout, cwd=version.tree)
+        if m["rc"] != 0 or not prof.exists():
+            out[script] = {"error": f"exit {m['rc']}"}
+            continue
+        stats = pstats.Stats(str(prof))
+        total = max(stats.total_tt, 1e-9)
+        tree = str(version.tree.resolve())
+        rows = []
+        imports = max((v[3] for (file, _, func), v in stats.stats.items()
+                       if file.startswith("<frozen importlib") and func == "_find_and_load"), default=0.0)
+        for (file, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
+            if file.startswith("<") or file == "~":
+                continue
+            path = Path(file) if Path(file).is_absolute() else version.tree / file  # the script itself is relative
+            path = str(path.resolve())
+            if not path.startswith(tree) or func.startswith("<"):
+                continue
+            rows.append({"function": f"{Path(path).relative_to(tree)}:{func}", "cum_s": round(ct, 2),
+                         "share": round(ct / total, 3), "calls": nc})
+        rows.sort(key=lambda r: -r["cum_s"])
+        # drop main()/compute() wrappers that only contain the rest: keep the top entries below 95% share
+        inner = [r for r in rows if r["share"] < 0.95][:top]
+        out[script] = {"profiled_seconds": round(total, 1), "imports_share": round(imports / total, 3), "top": inner,
+                       "load1_mean": m["load1_mean"]}
+        print(f"  hotspots {script}: " + ", ".join(f"{r['function']} {r['share']:.0%}" for r in inner[:3]), flush=True)
+    return out
+
+
 def run_scripts(versions: list[Version], model: Path, work: Path, only: set[str], timeout: float) -> dict:
     t_all = {v.label: 0.0 for v in versions}
     for script in script_order():
@@ -707,6 +752,24 @@ def report_scripts(res: dict) -> list[str]:
     return L + [""]
 
 
+def report_hotspots(res: dict) -> list[str]:
+    hs = res.get("hotspots")
+    if not hs:
+        return []
+    L = ["## Where the time goes (cProfile, current code)", "",
+         "Each script run once more under cProfile (which slows Python-heavy code, so only shares are shown): this",
+         "repository's functions with the largest cumulative time, as a share of the profiled run (nested functions",
+         "overlap; wrappers holding 95% or more are left out).", "",
+         "| script | profiled s | imports | top functions (share of the run) |", "| --- | ---: | ---: | --- |"]
+    for script, h in hs.items():
+        if "error" in h:
+            L.append(f"| {script} | failed ({h['error']}) | | |")
+            continue
+        L.append(f"| {script} | {h['profiled_seconds']:.1f} | {h.get('imports_share', 0):.0%} | "
+                 + "; ".join(f"`{r['function']}` {r['share']:.0%}" for r in h["top"][:5]) + " |")
+    return L + [""]
+
+
 def report_load(res: dict) -> list[str]:
     lc = (res.get("cases") or {}).get("load")
     if not lc:
@@ -841,7 +904,7 @@ def write_report(res: dict, path: Path) -> None:
          "50257, 12 layers, 12 heads, d_model 768, n_ctx 1024). Timing and memory only: semantic results on this model",
          "are meaningless (random embeddings). Regenerate: `python bench/run_bench.py --before <git ref>` (see its docstring).",
          ""]
-    L += report_machine(res) + report_scripts(res) + report_load(res) + report_tokenise(res) + report_selfrank(res) + report_guard(res)
+    L += report_machine(res) + report_scripts(res) + report_hotspots(res) + report_load(res) + report_tokenise(res) + report_selfrank(res) + report_guard(res)
     L += ["Raw numbers: `bench/results.json`.", ""]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(L))
@@ -901,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(CASE_GROUPS), help=f"side-by-side case groups to run ({', '.join(CASE_GROUPS)}; '' for none)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of each load/tokenise case (best reported)")
     p.add_argument("--text-mb", type=float, default=20.0, help="size of the generated text for --text")
+    p.add_argument("--hotspots", metavar="SCRIPTS", default="",
+                   help="after the timed runs, profile these scripts ('all' or a comma list) with cProfile: where the time goes")
     p.add_argument("--reuse", metavar="JSON", default=None,
                    help="carry sections not measured in this run over from this earlier results.json")
     p.add_argument("--render", metavar="JSON", default=None, help="only rewrite --results from a results.json")
@@ -969,6 +1034,11 @@ def main(argv: list[str] | None = None) -> int:
                 versions.append(Version("before", work / "before", work, env, text, sae))
             versions.append(Version("after", ROOT, work, env, text, sae))
             res["scripts"] = run_scripts(versions, model, work, only, args.timeout)
+            if args.hotspots:
+                print("hotspots (cProfile) ...", flush=True)
+                wanted = script_order() if args.hotspots == "all" else [
+                    s.strip().removesuffix(".py") + ".py" for s in args.hotspots.split(",") if s.strip()]
+                res["hotspots"] = hotspots(versions[-1], wanted, model, work, args.timeout)
         if "selfrank" in cases:
             print("self-rank cases ...", flush=True)
             res["cases"]["selfrank"] = selfrank_cases(env, logs, model)
