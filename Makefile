@@ -2,7 +2,7 @@
 PYTHON ?= python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test demo figures
+.PHONY: setup test demo figures bench
 setup:  ## install the pinned dependencies (torch CPU build first)
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -13,5 +13,10 @@ test:  ## the offline test suite on the planted model
 demo:  ## every script on the planted model, fully offline (figures/demo/)
 	HF_HUB_OFFLINE=1 $(PYTHON) run_all.py --model planted $(ARGS)
 
+# Offline with a populated HF cache: HF_HUB_OFFLINE=1 make figures ARGS="--text wiki.train.raw --sae-path sae_dir/"
 figures:  ## every script on real gpt2-small (figures/)
 	$(PYTHON) run_all.py --model gpt2-small $(ARGS)
+
+# Before/after profile at gpt2-small size (bench/RESULTS.md): make bench ARGS="--before <git ref>"
+bench:  ## per-script wall, CPU and peak RSS at gpt2-small size, written to bench/RESULTS.md
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/run_bench.py $(ARGS)

@@ -1,15 +1,16 @@
-"""How much faster is token_freq.py's counting than the original's line-by-line loop?
+"""How much faster is token_freq.py's counting than the original's line-by-line loop? (quick, one process)
 
-Method: the same lines are counted three ways and the counts are checked to be identical:
+Method: the same lines are counted four ways and the counts are checked to be identical:
   1. naive: ``for line in lines: counter.update(tokenizer.encode(line))`` (the original's loop:
      one transformers ``encode`` call per line, a Python Counter);
-  2. batched, 1 worker: common.freq.count_tokens (Rust ``encode_batch_fast`` on ~1 MB batches,
-     numpy accumulation) in this process;
-  3. batched, --workers processes (default: all usable cores).
-Each is timed once after a warm-up on a small slice. Prints wall-clock tokens/second, the
-speed-up, and CPU seconds (this process plus its finished worker processes): on a machine shared
-with other jobs the wall-clock gain of extra workers shrinks to nothing (no free core), while
-tokens per CPU-second still shows the per-core efficiency. Not a test.
+  2. the previous common.freq route: Hugging Face ``encode_batch_fast`` on ~1 MB batches, numpy counts;
+  3. common.freq.count_tokens today: tiktoken built from the vendored GPT-2 BPE files, 1 thread;
+  4. the same on --workers threads (default: all usable cores).
+Each is timed once after a warm-up. Prints wall-clock tokens/second, the speed-up, and CPU seconds
+(this process and its finished children): on a machine shared with other jobs the wall-clock gain
+of extra workers shrinks to nothing (no free core), while tokens per CPU-second still shows the
+per-core efficiency. Not a test. bench/run_bench.py --cases tokenise measures the same in separate,
+repeated processes for bench/RESULTS.md.
 
 Text: --text FILE_OR_FOLDER (e.g. the WikiText-103 train file, or /usr/share/vim/vim90/doc for
 real English prose that is present on most Linux machines), else the demo corpus generated with
@@ -90,13 +91,15 @@ def main(argv=None) -> int:
     n_tok = int(naive.sum())
 
     results = [("naive per-line encode (original)", t_naive, cpu_naive)]
-    for w in sorted({1, args.workers}):
+    freq.tiktoken_encoding()  # built (and the tokenizer checked) outside the timed region
+    freq.counting_backend(tok)
+    for backend, w in [("huggingface", 1)] + [("tiktoken", w) for w in sorted({1, args.workers})]:
         c0, t0 = cpu(), time.perf_counter()
-        counts = freq.count_tokens(freq.string_batches(lines, args.batch_bytes), workers=w, tokenizer=tok)
+        counts = freq.count_tokens(freq.string_batches(lines, args.batch_bytes), workers=w, tokenizer=tok, backend=backend)
         dt, dc = time.perf_counter() - t0, cpu() - c0
         if not np.array_equal(counts, naive):
-            raise SystemExit(f"error: batched counts with {w} worker(s) differ from the naive loop")
-        results.append((f"batched, {w} worker(s)", dt, dc))
+            raise SystemExit(f"error: {backend} counts with {w} worker(s) differ from the naive loop")
+        results.append((f"{backend}, {w} worker(s)", dt, dc))
 
     print(f"{n_tok:,} tokens; counts identical across methods")
     print(f"{'method':34s} {'seconds':>8s} {'tokens/s':>10s} {'speed-up':>9s} {'CPU s':>7s} {'tokens/CPU-s':>13s}")

@@ -1,29 +1,44 @@
-"""Benchmark every analysis script at gpt2-small size: wall time and peak memory, written to bench/RESULTS.md.
+"""Benchmark the whole regeneration at gpt2-small size, before and after a change, into bench/RESULTS.md.
 
-Question: does regenerating every figure at real size (vocabulary 50257, 12 layers, d_model 768)
-fit in 10 minutes on 2 CPU cores with peak RSS under 3 GB, and does any script hold a dense
-vocabulary x vocabulary matrix?
+Question: how long does regenerating every figure take on 2 CPU cores, how much memory does each
+script need at real size (vocabulary 50257, 12 layers, d_model 768), where does the time go, and
+what did a change (``--before REF``) buy?
 
 Method:
-* the model is ``bench/model`` (``bench/build_model.py``: real gpt2-small attention, LN, wpe and
-  bias tensors, seeded random wte and MLP weights), loaded with ``--model bench/model``;
-* every top-level script that exists runs as its own process, one at a time, in run_all.py's
-  dependency order, with its default settings (the work ``make figures`` does), ``--out`` in a
-  temporary folder and a fresh (cold) ``L1H5_CACHE``, so shared intermediates (effective
-  embeddings, frequency table) are paid for by the first script that needs them;
-* per script: wall time (perf_counter), CPU time and peak RSS of the process and its children
-  (``os.wait4`` rusage; ``ru_maxrss``), and the machine load (1-minute load average, sampled);
+* model: ``bench/model`` (``bench/build_model.py``: real gpt2-small attention, LN, wpe and bias
+  tensors, seeded random wte and MLP weights), loaded with ``--model <bench/model>``;
+* every script runs as its own process, one at a time, in run_all.py's dependency order, with its
+  default settings (the work ``make figures`` does), ``--out`` in a temporary folder and a fresh
+  (cold) ``L1H5_CACHE`` per code version, so shared intermediates (processed weights, effective
+  embeddings, frequency table) are paid for once, by the step that first needs them. Where the
+  code has the processed-weights cache, the model is first loaded once in its own process, as
+  run_all.py does (its own row);
+* ``--before REF``: the same run for the code at git REF (exported with ``git archive`` into the
+  temporary folder), script by script alternating with the current code, so both see the same
+  machine load; the table shows both and the ratios;
+* per process: wall time, CPU time (user + system of it and its children, the measure of work
+  that contention does not inflate) and peak RSS (``os.wait4`` rusage), and the machine's
+  1-minute load average sampled while it ran;
 * inputs that cannot be downloaded here are made locally and named in the report: a generated
-  text (``--text``) instead of WikiText-103, a random 768-dim sae_lens SAE instead of a
-  pretrained one;
-* side-by-side with the original approach on the same work (each case in its own process):
-  self-rank of query tokens over the vocabulary as a dense score matrix (measured where it fits
-  in memory, extrapolated to 50257 x 50257 otherwise, and said so) against the streamed
-  ``common.token_scores.self_rank``; line-by-line tokenisation against ``common.freq``'s batched counting.
+  20 MB text (``--text``) instead of WikiText-103, a random 768-dim sae_lens SAE (``--sae-path``);
+* side-by-side cases, each in its own process and repeated ``--repeats`` times, interleaved (the
+  minimum is reported: the run least disturbed by other jobs):
+  ``load``: load_model at gpt2-small size, uncached (the route before the processed-weights
+  cache) vs the first (cache-building) and every later (memory-mapped) load, for the local-folder
+  route and the default ``gpt2-small`` route (the model laid out as a Hugging Face cache with
+  build_model.lay_out_hf_cache, HF_HUB_OFFLINE=1);
+  ``tokenise``: the 20 MB text counted by the original approach (``tokenizer.encode`` per line
+  into a Counter), by the previous common.freq route (Hugging Face ``encode_batch_fast``) and by
+  today's (tiktoken, 1 and 2 threads); counts must be identical;
+  ``selfrank``: dense ``E W_QK E^T`` vs streamed ``common.token_scores.self_rank``;
+  ``guard``: every script on the planted model under bench/dense_guard.py (no dense vocab x vocab).
 
 Outputs: ``bench/RESULTS.md`` and ``bench/results.json`` (every number in RESULTS.md).
-Usage: ``python bench/run_bench.py`` (``--only a,b`` for a subset, ``--no-compare`` to skip the
-side-by-side cases, ``--keep`` to keep the temporary outputs and logs).
+Usage: ``python bench/run_bench.py --before REF`` (everything; ``--hotspots all`` adds a cProfile
+pass per script: where the time goes); ``--cases load,tokenise
+--no-scripts`` for the side-by-side cases only; ``--only a,b`` for some scripts; ``--reuse JSON``
+to carry sections not measured in this run over from an earlier results.json (labelled with their
+date); ``--render JSON`` to rewrite RESULTS.md from a results.json.
 """
 
 from __future__ import annotations
@@ -48,8 +63,11 @@ sys.path.insert(0, str(BENCH))
 
 VOCAB = 50257
 DENSE_BYTES = VOCAB * VOCAB * 4  # one float32 vocab x vocab matrix: 10.1 GB
-TARGET_SECONDS, TARGET_RSS = 600, 3e9  # GB here means 10^9 bytes throughout
+TARGET_SECONDS, TARGET_RSS = 300, 1.5e9  # issue 12; GB here means 10^9 bytes throughout
 WIKITEXT103_TRAIN_MB = 540  # raw train split, about 540 MB of text: what token_freq.py reads by default
+CASE_GROUPS = ("load", "tokenise", "selfrank", "guard")
+PREPARE = "(model load: fills the weights cache)"
+PROMPT = "The cat sat on the mat with a dog and a red ball."
 
 SCRIPTS = [  # the brief's list; the order is replaced by run_all.py's where it exists
     "token_freq.py", "characterize_head.py", "component_ablation.py", "skew_analysis.py",
@@ -61,7 +79,7 @@ SCRIPTS = [  # the brief's list; the order is replaced by run_all.py's where it 
 
 def script_order() -> list[str]:
     try:
-        import run_all  # the lead's dependency order (token_freq before its readers)
+        import run_all  # the dependency order (token_freq before its readers)
 
         order = [s.script for s in run_all.STEPS]
     except Exception:
@@ -137,15 +155,18 @@ def _has_flag(help_text: str, flag: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text) is not None
 
 
-def extra_args(script: str, help_text: str, ctx: dict) -> list[str]:
-    """Inputs a script needs that cannot be downloaded here, passed only if the script has the flag."""
+def extra_args(help_text: str, ctx: dict) -> list[str]:
+    """Inputs a script needs that cannot be downloaded here, and the upstream results it reads
+    (only from an upstream that succeeded, as run_all does), passed if the script has the flag."""
     args = []
     if _has_flag(help_text, "--text"):
         args += ["--text", ctx["text"]]
-    if _has_flag(help_text, "--freq-table"):
-        args += ["--freq-table", str(ctx["out"] / "token_freq" / "token_freq.csv")]
-    if _has_flag(help_text, "--communities") and (ctx["out"] / "clustering" / "communities.csv").exists():
-        args += ["--communities", str(ctx["out"] / "clustering" / "communities.csv")]
+    table = ctx["out"] / "token_freq" / "token_freq.csv"
+    if _has_flag(help_text, "--freq-table") and table.exists():
+        args += ["--freq-table", str(table)]
+    communities = ctx["out"] / "clustering" / "communities.csv"
+    if _has_flag(help_text, "--communities") and communities.exists():
+        args += ["--communities", str(communities)]
     if _has_flag(help_text, "--sae-path"):
         args += ["--sae-path", ctx["sae"]()]
         if _has_flag(help_text, "--hook"):
@@ -182,13 +203,14 @@ class LoadSampler(threading.Thread):
                 "system_cpu_pct_mean": mean(self.cpu)}
 
 
-def measure(cmd: list[str], env: dict, log: Path, timeout: float | None = None) -> dict:
+def measure(cmd: list[str], env: dict, log: Path, timeout: float | None = None, cwd: Path = ROOT) -> dict:
     """Run ``cmd``; wall seconds, CPU seconds and peak RSS (bytes) of it and its descendants."""
     sampler = LoadSampler()
     sampler.start()
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
         deadline = None if timeout is None else time.time() + timeout
         while True:
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
@@ -201,7 +223,7 @@ def measure(cmd: list[str], env: dict, log: Path, timeout: float | None = None) 
     proc.returncode = os.waitstatus_to_exitcode(status)
     load = sampler.stop()
     return {"rc": proc.returncode, "seconds": round(wall, 2), "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 2),
-            "peak_rss": ru.ru_maxrss * 1024, **load}  # Linux reports ru_maxrss in KiB
+            "peak_rss": ru.ru_maxrss * 1024, "load1_start": round(load_start, 2), **load}  # ru_maxrss is in KiB
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,53 +274,63 @@ def case_streamed_selfrank(model_dir: Path, n: int, n_queries: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "checksum": int(ranks.sum())}
 
 
-def case_tokenise(text: Path, mode: str, megabytes: float) -> dict:
-    """Token counts of the first ``megabytes`` of ``text``: line by line (original) or batched (ours)."""
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def case_tokenise(text: Path, mode: str) -> dict:
+    """Token counts of ``text``: the original line-by-line loop, or common.freq with a backend.
+
+    Timed: the counting only (the tokenizer is loaded and tiktoken's encoding built before, and
+    reported as ``setup_seconds``)."""
     import collections
 
     import numpy as np
 
-    from common.freq import count_tokens, split_lines, string_batches
+    from common import freq
     from common.gpt2_tokenizer import load_tokenizer
 
-    raw = text.read_text(encoding="utf-8")[: int(megabytes * 1e6)]
-    lines = split_lines(raw)
-    tok = load_tokenizer()
+    lines = freq.split_lines(text.read_text(encoding="utf-8"))
     t0 = time.perf_counter()
+    tok = load_tokenizer()
+    backend, workers = None, 1
+    if mode != "lines":
+        backend, workers = mode.rsplit("-w", 1)
+        workers = int(workers)
+        if backend == "tiktoken":
+            freq.tiktoken_encoding()
+            assert freq.counting_backend(tok) == "tiktoken"
+    setup = time.perf_counter() - t0
+    c0, t0 = _cpu(), time.perf_counter()
     if mode == "lines":
         counter = collections.Counter()
         for line in lines:
-            counter.update(tok(line)["input_ids"])
+            counter.update(tok.encode(line))
         counts = np.zeros(VOCAB, np.int64)
         for k, v in counter.items():
             counts[k] = v
     else:
-        counts = count_tokens(string_batches(lines), workers=int(mode.removeprefix("batched-w")), tokenizer=tok)
-    return {"seconds": time.perf_counter() - t0, "checksum": int((counts * np.arange(VOCAB)).sum() % 1_000_003),
-            "tokens": int(counts.sum())}
+        counts = freq.count_tokens(freq.string_batches(lines), workers=workers, tokenizer=tok, backend=backend)
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    return {"seconds": seconds, "count_cpu_seconds": cpu, "setup_seconds": setup, "tokens": int(counts.sum()),
+            "checksum": int((counts * (np.arange(VOCAB) % 1_000_003 + 1)).sum() % (2**61 - 1)),
+            "megabytes": text.stat().st_size / 1e6}
 
 
-def case_processed(model_dir: Path, path: Path, save: bool) -> dict:
-    """A possible faster loader: the already processed (folded, centred) state dict saved once, then
-    memory-mapped into a HookedTransformer with ``assign=True`` (no HF model, no folding copies)."""
+def case_load_model(name: str) -> dict:
+    """load_model(name), then one forward pass (which touches every weight, so memory-mapped pages
+    count in the peak RSS)."""
     import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from common.gpt2_tokenizer import load_tokenizer
     from common.model import load_model
 
-    if save:
-        m = load_model(str(model_dir))
-        torch.save({"cfg": m.cfg.to_dict(), "state_dict": m.state_dict()}, path)
-        return {"seconds": 0.0}
     t0 = time.perf_counter()
-    blob = torch.load(path, mmap=True, weights_only=False)
-    m = HookedTransformer(HookedTransformerConfig.from_dict(blob["cfg"]), load_tokenizer(model_dir), move_to_device=False)
-    m.load_state_dict(blob["state_dict"], strict=False, assign=True)
-    m.eval()
-    toks = m.to_tokens("The cat sat on the mat with a dog and a red ball.")
-    logits = m(toks)  # touches every weight once, so the mapped pages count in the peak RSS
-    return {"seconds": time.perf_counter() - t0, "logit_sum": float(logits.double().sum())}
+    m = load_model(name)
+    seconds = time.perf_counter() - t0
+    logits = m(m.to_tokens(PROMPT))
+    return {"seconds": seconds, "logit_sum": float(logits.double().sum()),
+            "from_cache": bool(getattr(m, "_l1h5_processed_cache", None)), "torch_threads": torch.get_num_threads()}
 
 
 def run_case(args) -> int:
@@ -310,16 +342,10 @@ def run_case(args) -> int:
     elif args.case == "streamed-selfrank":
         res = case_streamed_selfrank(Path(args.model), args.n, args.n_queries or args.n)
     elif args.case.startswith("tokenise-"):
-        res = case_tokenise(Path(args.text), args.case.removeprefix("tokenise-"), args.megabytes)
+        res = case_tokenise(Path(args.text), args.case.removeprefix("tokenise-"))
     elif args.case == "load-model":
-        from common.model import load_model
-
-        t0 = time.perf_counter()
-        load_model(args.model)
-        res = {"seconds": time.perf_counter() - t0}
-    elif args.case in ("save-processed", "load-processed"):
-        res = case_processed(Path(args.model), Path(args.text), args.case == "save-processed")
-    elif args.case == "threads":
+        res = case_load_model(args.model)
+    elif args.case == "imports":
         import transformer_lens  # noqa: F401  (so the peak RSS is the import floor of every script)
 
         res = {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads()}
@@ -329,8 +355,8 @@ def run_case(args) -> int:
     return 0
 
 
-def measure_case(name: str, extra: list[str], env: dict, logs: Path, model: Path) -> dict:
-    log = logs / f"case-{name}-{'-'.join(extra).replace('/', '_')[-60:]}.log"
+def measure_case(name: str, extra: list[str], env: dict, logs: Path, model: str, tag: str = "") -> dict:
+    log = logs / f"case-{name}-{tag}-{'-'.join(extra).replace('/', '_')[-50:]}-{time.time_ns()}.log"
     m = measure([sys.executable, str(Path(__file__)), "--case", name, "--model", str(model), *extra], env, log)
     lines = [l for l in log.read_text().splitlines() if l.startswith("RESULT ")]
     if m["rc"] != 0 or not lines:
@@ -338,24 +364,78 @@ def measure_case(name: str, extra: list[str], env: dict, logs: Path, model: Path
     return {**m, **json.loads(lines[-1][7:])}
 
 
-def comparisons(env: dict, logs: Path, model: Path, text: Path) -> dict:
-    out: dict = {"selfrank": [], "tokenise": []}
+def best(runs: list[dict]) -> dict:
+    """The least disturbed of repeated runs: minimum wall and CPU time; peak RSS of that run; loads kept."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {**runs[-1], "repeats": len(runs)}
+    b = dict(min(ok, key=lambda r: r["seconds"]))
+    for k in ("cpu_seconds", "count_cpu_seconds"):
+        if k in b:
+            b[k] = min(r[k] for r in ok)
+    b["repeats"] = len(ok)
+    b["seconds_all"] = [round(r["seconds"], 3) for r in ok]
+    b["load1_all"] = [r["load1_mean"] for r in ok]
+    return b
+
+
+def load_cases(env: dict, logs: Path, model: Path, work: Path, repeats: int) -> dict:
+    """load_model at gpt2-small size: uncached, first load (builds the cache entry), later loads."""
+    from build_model import lay_out_hf_cache
+
+    hf_home = work / "hf-home"
+    lay_out_hf_cache(model, hf_home)
+    routes = {"local folder": (str(model), {}), "gpt2-small (HF cache)": ("gpt2-small", {"HF_HOME": str(hf_home)})}
+    out = {}
+    for label, (name, extra_env) in routes.items():
+        base = {k: v for k, v in env.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+        runs: dict[str, list] = {"uncached": [], "first": [], "cached": []}
+        for i in range(repeats):
+            cache = work / f"load-cache-{len(out)}-{i}"
+            runs["uncached"].append(measure_case("load-model", [], {**base, **extra_env, "L1H5_WEIGHTS_CACHE": "0",
+                                                                    "L1H5_CACHE": str(cache)}, logs, name, "uncached"))
+            runs["first"].append(measure_case("load-model", [], {**base, **extra_env, "L1H5_CACHE": str(cache)},
+                                              logs, name, "first"))
+            runs["cached"].append(measure_case("load-model", [], {**base, **extra_env, "L1H5_CACHE": str(cache)},
+                                               logs, name, "cached"))
+            shutil.rmtree(cache, ignore_errors=True)
+        out[label] = {k: best(v) for k, v in runs.items()}
+        r = out[label]
+        print(f"  load {label}: " + ", ".join(f"{k} {v.get('seconds', float('nan')):.2f}s {v['peak_rss'] / 1e9:.2f} GB"
+                                             for k, v in r.items()), flush=True)
+    return out
+
+
+TOKENISE_MODES = ("lines", "huggingface-w1", "tiktoken-w1", "tiktoken-w2")
+
+
+def tokenise_cases(env: dict, logs: Path, model: Path, text: Path, repeats: int) -> list[dict]:
+    runs: dict[str, list] = {m: [] for m in TOKENISE_MODES}
+    for _ in range(repeats):  # interleaved, so every method sees the same spread of machine load
+        for mode in TOKENISE_MODES:
+            runs[mode].append(measure_case(f"tokenise-{mode}", ["--text", str(text)], env, logs, str(model)))
+    out = []
+    for mode in TOKENISE_MODES:
+        b = best(runs[mode])
+        out.append({"mode": mode, **b})
+        print(f"  tokenise {mode}: {b.get('seconds', float('nan')):.2f}s (cpu {b.get('count_cpu_seconds', float('nan')):.2f})",
+              flush=True)
+    return out
+
+
+def selfrank_cases(env: dict, logs: Path, model: Path) -> dict:
+    out: dict = {"selfrank": []}
     # Same work side by side: all n queries against n keys (n x n), dense vs streamed.
     for n in (4096, 8192, 16384):
-        d = measure_case("dense-selfrank", ["--n", str(n)], env, logs, model)
-        s = measure_case("streamed-selfrank", ["--n", str(n)], env, logs, model)
+        d = measure_case("dense-selfrank", ["--n", str(n)], env, logs, str(model))
+        s = measure_case("streamed-selfrank", ["--n", str(n)], env, logs, str(model))
         out["selfrank"].append({"n": n, "dense": d, "streamed": s})
         print(f"  self-rank n={n}: dense {d.get('seconds', float('nan')):.2f}s {d['peak_rss'] / 1e9:.2f} GB, "
               f"streamed {s.get('seconds', float('nan')):.2f}s {s['peak_rss'] / 1e9:.2f} GB", flush=True)
     # Full vocabulary: streamed on a subset of queries (extrapolated linearly to all 50257).
     nq = 8192
-    full = measure_case("streamed-selfrank", ["--n", str(VOCAB), "--n-queries", str(nq)], env, logs, model)
+    full = measure_case("streamed-selfrank", ["--n", str(VOCAB), "--n-queries", str(nq)], env, logs, str(model))
     out["selfrank_full"] = {"n_queries": nq, **full}
-    print(f"  self-rank full vocab, {nq} queries streamed: {full.get('seconds', float('nan')):.2f}s", flush=True)
-    for mode in ("lines", "batched-w1", "batched-w2"):
-        r = measure_case(f"tokenise-{mode}", ["--text", str(text), "--megabytes", "10"], env, logs, model)
-        out["tokenise"].append({"mode": mode, "megabytes": 10, **r})
-        print(f"  tokenise 10 MB {mode}: {r.get('seconds', float('nan')):.2f}s", flush=True)
     return out
 
 
@@ -379,16 +459,150 @@ def guard_scripts(env: dict, work: Path, text: Path, only: set[str]) -> list[dic
             continue
         help_text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env,
                                    capture_output=True, text=True).stdout
-        extra = extra_args(script, help_text, ctx)
         report = logs / f"guard-{script}.json"
         cmd = [sys.executable, str(BENCH / "dense_guard.py"), str(report), script, "--model", "planted",
-               "--out", str(out / script.removesuffix(".py")), *extra]
+               "--out", str(out / script.removesuffix(".py")), *extra_args(help_text, ctx)]
         m = measure(cmd, env, logs / f"guard-{script}.log")
         g = json.loads(report.read_text()) if report.exists() else {}
         rows.append({"script": script, "rc": m["rc"], "seconds": m["seconds"], **{k: g.get(k) for k in
                      ("numel", "shape", "dtype", "op", "n_ops", "limit")}})
         print(f"  guard {script}: rc {m['rc']}, largest {g.get('shape')} {g.get('dtype')} ({g.get('op')})", flush=True)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# the scripts, before and after
+# ----------------------------------------------------------------------------------------------
+
+
+def export_tree(ref: str, dest: Path) -> dict:
+    """The repository at git ``ref`` (committed files only) in ``dest``."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True)
+    if commit.returncode != 0:
+        raise SystemExit(f"error: --before {ref}: not a git revision here ({commit.stderr.strip()})")
+    dest.mkdir(parents=True)
+    archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", ref], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
+    archive.wait()
+    subject = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%s", ref], capture_output=True, text=True)
+    return {"ref": ref, "commit": commit.stdout.strip(), "subject": subject.stdout.strip()[:100]}
+
+
+def has_weights_cache(tree: Path) -> bool:
+    return (tree / "common" / "weights_cache.py").exists()
+
+
+class Version:
+    """One code version being measured: its tree, environment, output folder and rows."""
+
+    def __init__(self, label: str, tree: Path, work: Path, base_env: dict, text: Path, sae):
+        self.label, self.tree = label, tree
+        self.out = work / f"out-{label}"
+        self.logs = work / "logs"
+        self.out.mkdir(parents=True)
+        self.env = dict(base_env, PYTHONPATH=str(tree), L1H5_CACHE=str(work / f"cache-{label}"))
+        self.ctx = {"text": str(text), "out": self.out, "sae": sae}
+        self.rows: dict[str, dict] = {}
+        self.prepared = False
+
+    def prepare(self, model: Path, timeout: float) -> None:
+        """As run_all.py: load the model once so the processed-weights cache is filled."""
+        self.prepared = True
+        if not has_weights_cache(self.tree):
+            return
+        code = "import sys, torch; from common.model import load_model; load_model(sys.argv[1])"
+        m = measure([sys.executable, "-c", code, str(model)], self.env, self.logs / f"{self.label}-prepare.log",
+                    timeout, cwd=self.tree)
+        self.rows[PREPARE] = {"status": "ok" if m["rc"] == 0 else f"failed (exit {m['rc']})", "extra": [], **m}
+
+    def run(self, script: str, model: Path, work: Path, timeout: float) -> dict:
+        if not (self.tree / script).exists():
+            self.rows[script] = {"status": "missing"}
+            return self.rows[script]
+        if script != "token_freq.py" and not self.prepared:
+            self.prepare(model, timeout)
+        help_text = subprocess.run([sys.executable, script, "--help"], cwd=self.tree, env=self.env,
+                                   capture_output=True, text=True).stdout
+        extra = extra_args(help_text, self.ctx)
+        cmd = [sys.executable, script, "--model", str(model), "--out", str(self.out / script.removesuffix(".py")), *extra]
+        log = self.logs / f"{self.label}-{script}.log"
+        m = measure(cmd, self.env, log, timeout, cwd=self.tree)
+        r = {"status": "ok" if m["rc"] == 0 else f"failed (exit {m['rc']})",
+             "extra": [a if not a.startswith(str(work)) else "<tmp>" + a[len(str(work)):] for a in extra], **m}
+        if m["rc"] != 0:
+            tail = log.read_text()[-2000:]
+            last = [l for l in tail.splitlines() if l.strip()][-1:] or [""]
+            r["note"] = f"exit {m['rc']}: `{last[0][:200]}`"
+        self.rows[script] = r
+        return r
+
+
+def hotspots(version: "Version", scripts: list[str], model: Path, work: Path, timeout: float, top: int = 8) -> dict:
+    """Where each script's time goes: a second run under cProfile (slower than the timed run, so
+    only the shares are reported), the functions of this repository with the largest cumulative
+    time, and the share of the run spent inside them."""
+    import pstats
+
+    out = {}
+    for script in scripts:
+        if not (version.tree / script).exists():
+            continue
+        help_text = subprocess.run([sys.executable, script, "--help"], cwd=version.tree, env=version.env,
+                                   capture_output=True, text=True).stdout
+        prof = version.logs / f"{script}.prof"
+        outdir = work / "hotspots" / script.removesuffix(".py")
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), script, "--model", str(model), "--out", str(outdir),
+               *extra_args(help_text, version.ctx)]
+        m = measure(cmd, version.env, version.logs / f"hotspots-{script}.log", timeout, cwd=version.tree)
+        if m["rc"] != 0 or not prof.exists():
+            out[script] = {"error": f"exit {m['rc']}"}
+            continue
+        stats = pstats.Stats(str(prof))
+        total = max(stats.total_tt, 1e-9)
+        tree = str(version.tree.resolve())
+        rows = []
+        imports = max((v[3] for (file, _, func), v in stats.stats.items()
+                       if file.startswith("<frozen importlib") and func == "_find_and_load"), default=0.0)
+        for (file, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
+            if file.startswith("<") or file == "~":
+                continue
+            path = Path(file) if Path(file).is_absolute() else version.tree / file  # the script itself is relative
+            path = str(path.resolve())
+            if not path.startswith(tree) or func.startswith("<"):
+                continue
+            rows.append({"function": f"{Path(path).relative_to(tree)}:{func}", "cum_s": round(ct, 2),
+                         "share": round(ct / total, 3), "calls": nc})
+        rows.sort(key=lambda r: -r["cum_s"])
+        # drop main()/compute() wrappers that only contain the rest: keep the top entries below 95% share
+        inner = [r for r in rows if r["share"] < 0.95][:top]
+        out[script] = {"profiled_seconds": round(total, 1), "imports_share": round(imports / total, 3), "top": inner,
+                       "load1_mean": m["load1_mean"]}
+        print(f"  hotspots {script}: " + ", ".join(f"{r['function']} {r['share']:.0%}" for r in inner[:3]), flush=True)
+    return out
+
+
+def run_scripts(versions: list[Version], model: Path, work: Path, only: set[str], timeout: float) -> dict:
+    t_all = {v.label: 0.0 for v in versions}
+    for script in script_order():
+        if only and script not in only:
+            continue
+        for v in versions:  # alternating, script by script: both versions see the same load
+            r = v.run(script, model, work, timeout)
+            if r["status"] == "missing":
+                print(f"{v.label:6s} {script}: missing, skipped", flush=True)
+                continue
+            print(f"{v.label:6s} {script}: {r['status']}, {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s cpu, "
+                  f"{r['peak_rss'] / 1e9:.2f} GB peak RSS, load {r['load1_mean']}", flush=True)
+    out = {}
+    for v in versions:
+        ran = [r for r in v.rows.values() if r["status"] != "missing"]
+        t_all[v.label] = sum(r["seconds"] for r in ran)
+        out[v.label] = {"rows": v.rows, "total_seconds": round(t_all[v.label], 2),
+                        "cpu_seconds": round(sum(r["cpu_seconds"] for r in ran), 2),
+                        "peak_rss": max((r["peak_rss"] for r in ran), default=0),
+                        "load1_mean": round(sum(r["load1_mean"] * r["seconds"] for r in ran)
+                                            / max(sum(r["seconds"] for r in ran), 1e-9), 2) if ran else None}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,21 +616,13 @@ def machine(env: dict, logs: Path, model: Path) -> dict:
 
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
-    threads = measure_case("threads", [], env, logs, model)
-    load = measure_case("load-model", [], env, logs, model)
-    processed = logs / "processed.pt"
-    measure_case("save-processed", ["--text", str(processed)], env, logs, model)
-    mapped = measure_case("load-processed", ["--text", str(processed)], env, logs, model)
-    processed.unlink(missing_ok=True)
+    imports = measure_case("imports", [], env, logs, str(model))
     return {
         "cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
         "ram_gb": round(psutil.virtual_memory().total / 1024**3, 1),
-        "torch_threads": threads.get("torch_threads"), "python": platform.python_version(),
+        "torch_threads": imports.get("torch_threads"), "python": platform.python_version(),
         "torch": torch.__version__, "platform": platform.platform(),
-        "load1_at_start": round(os.getloadavg()[0], 2),
-        "import_only_peak_rss": threads["peak_rss"],
-        "load_model": {k: load.get(k) for k in ("seconds", "cpu_seconds", "peak_rss", "rc")},
-        "load_processed_mmap": {k: mapped.get(k) for k in ("seconds", "cpu_seconds", "peak_rss", "rc")},
+        "load1_at_start": round(os.getloadavg()[0], 2), "import_only_peak_rss": imports["peak_rss"],
     }
 
 
@@ -429,216 +635,340 @@ def gb(x: float) -> str:
     return f"{x / 1e9:.2f}"
 
 
-def write_report(res: dict, path: Path) -> None:
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a and b else ""
+
+
+def _load_col(r: dict) -> str:
+    return f"{r.get('load1_mean', 0):.1f}/{r.get('load1_max', 0):.1f}"
+
+
+def _reused(section: dict | list | None, key: str, res: dict) -> list[str]:
+    src = res.get("reused", {}).get(key)
+    cpu = res.get("reused_machine")
+    on = f" on {cpu}" if cpu and cpu != res["machine"]["cpu"] else ""
+    return [f"(Carried over from the run of {src}{on}; not measured again in this run.)", ""] if src else []
+
+
+def report_machine(res: dict) -> list[str]:
     m = res["machine"]
-    runs = res["scripts"]
-    ran = [r for r in runs if r["status"] != "missing"]
-    total = res["total_seconds"]
-    peak = max((r["peak_rss"] for r in ran), default=0)
-    L = [
-        "# Benchmark at gpt2-small size",
-        "",
-        f"Measured {res['date']} by `python bench/run_bench.py` on `bench/model` (built by `python bench/build_model.py`:",
-        "the real gpt2-small attention weights, layer norms, positional embeddings and biases from",
-        "`../shared/gpt2`, with seeded random token embeddings and MLP weights of matching scale; vocabulary",
-        "50257, 12 layers, 12 heads, d_model 768, n_ctx 1024). Timing and memory only: semantic results on",
-        "this model are meaningless (random embeddings).",
-        "",
+    return [
         "## Machine",
         "",
         f"- CPU: {m['cpu']}; {m['usable_cpus']} usable cores ({m['logical_cpus']} logical); RAM {m['ram_gb']} GB",
         f"- torch {m['torch']} with {m['torch_threads']} intra-op threads; Python {m['python']}; {m['platform']}",
-        f"- **Shared machine**: up to 7 agents use these 2 cores. 1-minute load average at start {m['load1_at_start']},",
-        f"  mean during the script runs {res['load1_mean_overall']:.2f} (per script below). A load above 2 means the",
-        "  scripts got less than the 2 cores; `cpu s` (user + system CPU time of the script and its children)",
-        "  is the measure of work that contention does not inflate. On 2 idle cores a script's wall time would",
-        "  lie between `cpu s / 2` (both torch threads busy throughout) and `cpu s` (single-threaded parts).",
+        f"- **Shared machine**: several agents use these 2 cores. 1-minute load average at the start {m['load1_at_start']};",
+        "  every row below gives the load while it ran (mean/max). A load above 2 means the process got less",
+        "  than the 2 cores; `cpu s` (user + system CPU time of the process and its children) is the measure",
+        "  of work that contention does not inflate. On 2 idle cores a script's wall time would lie between",
+        "  `cpu s / 2` (both torch threads busy throughout) and `cpu s` (single-threaded parts).",
+        f"- Importing torch and transformer_lens alone peaks at {gb(m['import_only_peak_rss'])} GB RSS (the floor of every script).",
         "",
-        "## Every script (default settings, cold cache, one at a time)",
-        "",
-        f"Floor of every script: importing torch and transformer_lens alone peaks at {gb(m['import_only_peak_rss'])} GB; "
-        f"`load_model('bench/model')` alone takes {m['load_model']['seconds']:.1f} s",
-        f"and peaks at {gb(m['load_model']['peak_rss'])} GB RSS (TransformerLens' `load_and_process_state_dict` holds",
-        "several copies of the weights while folding; about 1.2 GB stays resident afterwards).",
-        *([f"A possible remedy, measured: the processed state dict saved once (`torch.save`) and memory-mapped back",
-           f"(`torch.load(mmap=True)`, `load_state_dict(assign=True)`, then one forward pass) took "
-           f"{m['load_processed_mmap']['seconds']:.1f} s and peaked at {gb(m['load_processed_mmap']['peak_rss'])} GB RSS",
-           "(`case_processed` in run_bench.py; not used by the scripts)."]
-          if m.get("load_processed_mmap", {}).get("rc") == 0 else []),
-        "",
-        "| script | status | wall s | cpu s | peak RSS GB | load (mean/max) | extra inputs |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
-    for r in runs:
-        if r["status"] == "missing":
-            L.append(f"| {r['script']} | not yet written (skipped) | | | | | |")
-            continue
-        L.append(f"| {r['script']} | {r['status']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {gb(r['peak_rss'])} | "
-                 f"{r['load1_mean']:.1f}/{r['load1_max']:.1f} | {' '.join(r['extra']) or '-'} |")
-    cpu_total = sum(r["cpu_seconds"] for r in ran)
-    L += [
-        f"| **whole run** ({len(ran)} scripts) | | **{total:.1f}** | {cpu_total:.1f} | **{gb(peak)}** (max) | "
-        f"{res['load1_mean_overall']:.1f} | |",
-        "",
-        f"Targets: whole regeneration < {TARGET_SECONDS // 60} min on 2 cores: "
-        f"{'met' if total < TARGET_SECONDS else 'NOT met'} as measured: {total / 60:.1f} min wall at the load above; "
-        f"{cpu_total / 60:.1f} min of CPU time in all, i.e. between {cpu_total / 120:.1f} and {cpu_total / 60:.1f} min "
-        f"on 2 idle cores. Peak RSS < 3 GB: {'met' if peak < TARGET_RSS else 'NOT met'} "
-        f"(highest {peak / 1e9:.3f} GB = {peak / 2**30:.2f} GiB, {max(ran, key=lambda r: r['peak_rss'])['script'] if ran else '-'}).",
-    ]
-    tok = [t for t in (res.get("comparisons") or {}).get("tokenise", []) if "error" not in t]
-    if tok and any(r["script"] == "token_freq.py" and r["status"] == "ok" for r in runs):
-        rate = max(t["megabytes"] / t["seconds"] for t in tok)
-        extra_s = (WIKITEXT103_TRAIN_MB - res["inputs"]["text"]["bytes"] / 1e6) / rate
-        L.append(f"With WikiText-103 train (about {WIKITEXT103_TRAIN_MB} MB) instead of the {res['inputs']['text']['bytes'] / 1e6:.0f} MB "
-                 f"generated text, token_freq.py would count about {extra_s / 60:.1f} min longer (at the best measured "
-                 f"{rate:.2f} MB/s below), so the whole regeneration would take about {(total + extra_s) / 60:.1f} min "
-                 "(estimate; download excluded).")
-    missing = [r["script"] for r in runs if r["status"] == "missing"]
-    failed = [r["script"] for r in runs if r["status"] not in ("ok", "missing")]
-    if missing:
-        L.append(f"Not measured because the script does not exist yet: {', '.join(missing)}.")
-    if failed:
-        L.append(f"Failed (see the notes below): {', '.join(failed)}.")
-    L += [
-        "",
-        "### Inputs made locally",
-        "",
-        f"- `--text`: {res['inputs']['text']['bytes'] / 1e6:.1f} MB of generated text "
-        f"({res['inputs']['text']['lines']} lines; `make_text` in run_bench.py: demo-corpus sentences mixed with",
-        "  sentences of Zipf-distributed GPT-2 word tokens) instead of WikiText-103 (no network here). token_freq.py's default",
-        f"  reads WikiText-103 train (about {WIKITEXT103_TRAIN_MB} MB); see the extrapolation below.",
-    ]
-    if res["inputs"].get("sae"):
-        s = res["inputs"]["sae"]
-        L.append(f"- `--sae`: a random sae_lens StandardSAE (d_in {s['d_in']}, d_sae {s['d_sae']}, the width of the public "
-                 "gpt2-small residual SAEs), saved with `save_model` into a temporary folder.")
-    L += [
-        "- Every script ran with `--model bench/model --out <temporary folder>` and a fresh `L1H5_CACHE`.",
-        "",
-        "## No dense vocabulary x vocabulary matrix",
-        "",
-        f"One float32 50257 x 50257 matrix is {DENSE_BYTES / 1e9:.1f} GB (float16 {DENSE_BYTES / 2e9:.1f} GB, "
-        f"bool {DENSE_BYTES / 4e9:.2f} GB). The highest peak RSS of any script was {gb(peak)} GB, below the "
-        "float16 and float32 sizes; the model-loading peak alone exceeds the boolean size, so RSS cannot rule out",
-        "a boolean one (nor a tensor allocated but never touched). Hence the direct check below.",
-    ]
-    guard = res.get("guard")
-    if guard:
-        L += [
-            "",
-            "`bench/dense_guard.py` ran every script on the planted model (the same 50257-token vocabulary, a small",
-            "d_model) under a `TorchDispatchMode` that sees the output of every ATen operation and stops the script",
-            f"if one reaches vocab^2/4 = {guard[0]['limit']:.3g} elements. Largest tensor each script produced:",
-            "",
-            "| script | exit | ATen ops seen | largest output | dtype | op | fraction of vocab^2 |",
-            "| --- | ---: | ---: | --- | --- | --- | ---: |",
-        ]
-        for g in guard:
-            if not g.get("n_ops"):
-                L.append(f"| {g['script']} | {g['rc']} | 0 | (no torch operations: counts in numpy) | | | |")
+
+
+def report_scripts(res: dict) -> list[str]:
+    sc = res.get("scripts")
+    if not sc:
+        return ["## Every script", "", "Not measured in this run (`--no-scripts`).", ""]
+    labels = [l for l in ("before", "after") if l in sc]
+    L = ["## Every script (default settings, cold cache per code version, one at a time)", ""]
+    L += _reused(sc, "scripts", res)
+    if len(labels) == 2:
+        b = res["versions"]["before"]
+        L += [f"Before: `{b['ref']}` ({b['commit']}: {b['subject']}). After: the current tree "
+              f"({res['versions']['after']['commit']}). Each script ran for both, alternately, so both saw the same load.", ""]
+    names = list(dict.fromkeys(n for l in labels for n in sc[l]["rows"]))
+    names.sort(key=lambda n: -1 if n == PREPARE else (script_order().index(n) if n in script_order() else 99))
+    if len(labels) == 2:
+        L += ["| script | before wall s | before cpu s | before peak GB | after wall s | after cpu s | after peak GB | "
+              "wall before/after | cpu before/after | peak before/after | load before (mean/max) | load after (mean/max) |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+        for n in names:
+            b, a = sc["before"]["rows"].get(n), sc["after"]["rows"].get(n)
+
+            def cells(r):
+                if not r or r["status"] == "missing":
+                    return ["-", "-", "-"] if n == PREPARE else ["missing", "", ""]
+                flag = "" if r["status"] == "ok" else f" ({r['status']})"
+                return [f"{r['seconds']:.1f}{flag}", f"{r['cpu_seconds']:.1f}", gb(r["peak_rss"])]
+
+            ok_b, ok_a = b and b.get("status") == "ok", a and a.get("status") == "ok"
+            ratios = ([_ratio(b["seconds"], a["seconds"]), _ratio(b["cpu_seconds"], a["cpu_seconds"]),
+                       _ratio(b["peak_rss"], a["peak_rss"])] if ok_b and ok_a else ["", "", ""])
+            L.append(f"| {n} | " + " | ".join(cells(b) + cells(a) + ratios +
+                                              [_load_col(b) if ok_b else "", _load_col(a) if ok_a else ""]) + " |")
+        tb, ta = sc["before"], sc["after"]
+        passed = [f"{n} `{' '.join(r['extra'])}`" for n, r in ta["rows"].items() if r.get("extra")]
+        L.append(f"| **whole run** | **{tb['total_seconds']:.1f}** | {tb['cpu_seconds']:.1f} | **{gb(tb['peak_rss'])}** (max) | "
+                 f"**{ta['total_seconds']:.1f}** | {ta['cpu_seconds']:.1f} | **{gb(ta['peak_rss'])}** (max) | "
+                 f"{_ratio(tb['total_seconds'], ta['total_seconds'])} | {_ratio(tb['cpu_seconds'], ta['cpu_seconds'])} | "
+                 f"{_ratio(tb['peak_rss'], ta['peak_rss'])} | {tb['load1_mean']} | {ta['load1_mean']} |")
+        if passed:
+            L += ["", "Inputs passed (current code; the earlier code got the same where it had the flag): " + "; ".join(passed) + "."]
+    else:
+        lab = labels[0]
+        if res.get("reused", {}).get("scripts") and lab == "before":
+            L += ["These are the numbers of the code before issue 12's changes (no processed-weights cache, the Hugging Face",
+                  "token counter); `python bench/run_bench.py --before <ref>` measures both versions side by side.", ""]
+        L += ["| script | status | wall s | cpu s | peak RSS GB | load (mean/max) | extra inputs |",
+              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+        for n in names:
+            r = sc[lab]["rows"][n]
+            if r["status"] == "missing":
+                L.append(f"| {n} | not yet written (skipped) | | | | | |")
                 continue
-            L.append(f"| {g['script']} | {g['rc']} | {g['n_ops']} | {' x '.join(map(str, g['shape']))} | "
-                     f"{g['dtype'].removeprefix('torch.')} | `{g['op']}` | {g['numel'] / VOCAB**2:.4f} |")
-        worst = max(guard, key=lambda g: g.get("numel") or 0)
-        L += ["", "numpy arrays are not seen by the guard; they are covered by the peak RSS above (below 5 GB, so",
-              "no float16/32 vocab x vocab array either).", "",
-              f"Largest anywhere: {worst['script']}, {worst['numel'] / VOCAB**2:.4f} of vocab^2 "
-              f"({'no' if (worst.get('numel') or 0) < guard[0]['limit'] else 'A'} dense vocab x vocab result)."]
-    cmp_ = res.get("comparisons")
-    if cmp_:
-        L += [
-            "",
-            "## Side by side with the original approach",
-            "",
-            *([f"Measured separately ({cmp_['measured']}, 1-minute load {cmp_['load1_at_start']} at start) with "
-               "`run_bench.py --compare-only`; per-case loads in results.json.", ""] if cmp_.get("measured") else []),
-            "### Self-rank of query tokens (L1H5's QK circuit over token embeddings)",
-            "",
-            "Original: the dense score matrix `E W_QK E^T` over the vocabulary, each row compared with its",
-            "diagonal (the cheapest dense variant; a full sort would cost more). Ours: `common.token_scores.self_rank`,",
-            "key chunks of 8192 x query chunks of 1024 on the rank-64 factors. Same work: all n tokens as",
-            "queries against the same n tokens as keys, each in a fresh process (peak RSS includes about",
-            "0.3-0.5 GB of Python, torch and the loaded embedding slice).",
-            "",
-            "| n (queries = keys) | dense s | dense peak GB | streamed s | streamed peak GB | time ratio dense/streamed | same ranks (sum) |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        ]
-        for c in cmp_["selfrank"]:
-            d, s = c["dense"], c["streamed"]
-            if "error" in d or "error" in s:
-                L.append(f"| {c['n']} | failed | | | | | |")
-                continue
-            L.append(f"| {c['n']} | {d['seconds']:.2f} | {d['peak_rss'] / 1e9:.2f} | {s['seconds']:.2f} | "
-                     f"{s['peak_rss'] / 1e9:.2f} | {d['seconds'] / s['seconds']:.2f} | "
-                     f"{_same(d['checksum'], s['checksum'])} |")
-        ok = [c for c in cmp_["selfrank"] if "error" not in c["dense"]]
-        full = cmp_["selfrank_full"]
-        if ok and "error" not in full:
-            big = ok[-1]
-            scale = (VOCAB / big["n"]) ** 2
-            dense_full_s = big["dense"]["seconds"] * scale
-            # Scale the measured memory above the import floor by n^2 (scores, mask, and the int64 row sums).
-            floor = full["peak_rss"] if "error" not in full else 0.5e9
-            dense_full_gb = (max(big["dense"]["peak_rss"] - big["streamed"]["peak_rss"], 0) * scale + floor) / 1e9
-            stream_full_s = full["seconds"] * VOCAB / full["n_queries"]
-            L += [
-                "",
-                f"Full vocabulary (50257 x 50257): the dense approach needs {DENSE_BYTES / 1e9:.1f} GB for the float32",
-                f"scores alone; scaling its measured memory at n = {big['n']} (above the streamed run's) by n^2 gives",
-                f"about {dense_full_gb:.0f} GB (scores, boolean mask, and the row sums, which torch computes in int64),",
-                "which fits neither the 3 GB target nor safely this shared machine, so it was **not run**; time extrapolated",
-                f"from n = {big['n']} by n^2: about {dense_full_s:.0f} s. Streamed, measured on {full['n_queries']} queries",
-                f"against all 50257 keys: {full['seconds']:.1f} s at {full['peak_rss'] / 1e9:.2f} GB peak RSS, i.e. about",
-                f"{stream_full_s:.0f} s for all 50257 queries (linear in queries). Ratio at full size: time "
-                f"{dense_full_s / stream_full_s:.1f}x (extrapolated), memory {dense_full_gb / (full['peak_rss'] / 1e9):.0f}x.",
-            ]
-        L += [
-            "",
-            "### Tokenisation for the frequency table",
-            "",
-            "The first 10 MB of the generated text, counted three ways (same counts in every case):",
-            "original line by line (`tokenizer(line)` per line into a `collections.Counter`), and",
-            "`common.freq.count_tokens` (batched `encode_batch_fast`, numpy counts) with 1 and 2 worker processes.",
-            "",
-            "| method | wall s (counting) | MB/s | process cpu s | peak RSS GB | ratio vs line by line | same counts |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
-        ]
-        base = cmp_["tokenise"][0]
-        for t in cmp_["tokenise"]:
-            if "error" in t:
-                L.append(f"| {t['mode']} | failed | | | | | |")
-                continue
-            L.append(f"| {t['mode']} | {t['seconds']:.2f} | {t['megabytes'] / t['seconds']:.2f} | {t['cpu_seconds']:.1f} | {t['peak_rss'] / 1e9:.2f} | "
-                     f"{base['seconds'] / t['seconds']:.2f} | {'yes' if t['checksum'] == base.get('checksum') else 'NO'} |")
-        best = min((t for t in cmp_["tokenise"] if "error" not in t), key=lambda t: t["seconds"], default=None)
-        if best:
-            rate = best["megabytes"] / best["seconds"]
-            L += ["", f"At {rate:.2f} MB/s ({best['mode']}), WikiText-103 train (about {WIKITEXT103_TRAIN_MB} MB) would take about "
-                  f"{WIKITEXT103_TRAIN_MB / rate / 60:.1f} min to count on this machine at this load (extrapolated; the",
-                  "generated text's vocabulary is not WikiText's, so treat it as an estimate)."]
-    notes = [r for r in runs if r.get("note")]
+            L.append(f"| {n} | {r['status']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {gb(r['peak_rss'])} | "
+                     f"{_load_col(r)} | {' '.join(r.get('extra') or []) or '-'} |")
+        t = sc[lab]
+        L.append(f"| **whole run** | | **{t['total_seconds']:.1f}** | {t['cpu_seconds']:.1f} | **{gb(t['peak_rss'])}** (max) | "
+                 f"{t['load1_mean']} | |")
+    cur = sc[labels[-1]]
+    which = "current code" if labels[-1] == "after" else "the code measured above (before issue 12's changes)"
+    rows = [(n, r) for n, r in cur["rows"].items() if r["status"] != "missing"]
+    over = [n for n, r in rows if r["peak_rss"] >= TARGET_RSS and n != PREPARE]
+    L += ["",
+          f"Targets (issue 12), {which}: whole regeneration < {TARGET_SECONDS // 60} min on 2 cores: "
+          f"{'met' if cur['total_seconds'] < TARGET_SECONDS else 'NOT met'} as measured ({cur['total_seconds'] / 60:.1f} min wall "
+          f"at the load above; {cur['cpu_seconds'] / 60:.1f} min of CPU time, i.e. between {cur['cpu_seconds'] / 120:.1f} and "
+          f"{cur['cpu_seconds'] / 60:.1f} min on 2 idle cores). Peak RSS of every script < {TARGET_RSS / 1e9:.1f} GB: "
+          + ("met" if not over else f"NOT met by {', '.join(over)}") + "."]
+    if PREPARE in cur["rows"] and cur["rows"][PREPARE]["status"] != "missing":
+        pr = cur["rows"][PREPARE]
+        L += ["", f"The first row is the one-time model load that fills the processed-weights cache (as run_all.py does "
+              f"before the analyses): {pr['seconds']:.1f} s, peak {gb(pr['peak_rss'])} GB, the cost every script paid "
+              "before the cache."]
+    inputs = res.get("inputs", {})
+    if inputs.get("text"):
+        L += ["", "Inputs made locally: `--text`: "
+              f"{inputs['text']['bytes'] / 1e6:.1f} MB of generated text ({inputs['text']['lines']} lines; `make_text` in "
+              "run_bench.py: demo-corpus sentences mixed with sentences of Zipf-distributed GPT-2 word tokens) instead of "
+              f"WikiText-103 (token_freq.py's default reads its train split, about {WIKITEXT103_TRAIN_MB} MB)"
+              + (f"; `--sae-path`: a random sae_lens StandardSAE (d_in {inputs['sae']['d_in']}, d_sae {inputs['sae']['d_sae']}, "
+                 "the width of the public gpt2-small residual SAEs)" if inputs.get("sae") else "") + "."]
+    notes = [(lab, n, r["note"]) for lab in labels for n, r in sc[lab]["rows"].items() if r.get("note")]
     if notes:
-        L += ["", "## Notes", ""] + [f"- {r['script']}: {r['note']}" for r in notes]
-    L += ["", "Raw numbers: `bench/results.json`.", ""]
+        L += ["", "Failures:"] + [f"- {lab} {n}: {note}" for lab, n, note in notes]
+    return L + [""]
+
+
+def report_hotspots(res: dict) -> list[str]:
+    hs = res.get("hotspots")
+    if not hs:
+        return []
+    L = ["## Where the time goes (cProfile, current code)", "",
+         "Each script run once more under cProfile (which slows Python-heavy code, so only shares are shown): this",
+         "repository's functions with the largest cumulative time, as a share of the profiled run (nested functions",
+         "overlap; wrappers holding 95% or more are left out).", "",
+         "| script | profiled s | imports | top functions (share of the run) |", "| --- | ---: | ---: | --- |"]
+    for script, h in hs.items():
+        if "error" in h:
+            L.append(f"| {script} | failed ({h['error']}) | | |")
+            continue
+        L.append(f"| {script} | {h['profiled_seconds']:.1f} | {h.get('imports_share', 0):.0%} | "
+                 + "; ".join(f"`{r['function']}` {r['share']:.0%}" for r in h["top"][:5]) + " |")
+    return L + [""]
+
+
+def report_load(res: dict) -> list[str]:
+    lc = (res.get("cases") or {}).get("load")
+    if not lc:
+        return []
+    L = ["## Loading the model at gpt2-small size (processed-weights cache)", ""]
+    L += _reused(lc, "load", res)
+    L += ["`load_model` then one forward pass (which touches every weight), each in a fresh process; best of the repeats.",
+          "Uncached: the route before the cache (`L1H5_WEIGHTS_CACHE=0`: Hugging Face weights converted and folded by",
+          "TransformerLens in memory). First load: the same, plus writing the cache entry. Later loads: the processed",
+          "state dict memory-mapped from the entry (`torch.load(mmap=True)`, `load_state_dict(assign=True)`).",
+          "",
+          "| route | uncached s | uncached peak GB | first load s | first load peak GB | later loads s | later loads peak GB | "
+          "peak uncached/later | same logits | load (mean) |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for label, r in lc.items():
+        u, f, c = r["uncached"], r["first"], r["cached"]
+        if any("error" in x for x in (u, f, c)):
+            L.append(f"| {label} | failed | | | | | | | | |")
+            continue
+        same = "yes" if u["logit_sum"] == f["logit_sum"] == c["logit_sum"] and c["from_cache"] else "NO"
+        L.append(f"| {label} | {u['seconds']:.2f} | {gb(u['peak_rss'])} | {f['seconds']:.2f} | {gb(f['peak_rss'])} | "
+                 f"{c['seconds']:.2f} | {gb(c['peak_rss'])} | {_ratio(u['peak_rss'], c['peak_rss'])} | {same} | "
+                 f"{u['load1_mean']}/{f['load1_mean']}/{c['load1_mean']} |")
+    return L + ["", "Seconds are the `load_model` call alone (imports excluded); peak RSS is the whole process "
+                "(imports and the forward pass included).", ""]
+
+
+def report_tokenise(res: dict) -> list[str]:
+    tc = (res.get("cases") or {}).get("tokenise")
+    if not tc:
+        return []
+    base = tc[0]
+    mb = base.get("megabytes", 0)
+    names = {"lines": "original: `tokenizer.encode(line)` per line into a Counter",
+             "huggingface-w1": "previous common.freq: HF `encode_batch_fast` batches, 1 worker",
+             "tiktoken-w1": "common.freq now: tiktoken (vendored BPE), 1 thread",
+             "tiktoken-w2": "common.freq now: tiktoken (vendored BPE), 2 threads"}
+    L = ["## Token counting (token_freq.py)", ""]
+    L += _reused(tc, "tokenise", res)
+    L += [f"The same {mb:.1f} MB text, each method in a fresh process, best of {base.get('repeats', 1)} interleaved repeats; "
+          "the counting alone is timed (tokenizer loading and tiktoken's encoding, built from the vendored files, are "
+          "`setup s`). Same counts in every case is checked on the full count vector.",
+          "",
+          "| method | count wall s | MB/s | count cpu s | setup s | wall speed-up | cpu speed-up | same counts | load (mean of repeats) |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for t in tc:
+        if "error" in t:
+            L.append(f"| {names.get(t['mode'], t['mode'])} | failed | | | | | | | |")
+            continue
+        loads = t.get("load1_all") or [t.get("load1_mean")]
+        L.append(f"| {names.get(t['mode'], t['mode'])} | {t['seconds']:.2f} | {t['megabytes'] / t['seconds']:.1f} | "
+                 f"{t['count_cpu_seconds']:.2f} | {t['setup_seconds']:.2f} | {base['seconds'] / t['seconds']:.1f}x | "
+                 f"{base['count_cpu_seconds'] / t['count_cpu_seconds']:.1f}x | "
+                 f"{'yes' if t['checksum'] == base.get('checksum') and t['tokens'] == base.get('tokens') else 'NO'} | "
+                 f"{sum(loads) / len(loads):.1f} |")
+    fast = [t for t in tc if "error" not in t and t["mode"].startswith("tiktoken")]
+    if fast:
+        rate = max(t["megabytes"] / t["seconds"] for t in fast)
+        L += ["", f"At {rate:.1f} MB/s, WikiText-103 train (about {WIKITEXT103_TRAIN_MB} MB) would take about "
+              f"{WIKITEXT103_TRAIN_MB / rate / 60:.1f} min to count at this load (extrapolated; the generated text's "
+              "vocabulary is not WikiText's)."]
+    return L + [""]
+
+
+def report_guard(res: dict) -> list[str]:
+    guard = (res.get("cases") or {}).get("guard")
+    if not guard:
+        return []
+    L = ["## No dense vocabulary x vocabulary matrix", ""]
+    L += _reused(guard, "guard", res)
+    L += [f"One float32 50257 x 50257 matrix is {DENSE_BYTES / 1e9:.1f} GB (float16 {DENSE_BYTES / 2e9:.1f} GB, "
+          f"bool {DENSE_BYTES / 4e9:.2f} GB). Peak RSS cannot rule out a boolean one (nor a tensor allocated but never",
+          "touched), so `bench/dense_guard.py` ran every script on the planted model (the same 50257-token vocabulary, a",
+          "small d_model) under a `TorchDispatchMode` that sees the output of every ATen operation and stops the script",
+          f"if one reaches vocab^2/4 = {guard[0]['limit']:.3g} elements. Largest tensor each script produced:",
+          "",
+          "| script | exit | ATen ops seen | largest output | dtype | op | fraction of vocab^2 |",
+          "| --- | ---: | ---: | --- | --- | --- | ---: |"]
+    for g in guard:
+        if not g.get("n_ops"):
+            L.append(f"| {g['script']} | {g['rc']} | 0 | (no torch operations: counts in numpy) | | | |")
+            continue
+        L.append(f"| {g['script']} | {g['rc']} | {g['n_ops']} | {' x '.join(map(str, g['shape']))} | "
+                 f"{g['dtype'].removeprefix('torch.')} | `{g['op']}` | {g['numel'] / VOCAB**2:.4f} |")
+    worst = max(guard, key=lambda g: g.get("numel") or 0)
+    L += ["", f"Largest anywhere: {worst['script']}, {worst['numel'] / VOCAB**2:.4f} of vocab^2 "
+          f"({'no' if (worst.get('numel') or 0) < guard[0]['limit'] else 'A'} dense vocab x vocab result).", ""]
+    return L
+
+
+def report_selfrank(res: dict) -> list[str]:
+    cmp_ = (res.get("cases") or {}).get("selfrank")
+    if not cmp_:
+        return []
+    L = ["## Self-rank of query tokens: dense vs streamed", ""]
+    L += _reused(cmp_, "selfrank", res)
+    L += ["Original: the dense score matrix `E W_QK E^T` over the vocabulary, each row compared with its",
+          "diagonal (the cheapest dense variant). Ours: `common.token_scores.self_rank`, key chunks x query chunks on the",
+          "rank-64 factors. Same work: all n tokens as queries against the same n tokens as keys, each in a fresh process.",
+          "",
+          "| n (queries = keys) | dense s | dense peak GB | streamed s | streamed peak GB | time ratio dense/streamed | same ranks (sum) |",
+          "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for c in cmp_["selfrank"]:
+        d, s = c["dense"], c["streamed"]
+        if "error" in d or "error" in s:
+            L.append(f"| {c['n']} | failed | | | | | |")
+            continue
+        L.append(f"| {c['n']} | {d['seconds']:.2f} | {d['peak_rss'] / 1e9:.2f} | {s['seconds']:.2f} | "
+                 f"{s['peak_rss'] / 1e9:.2f} | {d['seconds'] / s['seconds']:.2f} | {_same(d['checksum'], s['checksum'])} |")
+    ok = [c for c in cmp_["selfrank"] if "error" not in c["dense"] and "error" not in c["streamed"]]
+    full = cmp_.get("selfrank_full", {})
+    if ok and full and "error" not in full:
+        big = ok[-1]
+        scale = (VOCAB / big["n"]) ** 2
+        dense_full_s = big["dense"]["seconds"] * scale
+        dense_full_gb = (max(big["dense"]["peak_rss"] - big["streamed"]["peak_rss"], 0) * scale + full["peak_rss"]) / 1e9
+        stream_full_s = full["seconds"] * VOCAB / full["n_queries"]
+        L += ["", f"Full vocabulary: the dense approach needs {DENSE_BYTES / 1e9:.1f} GB for the float32 scores alone; scaling "
+              f"its measured memory at n = {big['n']} by n^2 gives about {dense_full_gb:.0f} GB, so it was **not run**; time "
+              f"extrapolated: about {dense_full_s:.0f} s. Streamed, measured on {full['n_queries']} queries against all 50257 "
+              f"keys: {full['seconds']:.1f} s at {full['peak_rss'] / 1e9:.2f} GB peak RSS, i.e. about {stream_full_s:.0f} s "
+              f"for all queries. Ratio at full size: time {dense_full_s / stream_full_s:.1f}x (extrapolated), memory "
+              f"{dense_full_gb / (full['peak_rss'] / 1e9):.0f}x.", ""]
+    return L
+
+
+def write_report(res: dict, path: Path) -> None:
+    L = ["# Benchmark at gpt2-small size", "",
+         f"Measured {res['date']} by `{res.get('command', 'python bench/run_bench.py')}` on `bench/model` (built by "
+         "`python bench/build_model.py`: the real gpt2-small attention weights, layer norms, positional embeddings and",
+         "biases from `../shared/gpt2`, with seeded random token embeddings and MLP weights of matching scale; vocabulary",
+         "50257, 12 layers, 12 heads, d_model 768, n_ctx 1024). Timing and memory only: semantic results on this model",
+         "are meaningless (random embeddings). Regenerate: `python bench/run_bench.py --before <git ref>` (see its docstring).",
+         ""]
+    L += report_machine(res) + report_scripts(res) + report_hotspots(res) + report_load(res) + report_tokenise(res) + report_selfrank(res) + report_guard(res)
+    L += ["Raw numbers: `bench/results.json`.", ""]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(L))
     os.replace(tmp, path)
+
+
+def write_json(res: dict, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def reuse_sections(res: dict, path: Path, cases: set[str], scripts_measured: bool) -> None:
+    """Fill sections not measured in this run from an earlier results.json (old or new layout)."""
+    old = json.loads(path.read_text())
+    date = old.get("date", "?")
+    res.setdefault("reused", {})
+    res["reused_machine"] = (old.get("machine") or {}).get("cpu")
+    old_cases = old.get("cases") or {}
+    legacy = old.get("comparisons") or {}
+    for key in CASE_GROUPS:
+        if key in cases:
+            continue
+        value = old_cases.get(key)
+        if value is None and key == "selfrank" and legacy.get("selfrank"):
+            value = {"selfrank": legacy["selfrank"], "selfrank_full": legacy.get("selfrank_full")}
+        if value is None and key == "guard":
+            value = old.get("guard")
+        if value:
+            res.setdefault("cases", {})[key] = value
+            res["reused"][key] = date
+    if not scripts_measured:
+        if old.get("scripts") and isinstance(old["scripts"], dict):
+            res["scripts"], res["versions"] = old["scripts"], old.get("versions", {})
+            res["inputs"] = res.get("inputs") or old.get("inputs")
+        elif isinstance(old.get("scripts"), list):  # the layout before --before existed: one version
+            rows = {r["script"]: r for r in old["scripts"]}
+            ran = [r for r in rows.values() if r["status"] != "missing"]
+            res["scripts"] = {"before": {"rows": rows, "total_seconds": old.get("total_seconds", 0),
+                                         "cpu_seconds": round(sum(r["cpu_seconds"] for r in ran), 2),
+                                         "peak_rss": max((r["peak_rss"] for r in ran), default=0),
+                                         "load1_mean": round(old.get("load1_mean_overall", 0), 2)}}
+            res["inputs"] = old.get("inputs")
+        else:
+            return
+        res["reused"]["scripts"] = date
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=str(BENCH / "model"), help="gpt2-small-shaped HF folder (built if missing)")
+    p.add_argument("--before", metavar="REF", default=None,
+                   help="also run every script with the code at this git revision, alternating with the current code")
     p.add_argument("--only", default="", help="comma-separated scripts to run (default: every one that exists)")
+    p.add_argument("--no-scripts", action="store_true", help="run no script (side-by-side cases only)")
+    p.add_argument("--cases", default=",".join(CASE_GROUPS), help=f"side-by-side case groups to run ({', '.join(CASE_GROUPS)}; '' for none)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of each load/tokenise case (best reported)")
     p.add_argument("--text-mb", type=float, default=20.0, help="size of the generated text for --text")
-    p.add_argument("--no-compare", action="store_true", help="skip the side-by-side cases")
-    p.add_argument("--compare-only", metavar="JSON", default=None,
-                   help="run only the side-by-side cases and save them to JSON (for --compare-from)")
-    p.add_argument("--render", metavar="JSON", default=None,
-                   help="only rewrite --results from a results.json of an earlier run")
-    p.add_argument("--compare-from", metavar="JSON", default=None,
-                   help="reuse side-by-side cases saved by --compare-only instead of running them")
+    p.add_argument("--hotspots", metavar="SCRIPTS", default="",
+                   help="after the timed runs, profile these scripts ('all' or a comma list) with cProfile: where the time goes")
+    p.add_argument("--reuse", metavar="JSON", default=None,
+                   help="carry sections not measured in this run over from this earlier results.json")
+    p.add_argument("--render", metavar="JSON", default=None, help="only rewrite --results from a results.json")
     p.add_argument("--keep", action="store_true", help="keep the temporary outputs and logs")
     p.add_argument("--results", default=str(BENCH / "RESULTS.md"))
     p.add_argument("--timeout", type=float, default=1800, help="seconds before a script is killed")
@@ -647,13 +977,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=4096, help=argparse.SUPPRESS)
     p.add_argument("--n-queries", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--text", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--megabytes", type=float, default=20, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.case:
         return run_case(args)
     if args.render:
         write_report(json.loads(Path(args.render).read_text()), Path(args.results))
         return 0
+    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if cases - set(CASE_GROUPS):
+        p.error(f"unknown case group(s) {sorted(cases - set(CASE_GROUPS))}; choose from {CASE_GROUPS}")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
 
     model = Path(args.model).resolve()
     if not (model / "model.safetensors").exists():
@@ -662,85 +996,70 @@ def main(argv: list[str] | None = None) -> int:
         print(f"building {model} ...", flush=True)
         build_folder(model)
     work = Path(tempfile.mkdtemp(prefix="l1h5-bench-"))
-    logs, out = work / "logs", work / "out"
+    logs = work / "logs"
     logs.mkdir()
-    out.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), L1H5_CACHE=str(work / "cache"), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": str(model)}
+    env.pop("L1H5_WEIGHTS_CACHE", None)
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": str(model),
+                 "command": "python bench/run_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     res["machine"] = machine(env, logs, model)
     print(json.dumps(res["machine"], indent=1), flush=True)
     text = work / "bench_text.txt"
     res["inputs"] = {"text": make_text(text, args.text_mb)}
     only = {s.strip().removesuffix(".py") + ".py" for s in args.only.split(",") if s.strip()}
-    if args.compare_only:
-        print("side-by-side cases ...", flush=True)
-        saved = {"date": res["date"], "machine": res["machine"], "comparisons": comparisons(env, logs, model, text)}
-        print("dense guard on the planted model ...", flush=True)
-        saved["guard"] = guard_scripts(env, work, text, only)
-        Path(args.compare_only).write_text(json.dumps(saved, indent=1) + "\n")
-        print(f"wrote {args.compare_only}")
-        shutil.rmtree(work, ignore_errors=True)
-        return 0
-    sae_holder: dict = {}
+    res["cases"] = {}
+    try:
+        if "load" in cases:
+            print("load cases ...", flush=True)
+            res["cases"]["load"] = load_cases(env, logs, model, work, args.repeats)
+        if "tokenise" in cases:
+            print("tokenise cases ...", flush=True)
+            res["cases"]["tokenise"] = tokenise_cases(env, logs, model, text, args.repeats)
+        if not args.no_scripts:
+            sae_holder: dict = {}
 
-    def sae() -> str:
-        if "path" not in sae_holder:
-            sae_holder.update(make_sae(work / "sae"))
-            res["inputs"]["sae"] = dict(sae_holder)
-        return sae_holder["path"]
+            def sae() -> str:
+                if "path" not in sae_holder:
+                    sae_holder.update(make_sae(work / "sae"))
+                    res["inputs"]["sae"] = dict(sae_holder)
+                return sae_holder["path"]
 
-    ctx = {"text": str(text), "out": out, "sae": sae}
-    runs = []
-    t_all = time.perf_counter()
-    for script in script_order():
-        if only and script not in only:
-            continue
-        if not (ROOT / script).exists():
-            runs.append({"script": script, "status": "missing"})
-            print(f"{script}: missing, skipped", flush=True)
-            continue
-        help_text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env,
-                                   capture_output=True, text=True).stdout
-        extra = extra_args(script, help_text, ctx)
-        cmd = [sys.executable, script, "--model", str(model), "--out", str(out / script.removesuffix(".py")), *extra]
-        print(f"{script} {' '.join(extra)} ...", flush=True)
-        m = measure(cmd, env, logs / f"{script}.log", timeout=args.timeout)
-        r = {"script": script, "extra": [a if not a.startswith(str(work)) else "<tmp>" + a[len(str(work)):] for a in extra],
-             "status": "ok" if m["rc"] == 0 else f"failed (exit {m['rc']})", **m}
-        if m["rc"] != 0:
-            tail = (logs / f"{script}.log").read_text()[-2000:]
-            r["log_tail"] = tail
-            last = [l for l in tail.splitlines() if l.strip()][-1:] or [""]
-            r["note"] = f"exit {m['rc']}: `{last[0][:200]}`"
-        runs.append(r)
-        print(f"  {r['status']}: {m['seconds']:.1f} s wall, {m['cpu_seconds']:.1f} s cpu, "
-              f"{m['peak_rss'] / 1e9:.2f} GB peak RSS, load {m['load1_mean']}", flush=True)
-    res["total_seconds"] = round(time.perf_counter() - t_all, 2)
-    res["scripts"] = runs
-    ran = [r for r in runs if r["status"] != "missing"]
-    res["load1_mean_overall"] = (sum(r["load1_mean"] * r["seconds"] for r in ran) / max(sum(r["seconds"] for r in ran), 1e-9)
-                                 if ran else os.getloadavg()[0])
-    if args.compare_from:
-        saved = json.loads(Path(args.compare_from).read_text())
-        res["comparisons"] = {**saved["comparisons"], "measured": saved["date"],
-                              "load1_at_start": saved["machine"]["load1_at_start"]}
-        res["guard"] = saved.get("guard")
-    elif not args.no_compare:
-        print("side-by-side cases ...", flush=True)
-        res["comparisons"] = comparisons(env, logs, model, text)
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    write_report(res, results)
-    json_tmp = results.with_name("results.json.tmp")
-    json_tmp.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    os.replace(json_tmp, results.with_name("results.json"))
-    print(f"wrote {results} ({res['total_seconds']:.1f} s for {len(ran)} scripts)")
-    if args.keep:
-        print(f"outputs and logs kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if any(r["status"] not in ("ok", "missing") for r in runs) else 0
+            commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                                    capture_output=True, text=True).stdout.strip()
+            res["versions"] = {"after": {"commit": commit or "unknown"}}
+            versions = []
+            if args.before:
+                res["versions"]["before"] = export_tree(args.before, work / "before")
+                versions.append(Version("before", work / "before", work, env, text, sae))
+            versions.append(Version("after", ROOT, work, env, text, sae))
+            res["scripts"] = run_scripts(versions, model, work, only, args.timeout)
+            if args.hotspots:
+                print("hotspots (cProfile) ...", flush=True)
+                wanted = script_order() if args.hotspots == "all" else [
+                    s.strip().removesuffix(".py") + ".py" for s in args.hotspots.split(",") if s.strip()]
+                res["hotspots"] = hotspots(versions[-1], wanted, model, work, args.timeout)
+        if "selfrank" in cases:
+            print("self-rank cases ...", flush=True)
+            res["cases"]["selfrank"] = selfrank_cases(env, logs, model)
+        if "guard" in cases:
+            print("dense guard on the planted model ...", flush=True)
+            res["cases"]["guard"] = guard_scripts(env, work, text, only)
+        if args.reuse:
+            reuse_sections(res, Path(args.reuse), cases, not args.no_scripts)
+        results = Path(args.results)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        write_json(res, results.with_name("results.json"))
+        write_report(res, results)
+        print(f"wrote {results} and {results.with_name('results.json')}")
+    finally:
+        if args.keep:
+            print(f"outputs and logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    failed = [(v, n) for v, s in (res.get("scripts") or {}).items() if isinstance(s, dict)
+              for n, r in s.get("rows", {}).items() if r["status"] not in ("ok", "missing")]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ figures/demo/token_freq/ for the planted model). The tokenizer is GPT-2's in eve
 table made for one model is valid for any other; when the model's own table is missing, the
 gpt2-small table is used if it exists.
 
+The path ``none`` asks for the fallback without looking for any table (run_all.py passes
+``--freq-table none`` when token_freq.py failed, so a stale table from an earlier run is never used).
+
 Fallback without any table (documented, deterministic, never silent: :func:`resolve_top_tokens`
 says which source was used): every category word of :data:`common.prompts.CATEGORIES` first (in
 list order), then the remaining ids in increasing order. Lower GPT-2 ids are earlier BPE merges,
@@ -67,7 +70,12 @@ def load_freq_table(path: str | Path) -> pd.DataFrame:
     return df[list(COLUMNS)]
 
 
+NO_TABLE = "none"  # as a table path: use the fallback order, look for no table (run_all after a failed token_freq)
+
+
 def _find_table(model_name: str, path: str | Path | None) -> Path | None:
+    if path is not None and str(path).strip().lower() == NO_TABLE:
+        return None
     if path is not None:
         return Path(path)
     for candidate in (default_table_path(model_name), default_table_path("gpt2-small")):
@@ -100,6 +108,8 @@ def resolve_top_tokens(
     table = _find_table(model_name, path)
     ids: list[int] = []
     source = "fallback (no frequency table: category words, then ids ascending)"
+    if path is not None and str(path).strip().lower() == NO_TABLE:
+        source = "fallback (table 'none' requested: category words, then ids ascending)"
     if table is not None:
         df = load_freq_table(table)
         keep = df["id"][(df["id"] != EOT_ID) & (df["id"] >= 0) & (df["id"] < vocab_size)]
@@ -120,11 +130,27 @@ def top_tokens(model_name: str, n: int, path: str | Path | None = None, vocab_si
 
 # ---------------------------------------------------------------------------------------------
 # Counting (token_freq.py). The unit of tokenisation is one line *with* its trailing newline, as
-# in the original's line-by-line loop, so results do not depend on batching or worker count
-# ("\n\n" therefore counts as two "\n" tokens, never as the merged token 628).
+# in the original's line-by-line loop (``Counter.update(tokenizer.encode(line))``), so results do
+# not depend on batching or worker count ("\n\n" therefore counts as two "\n" tokens, never as
+# the merged token 628).
+#
+# Encoder: tiktoken built from the vendored GPT-2 BPE files (common/tokenizer/vocab.json and
+# merges.txt, checked against the sha256 pins tiktoken uses for GPT-2), one ``encode_to_numpy``
+# call per line with "<|endoftext|>" allowed (the Hugging Face tokenizer also turns that literal
+# text into the one special token 50256). It gives exactly the Hugging Face tokenizer's ids
+# (tests/test_freq_counting.py checks every Unicode code point in several contexts) several times
+# faster per core (bench/RESULTS.md): no per-token offsets, no Encoding objects, no Python ints.
+# Batches are counted on ``workers`` threads (tiktoken releases the GIL while encoding). Without
+# tiktoken installed, or for a tokenizer that is not GPT-2's, the Hugging Face fast tokenizer's
+# ``encode_batch_fast`` is used on worker processes (same counts, slower).
 
 Batch = Union[bytes, list]  # a blob of whole UTF-8 lines from a file, or a list of str lines
-_TOKENIZER = None
+_TOKENIZER = None  # Hugging Face backend tokenizer (fallback route)
+_TIKTOKEN = None  # tiktoken Encoding of the vendored GPT-2 BPE (fast route)
+EOT_TEXT = "<|endoftext|>"
+# sha256 of the vendored files, the pins tiktoken itself uses for GPT-2 (common/tokenizer/PROVENANCE.md)
+MERGES_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+VOCAB_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 
 def text_files(path: str | Path, pattern: str = "*.txt") -> list[Path]:
@@ -182,6 +208,10 @@ def batch_size_of(batch: Batch) -> int:
     return len(batch) if isinstance(batch, bytes) else sum(len(s) for s in batch)
 
 
+def _lines(batch: Batch) -> list[str]:
+    return split_lines(batch.decode("utf-8", errors="replace")) if isinstance(batch, bytes) else list(batch)
+
+
 def _tokenizer():
     global _TOKENIZER
     if _TOKENIZER is None:
@@ -191,14 +221,90 @@ def _tokenizer():
     return _TOKENIZER
 
 
+def tiktoken_encoding():
+    """tiktoken's Encoding of the vendored GPT-2 BPE files, or None when tiktoken is not installed."""
+    global _TIKTOKEN
+    if _TIKTOKEN is None:
+        try:
+            import tiktoken
+            from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+            from tiktoken_ext.openai_public import r50k_pat_str
+        except ImportError:
+            return None
+        from common.gpt2_tokenizer import TOKENIZER_DIR
+
+        saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = ""  # local files: no copy in tiktoken's download cache
+        try:
+            ranks = data_gym_to_mergeable_bpe_ranks(
+                str(TOKENIZER_DIR / "merges.txt"), str(TOKENIZER_DIR / "vocab.json"),
+                vocab_bpe_hash=MERGES_SHA256, encoder_json_hash=VOCAB_SHA256)
+        finally:
+            if saved is None:
+                del os.environ["TIKTOKEN_CACHE_DIR"]
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = saved
+        _TIKTOKEN = tiktoken.Encoding("gpt2-vendored", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                      special_tokens={EOT_TEXT: EOT_ID}, explicit_n_vocab=EOT_ID + 1)
+    return _TIKTOKEN
+
+
+def _essence(tokenizer) -> tuple:
+    """What decides a Hugging Face fast tokenizer's ids: BPE vocabulary, merges and options,
+    normaliser, pre-tokenizer, added tokens."""
+    import tempfile
+
+    b = tokenizer.backend_tokenizer
+    with tempfile.TemporaryDirectory() as d:
+        files = b.model.save(d)
+        merges = [line for line in Path(files[-1]).read_text(encoding="utf-8").splitlines()
+                  if line and not line.startswith("#version")]
+    options = tuple(getattr(b.model, a, None) for a in
+                    ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback"))
+    state = lambda x: None if x is None else x.__getstate__()  # noqa: E731
+    added = sorted((i, t.content, t.single_word, t.lstrip, t.rstrip, t.normalized)
+                   for i, t in b.get_added_tokens_decoder().items())
+    return (type(b.model).__name__, b.get_vocab(with_added_tokens=False), merges, options,
+            state(b.normalizer), state(b.pre_tokenizer), added)
+
+
+def is_gpt2_tokenizer(tokenizer) -> bool:
+    """True if a transformers tokenizer tokenises exactly as the vendored GPT-2 one (the one
+    tiktoken is built from): same BPE vocabulary, merges and options, same normaliser and
+    pre-tokenizer, same added tokens."""
+    global _GPT2_ESSENCE
+    if _GPT2_ESSENCE is None:
+        from common.gpt2_tokenizer import load_tokenizer
+
+        _GPT2_ESSENCE = _essence(load_tokenizer())
+    try:
+        return _essence(tokenizer) == _GPT2_ESSENCE
+    except Exception:  # not a fast tokenizer with a BPE model: cannot be shown equal
+        return False
+
+
+_GPT2_ESSENCE = None
+
+
 def count_batch(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, counts) of one batch, sparse so that results are cheap to send between processes."""
-    lines = split_lines(batch.decode("utf-8", errors="replace")) if isinstance(batch, bytes) else list(batch)
+    """(ids, counts) of one batch with the Hugging Face tokenizer (fallback route), sparse so that
+    results are cheap to send between processes."""
+    lines = _lines(batch)
     if not lines:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     enc = _tokenizer().encode_batch_fast(lines, add_special_tokens=False)
     ids = np.fromiter((i for e in enc for i in e.ids), dtype=np.int64)
     return np.unique(ids, return_counts=True)
+
+
+def count_batch_tiktoken(batch: Batch, vocab_size: int = EOT_ID + 1) -> np.ndarray:
+    """Dense counts [vocab_size] of one batch with :func:`tiktoken_encoding` (fast route)."""
+    encode = tiktoken_encoding().encode_to_numpy
+    parts = [encode(line, allowed_special="all") for line in _lines(batch)]
+    ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+    if len(ids) and ids.max() >= vocab_size:
+        raise ValueError(f"token id {int(ids.max())} >= vocabulary size {vocab_size}")
+    return np.bincount(ids, minlength=vocab_size)
 
 
 def _init_worker() -> None:
@@ -208,47 +314,75 @@ def _init_worker() -> None:
     _tokenizer()
 
 
+def counting_backend(tokenizer=None) -> str:
+    """"tiktoken" (fast route) or "huggingface" (fallback), as :func:`count_tokens` would choose."""
+    if tiktoken_encoding() is None:
+        return "huggingface"
+    return "tiktoken" if tokenizer is None or is_gpt2_tokenizer(tokenizer) else "huggingface"
+
+
 def count_tokens(
     batches: Iterable[Batch],
     workers: int = 1,
     vocab_size: int = 50257,
     on_batch: Callable[[int], None] | None = None,
     tokenizer=None,
+    backend: str | None = None,
 ) -> np.ndarray:
-    """Token counts [vocab_size] (int64) over all batches, using ``workers`` processes.
+    """Token counts [vocab_size] (int64) over all batches, on ``workers`` threads or processes.
 
     Memory stays bounded: at most ``2 * workers`` batches are in flight, whatever the corpus
     size. ``on_batch(size)`` is called after each batch (for a progress bar). The result is
-    identical for any ``workers`` (counts are sums). ``tokenizer`` (a transformers GPT-2
-    tokenizer) saves re-loading the vendored one.
+    identical for any ``workers`` (counts are sums) and either backend. ``tokenizer`` (a
+    transformers tokenizer; default the vendored GPT-2 one) is what is counted with: GPT-2's is
+    counted by tiktoken, any other by itself. ``backend`` ("tiktoken" or "huggingface") forces
+    a route; default :func:`counting_backend`.
     """
     global _TOKENIZER
+    backend = backend or counting_backend(tokenizer)
+    if backend == "tiktoken" and tiktoken_encoding() is None:
+        raise RuntimeError("backend 'tiktoken' requested but tiktoken is not installed (pip install tiktoken)")
     if tokenizer is not None:
         _TOKENIZER = tokenizer.backend_tokenizer
     counts = np.zeros(vocab_size, dtype=np.int64)
 
     def add(result, size):
-        ids, c = result
-        if len(ids) and ids.max() >= vocab_size:
-            raise ValueError(f"token id {int(ids.max())} >= vocabulary size {vocab_size}")
-        np.add.at(counts, ids, c)
+        if backend == "tiktoken":
+            counts[:] += result
+        else:
+            ids, c = result
+            if len(ids) and ids.max() >= vocab_size:
+                raise ValueError(f"token id {int(ids.max())} >= vocabulary size {vocab_size}")
+            np.add.at(counts, ids, c)
         if on_batch:
             on_batch(size)
 
-    if workers <= 1:
-        _init_worker()
-        for b in batches:
-            add(count_batch(b), batch_size_of(b))
-        return counts
-    _tokenizer()  # loaded before the fork, so forked workers inherit it instead of re-reading files
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+    if backend == "tiktoken":
+        from concurrent.futures import ThreadPoolExecutor
+
+        task = lambda b: count_batch_tiktoken(b, vocab_size)  # noqa: E731
+        if workers <= 1:
+            for b in batches:
+                add(task(b), batch_size_of(b))
+            return counts
+        pool = ThreadPoolExecutor(max_workers=workers)
+    else:
+        task = count_batch
+        if workers <= 1:
+            _init_worker()
+            for b in batches:
+                add(count_batch(b), batch_size_of(b))
+            return counts
+        _tokenizer()  # loaded before the fork, so forked workers inherit it instead of re-reading files
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
+    with pool:
         pending: dict = {}
         for b in batches:
             if len(pending) >= 2 * workers:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     add(fut.result(), pending.pop(fut))
-            pending[pool.submit(count_batch, b)] = batch_size_of(b)
+            pending[pool.submit(task, b)] = batch_size_of(b)
         for fut in list(pending):
             add(fut.result(), pending.pop(fut))
     return counts

@@ -11,10 +11,15 @@ Three names are understood by :func:`load_model`:
 
 Every route applies the ``from_pretrained`` defaults (fold_ln, center_writing_weights,
 center_unembed, fold_value_biases), so W_Q/W_K match published TransformerLens analyses.
+
+The processed weights are cached on disk (:mod:`common.weights_cache`): the first load of a model
+builds and saves them, every later load (any process) memory-maps them back, with identical
+weights, in about a second and half the peak memory. ``L1H5_WEIGHTS_CACHE=0`` builds every time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +30,7 @@ from transformer_lens import HookedTransformer
 from common.errors import error_summary
 from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
 from common.planted import planted_folder
+from common.weights_cache import PROCESSING, Source, load_processed
 
 REAL_NAMES = {"gpt2-small", "gpt2"}
 PLANTED = "planted"
@@ -74,23 +80,69 @@ def _cache_key(name: str, device: str) -> tuple:
     return (str(path.resolve()), device, stamps)
 
 
+# What the processed weights depend on besides their source files: this loader's code.
+_LOADER_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def _load(name: str, device: str) -> HookedTransformer:
     if name == PLANTED:
-        return load_local_folder(planted_folder(), device)
+        return _load_folder(planted_folder(), device)
     if name in REAL_NAMES:
         return _load_real_gpt2(device)
     path = Path(name).expanduser()
     if path.exists():
-        return load_local_folder(path, device)
+        return _load_folder(path, device)
     raise ModelUnavailable(
         f"unknown model {name!r}: use 'gpt2-small', 'planted', or a path to a local "
         "Hugging Face GPT-2 folder (config.json + model.safetensors/pytorch_model.bin + tokenizer)"
     )
 
 
+def _load_folder(folder: Path, device: str) -> HookedTransformer:
+    """A local folder through the processed-weights cache (built by :func:`load_local_folder`)."""
+    folder = Path(folder)
+    config, weights = _folder_files(folder)
+    model = load_processed(Source(
+        route="local-folder", origin=str(folder.resolve()),
+        files={"config.json": config, "weights": weights}, code=_LOADER_CODE,
+        build=lambda: load_local_folder(folder, "cpu"),
+        tokenizer=lambda: load_tokenizer(_tokenizer_dir(folder)),
+    ), device)
+    model.name_or_path = str(folder)
+    return model
+
+
 def _load_real_gpt2(device: str) -> HookedTransformer:
+    """gpt2-small through the processed-weights cache, keyed by the hub files ``from_pretrained``
+    reads; without them (no cache entry, no network) the uncached route gives the usual message."""
+    files = _hub_files()
+    if files is None:
+        return _from_pretrained(device)
+    return load_processed(Source(route="hf:gpt2", origin="hf:gpt2", files=files, code=_LOADER_CODE,
+                                 build=lambda: _from_pretrained("cpu")), device)
+
+
+def _hub_files() -> dict[str, Path] | None:
+    """config.json and the weights file of the hub's ``gpt2`` as transformers picks them
+    (model.safetensors, else pytorch_model.bin), from the HF cache (refreshed first when online)."""
     try:
-        return HookedTransformer.from_pretrained("gpt2-small", device=device)
+        from huggingface_hub import hf_hub_download
+
+        files = {"config.json": Path(hf_hub_download("gpt2", "config.json"))}
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            try:
+                files["weights"] = Path(hf_hub_download("gpt2", name))
+                return files
+            except Exception:  # not cached / not on the hub: try the next format
+                continue
+    except Exception:  # no cache entry and no network: the uncached route explains
+        return None
+    return None
+
+
+def _from_pretrained(device: str) -> HookedTransformer:
+    try:
+        return HookedTransformer.from_pretrained("gpt2-small", device=device, **PROCESSING)
     except Exception as exc:  # the hub/cache raise many different types; all mean "no weights"
         from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -118,37 +170,44 @@ def load_local_folder(folder: str | Path, device: str = "cpu") -> HookedTransfor
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.exists():
-        raise ModelUnavailable(f"{folder}: no config.json; not a Hugging Face model folder")
-    weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).exists()]
-    if not weights:
-        raise ModelUnavailable(f"{folder}: no model.safetensors or pytorch_model.bin")
-    raw_cfg = json.loads(config_path.read_text())
-    if raw_cfg.get("model_type", "gpt2") != "gpt2":
-        raise ModelUnavailable(f"{folder}: model_type {raw_cfg.get('model_type')!r}; only GPT-2 folders are supported")
-
+    _, weights = _folder_files(folder)
     hf_cfg = GPT2Config.from_pretrained(str(folder))
-    _check_state_dict(folder / weights[0], hf_cfg)
+    _check_state_dict(weights, hf_cfg)
     hf_model = GPT2LMHeadModel.from_pretrained(str(folder), config=hf_cfg, dtype=torch.float32)
-    has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "vocab.json"))
-    tokenizer = load_tokenizer(folder if has_tokenizer else TOKENIZER_DIR)
+    tokenizer = load_tokenizer(_tokenizer_dir(folder))
 
     cfg = gpt2_tl_config(hf_cfg, device)
     state_dict = convert_gpt2_weights(hf_model, cfg)
+    del hf_model  # the state dict holds the tensors; each is freed once processing replaces it
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=True,
-        center_writing_weights=True,
-        center_unembed=True,
-        fold_value_biases=True,
-        refactor_factored_attn_matrices=False,
-    )
+    model.load_and_process_state_dict(state_dict, **PROCESSING)
+    del state_dict
     model.move_model_modules_to_device()
     model.eval()
     model.name_or_path = str(folder)
     return model
+
+
+def _folder_files(folder: Path) -> tuple[Path, Path]:
+    """(config.json, weights file) of a local HF GPT-2 folder, or ModelUnavailable saying what is wrong."""
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ModelUnavailable(f"{folder}: no config.json; not a Hugging Face model folder")
+    weights = [folder / p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).exists()]
+    if not weights:
+        raise ModelUnavailable(f"{folder}: no model.safetensors or pytorch_model.bin")
+    try:
+        raw_cfg = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise ModelUnavailable(f"{config_path}: not valid JSON ({exc})") from None
+    if raw_cfg.get("model_type", "gpt2") != "gpt2":
+        raise ModelUnavailable(f"{folder}: model_type {raw_cfg.get('model_type')!r}; only GPT-2 folders are supported")
+    return config_path, weights[0]
+
+
+def _tokenizer_dir(folder: Path) -> Path:
+    has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "vocab.json"))
+    return folder if has_tokenizer else TOKENIZER_DIR
 
 
 def gpt2_tl_config(hf_cfg, device: str = "cpu"):

@@ -50,17 +50,27 @@ def planted_hf_home(tmp_path_factory, planted_cache):
 
 def test_gpt2_small_from_offline_hf_cache_matches_local_folder(planted_hf_home, planted_model, tmp_path):
     out = tmp_path / "logits.pt"
+    # load_model (first load: builds the processed-weights cache entry), a second load from that
+    # entry, and the uncached from_pretrained route, in one interpreter.
     code = (
         "import sys, torch\n"
-        "from common.model import load_model\n"
+        "from common.model import load_model, _load, _from_pretrained\n"
         "torch.set_grad_enabled(False)\n"
         "m = load_model('gpt2-small')\n"
-        f"torch.save({{'logits': m(m.to_tokens({PROMPT!r}, prepend_bos=False)), "
+        "warm = _load('gpt2-small', 'cpu')\n"
+        "uncached = _from_pretrained('cpu')\n"
+        f"toks = m.to_tokens({PROMPT!r}, prepend_bos=False)\n"
+        "torch.save({'logits': m(toks), 'warm': warm(toks), 'uncached': uncached(toks), "
+        "'from_cache': bool(getattr(warm, '_l1h5_processed_cache', None)), "
+        "'same_tokens': warm.to_tokens('cat dog').tolist() == uncached.to_tokens('cat dog').tolist(), "
         "'W_Q': m.W_Q[1, 5].clone(), 'n_layers': m.cfg.n_layers, 'd_model': m.cfg.d_model}, sys.argv[1])\n"
     )
     proc = _run(code, planted_hf_home, str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(out, weights_only=True)
+    # The processed-weights cache changes nothing: identical logits to TransformerLens' own route.
+    assert got["from_cache"] and got["same_tokens"]
+    assert torch.equal(got["logits"], got["uncached"]) and torch.equal(got["warm"], got["uncached"])
     assert (got["n_layers"], got["d_model"]) == (planted_model.cfg.n_layers, planted_model.cfg.d_model)
     want = planted_model(planted_model.to_tokens(PROMPT, prepend_bos=False))
     assert got["logits"].shape == want.shape

@@ -1,0 +1,49 @@
+"""bench/run_bench.py's report: the before/after table and its ratios come from the measured rows."""
+
+import json
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import run_bench  # noqa: E402
+
+
+def row(seconds, cpu, peak, load=1.0, status="ok"):
+    return {"status": status, "seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak, "load1_mean": load,
+            "load1_max": load, "extra": []}
+
+
+def test_before_after_table(tmp_path):
+    before = {"token_freq.py": row(10.0, 9.0, 0.6e9), "clustering.py": row(20.0, 30.0, 2.6e9)}
+    after = {run_bench.PREPARE: row(6.0, 5.0, 2.5e9), "token_freq.py": row(5.0, 3.0, 0.6e9),
+             "clustering.py": row(8.0, 12.0, 1.3e9)}
+
+    def totals(rows):
+        return {"rows": rows, "total_seconds": sum(r["seconds"] for r in rows.values()),
+                "cpu_seconds": sum(r["cpu_seconds"] for r in rows.values()),
+                "peak_rss": max(r["peak_rss"] for r in rows.values()), "load1_mean": 1.0}
+
+    res = {"date": "d", "machine": {"cpu": "x", "usable_cpus": 2, "logical_cpus": 2, "ram_gb": 1, "torch": "t",
+                                    "torch_threads": 2, "python": "p", "platform": "l", "load1_at_start": 1.0,
+                                    "import_only_peak_rss": 0.5e9},
+           "versions": {"before": {"ref": "abc", "commit": "abc", "subject": "s"}, "after": {"commit": "def"}},
+           "scripts": {"before": totals(before), "after": totals(after)}, "inputs": {}}
+    out = tmp_path / "RESULTS.md"
+    run_bench.write_report(res, out)
+    text = out.read_text()
+    line = next(l for l in text.splitlines() if l.startswith("| clustering.py"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:7] == ["20.0", "30.0", "2.60", "8.0", "12.0", "1.30"]
+    assert cells[7:10] == ["2.50", "2.50", "2.00"]  # wall, cpu and peak: before / after
+    whole = next(l for l in text.splitlines() if l.startswith("| **whole run**"))
+    assert "**30.0**" in whole and "**19.0**" in whole  # 10 + 20 before; 6 + 5 + 8 after
+    assert "Peak RSS of every script < 1.5 GB: met" in text  # the prepare row (2.5 GB) is not a script
+    assert "peak 2.50 GB" in text
+
+
+def test_committed_results_render(tmp_path):
+    """RESULTS.md is what bench/results.json renders to (the committed pair agrees)."""
+    out = tmp_path / "RESULTS.md"
+    run_bench.write_report(json.loads((ROOT / "bench" / "results.json").read_text()), out)
+    assert out.read_text() == (ROOT / "bench" / "RESULTS.md").read_text()
