@@ -165,14 +165,6 @@ def test_bad_inputs_stop_before_anything_runs(repo, tmp_path, capsys):
     assert repo.calls() == {}
 
 
-def test_a_planned_script_not_yet_written_is_no_failure(repo, tmp_path, capsys):
-    (repo.path / "succession_ablation.py").unlink()
-    (repo.path / "semantic_head.py").unlink()
-    assert run(tmp_path / "out") == 1
-    out = capsys.readouterr().out
-    assert "failed or missing: semantic_head.py" in out and "not yet written" in out
-
-
 def test_real_token_freq_gets_the_text(tmp_path):
     """The real token_freq.py, started by run_all with --text: counts that text, not the default corpus."""
     text = tmp_path / "corpus.txt"
