@@ -150,16 +150,16 @@ class _Design:
         """Attention output [batch, pos, d] of layer l on residual x (numpy, causal)."""
         p = self.layers[l]
         xh = _ln(x)
-        q = np.einsum("bpd,hde->bhpe", xh, p["W_Q"]) + p["b_Q"][None, :, None]
-        k = np.einsum("bpd,hde->bhpe", xh, p["W_K"]) + p["b_K"][None, :, None]
-        v = np.einsum("bpd,hde->bhpe", xh, p["W_V"]) + p["b_V"][None, :, None]
+        q = xh[:, None] @ p["W_Q"][None] + p["b_Q"][None, :, None]  # [batch, head, pos, d_head]
+        k = xh[:, None] @ p["W_K"][None] + p["b_K"][None, :, None]
+        v = xh[:, None] @ p["W_V"][None] + p["b_V"][None, :, None]
         s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(D_HEAD)
         n = x.shape[1]
         s = np.where(np.tril(np.ones((n, n), bool)), s, -np.inf)
         s = s - s.max(-1, keepdims=True)
         a = np.exp(s)
         a /= a.sum(-1, keepdims=True)
-        out = np.einsum("bhpe,hed->bpd", a @ v, p["W_O"]) + p["b_O"]
+        out = ((a @ v) @ p["W_O"][None]).sum(1) + p["b_O"]
         return (out, a) if return_pattern else out
 
     def mlp(self, l: int, x: np.ndarray) -> np.ndarray:
@@ -243,12 +243,12 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     rot[f, f], rot[f + N_FREQ, f] = c_, s_
     rot[f, f + N_FREQ], rot[f + N_FREQ, f + N_FREQ] = -s_, c_
     # per-pair weights of the positional heads: the slow pair barely counts (sharp peaks)
-    pair_w = np.concatenate([[0.2], np.ones(N_FREQ - 1)])
+    pair_w = np.concatenate([[0.1], np.ones(N_FREQ - 1)])
     Dp = np.diag(np.concatenate([pair_w, pair_w]))
 
     # Calibration prompts: the residual of the designed layers is measured on these.
-    cal_tokens = torch.cat([category_prompts(tok, 12, 48, seed=1000 + seed, repeat_prob=0.2).tokens,
-                            random_token_prompts(tok, 12, 48, n_inserted=12, seed=1000 + seed).tokens]).numpy()
+    cal_tokens = torch.cat([category_prompts(tok, 8, 48, seed=1000 + seed, repeat_prob=0.2).tokens,
+                            random_token_prompts(tok, 8, 48, n_inserted=12, seed=1000 + seed).tokens]).numpy()
     x0 = wte[cal_tokens].astype(np.float64) + wpe[None, : cal_tokens.shape[1]]
     is_cat = np.vectorize(lambda t: t in category_of)(cal_tokens)
     cat_idx = np.vectorize(lambda t: category_of.get(t, 0))(cal_tokens)
@@ -269,26 +269,51 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
         layer["W_V"][hh] = _random_in(rng, read, dh, np.sqrt(read.shape[1] / d))
         layer["W_O"][hh] = _random_in(rng, write, dh, out_norm / np.sqrt(dh)).T
 
-    def set_biases(layer, hh, v_norm=B_V_NORM, bos_value=None):
-        """gpt2-small-sized b_Q, b_K (relative to ||W||_F) and b_V. With ``bos_value``, b_Q's last
-        coordinate is that value and the rest of its norm is random."""
+    def set_biases(layer, hh, v_norm=B_V_NORM, designed_bq=None):
+        """gpt2-small-sized b_Q, b_K (relative to ||W||_F) and b_V. ``designed_bq`` (a part of
+        b_Q the mechanism needs) is kept; a random part orthogonal to it fills b_Q's norm."""
         nq = B_Q_RATIO * np.linalg.norm(layer["W_Q"][hh])
-        if bos_value is None:
-            layer["b_Q"][hh] = _head_bias(rng, dh, nq)
-        else:
-            if bos_value >= nq:
-                raise RuntimeError(f"planted: b_Q's BOS part {bos_value:.2f} exceeds its norm {nq:.2f}")
-            layer["b_Q"][hh][:-1] = _head_bias(rng, dh - 1, np.sqrt(nq**2 - bos_value**2))
-            layer["b_Q"][hh][-1] = bos_value
+        bq = np.zeros(dh) if designed_bq is None else np.asarray(designed_bq, float)
+        if np.linalg.norm(bq) >= 0.95 * nq:
+            raise RuntimeError(f"planted: b_Q's designed part {np.linalg.norm(bq):.2f} exceeds its norm {nq:.2f}")
+        r = rng.normal(size=dh)
+        if bq.any():
+            r -= (r @ bq) / (bq @ bq) * bq
+        layer["b_Q"][hh] = bq + r * np.sqrt(nq**2 - bq @ bq) / np.linalg.norm(r)
         layer["b_K"][hh] = _head_bias(rng, dh, B_K_RATIO * np.linalg.norm(layer["W_K"][hh]))
         layer["b_V"][hh] = _head_bias(rng, dh, v_norm)
 
+    def gauge(layer, hh, designed_bq=None, ov=False):
+        """A random change of the head's d_head basis, W_Q -> W_Q M, W_K -> W_K M^-T (and, with
+        ``ov``, W_V -> W_V M', W_O -> M'^-1 W_O): W_Q W_K^T and W_V W_O are unchanged, but no
+        column of the head is a planted direction any more (as in a trained head). Returns the
+        designed b_Q part in the new basis."""
+        def rand_m():
+            q1, _ = np.linalg.qr(rng.normal(size=(dh, dh)))
+            q2, _ = np.linalg.qr(rng.normal(size=(dh, dh)))
+            return q1 @ np.diag(np.exp(rng.uniform(-0.2, 0.2, dh))) @ q2
+
+        M = rand_m()
+        layer["W_Q"][hh] = layer["W_Q"][hh] @ M
+        layer["W_K"][hh] = layer["W_K"][hh] @ np.linalg.inv(M).T
+        if ov:
+            Mv = rand_m()
+            layer["W_V"][hh] = layer["W_V"][hh] @ Mv
+            layer["W_O"][hh] = np.linalg.inv(Mv) @ layer["W_O"][hh]
+            layer["b_V"][hh] = layer["b_V"][hh] @ Mv
+        return None if designed_bq is None else designed_bq @ M
+
     def bos_attraction(layer, hh, logit, b_coord):
-        """BOS logit ``logit`` from b_Q: b_Q's last coordinate (0.9 of its gpt2-sized norm)
-        against a key column that reads B (BOS's B coordinate after LN is ``b_coord``)."""
-        bv = 0.9 * B_Q_RATIO * np.linalg.norm(layer["W_Q"][hh])
-        layer["W_K"][hh][:, -1] += (logit * sqdh / bv / b_coord) * B[:, 0]
-        set_biases(layer, hh, bos_value=bv)
+        """BOS logit ``logit`` from b_Q: returns a b_Q part bv u (0.7 of b_Q's gpt2-sized norm, u a
+        random unit vector) and adds (logit sqrt(d_head) / bv) u to BOS's key only (reading B,
+        whose coordinate after LN is ``b_coord``). Queries keep only 0.1 of their component
+        along u, so the BOS logit is the same for every query (as in gpt2-small's BOS heads)."""
+        bv = 0.7 * B_Q_RATIO * np.linalg.norm(layer["W_Q"][hh])
+        u = rng.normal(size=dh)
+        u /= np.linalg.norm(u)
+        layer["W_Q"][hh] = layer["W_Q"][hh] @ (np.eye(dh) - 0.9 * np.outer(u, u))
+        layer["W_K"][hh] += np.outer((logit * sqdh / bv / b_coord) * B[:, 0], u)
+        return bv * u
 
     # ---------------------------------------------------------------------------------------
     # Layer 0: generic heads reading token and position, writing A.
@@ -332,12 +357,10 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     PQ[:, cols[1] : cols[2]], PK[:, cols[1] : cols[2]] = w_v * V, w_v * V
     PQ[:, cols[2] : cols[3]], PK[:, cols[2] : cols[3]] = w_u * U, -w_u * U
     PQ[:, cols[3]], PK[:, cols[3]] = w_b * N[:, 0], w_b * B[:, 0]
-    # BOS column last (set_biases puts b_Q's BOS part in the last coordinate).
-    order = list(range(cols[3])) + list(range(cols[3] + 1, dh)) + [cols[3]]
-    PQ, PK = PQ[:, order], PK[:, order]
     L1["W_Q"][h] = PQ + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
     L1["W_K"][h] = PK + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
-    set_biases(L1, h, v_norm=0.05, bos_value=LOGIT_BOS_FROM_B_Q * sqdh / (ln1_bos * A_B * w_b))
+    bq = np.zeros(dh)  # b_Q against BOS's key coordinate in the BOS column
+    bq[cols[3]] = LOGIT_BOS_FROM_B_Q * sqdh / (ln1_bos * A_B * w_b)
     # OV: copy the attended word's K and U coordinates into S (norm ~1 in the residual).
     read = np.concatenate([K, U], 1)
     n_ov = read.shape[1]
@@ -345,6 +368,7 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     L1["W_O"][h][:n_ov] = S.T / np.sqrt(ln1)
     L1["W_V"][h][:, n_ov:] = _random_in(rng, BLIND, dh - n_ov, 0.02)
     L1["W_O"][h][n_ov:] = _random_in(rng, S, dh - n_ov, 0.02).T
+    set_biases(L1, h, v_norm=0.05, designed_bq=gauge(L1, h, bq, ov=True))
 
     # L1H0: previous-token head. The query at p is rotated back one step, so it matches key p - 1.
     hp = POSITIONAL_HEAD[1]
@@ -353,6 +377,7 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     g_p = np.sqrt(LOGIT_PREV_TOKEN / peak)
     L1["W_Q"][hp] = g_p * P @ rot @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
     L1["W_K"][hp] = g_p * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    gauge(L1, hp)
     set_biases(L1, hp)
     generic_ov(L1, hp, basis, O, 0.3)
     # Other layer-1 heads: generic and diffuse.
@@ -375,7 +400,7 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     for (_, hh) in BOS_HEADS:
         generic_qk(L2, hh, basis, GENERIC_LOGIT_STD["diffuse"] / 2)
         generic_ov(L2, hh, basis, O, 0.3)
-        bos_attraction(L2, hh, LOGIT_BOS_HEADS, b2)
+        set_biases(L2, hh, designed_bq=bos_attraction(L2, hh, LOGIT_BOS_HEADS, b2))
         L2["W_V"][hh][:, 0] += 2.0 * B[:, 0] / b2  # BOS's value: about 2 in coordinate 0 ...
         L2["W_O"][hh][0] = _bias(rng, O, 0.5)  # ... written as a BOS-specific vector in O
     # Decoy: same-category attraction through C (self and copies included) and an equal BOS logit.
@@ -385,7 +410,8 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     L2["W_K"][hd] = _random_in(rng, BLIND, dh, GENERIC_COLUMN)
     L2["W_Q"][hd][:, :n_cat] += w_d * C
     L2["W_K"][hd][:, :n_cat] += w_d * C
-    bos_attraction(L2, hd, LOGIT_DECOY_BOS, b2)
+    bq = bos_attraction(L2, hd, LOGIT_DECOY_BOS, b2)
+    set_biases(L2, hd, designed_bq=gauge(L2, hd, bq))
     generic_ov(L2, hd, basis, O, 0.3)
     # Reader: attends to its own position (P, no rotation); W_V reads S, W_O writes K and U.
     hr = READER_HEAD[1]
@@ -393,11 +419,12 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     g_r = np.sqrt(LOGIT_READER_SELF / peak)
     L2["W_Q"][hr] = g_r * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
     L2["W_K"][hr] = g_r * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
-    set_biases(L2, hr)
     L2["W_V"][hr][:, :n_ov] = S / np.sqrt(ln2)
     L2["W_O"][hr][:n_ov] = read.T / np.sqrt(ln2)
     L2["W_V"][hr][:, n_ov:] = _random_in(rng, S, dh - n_ov, 0.02)
     L2["W_O"][hr][n_ov:] = _random_in(rng, O, dh - n_ov, 0.02).T
+    gauge(L2, hr, ov=True)
+    set_biases(L2, hr)
     L2["b_O"] = _bias(rng, O, B_O_NORM)
     _generic_mlp(rng, L2, basis, O, 0.4)
 
