@@ -22,11 +22,14 @@ All writes live in orthonormal blocks of the zero-mean subspace of the residual 
   U_j and V_j, orthogonal within a category), N (every non-BOS token), B (BOS): the token
   embedding; O (the rest): random tokens' embedding and every generic write (biases, random
   heads and MLPs);
-* P: positions. 20 sine/cosine pairs; pair 0 turns once over the n_ctx positions (amplitude
-  A_P_SLOW), the others are fast (periods 2.5..40). Per-position norm |p| = 1.48, comparable to a
-  category token's 1.81 (gpt2-small: 3.4-5 against 3-4). The mean over all 128 positions is
-  nearly 0; the mean over positions 1..48 (where prompts live) has norm 1.0 -- the same contrast
-  as gpt2-small's 0.59 against 3.28 (issue 10, defect 4);
+* P: positions. 20 sine/cosine pairs: a large slow pair (amplitude A_P_SLOW) that turns by only
+  SLOW_ARC over positions 0..48, so the positions prompts use share most of their embedding (as
+  gpt2-small's first positions do: mean pairwise cosine 0.83 over 1..48), while the later
+  positions spread around the opposite side so that the mean over all 128 positions is 0; and
+  19 fast pairs (periods 2.5..40, total amplitude A_P_FAST) that tell neighbours apart.
+  Per-position norm 1.48, comparable to a category token's 1.81 (gpt2-small: 3.4-5 against
+  3-4). The mean over all positions has norm 0.02, the mean over positions 1..48 1.34: the
+  contrast of gpt2-small's 0.59 against 3.28 (issue 10, defect 4);
 * A: layer-0 attention output; C: MLP0's category output; S: L1H5's output.
 
 Layers (head (l, h)):
@@ -101,8 +104,9 @@ PROMPT_POSITIONS = (1, 48)  # where the repo's prompts live (BOS + 48 tokens); d
 # they are kept smaller than the category components.
 A_K, A_U, A_V, A_N, A_B, A_OTHER = 1.0, 0.8, 0.8, 1.0, 1.0, 1.4
 A_C = 1.0  # MLP0 output for a category token
-A_P_SLOW, A_P_FAST = 1.25, 0.8  # |p| = sqrt(A_P_SLOW^2 + A_P_FAST^2) = 1.48
-A_ATTN0 = 0.7  # RMS norm of layer-0 attention output
+A_P_SLOW, A_P_FAST = 1.35, 0.6  # |p| = sqrt(A_P_SLOW^2 + A_P_FAST^2) = 1.48
+SLOW_ARC = 0.5  # radians the slow pair turns over positions 0..48 (prompt positions stay alike)
+A_ATTN0 = 0.5  # RMS norm of layer-0 attention output
 # Target attention logits (after 1/sqrt(d_head)) for L1H5 on a typical category query.
 LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 12.0, -6.0, 7.0
 LOGIT_BOS_FROM_B_Q = 2.0  # part of LOGIT_BOS carried by b_Q (the rest by the N B^T term)
@@ -171,6 +175,24 @@ class _Design:
         return x + self.mlp(l, x)
 
 
+def _slow_angles(n_ctx: int, last_prompt: int, arc: float) -> np.ndarray:
+    """Angle of the slow positional pair: turns by ``arc`` over positions 0..last_prompt (so the
+    prompt positions share most of their embedding, as gpt2-small's first positions do), then
+    the later positions spread evenly over an arc around the opposite direction, as wide as
+    makes the mean over all n_ctx positions exactly zero (gpt2-small: the 1024-position mean is
+    small and nearly orthogonal to the prompt positions' mean)."""
+    early = np.arange(last_prompt + 1) * arc / last_prompt
+    n_late = n_ctx - len(early)
+    pull = np.abs(np.exp(1j * early).sum())
+    centre = np.angle(np.exp(1j * early).sum()) + np.pi
+    lo, hi = 1e-6, np.pi  # half-width w: n_late sin(w) / w = pull
+    for _ in range(100):
+        w = (lo + hi) / 2
+        lo, hi = (w, hi) if n_late * np.sin(w) / w > pull else (lo, w)
+    late = centre + np.linspace(-w, w, n_late)
+    return np.concatenate([early, late])
+
+
 def _scale(x: np.ndarray) -> np.ndarray:
     """LNPre's scale factor sqrt(d)/|x - mean| per position (what multiplies every coordinate)."""
     xc = x - x.mean(-1, keepdims=True)
@@ -231,9 +253,10 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     wte[bos] = A_B * B[:, 0]
 
     # Positional embedding: pair 0 turns once over n_ctx, pairs 1.. are fast; constant norm.
-    omega = np.concatenate([[2 * np.pi / N_CTX], 2 * np.pi / np.geomspace(2.5, 40.0, N_FREQ - 1)])
+    omega = np.concatenate([[SLOW_ARC / PROMPT_POSITIONS[1]], 2 * np.pi / np.geomspace(2.5, 40.0, N_FREQ - 1)])
     amp = np.concatenate([[A_P_SLOW], np.full(N_FREQ - 1, A_P_FAST / np.sqrt(N_FREQ - 1))])
     ang = np.arange(N_CTX)[:, None] * omega[None, :]
+    ang[:, 0] = _slow_angles(N_CTX, PROMPT_POSITIONS[1], SLOW_ARC)
     s_pos = np.concatenate([amp * np.cos(ang), amp * np.sin(ang)], 1)  # P coordinates [n_ctx, 40]
     wpe = s_pos @ P.T
     # rot: row vector s_p @ rot = s_{p-1} (each pair rotated back by one step)
