@@ -43,14 +43,16 @@ Layers (head (l, h)):
   positive token-identity similarity and the third, with the large negative eigenvalues,
   outweighs it (rule 2: net self score LOGIT_SELF), so removing the negative eigenvalues makes each
   token its own top key; the N B^T term plus b_Q (which every query carries) give BOS its logit
-  (rule 3), the N B^T term is the planted skew part. "Generic" is a small random matrix in every
-  column of W_Q and W_K (and one column that is only generic), so [W_Q, W_K] has full column rank
-  80 and W_sym has exactly 40 negative and 40 positive eigenvalues (Sylvester's law of inertia):
-  the 12 identity-code eigenvalues -w_U^2 stay separated from the other 28 by a gap that Weyl's
-  inequality guarantees (|shift| <= ||sym(generic)||_2, computed here). W_Q, W_K are orthogonal to
-  P and A: L1H5 reads token identity only. OV: copies the attended word's K and U coordinates into
-  S.
-* L1H0: previous-token head reading P only (the positional contrast for ablations).
+  (rule 3), the N B^T term is the planted skew part. "Generic": a small random part (norm
+  GENERIC_COLUMN per column) added to W_Q and W_K, then a random change of the head's d_head basis
+  (W_Q -> W_Q M, W_K -> W_K M^-T, which leaves W_Q W_K^T unchanged), so no column is a planted
+  direction and [W_Q, W_K] has full column rank 80: W_sym has exactly 40 negative and 40 positive
+  eigenvalues (Sylvester's law of inertia). The 12 identity-code eigenvalues -w_U^2 stay apart from
+  the other 28 negative ones by a gap that Weyl's inequality guarantees (every eigenvalue moves by
+  at most ||sym(generic part)||_2, computed here); ground_truth() states the planted spectrum in
+  those terms. W_Q, W_K are orthogonal to P and A: L1H5 reads token identity only. OV: copies the
+  attended word's K and U coordinates into S.
+* L1H0: previous-token head reading P (the positional contrast for ablations); generic as L1H5.
 * layer 2: the DECOY (2, 2) attracts same-category keys through C but does not suppress itself or
   its copies, and likes BOS as much: a partial rule-follower, worse than L1H5 and better than every
   other head on the semantic score; the READER (2, 7) attends to its own position and its W_V
@@ -252,7 +254,7 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
             category_of[t] = c
     wte[bos] = A_B * B[:, 0]
 
-    # Positional embedding: pair 0 turns once over n_ctx, pairs 1.. are fast; constant norm.
+    # Positional embedding: pair 0 slow (see _slow_angles), pairs 1.. fast; constant norm.
     omega = np.concatenate([[SLOW_ARC / PROMPT_POSITIONS[1]], 2 * np.pi / np.geomspace(2.5, 40.0, N_FREQ - 1)])
     amp = np.concatenate([[A_P_SLOW], np.full(N_FREQ - 1, A_P_FAST / np.sqrt(N_FREQ - 1))])
     ang = np.arange(N_CTX)[:, None] * omega[None, :]
@@ -522,6 +524,7 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
         "reader_head": list(READER_HEAD),
         "reader_composition": READER_COMPOSITION,
         "bos_heads": [list(x) for x in BOS_HEADS],
+        "prompt_positions": list(PROMPT_POSITIONS),
         "categories": {name: ids for name, ids in cat_ids.items()},
         # Sylvester: [W_Q, W_K] has full column rank 2 d_head (checked above, float64), so W_sym
         # has exactly d_head negative and d_head positive eigenvalues -- for every head.
