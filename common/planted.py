@@ -119,7 +119,8 @@ LOGIT_PREV_TOKEN = 16.0
 LOGIT_READER_SELF = 12.0
 LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 8.0, 8.0
 LOGIT_BOS_HEADS = 8.5  # BOS logit of the BOS heads over their diffuse generic scores
-GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part, target and decoy
+GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (positional heads, decoy)
+TARGET_GENERIC_COLUMN = 0.08  # the same for L1H5
 GENERIC_LOGIT_STD = {"layer0": 2.5, "diffuse": 1.2}  # std of random heads' attention logits
 # Folded bias norms relative to ||W||_F (gpt2-small, mean over heads: b_Q 0.2-0.6, b_K 0.2-0.7;
 # L1H5 0.34 and 0.26).
@@ -294,17 +295,20 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
         layer["W_V"][hh] = _random_in(rng, read, dh, np.sqrt(read.shape[1] / d))
         layer["W_O"][hh] = _random_in(rng, write, dh, out_norm / np.sqrt(dh)).T
 
-    def set_biases(layer, hh, v_norm=B_V_NORM, designed_bq=None):
+    def set_biases(layer, hh, v_norm=B_V_NORM, designed_bq=None, complete=False):
         """gpt2-small-sized b_Q, b_K (relative to ||W||_F) and b_V. ``designed_bq`` (a part of
-        b_Q the mechanism needs) is kept; a random part orthogonal to it fills b_Q's norm."""
+        b_Q the mechanism needs) is kept; a random part orthogonal to it fills b_Q's norm (unless
+        ``complete``: then it is all of b_Q)."""
         nq = B_Q_RATIO * np.linalg.norm(layer["W_Q"][hh])
         bq = np.zeros(dh) if designed_bq is None else np.asarray(designed_bq, float)
-        if np.linalg.norm(bq) >= 0.95 * nq:
+        if complete:
+            nq = np.linalg.norm(bq)
+        elif np.linalg.norm(bq) >= 0.95 * nq:
             raise RuntimeError(f"planted: b_Q's designed part {np.linalg.norm(bq):.2f} exceeds its norm {nq:.2f}")
         r = rng.normal(size=dh)
         if bq.any():
             r -= (r @ bq) / (bq @ bq) * bq
-        layer["b_Q"][hh] = bq + r * np.sqrt(nq**2 - bq @ bq) / np.linalg.norm(r)
+        layer["b_Q"][hh] = bq if complete else bq + r * np.sqrt(nq**2 - bq @ bq) / np.linalg.norm(r)
         layer["b_K"][hh] = _head_bias(rng, dh, B_K_RATIO * np.linalg.norm(layer["W_K"][hh]))
         layer["b_V"][hh] = _head_bias(rng, dh, v_norm)
 
@@ -352,7 +356,7 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     # MLP0: neuron c reads K_c (gain/bias: active only for category words), writes C_c.
     s_mid = _scale(x0 + des.attn(0, x0))
     k_ln = np.median(s_mid[is_cat]) * A_K  # K_c coordinate after LN2 for a category token
-    gain, bias = 1.0, -3.5
+    gain, bias = 0.6, -1.5
     L0["W_in"][:, :n_cat] = gain * K
     L0["b_in"][:n_cat] = bias
     act = float(_gelu_new(gain * k_ln + bias))
@@ -382,8 +386,8 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     PQ[:, cols[1] : cols[2]], PK[:, cols[1] : cols[2]] = w_v * V, w_v * V
     PQ[:, cols[2] : cols[3]], PK[:, cols[2] : cols[3]] = w_u * U, -w_u * U
     PQ[:, cols[3]], PK[:, cols[3]] = w_b * N[:, 0], w_b * B[:, 0]
-    L1["W_Q"][h] = PQ + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
-    L1["W_K"][h] = PK + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    L1["W_Q"][h] = PQ + _random_in(rng, BLIND, dh, TARGET_GENERIC_COLUMN)
+    L1["W_K"][h] = PK + _random_in(rng, BLIND, dh, TARGET_GENERIC_COLUMN)
     bq = np.zeros(dh)  # b_Q against BOS's key coordinate in the BOS column
     bq[cols[3]] = LOGIT_BOS_FROM_B_Q * sqdh / (ln1_bos * A_B * w_b)
     # OV: copy the attended word's K and U coordinates into S (norm ~1 in the residual).
@@ -393,7 +397,14 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     L1["W_O"][h][:n_ov] = S.T / np.sqrt(ln1)
     L1["W_V"][h][:, n_ov:] = _random_in(rng, BLIND, dh - n_ov, 0.02)
     L1["W_O"][h][n_ov:] = _random_in(rng, S, dh - n_ov, 0.02).T
-    set_biases(L1, h, v_norm=0.05, designed_bq=gauge(L1, h, bq, ov=True))
+    # b_Q: the BOS part, and the rest of its gpt2-sized norm along the one column no planted key
+    # uses (so b_Q prefers no token over another: every key but BOS gets only a generic bias).
+    M = gauge(L1, h, np.eye(dh), ov=True)  # the basis change; rows: canonical columns
+    e_b, e_f = M[cols[3]], M[cols[4]]
+    nq, beta_b = B_Q_RATIO * np.linalg.norm(L1["W_Q"][h]), bq[cols[3]]
+    a2, a1, a0 = e_f @ e_f, 2 * beta_b * (e_b @ e_f), beta_b**2 * (e_b @ e_b) - nq**2
+    beta_f = (-a1 + np.sqrt(a1**2 - 4 * a2 * a0)) / (2 * a2)
+    set_biases(L1, h, v_norm=0.05, designed_bq=beta_b * e_b + beta_f * e_f, complete=True)
 
     # L1H0: previous-token head. The query at p is rotated back one step, so it matches key p - 1.
     hp = POSITIONAL_HEAD[1]
