@@ -178,3 +178,21 @@ def test_real_fidelity_prompt_positions_beat_all(real_tensor_model):
     assert p["score_corr"] > a["score_corr"]
     assert 0.8 < p["cosine_mean"] < 0.99 and 0.5 < p["score_corr"] < 0.95
     assert np.isfinite(list(v for v in p.values() if isinstance(v, float))).all()
+
+
+def test_qk_scripts_record_effective_embedding_fidelity(tmp_path, planted_model, truth):
+    """start_head (the QK scripts' start-up) writes how the effective embeddings were made and
+    how faithful they are, into the script's output folder."""
+    import argparse
+    import json
+
+    from common.cli import start_head
+
+    args = argparse.Namespace(model="planted", device="cpu", layer=truth["target"][0], head=truth["target"][1],
+                              seed=0, threads=1, out=str(tmp_path))
+    s = start_head(args, "x")
+    rec = json.loads((tmp_path / "effective_embeddings.json").read_text())
+    assert rec["positions"] == "prompt" and rec["layer"] == args.layer
+    assert s.E.shape == (planted_model.cfg.d_vocab, planted_model.cfg.d_model)
+    # planted v3 is built so that effective embeddings are faithful on the prompt positions
+    assert rec["fidelity"]["cosine_mean"] > 0.9 and rec["fidelity"]["score_corr"] > 0.95
