@@ -205,7 +205,9 @@ class Update(torch.nn.Module):
         dQ, dK = self.deltas()
         for d, cap, param in ((dQ, max_q, self.dQ if self.rank == 0 else self.bQ),
                               (dK, max_k, self.dK if self.rank == 0 else self.bK)):
-            param.mul_((cap / d.norm().double()).clamp(max=1.0))
+            n = d.norm()
+            n = n if n.device.type == "mps" else n.double()  # float64 as a host float would be (MPS has none)
+            param.mul_((cap / n).clamp(max=1.0))
 
 
 def qk_on(qk: FactoredQK, device) -> FactoredQK:
