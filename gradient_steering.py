@@ -73,13 +73,14 @@ from rich.table import Table
 from tqdm import tqdm
 
 from common.cli import base_parser, start
-from common.effective_embeddings import effective_embeddings
+from common.effective_embeddings import effective_embeddings, effective_record
 from common.factored import Factored, steer
 from common.head_qk import FactoredQK
 from common.head_replacement import head_scores, layer_input, qk_scores
 from common.metrics import mass_split, semantic_score
 from common.prompts import (GROUP_TOKENS, TokenizationError, category_prompts, category_token_ids, group_token_ids,
                             self_and_copies_mask, single_token_id)
+from common.outputs import write_json
 from common.results import Results, load_table, load_summary, save_results
 from common.token_scores import query_row, rank_metrics, self_rank
 
@@ -625,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     save_results(out_dir, results, args, SCRIPT, meta={
         "matching": "eigen alpha matched on held-out mean log self-mass",
         "n_rank_queries_total": int(results.tables["self_ranks"].token_id.nunique())})
+    write_json(out_dir / "effective_embeddings.json", effective_record(model, args.layer, args.head))
     render(out_dir)
     report(results)
     return 0
