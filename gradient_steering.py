@@ -81,7 +81,7 @@ from common.metrics import mass_split, semantic_score
 from common.prompts import (GROUP_TOKENS, TokenizationError, category_prompts, category_token_ids, group_token_ids,
                             self_and_copies_mask, single_token_id)
 from common.outputs import write_json
-from common.results import Results, load_table, load_summary, save_results
+from common.results import Results, load_table, save_results
 from common.token_scores import query_row, rank_metrics, self_rank
 
 SCRIPT = "gradient_steering"
