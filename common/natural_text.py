@@ -92,8 +92,10 @@ def load_text(source: str | None) -> tuple[str, str]:
     return read_text_path(source), f"local text {source}"
 
 
-def tokenize(tokenizer, text: str, chunk_chars: int = 100_000) -> list[int]:
-    """GPT-2 token ids of ``text``, encoded in line-aligned chunks (bounded memory, no length warning)."""
+def tokenize(tokenizer, text: str, chunk_chars: int = 100_000, group: int = 8) -> list[int]:
+    """GPT-2 token ids of ``text``, encoded in line-aligned chunks, ``group`` chunks per tokenizer
+    call: the tokenizer's per-call objects (encodings, offsets, masks) never exist for the whole
+    text at once, only the ids do."""
     lines = text.splitlines(keepends=True)
     chunks, cur, size = [], [], 0
     for line in lines:
@@ -105,8 +107,9 @@ def tokenize(tokenizer, text: str, chunk_chars: int = 100_000) -> list[int]:
     if cur:
         chunks.append("".join(cur))
     ids: list[int] = []
-    for enc in tokenizer(chunks, add_special_tokens=False)["input_ids"] if chunks else []:
-        ids.extend(enc)
+    for g in range(0, len(chunks), group):
+        for enc in tokenizer(chunks[g : g + group], add_special_tokens=False, return_attention_mask=False)["input_ids"]:
+            ids.extend(enc)
     return ids
 
 
