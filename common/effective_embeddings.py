@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import require_absolute_positions
 from common.outputs import atomic_path, cache_dir, model_fingerprint
 from common.prompts import category_prompts, random_token_prompts
 
@@ -89,6 +90,7 @@ def effective_embeddings(model, layer: int = 1, batch_size: int = 2048, cache: b
     ``cache_dir()/effective/<fingerprint>-L<layer>.pt`` (written atomically), so every script
     shares one computation per model.
     """
+    require_absolute_positions(model, "the effective embeddings (token embedding + mean of W_pos over positions)")
     if not cache:
         return compute_effective_embeddings(model, layer, batch_size)
     path = cache_dir() / "effective" / f"{model_fingerprint(model)}-{EFFECTIVE_VERSION}-L{layer}.pt"
