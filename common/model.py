@@ -160,20 +160,29 @@ def _from_pretrained(repo: str, device: str) -> HookedTransformer:
 
 
 def _unavailable_message(repo: str, exc: BaseException) -> str:
-    """One line: which model, which cache entry is missing or incomplete, where, and what to do."""
+    """One line: which model, whether its cache entry is missing, incomplete or complete (then the
+    error is in loading it, not in fetching it), where the cache is, and what to do."""
+    from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
 
     label = "gpt2-small" if repo == "gpt2" else repo
     entry = Path(HF_HUB_CACHE) / cache_entry(repo)
-    state = "is incomplete" if entry.exists() else "is missing"
+    why = f"could not load {label} weights ({error_summary(exc)[:160]})"
+    options = ("use --model /path/to/gpt2 (a local HF GPT-2 folder) or --model planted (the offline demo model)")
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo, name), str)
+
+    if entry.exists() and cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin")):
+        return (f"{why}, although the cache entry {entry.name} in {entry.parent} holds config.json and the "
+                f"weights: the error is in loading them, not in fetching them; {options}")
+    state = "is incomplete (config.json or the weights file missing)" if entry.exists() else "is missing"
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    where = (f"HF_HUB_OFFLINE=1 is already set and the cache entry {entry.name} {state} (in {entry.parent})"
+    where = (f"HF_HUB_OFFLINE=1 is already set and the cache entry {entry.name} in {entry.parent} {state}"
              if offline else
-             f"no network, and the cache entry {entry.name} {state} (in {entry.parent}; "
-             "export HF_HUB_OFFLINE=1 once it is populated)")
-    return (f"could not load {label} weights ({error_summary(exc)[:160]}): {where}; run once with network "
-            f"access so Hugging Face caches {repo!r}, or use --model /path/to/gpt2 (a local HF GPT-2 folder) "
-            "or --model planted (the offline demo model)")
+             f"no network, and the cache entry {entry.name} in {entry.parent} {state} "
+             "(export HF_HUB_OFFLINE=1 once it is populated)")
+    return f"{why}: {where}; run once with network access so Hugging Face caches {repo!r}, or {options}"
 
 
 def load_local_folder(folder: str | Path, device: str = "cpu") -> HookedTransformer:

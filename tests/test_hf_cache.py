@@ -26,9 +26,12 @@ Entries (ground truth for each check in brackets):
   (the older weights format) [its config; transformers' own forward pass, which also shows the
   layer-index scaling matters].
 
+Two more entries cannot load (``models--gpt2-large``: a config without n_ctx; ``models--stanford-crfm--
+beren-gpt2-medium-x49``: config.json only), for the messages of an existing entry.
+
 Not exercised: the real checkpoints (their sizes, their exact file lists, the real weights), and
 gpt2-large, gpt2-xl and the other nine Stanford seeds beyond their names reaching the hub route
-(each gives the missing-entry message naming its own cache folder).
+(each gives the one-line message naming its own cache folder).
 
 HF_HOME / HF_HUB_OFFLINE are read when huggingface_hub is imported, so everything that loads runs in
 ONE subprocess (imports dominate the cost); the tests read what it saved.
@@ -63,6 +66,9 @@ TINY = {  # name -> (config overrides, weights file) of the random entries
 PLANTED_AS = ("gpt2", "gpt2-medium")  # hub names the planted model's folder is laid out as
 PRESENT = (*PLANTED_AS, *TINY)
 GPT2_PROMPT = "<|endoftext|> cat dog red blue Monday cat Tuesday seven"
+# entries that exist but cannot load: a config without n_ctx (TransformerLens' GPT-2 conversion reads
+# it; every hub GPT-2 config has it) and an entry holding config.json only (an interrupted download)
+BROKEN = ("gpt2-large", "stanford-crfm/beren-gpt2-medium-x49")
 ALIASES_TRIED = {"distil-gpt2": "distilgpt2", "stanford-gpt2-small-a": "stanford-crfm/alias-gpt2-small-x21",
                  "GPT2-Medium": "gpt2-medium"}
 
@@ -186,6 +192,14 @@ def run(tmp_path_factory, planted_cache):
         folders[name] = tiny_folder(work / hub_models.short_name(name), overrides, weights, seed=i + 1)
     for name, folder in folders.items():
         lay_out_hf_cache(folder, home, repo=name)
+    no_n_ctx = tiny_folder(work / "no-n-ctx", TINY["distilgpt2"][0], "model.safetensors", seed=9)
+    raw = json.loads((no_n_ctx / "config.json").read_text())
+    del raw["n_ctx"]
+    (no_n_ctx / "config.json").write_text(json.dumps(raw))
+    lay_out_hf_cache(no_n_ctx, home, repo=BROKEN[0])
+    (work / "config-only").mkdir()
+    shutil.copy(folders["distilgpt2"] / "config.json", work / "config-only" / "config.json")
+    lay_out_hf_cache(work / "config-only", home, repo=BROKEN[1])
     env = dict(os.environ, HF_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
                TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
@@ -215,14 +229,15 @@ def test_missing_entry_stops_a_script_with_exit_2_and_one_line(run):
     assert res["start_exit"] == 2
     lines = res["start_stderr"].strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: could not load gpt2-xl weights"), lines
-    assert "cache entry models--gpt2-xl is missing" in lines[0] and "--model planted" in lines[0]
+    assert "cache entry models--gpt2-xl in " in lines[0] and "is missing" in lines[0] and "--model planted" in lines[0]
     assert not (run["work"] / "x" / "summary.json").exists()
 
 
 def test_cache_entries_are_laid_out_under_the_real_repo_ids(run):
     hub = run["home"] / "hub"
     assert sorted(p.name for p in hub.iterdir() if not p.name.startswith(".")) == sorted(
-        ["models--gpt2", "models--gpt2-medium", "models--distilgpt2", "models--stanford-crfm--alias-gpt2-small-x21"])
+        ["models--gpt2", "models--gpt2-medium", "models--distilgpt2", "models--stanford-crfm--alias-gpt2-small-x21",
+         *(hub_models.cache_entry(b) for b in BROKEN)])
     snap = hub / "models--stanford-crfm--alias-gpt2-small-x21" / "snapshots"
     (rev,) = snap.iterdir()
     assert (hub / "models--stanford-crfm--alias-gpt2-small-x21" / "refs" / "main").read_text() == rev.name
@@ -267,7 +282,7 @@ def test_aliases_share_their_model(run):
     assert run["res"]["aliases"] == {a: True for a in ALIASES_TRIED}
 
 
-def test_absent_entry_gives_one_line_message_naming_it(run):
+def test_unloadable_entry_gives_one_line_message_naming_it(run):
     absent = run["res"]["absent"]
     assert sorted(absent) == sorted(set(hub_models.OFFICIAL) - set(PRESENT))
     assert "gpt2-xl" in absent and "gpt2-large" in absent and "stanford-crfm/expanse-gpt2-small-x777" in absent
@@ -275,9 +290,14 @@ def test_absent_entry_gives_one_line_message_naming_it(run):
         assert msg is not None, f"{name} loaded from a cache that does not hold it"
         assert len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
         entry = hub_models.cache_entry(name)
-        assert f"cache entry {entry} is missing" in msg, msg
-        assert str(run["home"] / "hub") in msg and "HF_HUB_OFFLINE=1 is already set" in msg, msg
+        assert f"cache entry {entry} in {run['home'] / 'hub'} " in msg, msg
         assert "--model planted" in msg and "--model /path/to/gpt2" in msg, msg
+        if name not in BROKEN:
+            assert f"{entry} in {run['home'] / 'hub'} is missing" in msg and "HF_HUB_OFFLINE=1 is already set" in msg, msg
+    # an entry that exists: incomplete (no weights file), or complete but failing to load
+    assert f"{hub_models.cache_entry(BROKEN[1])} in {run['home'] / 'hub'} is incomplete" in absent[BROKEN[1]]
+    broken = absent[BROKEN[0]]
+    assert "holds config.json and the weights" in broken and "n_ctx" in broken, broken
     assert "models--stanford-crfm--arwen-gpt2-medium-x21" in absent["stanford-crfm/arwen-gpt2-medium-x21"]
 
 
