@@ -28,9 +28,15 @@ self-attention is to move everything to or away from BOS.
 Baselines:
   * eigenvalue steering (``common.factored.steer``): the negative eigenvalues of W_sym are multiplied by
     alpha, alpha chosen by bisection so that the held-out mean log self-mass equals the gradient
-    result's (matched self-attention gain);
+    result's (matched self-attention gain; alpha searched within 1 -+ 2^11). A target no alpha
+    reaches is not hidden: the row keeps the furthest edit tried, alpha_matched is False, and the
+    report and figures say so with the value reached and the target;
   * the original repository's one-step trace loss: the loss -trace(W_Q W_K^T) has gradient -W_Q
     for W_K, so one step of size 1 is W_K <- W_K + W_Q (here on the fold_ln-processed weights).
+
+Devices: the prompts, the head's input, the update and its optimiser live on the model's device
+(--device); the spectra and the vocabulary views use the CPU tensors common.factored and the
+cached effective embeddings provide, and scorers are moved to the activations where they meet.
 
 Evaluated for every variant: held-out attention mass split (self+copies, other in-category, BOS,
 other) and semantic score; the share of non-self attention that stays in-category; self-rank of
@@ -40,7 +46,8 @@ vocabulary that " Monday" attends to most.
 
 Outputs (``figures/gradient_steering/`` by default):
   loss_curve.csv / .png        train and held-out loss per step, per direction
-  variants.csv                 every variant: mass split, semantic score, self-rank metrics, edit size
+  variants.csv                 every variant: mass split, semantic score, self-rank metrics, edit size;
+                               eigen rows: alpha, alpha_matched, match_target, match_achieved
   group_attention.csv / group_heatmaps.png   softmax over the 30 group tokens, per variant
   self_ranks.csv / self_rank.png             self-rank per query token, per variant (CDF)
   monday_top10.csv             the 10 most attended vocabulary tokens for " Monday" per variant
@@ -56,6 +63,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from textwrap import fill
 
 import numpy as np
 import pandas as pd
@@ -65,14 +73,15 @@ from rich.table import Table
 from tqdm import tqdm
 
 from common.cli import base_parser, start
-from common.effective_embeddings import effective_embeddings
+from common.effective_embeddings import effective_embeddings, effective_record
 from common.factored import Factored, steer
 from common.head_qk import FactoredQK
 from common.head_replacement import head_scores, layer_input, qk_scores
 from common.metrics import mass_split, semantic_score
 from common.prompts import (GROUP_TOKENS, TokenizationError, category_prompts, category_token_ids, group_token_ids,
                             self_and_copies_mask, single_token_id)
-from common.results import Results, load_table, load_summary, save_results
+from common.outputs import write_json
+from common.results import Results, load_table, save_results
 from common.token_scores import query_row, rank_metrics, self_rank
 
 SCRIPT = "gradient_steering"
@@ -170,20 +179,20 @@ def loss_fn(scores, ref_scores, tokens, direction: str, margin: float) -> torch.
 
 
 class Update(torch.nn.Module):
-    """dW_Q, dW_K for one head: full, or rank-r A B^T (A random, B zero, so the start is exact)."""
+    """dW_Q, dW_K for one head on ``device``: full, or rank-r A B^T (A random, B zero, so the start
+    is exact; A is drawn on the CPU from ``seed``, so every device starts from the same numbers)."""
 
-    def __init__(self, d_model: int, d_head: int, rank: int, seed: int):
+    def __init__(self, d_model: int, d_head: int, rank: int, seed: int, device="cpu"):
         super().__init__()
         self.rank = rank
+        zeros = lambda *shape: torch.nn.Parameter(torch.zeros(*shape, device=device))
         if rank == 0:
-            self.dQ = torch.nn.Parameter(torch.zeros(d_model, d_head))
-            self.dK = torch.nn.Parameter(torch.zeros(d_model, d_head))
+            self.dQ, self.dK = zeros(d_model, d_head), zeros(d_model, d_head)
         else:
             g = torch.Generator().manual_seed(seed)
-            self.aQ = torch.nn.Parameter(torch.randn(d_model, rank, generator=g) / math.sqrt(d_model))
-            self.aK = torch.nn.Parameter(torch.randn(d_model, rank, generator=g) / math.sqrt(d_model))
-            self.bQ = torch.nn.Parameter(torch.zeros(d_head, rank))
-            self.bK = torch.nn.Parameter(torch.zeros(d_head, rank))
+            a = [torch.randn(d_model, rank, generator=g).to(device) / math.sqrt(d_model) for _ in range(2)]
+            self.aQ, self.aK = (torch.nn.Parameter(t) for t in a)
+            self.bQ, self.bK = zeros(d_head, rank), zeros(d_head, rank)
 
     def deltas(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.rank == 0:
@@ -192,13 +201,22 @@ class Update(torch.nn.Module):
 
     @torch.no_grad()
     def project(self, max_q: float, max_k: float) -> None:
-        """Shrink dW_Q / dW_K back onto the trust region ||d||_F <= max (the B factor for low rank)."""
+        """Shrink dW_Q / dW_K back onto the trust region ||d||_F <= max (the B factor for low rank):
+        multiply by min(1, max / ||d||), computed on the device (no host round trip per step)."""
         dQ, dK = self.deltas()
         for d, cap, param in ((dQ, max_q, self.dQ if self.rank == 0 else self.bQ),
                               (dK, max_k, self.dK if self.rank == 0 else self.bK)):
-            n = float(d.norm())
-            if n > cap:
-                param.mul_(cap / n)
+            n = d.norm()
+            n = n if n.device.type == "mps" else n.double()  # float64 as a host float would be (MPS has none)
+            param.mul_((cap / n).clamp(max=1.0))
+
+
+def qk_on(qk: FactoredQK, device) -> FactoredQK:
+    """The head's weights on ``device`` (for the optimisation; spectra and scorers stay on the CPU,
+    where common.factored computes them, and are moved to the activations where they are used)."""
+    mv = lambda t: None if t is None else t.to(device)
+    return FactoredQK(mv(qk.W_Q), mv(qk.W_K), mv(qk.b_Q), mv(qk.b_K), attn_scale=qk.attn_scale,
+                      layer=qk.layer, head=qk.head)
 
 
 def edited_scores(qk: FactoredQK, x: torch.Tensor, dQ=None, dK=None) -> torch.Tensor:
@@ -216,6 +234,7 @@ class Variant:
     scorer: Factored
     weights: tuple[torch.Tensor, torch.Tensor] | None = None
     alpha: float = float("nan")
+    match: Match | None = None  # eigen variants: how well alpha met its target
 
     def scores(self, qk: FactoredQK, x: torch.Tensor) -> torch.Tensor:
         if self.weights is None:
@@ -238,57 +257,103 @@ def eigen_scorer(qk: FactoredQK, alpha: float) -> Factored:
 # ----------------------------------------------------------------------------------------------
 
 
+class Steering:
+    """One direction's optimisation, on the device of the activations ``train``/``held`` = (x,
+    tokens): the head's weights, the update and Adam's state all live there."""
+
+    def __init__(self, qk: FactoredQK, train, held, direction: str, args):
+        dev = train[0].device
+        self.qk, self.direction, self.args = qk_on(qk, dev), direction, args
+        self.data = {"train": train, "held": held}
+        self.upd = Update(qk.d_model, qk.d_head, args.rank, args.seed, device=dev)
+        self.opt = torch.optim.Adam(self.upd.parameters(), lr=args.lr)
+        self.caps = (args.max_edit * float(qk.W_Q.norm()), args.max_edit * float(qk.W_K.norm()))
+        with torch.no_grad():
+            self.ref = {k: edited_scores(self.qk, x) for k, (x, _) in self.data.items()}
+
+    def losses(self, which: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, task, keep) on the ``"train"`` or ``"held"`` prompts with the current update."""
+        (x, tokens), ref = self.data[which], self.ref[which]
+        s = edited_scores(self.qk, x, *self.upd.deltas())
+        task = loss_fn(s, ref, tokens, self.direction, self.args.margin)
+        keep = nonself_kl(s, ref, tokens) if self.args.keep_weight > 0 else torch.zeros((), device=s.device)
+        return task + self.args.keep_weight * keep, task, keep
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One Adam step on ``loss``, then back into the trust region (--max-edit)."""
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        if self.args.max_edit > 0:
+            self.upd.project(*self.caps)
+
+
 def optimise(qk: FactoredQK, train, held, direction: str, args):
-    """Adam on dW_Q, dW_K for one direction. ``train``/``held`` = (x, tokens). Returns (Update, loss rows)."""
-    upd = Update(qk.d_model, qk.d_head, args.rank, args.seed)
-    opt = torch.optim.Adam(upd.parameters(), lr=args.lr)
-    w_norms = (float(qk.W_Q.norm()), float(qk.W_K.norm()))
-    ref_train, ref_held = edited_scores(qk, train[0]), edited_scores(qk, held[0])
-
-    def total(x, ref, tokens):
-        s = edited_scores(qk, x, *upd.deltas())
-        task = loss_fn(s, ref, tokens, direction, args.margin)
-        keep = nonself_kl(s, ref, tokens) if args.keep_weight > 0 else torch.zeros(())
-        return task + args.keep_weight * keep, task, keep
-
+    """Adam on dW_Q, dW_K for one direction. ``train``/``held`` = (x, tokens) on one device.
+    Returns (Update, loss rows)."""
+    run = Steering(qk, train, held, direction, args)
     rows = []
     with torch.enable_grad():  # common.cli.start disables grad globally
         for step in tqdm(range(args.steps + 1), desc=f"{direction}", leave=False):
             held_loss = None
             if step % args.eval_every == 0 or step == args.steps:
                 with torch.no_grad():
-                    held_loss = float(total(held[0], ref_held, held[1])[0])
-            loss, task, keep = total(train[0], ref_train, train[1])
+                    held_loss = float(run.losses("held")[0])
+            loss, task, keep = run.losses("train")
             rows.append({"direction": direction, "step": step, "train_loss": loss.item(),
                          "train_task_loss": task.item(), "train_keep_kl": keep.item(), "heldout_loss": held_loss})
             if step == args.steps:
                 break
             if not torch.isfinite(loss):
                 raise SystemExit(f"error: the {direction} loss diverged at step {step}; lower --lr (now {args.lr})")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if args.max_edit > 0:
-                upd.project(args.max_edit * w_norms[0], args.max_edit * w_norms[1])
-    return upd, rows
+            run.step(loss)
+    return run.upd, rows
 
 
 @torch.no_grad()
-def evaluate(scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Held-out numbers of the head from its attention scores."""
+def evaluation_tensors(scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Held-out numbers of the head from its attention scores, as 0-dim tensors on the scores'
+    device (``tokens`` and ``mask`` are moved there)."""
+    tokens, mask = tokens.to(scores.device), mask.to(scores.device)
     pat = torch.softmax(scores, -1)
     split = mass_split(pat[None], tokens, mask)
-    out = {f"mass_{k}": float(v[0]) for k, v in split.items()}
-    out["mean_log_self_mass"] = float(log_self_mass(scores, tokens).mean())
-    out["semantic_score"] = float(semantic_score(pat, mask).mean())
+    out = {f"mass_{k}": v[0] for k, v in split.items()}
+    out["mean_log_self_mass"] = log_self_mass(scores, tokens).mean()
+    out["semantic_score"] = semantic_score(pat, mask).mean()
+    return out
+
+
+def evaluate(scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> dict:
+    """:func:`evaluation_tensors` as numbers, with the share of non-self attention in-category."""
+    out = {k: float(v) for k, v in evaluation_tensors(scores, tokens, mask).items()}
     out["in_category_share_of_nonself"] = out["mass_in_category"] / max(1 - out["mass_self_and_copies"], 1e-12)
     return out
 
 
+@dataclass
+class Match:
+    """Eigenvalue steering matched to a target held-out mean log self-mass."""
+
+    alpha: float
+    achieved: float  # held-out mean log self-mass at alpha
+    target: float
+    matched: bool  # False: the target is out of reach (alpha is the furthest edit tried) or missed
+
+    def row(self) -> dict:
+        return {"alpha_matched": self.matched, "match_target": self.target, "match_achieved": self.achieved}
+
+
+MATCH_TOL = 0.01  # |achieved - target| <= MATCH_TOL * max(1, |target|) counts as matched
+BRACKET_DOUBLINGS = 12  # alpha is searched up to 1 +- 2^11
+
+
 @torch.no_grad()
-def match_alpha(qk: FactoredQK, held, target: float, iters: int = 30) -> tuple[float, float]:
+def match_alpha(qk: FactoredQK, held, target: float, iters: int = 30) -> Match:
     """alpha such that scaling W_sym's negative eigenvalues by alpha gives held-out mean log
-    self-mass ``target``; (alpha, reached value). Bisection, bracket grown geometrically."""
+    self-mass ``target``. Bisection, bracket grown geometrically (alpha = 1 -+ 1, 2, 4, ...,
+    2^11). When no alpha tried reaches the target (e.g. a self-mass above what any eigenvalue edit
+    gives), the furthest edit tried is returned with ``matched`` False; so is a bisection that
+    ends further than :data:`MATCH_TOL` from the target."""
     if qk.sym_eig().n_negative == 0:
         raise SystemExit("error: W_sym of this head has no negative eigenvalues: "
                          "nothing for eigenvalue steering to edit")
@@ -296,10 +361,13 @@ def match_alpha(qk: FactoredQK, held, target: float, iters: int = 30) -> tuple[f
     def value(alpha):
         return float(log_self_mass(head_scores(eigen_scorer(qk, alpha), held[0]), held[1]).mean())
 
+    def result(a, v, bracketed):
+        return Match(a, v, target, bracketed and abs(v - target) <= MATCH_TOL * max(1.0, abs(target)))
+
     v1 = value(1.0)
     up = target > v1  # promoting self needs alpha < 1 (weaker or flipped negative eigenvalues)
     step, far = 1.0, None
-    for _ in range(12):
+    for _ in range(BRACKET_DOUBLINGS):
         a = 1.0 - step if up else 1.0 + step
         v = value(a)
         if (v >= target) == up:
@@ -307,7 +375,7 @@ def match_alpha(qk: FactoredQK, held, target: float, iters: int = 30) -> tuple[f
             break
         step *= 2
     if far is None:
-        return a, v  # target out of reach: report the furthest edit tried
+        return result(a, v, False)  # target out of reach: the furthest edit tried, flagged
     lo, hi = (far, 1.0) if up else (1.0, far)
     for _ in range(iters):
         mid = (lo + hi) / 2
@@ -316,7 +384,7 @@ def match_alpha(qk: FactoredQK, held, target: float, iters: int = 30) -> tuple[f
         else:
             lo, hi = (lo, mid) if up else (mid, hi)
     a = lo if up else hi
-    return a, value(a)
+    return result(a, value(a), True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,12 +458,16 @@ def vocabulary_views(model, args, qk: FactoredQK, variants: dict[str, Variant], 
 
 
 def compute(model, args, word_id: int) -> Results:
-    layer, head, tok = args.layer, args.head, model.tokenizer
+    layer, head, tok, dev = args.layer, args.head, model.tokenizer, model.cfg.device
     W_before = (model.W_Q[layer, head].detach().clone(), model.W_K[layer, head].detach().clone())
     train_b = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
     held_b = category_prompts(tok, args.n_heldout, args.seq_len, args.seed + 1000, repeat_prob=args.repeat_prob)
-    train = (layer_input(model, train_b.tokens, layer, head, len(train_b.tokens)), train_b.tokens)
-    held = (layer_input(model, held_b.tokens, layer, head, len(held_b.tokens)), held_b.tokens)
+    # Prompts and the head's input on the model's device: the optimisation and every held-out
+    # evaluation run there. Spectra, scorers and vocabulary views are built on the CPU (where
+    # common.factored and the cached effective embeddings live) and moved where they meet activations.
+    train = (layer_input(model, train_b.tokens, layer, head, len(train_b.tokens)), train_b.tokens.to(dev))
+    held = (layer_input(model, held_b.tokens, layer, head, len(held_b.tokens)), held_b.tokens.to(dev))
+    held_mask = held_b.mask.to(dev)
     qk = FactoredQK.from_model(model, layer, head)
 
     variants = {"original": weight_variant(qk, qk.W_Q, qk.W_K)}
@@ -406,24 +478,30 @@ def compute(model, args, word_id: int) -> Results:
         dQ, dK = (t.detach().cpu() for t in upd.deltas())
         variants[f"gradient {d}"] = weight_variant(qk, qk.W_Q + dQ, qk.W_K + dK)
     variants["trace step (W_K += W_Q)"] = weight_variant(qk, qk.W_Q, qk.W_K + qk.W_Q)
-    evals = {name: evaluate(v.scores(qk, held[0]), held[1], held_b.mask) for name, v in variants.items()}
+    evals = {name: evaluate(v.scores(qk, held[0]), held[1], held_mask) for name, v in variants.items()}
     for d in DIRECTIONS[args.direction]:
-        alpha, _ = match_alpha(qk, held, evals[f"gradient {d}"]["mean_log_self_mass"])
+        m = match_alpha(qk, held, evals[f"gradient {d}"]["mean_log_self_mass"])
         name = f"eigen {d} (matched)"
-        variants[name] = Variant(eigen_scorer(qk, alpha), alpha=alpha)
-        evals[name] = evaluate(variants[name].scores(qk, held[0]), held[1], held_b.mask)
+        variants[name] = Variant(eigen_scorer(qk, m.alpha), alpha=m.alpha, match=m)
+        evals[name] = evaluate(variants[name].scores(qk, held[0]), held[1], held_mask)
 
     views = vocabulary_views(model, args, qk, variants, word_id)
     for before, now in zip(W_before, (model.W_Q[layer, head], model.W_K[layer, head])):
         if not torch.equal(before, now):  # the model must come out exactly as it went in
             raise RuntimeError("model weights changed during steering")
 
-    table = pd.DataFrame([{"variant": name, "alpha": v.alpha, **evals[name], **metrics}
+    no_match = {"alpha_matched": None, "match_target": float("nan"), "match_achieved": float("nan")}
+    table = pd.DataFrame([{"variant": name, "alpha": v.alpha, **(v.match.row() if v.match else no_match),
+                           **evals[name], **metrics}
                           for (name, v), metrics in zip(variants.items(), views.pop("metrics").to_dict("records"))])
     curve = pd.DataFrame(curves)
+    matches = {name: v.match for name, v in variants.items() if v.match is not None}
     summary = {
         "model": args.model, "layer": layer, "head": head, "query_word": args.query_word,
         "variants": {r["variant"]: {k: r[k] for k in SUMMARY_KEYS} for r in table.to_dict("records")},
+        "eigen_matching": {name: {"alpha": m.alpha, "matched": m.matched, "target_mean_log_self_mass": m.target,
+                                  "achieved_mean_log_self_mass": m.achieved} for name, m in matches.items()},
+        "all_alphas_matched": all(m.matched for m in matches.values()),
         "loss_first_last": {d: [float(curve[curve.direction == d].train_loss.iloc[0]),
                                 float(curve[curve.direction == d].train_loss.iloc[-1])]
                             for d in DIRECTIONS[args.direction]},
@@ -436,10 +514,28 @@ def compute(model, args, word_id: int) -> Results:
 # ----------------------------------------------------------------------------------------------
 
 
+def variant_labels(variants: pd.DataFrame) -> dict[str, str]:
+    """Figure label of every variant (saved rows): an eigen variant whose alpha missed its target
+    says so, with the value reached and the target."""
+    labels = {}
+    for r in variants.itertuples():
+        labels[r.variant] = r.variant
+        if str(r.alpha_matched) == "False":
+            labels[r.variant] = (f"{r.variant.removesuffix(' (matched)')}: NOT matched (alpha {r.alpha:.3g} "
+                                 f"reaches mean log self-mass {r.match_achieved:.2f}, target {r.match_target:.2f})")
+    return labels
+
+
+def unmatched(variants: pd.DataFrame) -> pd.DataFrame:
+    """Saved rows of eigen variants whose alpha did not reach its target."""
+    return variants[variants.alpha_matched.astype(str) == "False"]
+
+
 def render(out_dir) -> list[Path]:
     from common.plotting import plt, save_figure, token_heatmap
 
     out_dir, paths = Path(out_dir), []
+    labels_of = variant_labels(load_table(out_dir, "variants"))
     curve = load_table(out_dir, "loss_curve")
     dirs = list(dict.fromkeys(curve.direction))
     fig, axes = plt.subplots(1, len(dirs), figsize=(5.2 * len(dirs), 3.6), squeeze=False)
@@ -465,8 +561,8 @@ def render(out_dir) -> list[Path]:
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 5.8 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         m = groups[groups.variant == name].attention.to_numpy().reshape(n, n)  # saved query-major
-        token_heatmap(ax, m, labels, title=name, vmin=0, vmax=1, cmap="viridis", center=None,
-                      groups=[group_of.get(w, "") for w in labels])
+        token_heatmap(ax, m, labels, title=fill(labels_of.get(name, name), 44), vmin=0, vmax=1, cmap="viridis",
+                      center=None, groups=[group_of.get(w, "") for w in labels])
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle(f"Attention among the {n} group tokens (softmax over these keys, effective embeddings)")
@@ -476,7 +572,7 @@ def render(out_dir) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, g in ranks[ranks.kind == "category"].groupby("variant", sort=False):
         r = np.sort(g["rank"].to_numpy())
-        ax.step(r + 1, np.arange(1, len(r) + 1) / len(r), where="post", label=name)
+        ax.step(r + 1, np.arange(1, len(r) + 1) / len(r), where="post", label=fill(labels_of.get(name, name), 60))
     ax.set_xscale("log")
     ax.set_xlabel("self-rank + 1 over the full vocabulary (1 = own key is the top key)")
     ax.set_ylabel("fraction of query tokens")
@@ -490,15 +586,20 @@ def report(results: Results) -> None:
     variants, top, word = results.tables["variants"], results.tables["monday_top10"], results.summary["query_word"]
     c = Console(width=max(Console().width, 150))
     t = Table(title="Held-out attention per variant")
-    for col in ("variant", "self+copies", "log self", "in-category", "in-cat share of non-self", "BOS",
+    for col in ("variant", "alpha", "self+copies", "log self", "in-category", "in-cat share of non-self", "BOS",
                 "score", "median self-rank (category)", "|dW_QK|/|W_QK|"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "alpha")
     for _, r in variants.iterrows():
-        t.add_row(r.variant, f"{r.mass_self_and_copies:.3g}", f"{r.mean_log_self_mass:.2f}",
+        alpha = "" if pd.isna(r.alpha) else f"{r.alpha:.3g}" + ("" if str(r.alpha_matched) == "True" else " [red]NOT matched[/]")
+        t.add_row(r.variant, alpha, f"{r.mass_self_and_copies:.3g}", f"{r.mean_log_self_mass:.2f}",
                   f"{r.mass_in_category:.3f}",
                   f"{r.in_category_share_of_nonself:.3f}", f"{r.mass_bos:.3f}", f"{r.semantic_score:.3f}",
                   f"{r.category_median_rank:.0f}", f"{r.edit_fro_rel:.3f}")
     c.print(t)
+    for r in unmatched(variants).itertuples():
+        c.print(f"[bold red]warning:[/] {r.variant} is NOT matched: no alpha reached the target held-out mean log self-mass "
+                f"{r.match_target:.3f}; alpha {r.alpha:.4g} (the furthest edit tried) reaches {r.match_achieved:.3f}. "
+                "Its row is not a matched comparison (variants.csv: alpha_matched False).")
     t2 = Table(title=f"The 10 most attended tokens for {word!r} over the vocabulary")
     t2.add_column("#")
     names = list(dict.fromkeys(top.variant))
@@ -525,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     save_results(out_dir, results, args, SCRIPT, meta={
         "matching": "eigen alpha matched on held-out mean log self-mass",
         "n_rank_queries_total": int(results.tables["self_ranks"].token_id.nunique())})
+    write_json(out_dir / "effective_embeddings.json", effective_record(model, args.layer, args.head))
     render(out_dir)
     report(results)
     return 0

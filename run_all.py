@@ -5,7 +5,8 @@ script runs as its own process (as a user would run it), so one failure does not
 the run ends non-zero and names the failed scripts. A step whose script, shared code, arguments
 and upstream results are unchanged since its last successful run is skipped (``--force`` reruns).
 At the end ``figures/INDEX.md`` (or ``<root>/INDEX.md``) lists every figure with the claim it
-supports and the command that made it.
+supports and the command that made it, ``run_all.json`` records each script's status, seconds and
+first error line, and ``report.html`` (common/report.py) shows the whole study on one page.
 
 Inputs that would otherwise come from the network are passed on: ``--text PATH`` (a text file or
 folder) to every script that reads natural text (token_freq.py, rule_preserving_ablation.py,
@@ -38,6 +39,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -50,7 +52,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from common.outputs import default_out_dir, write_text  # noqa: E402
+from common.outputs import default_out_dir, write_json, write_text  # noqa: E402
+from common.report import build_report  # noqa: E402
 
 
 @dataclass
@@ -73,8 +76,6 @@ class Step:
     inputs: list[str] = field(default_factory=list)
     # extra arguments per model kind ("planted", "real", or "any"); "{root}" is the output root
     args: dict[str, list[str]] = field(default_factory=dict)
-    # announced by an open issue but not written yet: absent is "not yet written", not a failure
-    planned: bool = False
 
     @property
     def needs(self) -> list[str]:
@@ -93,6 +94,8 @@ STEPS = [
     Step("characterize_head.py", "L1H5 follows the three rules best of all heads (score ~0.6 vs >= 1.2 on gpt2-small)."),
     Step("component_ablation.py", "L1H5 reads token identity via the embedding and MLP0, not positions or layer-0 attention."),
     Step("skew_analysis.py", "W_sym has many negative eigenvalues (33 of the top 64); the skew part is smaller and removing it helps."),
+    Step("self_suppression_survey.py", "Every full-rank head has d_head negative eigenvalues (Sylvester), so the count does not "
+         "single L1H5 out; in token space L1H5 ranks each token's own key last."),
     Step("svd_sym_skew_heatmap.py", "The symmetric part of W_QK alone reproduces the head's scores on the group tokens."),
     Step("svd_group_scaling_heatmap.py", "Scaling the negative eigenvalues to <= 0 turns self-attention back on."),
     Step("svd_rank_ablation.py", "Self-rank over the vocabulary as a function of how many negative eigenvalues are scaled, and by how much."),
@@ -104,7 +107,7 @@ STEPS = [
     Step("rule_preserving_ablation.py", "How much of L1H5's effect on the logits the three rules explain.",
          upstream=[COMMUNITIES], inputs=["text"]),
     Step("succession_ablation.py", "Whether the model uses L1H5 for succession (Monday -> Tuesday), and which later heads read it.",
-         inputs=["text"], planned=True),
+         inputs=["text"]),
 ]
 
 
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return render_all(root, [s for s in STEPS if not only or s.script in only], args.model, console)
     stamps: dict[str, str] = {}
     ok: dict[str, bool] = {}
+    record = run_record(root)  # per script: status, seconds, first error line (report.html reads it)
     rows = []
     prepared = False
     inputs_stamp = input_signature(args)
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if only and step.script not in only:
             continue
         if not (ROOT / step.script).exists():
-            rows.append((step.script, 0.0, 0, "not yet written" if step.planned else "missing", ""))
+            rows.append((step.script, 0.0, 0, "missing", ""))
             continue
         out = root / name
         upstream_ok = {u.script: ok.get(u.script, succeeded_before(root, u.script))
@@ -235,21 +239,25 @@ def main(argv: list[str] | None = None) -> int:
         for n in notes:
             console.print(f"[yellow]fallback: {n}")
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT)
+        returncode, error = run_step(cmd)
         dt = time.time() - t0
-        ok[step.script] = proc.returncode == 0
+        ok[step.script] = returncode == 0
+        record[step.script] = {"status": "ok" if ok[step.script] else f"FAILED (exit {returncode})",
+                               "seconds": round(dt, 1), "error": "" if ok[step.script] else error, "note": note}
         if ok[step.script]:
             write_text(stamp_file, stamp)
         elif stamp_file.exists():
             stamp_file.unlink()
-        rows.append((step.script, dt, n_outputs(out), "ok" if ok[step.script] else f"FAILED (exit {proc.returncode})", note))
+        rows.append((step.script, dt, n_outputs(out), record[step.script]["status"], note))
 
     write_index(root, args.model)
+    write_json(root / "run_all.json", {"model": args.model, "steps": record})
+    build_report(root, args.model)
     table = Table(title=f"run_all --model {args.model}")
     for c in ("script", "seconds", "outputs", "status", "notes"):
         table.add_column(c)
     for script, dt, n, status, note in rows:
-        style = "red" if status.startswith(("FAILED", "missing")) else ("yellow" if note or status == "not yet written" else None)
+        style = "red" if status.startswith(("FAILED", "missing")) else ("yellow" if note else None)
         table.add_row(script, f"{dt:.1f}", str(n), status, note, style=style)
     console.print(table)
     failed = [r[0] for r in rows if r[3].startswith(("FAILED", "missing"))]
@@ -257,6 +265,30 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]failed or missing: {', '.join(failed)}")
         return 1
     return 0
+
+
+def run_step(cmd: list[str]) -> tuple[int, str]:
+    """Run one script, its stderr passed through as it comes (progress bars stay live); returns the
+    exit code and the error's first line (the script's "error: ..." line, else the last line)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+    tail = b""
+    while chunk := os.read(proc.stderr.fileno(), 4096):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-16384:]
+    returncode = proc.wait()
+    lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return returncode, (errors[0] if errors else lines[-1] if lines else "")[:300]
+
+
+def run_record(root: Path) -> dict:
+    """run_all.json's per-script record from earlier runs (steps skipped as up to date keep theirs)."""
+    path = root / "run_all.json"
+    try:
+        return json.loads(path.read_text()).get("steps", {}) if path.exists() else {}
+    except ValueError:
+        return {}
 
 
 def input_signature(args: argparse.Namespace) -> dict[str, str]:
@@ -299,6 +331,7 @@ def render_all(root: Path, steps: list[Step], model: str, console: Console) -> i
             failed.append(step.script)
             table.add_row(step.script, f"{time.time() - t0:.1f}", "", f"FAILED ({type(exc).__name__}: {exc})", style="red")
     write_index(root, model)
+    build_report(root, model)
     console.print(table)
     return 1 if failed else 0
 

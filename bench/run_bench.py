@@ -35,7 +35,8 @@ Method:
 
 Outputs: ``bench/RESULTS.md`` and ``bench/results.json`` (every number in RESULTS.md).
 Usage: ``python bench/run_bench.py --before REF`` (everything; ``--hotspots all`` adds a cProfile
-pass per script: where the time goes); ``--cases load,tokenise
+pass per script: where the time goes; ``--memory all`` one under bench/peak_stack.py: where the
+memory peaks); ``--cases load,tokenise
 --no-scripts`` for the side-by-side cases only; ``--only a,b`` for some scripts; ``--reuse JSON``
 to carry sections not measured in this run over from an earlier results.json (labelled with their
 date); ``--render JSON`` to rewrite RESULTS.md from a results.json.
@@ -581,6 +582,29 @@ def hotspots(version: "Version", scripts: list[str], model: Path, work: Path, ti
     return out
 
 
+def memory_peaks(version: "Version", scripts: list[str], model: Path, work: Path, timeout: float) -> dict:
+    """Where each script's memory peaks: a second run under bench/peak_stack.py (RSS sampled with
+    the main thread's stack), the repository frame at the peak."""
+    out = {}
+    for script in scripts:
+        if not (version.tree / script).exists():
+            continue
+        help_text = subprocess.run([sys.executable, script, "--help"], cwd=version.tree, env=version.env,
+                                   capture_output=True, text=True).stdout
+        report = version.logs / f"peak-{script}.json"
+        cmd = [sys.executable, str(BENCH / "peak_stack.py"), str(report), script, "--model", str(model),
+               "--out", str(work / "peaks" / script.removesuffix(".py")), *extra_args(help_text, version.ctx)]
+        m = measure(cmd, version.env, version.logs / f"peak-{script}.log", timeout, cwd=version.tree)
+        if m["rc"] != 0 or not report.exists():
+            out[script] = {"error": f"exit {m['rc']}"}
+            continue
+        r = json.loads(report.read_text())
+        out[script] = {"peak_rss": r["ru_maxrss"], "stack_at_peak": r["stack_at_peak"][-4:],
+                       "highest_frames": r["highest_frames"][:5]}
+        print(f"  memory {script}: {r['ru_maxrss'] / 1e9:.2f} GB at {' > '.join(r['stack_at_peak'][-2:])}", flush=True)
+    return out
+
+
 def run_scripts(versions: list[Version], model: Path, work: Path, only: set[str], timeout: float) -> dict:
     t_all = {v.label: 0.0 for v in versions}
     for script in script_order():
@@ -770,6 +794,22 @@ def report_hotspots(res: dict) -> list[str]:
     return L + [""]
 
 
+def report_memory(res: dict) -> list[str]:
+    mem = res.get("memory")
+    if not mem:
+        return []
+    L = ["## Where the memory peaks (current code)", "",
+         "Each script run once more under `bench/peak_stack.py` (RSS sampled every 20 ms with the main thread's stack):",
+         "the peak and this repository's innermost frames at that moment.", "",
+         "| script | peak RSS GB | stack at the peak (innermost last) |", "| --- | ---: | --- |"]
+    for script, m in mem.items():
+        if "error" in m:
+            L.append(f"| {script} | failed ({m['error']}) | |")
+            continue
+        L.append(f"| {script} | {gb(m['peak_rss'])} | " + " > ".join(f"`{f}`" for f in m["stack_at_peak"]) + " |")
+    return L + [""]
+
+
 def report_load(res: dict) -> list[str]:
     lc = (res.get("cases") or {}).get("load")
     if not lc:
@@ -904,7 +944,7 @@ def write_report(res: dict, path: Path) -> None:
          "50257, 12 layers, 12 heads, d_model 768, n_ctx 1024). Timing and memory only: semantic results on this model",
          "are meaningless (random embeddings). Regenerate: `python bench/run_bench.py --before <git ref>` (see its docstring).",
          ""]
-    L += report_machine(res) + report_scripts(res) + report_hotspots(res) + report_load(res) + report_tokenise(res) + report_selfrank(res) + report_guard(res)
+    L += report_machine(res) + report_scripts(res) + report_hotspots(res) + report_memory(res) + report_load(res) + report_tokenise(res) + report_selfrank(res) + report_guard(res)
     L += ["Raw numbers: `bench/results.json`.", ""]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(L))
@@ -966,6 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-mb", type=float, default=20.0, help="size of the generated text for --text")
     p.add_argument("--hotspots", metavar="SCRIPTS", default="",
                    help="after the timed runs, profile these scripts ('all' or a comma list) with cProfile: where the time goes")
+    p.add_argument("--memory", metavar="SCRIPTS", default="",
+                   help="after the timed runs, find where these scripts' memory peaks ('all' or a comma list; bench/peak_stack.py)")
     p.add_argument("--reuse", metavar="JSON", default=None,
                    help="carry sections not measured in this run over from this earlier results.json")
     p.add_argument("--render", metavar="JSON", default=None, help="only rewrite --results from a results.json")
@@ -1039,6 +1081,11 @@ def main(argv: list[str] | None = None) -> int:
                 wanted = script_order() if args.hotspots == "all" else [
                     s.strip().removesuffix(".py") + ".py" for s in args.hotspots.split(",") if s.strip()]
                 res["hotspots"] = hotspots(versions[-1], wanted, model, work, args.timeout)
+            if args.memory:
+                print("memory peaks ...", flush=True)
+                wanted = script_order() if args.memory == "all" else [
+                    s.strip().removesuffix(".py") + ".py" for s in args.memory.split(",") if s.strip()]
+                res["memory"] = memory_peaks(versions[-1], wanted, model, work, args.timeout)
         if "selfrank" in cases:
             print("self-rank cases ...", flush=True)
             res["cases"]["selfrank"] = selfrank_cases(env, logs, model)

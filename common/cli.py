@@ -98,13 +98,21 @@ class HeadStart:
 
 def start_head(args: argparse.Namespace, script: str) -> HeadStart:
     """:func:`start`, then the head's factored QK circuit and the effective embeddings of its layer
-    (cached on disk, see :mod:`common.effective_embeddings`): the one start-up of the QK scripts."""
-    from common.effective_embeddings import effective_embeddings
+    (cached on disk, see :mod:`common.effective_embeddings`): the one start-up of the QK scripts.
+
+    Writes ``effective_embeddings.json`` into the output folder: how the effective embeddings were
+    made (positions averaged, prompt mix) and how faithful they are to the head's true inputs on
+    held-out prompts (cosine, score correlation and error), so every result that uses them says so.
+    """
+    from common.effective_embeddings import effective_embeddings, effective_record
     from common.head_qk import FactoredQK
+    from common.outputs import write_json
 
     model, out_dir = start(args, script)
     qk = FactoredQK.from_model(model, args.layer, args.head)
-    return HeadStart(model, out_dir, qk, effective_embeddings(model, args.layer))
+    E = effective_embeddings(model, args.layer)
+    write_json(out_dir / "effective_embeddings.json", effective_record(model, args.layer, args.head, E=E))
+    return HeadStart(model, out_dir, qk, E)
 
 
 def add_biases_flag(p: argparse.ArgumentParser, default: bool, what: str = "scores") -> None:

@@ -1,30 +1,63 @@
-"""Effective token embeddings: the position-free input that layer L's attention sees.
+"""Effective token embeddings: the position-free input that layer L's attention sees, and how
+faithful it is.
 
 For every token t (the original study's definition, for L = 1):
 LN( W_E[t] + mean_p W_pos[p] + sum_{l<L} [mean attn_out_l + MLP_l(...)] ), where each layer's
 attention output is replaced by its mean and each MLP is applied to the running token vector.
-**Where the means are taken:** W_pos over all n_ctx positions; each layer's attention output
-(``blocks.l.hook_attn_out``) over every non-BOS position of a fixed, seeded prompt mix
-(16 category prompts and 16 random-token prompts with 12 inserted category words, 48 tokens
-each, seed 0; see :func:`mean_attention_outputs`). "LN" is LNPre (centre, scale to unit RMS):
-``model.blocks[L].ln1``, because the model is loaded with fold_ln.
+"LN" is LNPre (centre, scale to unit RMS): ``model.blocks[L].ln1``, because the model is loaded
+with fold_ln.
+
+**Where the means are taken** (recorded by :func:`effective_spec`, part of the cache key):
+
+* W_pos over the positions given by ``positions``:
+
+  - ``"prompt"`` (default): positions 1..48 (:data:`PROMPT_POSITIONS`), the positions the repo's
+    prompts occupy (BOS + 48 tokens: the mean-attention prompt mix below and the scripts' seeded
+    prompts, at most 48 words). Position 0 is left out: it always holds BOS, never a token whose
+    effective embedding is asked for, and gpt2-small's W_pos[0] is an outlier (norm 9.9 against
+    3.4-5.2 for the next positions).
+  - ``"all"``: all n_ctx positions, the original study's choice. On gpt2-small's real W_pos
+    (1024 positions) that mean has norm 0.59 while a single position has norm 3.4-5 and the
+    mean over 1..48 has norm 3.28, at cosine 0.03 to it: it describes no position a prompt uses
+    (issue 10, defect 4).
+  - ``(first, last)``: any inclusive range.
+
+* each layer's attention output (``blocks.l.hook_attn_out``) over every non-BOS position of a fixed,
+  seeded prompt mix (:func:`mean_prompt_tokens`: 16 category prompts and 16 random-token prompts
+  with 12 inserted category words, 48 tokens each, ``seed``), i.e. positions 1..48 too.
+
+**Fidelity** (:func:`effective_fidelity`): on held-out seeded prompts of the same two kinds, the
+effective embedding of each token is compared with the true layer-L attention input at its
+position (``blocks.L.ln1.hook_normalized``): cosine, and the error of a head's attention scores
+computed from effective embeddings against the model's real scores (non-BOS query/key pairs).
+Scripts that use effective embeddings report :func:`effective_record` (spec + fidelity).
 
 **Effective-basis spectra**: E W E^T / n_vocab ([vocab, vocab]) has the spectra of
 :meth:`common.factored.Factored.in_gram` applied to E^T E / n_vocab (:func:`embedding_gram`), a
 2r x 2r problem.
 
-Cached on disk (atomically) by model fingerprint, so every script shares one computation per model.
+Cached on disk (atomically) by model fingerprint and :func:`effective_spec` (layer, positions,
+prompt mix, definition version), so every script shares one computation per model and choice.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+import numpy as np
 import torch
 
 from common.errors import require_absolute_positions
 from common.outputs import atomic_path, cache_dir, model_fingerprint
 from common.prompts import category_prompts, random_token_prompts
 
-EFFECTIVE_VERSION = "eff-v1"  # bump when the definition of the effective embeddings changes
+EFFECTIVE_VERSION = "eff-v2"  # bump when the definition of the effective embeddings changes
+PROMPT_LEN = 48  # tokens after BOS in the mean-attention prompt mix (and the scripts' prompts)
+PROMPT_POSITIONS = (1, PROMPT_LEN)
+MIX = {"category_prompts": {"n_prompts": 16, "seq_len": PROMPT_LEN},
+       "random_token_prompts": {"n_prompts": 16, "seq_len": PROMPT_LEN, "n_inserted": 12}}
+FIDELITY_SEED_OFFSET = 1000  # held-out prompts: a seed the mean was not taken over
 
 
 @torch.no_grad()
@@ -38,10 +71,50 @@ def embedding_gram(E: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     return G / E.shape[0]
 
 
+def position_range(model, positions="prompt") -> tuple[int, int]:
+    """The inclusive range of W_pos rows averaged for ``positions`` (module docstring)."""
+    n_ctx = model.cfg.n_ctx
+    if positions == "prompt":
+        first, last = PROMPT_POSITIONS[0], min(PROMPT_POSITIONS[1], n_ctx - 1)
+    elif positions == "all":
+        first, last = 0, n_ctx - 1
+    elif isinstance(positions, (tuple, list)) and len(positions) == 2:
+        first, last = int(positions[0]), int(positions[1])
+    else:
+        raise ValueError(f"positions must be 'prompt', 'all' or (first, last), not {positions!r}")
+    if not 0 <= first <= last < n_ctx:
+        raise ValueError(f"positions {first}..{last} outside the model's context 0..{n_ctx - 1}")
+    return first, last
+
+
+def effective_spec(model, layer: int = 1, positions="prompt", seed: int = 0) -> dict:
+    """Everything the effective embeddings depend on besides the weights (JSON-able; recorded in
+    outputs and part of the cache key)."""
+    first, last = position_range(model, positions)
+    name = positions if isinstance(positions, str) else "range"
+    mean_pos = model.W_pos[first : last + 1].mean(0)
+    return {
+        "version": EFFECTIVE_VERSION,
+        "layer": int(layer),
+        "positions": name,
+        "position_range": [first, last],
+        "position_mean_norm": float(mean_pos.norm()),
+        "attention_mean": ({"hook": "blocks.l.hook_attn_out", "over": "non-BOS positions",
+                            "prompt_mix": MIX, "seed": int(seed)} if layer > 0 else None),
+        "ln": f"blocks[{layer}].ln1 (LNPre)",
+    }
+
+
+def _spec_key(spec: dict) -> str:
+    keyed = {k: v for k, v in spec.items() if k != "position_mean_norm"}  # a function of the weights
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def mean_prompt_tokens(tokenizer, seed: int = 0) -> torch.Tensor:
     """The fixed prompt mix over which mean attention outputs are taken (module docstring)."""
-    a = category_prompts(tokenizer, 16, 48, seed=seed).tokens
-    b = random_token_prompts(tokenizer, 16, 48, n_inserted=12, seed=seed).tokens
+    a = category_prompts(tokenizer, MIX["category_prompts"]["n_prompts"], PROMPT_LEN, seed=seed).tokens
+    r = MIX["random_token_prompts"]
+    b = random_token_prompts(tokenizer, r["n_prompts"], PROMPT_LEN, n_inserted=r["n_inserted"], seed=seed).tokens
     return torch.cat([a, b])
 
 
@@ -63,14 +136,17 @@ def mean_attention_outputs(model, layers: list[int], seed: int = 0) -> dict[int,
 
 
 @torch.no_grad()
-def compute_effective_embeddings(model, layer: int = 1, batch_size: int = 2048) -> torch.Tensor:
-    """The uncached computation behind :func:`effective_embeddings` ([d_vocab, d_model], float32)."""
+def compute_effective_embeddings(model, layer: int = 1, batch_size: int = 2048, positions="prompt",
+                                 seed: int = 0, token_ids=None) -> torch.Tensor:
+    """The uncached computation behind :func:`effective_embeddings` ([n, d_model], float32): every
+    token (default) or the tokens ``token_ids``, in that order."""
     if not 0 <= layer < model.cfg.n_layers:
         raise ValueError(f"layer {layer} out of range 0..{model.cfg.n_layers - 1}")
     dev = model.cfg.device
-    attn_mean = mean_attention_outputs(model, list(range(layer)))
-    pos_mean = model.W_pos.mean(0)
-    W_E = model.W_E
+    first, last = position_range(model, positions)
+    attn_mean = mean_attention_outputs(model, list(range(layer)), seed)
+    pos_mean = model.W_pos[first : last + 1].mean(0)
+    W_E = model.W_E if token_ids is None else model.W_E[torch.as_tensor(token_ids, device=model.W_E.device)]
     out = torch.empty(W_E.shape[0], W_E.shape[1], dtype=torch.float32)
     for s in range(0, W_E.shape[0], batch_size):
         x = (W_E[s : s + batch_size] + pos_mean)[None]  # [1, batch, d_model]: modules want [b, pos, d]
@@ -83,17 +159,24 @@ def compute_effective_embeddings(model, layer: int = 1, batch_size: int = 2048) 
     return out
 
 
-def effective_embeddings(model, layer: int = 1, batch_size: int = 2048, cache: bool = True) -> torch.Tensor:
+def effective_cache_path(model, layer: int = 1, positions="prompt", seed: int = 0):
+    """Where :func:`effective_embeddings` caches: fingerprint, layer and the spec's hash."""
+    key = _spec_key(effective_spec(model, layer, positions, seed))
+    return cache_dir() / "effective" / f"{model_fingerprint(model)}-{EFFECTIVE_VERSION}-L{layer}-{key}.pt"
+
+
+def effective_embeddings(model, layer: int = 1, batch_size: int = 2048, cache: bool = True,
+                         positions="prompt", seed: int = 0) -> torch.Tensor:
     """Effective token embeddings [d_vocab, d_model] seen by layer ``layer``'s attention.
 
-    Definition and where the means are taken: module docstring. Cached on disk under
-    ``cache_dir()/effective/<fingerprint>-L<layer>.pt`` (written atomically), so every script
-    shares one computation per model.
+    Definition, ``positions`` and ``seed`` (the prompt mix of the attention means): module
+    docstring; :func:`effective_spec` records them. Cached on disk under
+    :func:`effective_cache_path` (written atomically), keyed by the model and the spec.
     """
     require_absolute_positions(model, "the effective embeddings (token embedding + mean of W_pos over positions)")
     if not cache:
-        return compute_effective_embeddings(model, layer, batch_size)
-    path = cache_dir() / "effective" / f"{model_fingerprint(model)}-{EFFECTIVE_VERSION}-L{layer}.pt"
+        return compute_effective_embeddings(model, layer, batch_size, positions, seed)
+    path = effective_cache_path(model, layer, positions, seed)
     if path.exists():
         try:
             E = torch.load(path, map_location="cpu", weights_only=True)
@@ -101,8 +184,97 @@ def effective_embeddings(model, layer: int = 1, batch_size: int = 2048, cache: b
                 return E
         except Exception:  # a corrupt cache file is recomputed, never trusted
             pass
-    E = compute_effective_embeddings(model, layer, batch_size)
+    E = compute_effective_embeddings(model, layer, batch_size, positions, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(E, tmp)
     return E
+
+
+def fidelity_prompts(tokenizer, n_prompts: int = 16, seq_len: int = PROMPT_LEN, seed: int = 0) -> torch.Tensor:
+    """Held-out prompts for :func:`effective_fidelity`: half category prompts (with copies), half
+    random-token prompts with inserted category words, seeded away from the mean's prompt mix."""
+    s = seed + FIDELITY_SEED_OFFSET
+    a = category_prompts(tokenizer, (n_prompts + 1) // 2, seq_len, seed=s, repeat_prob=0.2).tokens
+    b = random_token_prompts(tokenizer, n_prompts // 2, seq_len, n_inserted=seq_len // 4, seed=s).tokens
+    return torch.cat([a, b])
+
+
+@torch.no_grad()
+def effective_fidelity(model, layer: int = 1, head: int = 5, positions="prompt", seed: int = 0,
+                       n_prompts: int = 16, seq_len: int = PROMPT_LEN, E: torch.Tensor | None = None) -> dict:
+    """How close the effective embeddings are to the true layer-``layer`` attention inputs.
+
+    On :func:`fidelity_prompts` (held out from the mean's prompt mix), at every non-BOS position:
+
+    * ``cosine_*``: cosine between the token's effective embedding and the true LN1 output
+      (``blocks.L.ln1.hook_normalized``) at that position (mean, 5th percentile, min);
+    * ``score_*``: head ``head``'s attention scores (biases and 1/sqrt(d_head) included) from
+      effective embeddings against the model's ``hook_attn_scores``, over non-BOS pairs k <= q:
+      ``score_corr`` (Pearson), ``score_slope`` (least-squares slope of true on predicted: > 1
+      means the effective scores are too flat), ``score_rel_rmse`` (RMS error / std of the true
+      scores) and ``score_rel_rmse_centred`` (the same after subtracting each query row's mean,
+      which the softmax ignores: the error that changes attention).
+
+    ``E`` ([d_vocab, d_model]) is used if given; otherwise the needed rows are computed.
+    """
+    from common.head_qk import FactoredQK
+
+    if seq_len + 1 > model.cfg.n_ctx:
+        raise ValueError(f"seq_len {seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
+    if not 0 <= head < model.cfg.n_heads:
+        raise ValueError(f"head {head} out of range 0..{model.cfg.n_heads - 1}")
+    tokens = fidelity_prompts(model.tokenizer, n_prompts, seq_len, seed)
+    store = {}
+
+    def save(t, hook):
+        store[hook.name] = t.detach().float().cpu()
+
+    norm_name, score_name = f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.attn.hook_attn_scores"
+    model.run_with_hooks(tokens.to(model.cfg.device), stop_at_layer=layer + 1,
+                         fwd_hooks=[(norm_name, save), (score_name, save)])
+    true_x, true_s = store[norm_name][:, 1:], store[score_name][:, head, 1:, 1:]  # drop BOS
+    toks = tokens[:, 1:]
+    if E is None:
+        ids, inv = torch.unique(toks, return_inverse=True)
+        X = compute_effective_embeddings(model, layer, positions=positions, seed=seed, token_ids=ids)[inv]
+    else:
+        X = E[toks]
+    cos = torch.nn.functional.cosine_similarity(X.double(), true_x.double(), dim=-1).flatten()
+
+    scorer = FactoredQK.from_model(model, layer, head).scorer()
+    pred = torch.stack([scorer.scores(x, x) for x in X]).double()  # [batch, q, k]
+    n = toks.shape[1]
+    low = torch.ones(n, n, dtype=torch.bool).tril()
+    t, p = true_s.double()[:, low], pred[:, low]
+    rows = low.float()
+
+    def centred(s):  # subtract each query row's mean over its visible keys
+        s = torch.where(low, s, torch.zeros((), dtype=s.dtype))  # masked scores are -inf
+        m = s.sum(-1, keepdim=True) / rows.sum(-1, keepdim=True)
+        return (s - m)[:, low]
+
+    tc, pc = centred(true_s.double()), centred(pred)
+    tf, pf = t.flatten().numpy(), p.flatten().numpy()
+    slope = float(np.dot(pf - pf.mean(), tf - tf.mean()) / np.dot(pf - pf.mean(), pf - pf.mean()))
+    first, last = position_range(model, positions)
+    return {
+        "layer": int(layer), "head": int(head), "positions": positions if isinstance(positions, str) else "range",
+        "position_range": [first, last], "n_prompts": int(tokens.shape[0]), "seq_len": int(seq_len),
+        "n_positions": int(cos.numel()), "n_pairs": int(tf.size),
+        "cosine_mean": float(cos.mean()), "cosine_p05": float(torch.quantile(cos, 0.05)), "cosine_min": float(cos.min()),
+        "score_corr": float(np.corrcoef(tf, pf)[0, 1]),
+        "score_slope": slope,
+        "score_rel_rmse": float(torch.sqrt(((t - p) ** 2).mean()) / t.std()),
+        "score_rel_rmse_centred": float(torch.sqrt(((tc - pc) ** 2).mean()) / tc.std()),
+    }
+
+
+def effective_record(model, layer: int = 1, head: int = 5, positions="prompt", seed: int = 0,
+                     E: torch.Tensor | None = None) -> dict:
+    """What a script records about its effective embeddings: :func:`effective_spec` plus
+    ``fidelity`` (:func:`effective_fidelity` for ``head``)."""
+    spec = effective_spec(model, layer, positions, seed)
+    seq_len = min(PROMPT_LEN, model.cfg.n_ctx - 1)
+    spec["fidelity"] = effective_fidelity(model, layer, head, positions, seed, seq_len=seq_len, E=E)
+    return spec

@@ -6,7 +6,6 @@ tokenise import this, not :mod:`common.model`.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -15,15 +14,12 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
 
 
 def load_tokenizer(folder: str | Path = TOKENIZER_DIR) -> PreTrainedTokenizerBase:
-    """The GPT-2 BPE tokenizer from a folder (default: the copy vendored with this repo), loaded
-    once per process and folder (a tokenizer is never modified, so callers share it).
+    """The GPT-2 BPE tokenizer from a folder (default: the copy vendored with this repo).
+
+    A fresh instance every call, never a shared one: TransformerLens changes the tokenizer it is
+    given (its encode then prepends BOS), and such changes must not leak into other users.
 
     ``AutoTokenizer.from_pretrained`` is used on purpose: in transformers 5.x the constructor
     ``GPT2TokenizerFast(vocab_file=..., merges_file=...)`` silently builds an empty vocabulary.
     """
-    return _load(str(Path(folder).resolve()))
-
-
-@lru_cache(maxsize=4)
-def _load(folder: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(str(folder))

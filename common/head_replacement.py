@@ -20,6 +20,18 @@ Everything before layer L is the same in every run, so :func:`cache_inputs` runs
 once per window and keeps ``blocks.L.hook_resid_pre``; each replacement then runs only layers
 L..end from that residual (``start_at_layer``).
 
+Devices: every hook and scorer computes on the device of the activations it is given (the model's
+device): a scorer built on the CPU (common.factored, common.head_qk build them there) is moved
+once per device (:func:`scorer_on`), qk_scores' weights likewise, and every tensor made here is
+made on that device. :func:`cache_inputs` keeps its (large) cache on the CPU on purpose;
+:func:`run_from_layer` moves it back.
+
+Categories on natural text (:func:`categories_from_lists`): every single-token spelling of a
+listed word counts (" Monday", "Monday" at a line start, " He" at a sentence start, " john";
+``common.prompts.category_variant_ids``), where it is a whole word (not "Red" in
+"Redistribution"; ``common.natural_text.WordBoundaries``). Spellings that are several tokens
+(" monday" is " m" + "onday") have no single token to put in a category and count as none.
+
 The effect of a replacement is the per-token KL(clean || replaced) of next-token distributions,
 over every non-BOS position (position 0 is identical in every run: BOS can only attend to itself
 and the ablations leave it alone). :func:`explained_fraction` turns two such KLs into
@@ -36,8 +48,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.prompts import category_token_ids, mask_from_categories
-
+from common.factored import Factored
+from common.natural_text import WordBoundaries, word_boundaries
+from common.prompts import category_variant_ids, mask_from_categories
 
 # ----------------------------------------------------------------------------------------------
 # Categories and the rules' pattern
@@ -51,6 +64,7 @@ class CategoryMap:
     lookup: torch.Tensor  # [d_vocab] long, -1 for tokens in no category
     names: list[str]
     source: str
+    words: WordBoundaries | None = None  # natural text: a token counts only where it is a whole word
 
     def of(self, token_id: int) -> int:
         return int(self.lookup[token_id]) if 0 <= token_id < len(self.lookup) else -1
@@ -63,14 +77,26 @@ class CategoryMap:
     def n_tokens(self) -> int:
         return int((self.lookup >= 0).sum())
 
+    def of_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Category of every position of ``tokens`` [batch, pos] (-1: none), on their device:
+        the token's category where it is a whole word (with ``words``), else -1."""
+        cats = self.lookup.to(tokens.device)[tokens]
+        if self.words is not None:
+            cats = cats.masked_fill(~self.words.whole_words(tokens), -1)
+        return cats
+
 
 def categories_from_lists(tokenizer, d_vocab: int) -> CategoryMap:
-    """The word lists of :data:`common.prompts.CATEGORIES`."""
-    ids = category_token_ids(tokenizer)
+    """The word lists of :data:`common.prompts.CATEGORIES`, as natural text spells them: every
+    spelling of a word that is one GPT-2 token (with or without the leading space; as listed,
+    capitalised or lower-case; ``common.prompts.category_variant_ids``), counted where it is a
+    whole word of the text (``common.natural_text.WordBoundaries``)."""
+    ids = category_variant_ids(tokenizer)
     lookup = torch.full((d_vocab,), -1, dtype=torch.long)
     for c, toks in enumerate(ids.values()):
         lookup[torch.tensor(toks)] = c
-    return CategoryMap(lookup, list(ids), "category lists (common.prompts.CATEGORIES)")
+    return CategoryMap(lookup, list(ids), "category lists (common.prompts.CATEGORIES, every single-token "
+                       "spelling of each word, where it is a whole word)", word_boundaries(tokenizer, d_vocab))
 
 
 ID_COLUMNS = ("id", "token_id")
@@ -119,7 +145,7 @@ def rules_mask(tokens: torch.Tensor, cats: CategoryMap) -> torch.Tensor:
     """Support [batch, q, k] of the rules' pattern: :func:`common.prompts.ideal_mask` with the
     categories looked up in a table (earlier keys k >= 1 in the query's category that are a
     different token; BOS (k = 0) when there is none)."""
-    return mask_from_categories(tokens, cats.lookup.to(tokens.device)[tokens])
+    return mask_from_categories(tokens, cats.of_tokens(tokens))
 
 
 def rules_pattern(tokens: torch.Tensor, cats: CategoryMap) -> torch.Tensor:
@@ -144,10 +170,21 @@ def pattern_hooks(layer: int, head: int, pattern: torch.Tensor) -> list:
     return [(f"blocks.{layer}.attn.hook_pattern", fn)]
 
 
+def scorer_on(scorer: Factored, device) -> Factored:
+    """``scorer`` with its tensors on ``device`` (the same object when they are there already)."""
+    device = torch.device(device)
+    parts = (scorer.left, scorer.right, scorer.left_bias, scorer.right_bias)
+    if all(t is None or t.device == device for t in parts):
+        return scorer
+    mv = lambda t: None if t is None else t.to(device)
+    return Factored(mv(scorer.left), mv(scorer.right), mv(scorer.left_bias), mv(scorer.right_bias))
+
+
 def head_scores(scorer, x: torch.Tensor) -> torch.Tensor:
     """Causally masked attention logits [batch, q, k] of ``scorer`` (a common.factored.Factored with
-    biases and scale included) on LN-normalised inputs ``x`` [batch, pos, d_model]."""
-    qf, kf = scorer.project(x, x)
+    biases and scale included) on LN-normalised inputs ``x`` [batch, pos, d_model], computed on
+    ``x``'s device."""
+    qf, kf = scorer_on(scorer, x.device).project(x, x)
     return _causal(qf @ kf.transpose(-1, -2)).to(x.dtype)
 
 
@@ -156,13 +193,15 @@ def qk_scores(x: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor, b_Q: torch.
     """Causally masked attention logits [batch, q, k] of a head given as tensors: W_Q, W_K
     [d_model, d_head], b_Q, b_K [d_head] (None: zero), on LN-normalised inputs ``x`` [batch, pos,
     d_model]: (x W_Q + b_Q)(x W_K + b_K)^T / attn_scale, in the order TransformerLens computes
-    them. Differentiable in every tensor (gradient_steering optimises W_Q and W_K through it);
-    :func:`head_scores` is the same for a factored scorer."""
-    q, k = x @ W_Q, x @ W_K
+    them, on ``x``'s device (weights elsewhere are moved there). Differentiable in every tensor
+    (gradient_steering optimises W_Q and W_K through it); :func:`head_scores` is the same for a
+    factored scorer."""
+    dev = x.device
+    q, k = x @ W_Q.to(dev), x @ W_K.to(dev)
     if b_Q is not None:
-        q = q + b_Q
+        q = q + b_Q.to(dev)
     if b_K is not None:
-        k = k + b_K
+        k = k + b_K.to(dev)
     return _causal(q @ k.transpose(-1, -2) / attn_scale)
 
 
@@ -180,18 +219,19 @@ def _head_input(x: torch.Tensor, head: int) -> torch.Tensor:
 
 @torch.no_grad()
 def layer_input(model, tokens: torch.Tensor, layer: int, head: int, batch_size: int = 64) -> torch.Tensor:
-    """``blocks.L.ln1.hook_normalized`` [n, pos, d_model] for ``tokens``: the LN-normalised input
-    the head's W_Q and W_K read (fold_ln), which no edit of layer L changes. Runs layers 0..L only."""
+    """``blocks.L.ln1.hook_normalized`` [n, pos, d_model] for ``tokens``, on the model's device: the
+    LN-normalised input the head's W_Q and W_K read (fold_ln), which no edit of layer L changes.
+    Runs layers 0..L only."""
     name = f"blocks.{layer}.ln1.hook_normalized"
     out, seen = [], {}
 
     def save(t, hook):  # fires once per q/k/v input in some TransformerLens versions: all equal
         seen["x"] = t.detach()
 
+    tokens = tokens.to(model.cfg.device)
     for s in range(0, len(tokens), batch_size):
-        model.run_with_hooks(tokens[s : s + batch_size].to(model.cfg.device), stop_at_layer=layer + 1,
-                             fwd_hooks=[(name, save)])
-        out.append(_head_input(seen.pop("x"), head).cpu())
+        model.run_with_hooks(tokens[s : s + batch_size], stop_at_layer=layer + 1, fwd_hooks=[(name, save)])
+        out.append(_head_input(seen.pop("x"), head))
     return torch.cat(out)
 
 
@@ -199,13 +239,16 @@ def score_hooks(layer: int, head: int, scorer) -> list:
     """Replace the head's attention logits by ``scorer``'s, computed from the same forward's
     ``blocks.L.ln1.hook_normalized`` (the exact input W_Q and W_K read under fold_ln)."""
     seen: dict[str, torch.Tensor] = {}
+    placed: dict[torch.device, Factored] = {}  # the scorer on each device it has met
 
     def save(t, hook):
         seen["x"] = t
 
     def replace(t, hook):
+        if t.device not in placed:
+            placed[t.device] = scorer_on(scorer, t.device)
         t = t.clone()
-        t[:, head] = head_scores(scorer, _head_input(seen.pop("x"), head))
+        t[:, head] = head_scores(placed[t.device], _head_input(seen.pop("x"), head))
         return t
 
     return [(f"blocks.{layer}.ln1.hook_normalized", save), (f"blocks.{layer}.attn.hook_attn_scores", replace)]

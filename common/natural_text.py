@@ -11,10 +11,18 @@ Three sources, one result (a list of GPT-2 token ids for the whole text):
 
 :func:`sample_windows` cuts the token stream into non-overlapping windows, draws a seeded sample
 of them and prepends BOS to each.
+
+Words in running text: a word may be one token with or without a leading space (" Monday",
+"Monday" at a line start) or several tokens ("Redistribution" is "Red" + "ist" + ...).
+:class:`WordBoundaries` says, for every position of a token window, whether its token is a whole
+word there: it starts a word (it begins with a space or punctuation, or the token before it
+ends in one) and the word ends with it (the next token begins with a space or punctuation, or the
+window ends). A category token that is only a piece of a longer word is not that category's word.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +131,40 @@ def sample_windows(ids: list[int], window_len: int, n_windows: int, bos_id: int,
     starts = [int(i) * body for i in picks]
     rows = [[bos_id] + ids[s : s + body] for s in starts]
     return torch.tensor(rows, dtype=torch.long), starts
+
+
+@dataclass(frozen=True)
+class WordBoundaries:
+    """Per vocabulary token: does its text begin with a letter or digit (``joins_left``: it
+    continues a word the previous token left unfinished), does it end in one (``ends_alnum``)."""
+
+    joins_left: torch.Tensor  # [d_vocab] bool
+    ends_alnum: torch.Tensor  # [d_vocab] bool
+
+    def whole_words(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[batch, pos] bool: the token at each position is a whole word there (module docstring).
+        Position 0 and the last position count their outer side as a boundary."""
+        joins = self.joins_left.to(tokens.device)[tokens]
+        ends = self.ends_alnum.to(tokens.device)[tokens]
+        glued = joins[:, 1:] & ends[:, :-1]  # [batch, pos - 1]: token p + 1 continues token p's word
+        whole = torch.ones_like(joins)
+        whole[:, 1:] &= ~glued  # starts a word
+        whole[:, :-1] &= ~glued  # the word ends here
+        return whole
+
+
+_BOUNDARIES: dict[tuple, WordBoundaries] = {}
+
+
+def word_boundaries(tokenizer, d_vocab: int) -> WordBoundaries:
+    """:class:`WordBoundaries` of ``tokenizer``'s vocabulary, padded to ``d_vocab`` (ids the
+    tokenizer does not have join nothing); computed once per process and vocabulary."""
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), d_vocab)
+    if key not in _BOUNDARIES:
+        texts = tokenizer.batch_decode([[i] for i in range(min(len(tokenizer), d_vocab))])
+        joins = torch.zeros(d_vocab, dtype=torch.bool)
+        ends = torch.zeros(d_vocab, dtype=torch.bool)
+        joins[: len(texts)] = torch.tensor([t[:1].isalnum() for t in texts])
+        ends[: len(texts)] = torch.tensor([t[-1:].isalnum() for t in texts])
+        _BOUNDARIES[key] = WordBoundaries(joins, ends)
+    return _BOUNDARIES[key]

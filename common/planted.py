@@ -2,32 +2,73 @@
 
 Why: real gpt2-small weights cannot be downloaded offline, and a test can only check that an
 analysis *recovers* a mechanism if the mechanism is known exactly. This model keeps the real GPT-2
-vocabulary and tokenizer and the GPT-2 architecture (2 layers, 8 heads of 40 dims, d_model 320),
-and is saved as an ordinary Hugging Face GPT-2 folder, so it is loaded through the same route as
-any local model.
+vocabulary and tokenizer and the GPT-2 architecture (3 layers, 8 heads of 40 dims, d_model 320,
+n_ctx 128), and is saved as an ordinary Hugging Face GPT-2 folder, so it is loaded through the same
+route as any local model.
 
-Construction (all writes live in orthonormal, zero-mean blocks of the residual basis, so LayerNorm
-only rescales and TransformerLens' centring leaves the weights as designed):
+Version 3 keeps version 2's mechanism and adds what gpt2-small has and a simpler model hides
+(issue 10): later-layer heads that attend to BOS, non-zero biases and layer-norm parameters
+everywhere, full-rank generic heads, positions as large as tokens, a position- and
+content-dependent layer 0, a decoy head and a reader head.
 
-* token embedding: a category word (category c, index j in its list) writes K_c (category key),
-  two identity codes U_j and V_j (orthogonal within a category, so distinct words never suppress
-  each other while copies of one token always do) and N (every non-BOS token); BOS writes B; all
-  other tokens write N plus a random vector in the unused directions;
-* positional embedding: small sinusoids in their own block P (L1H5 never reads P);
-* layer 0: near-zero attention (its output is almost constant); MLP0 has one neuron per category
-  reading K_c and writing C_c, so -- as in gpt2-small -- the category signal L1H5 reads is made
-  by MLP0 from the token embedding;
-* L1H5: W_Q W_K^T = w_C^2 sum_c C_c C_c^T + w_V^2 sum_j V_j V_j^T - w_U^2 sum_j U_j U_j^T
-  + w_B^2 N B^T. The first term attracts same-category keys (rule 1); the second is a positive
-  token-identity similarity and the third, with negative eigenvalues, outweighs it (rule 2: net
-  self score LOGIT_SELF), so removing the negative eigenvalues makes each token its own top key;
-  the last is an asymmetric BOS term (rule 3) and the source of the skew part. Its OV circuit copies the attended token's K and U into the residual, so the head
-  matters for the logits;
-* L1H0: a previous-token head reading only P (the positional contrast for ablations);
-* every other head: random, diffuse.
+**Design coordinates.** Every weight is designed in the coordinates TransformerLens works in after
+``fold_ln`` / ``center_writing_weights`` (a head reads the LNPre output x^ = centred x scaled to
+RMS 1, so |x^| = sqrt(d_model); ``q = x^ W_Q + b_Q``) and then *unfolded* into raw GPT-2 tensors
+with random layer-norm gains g and biases beta (``W_raw = W / g``, ``b_raw = b - beta W_raw``), so
+the folded model is exactly the design while every LN weight and bias of the folder is non-trivial.
+All writes live in orthonormal blocks of the zero-mean subspace of the residual stream:
 
-:func:`ground_truth` exposes what tests check against (categories, the heads, the number of
-negative eigenvalues of W_sym read off the built weights).
+* K (category key, one per category), U and V (identity codes: word j of every category gets
+  U_j and V_j, orthogonal within a category), N (every non-BOS token), B (BOS): the token
+  embedding; O (the rest): random tokens' embedding and every generic write (biases, random
+  heads and MLPs);
+* P: positions. 20 sine/cosine pairs: a large slow pair (amplitude A_P_SLOW) that turns by only
+  SLOW_ARC over positions 0..48, so the positions prompts use share most of their embedding (as
+  gpt2-small's first positions do: mean pairwise cosine 0.83 over 1..48), while the later
+  positions spread around the opposite side so that the mean over all 128 positions is 0; and
+  19 fast pairs (periods 2.5..40, total amplitude A_P_FAST) that tell neighbours apart.
+  Per-position norm 1.48, comparable to a category token's 1.81 (gpt2-small: 3.4-5 against
+  3-4). The mean over all positions has norm 0.02, the mean over positions 1..48 1.34: the
+  contrast of gpt2-small's 0.59 against 3.28 (issue 10, defect 4);
+* A: layer-0 attention output; C: MLP0's category output; S: L1H5's output.
+
+Layers (head (l, h)):
+
+* layer 0: 8 generic heads reading token and position (random W_Q, W_K, W_V, sharp enough that
+  the output depends on both), writing A. MLP0: neuron c reads K_c and writes C_c, so -- as in
+  gpt2-small -- the category signal L1H5 reads is made by MLP0 from the token embedding; the other
+  neurons are generic and write O.
+* L1H5 (target): W_Q W_K^T = w_C^2 sum_c C_c C_c^T + w_V^2 sum_j V_j V_j^T - w_U^2 sum_j U_j U_j^T
+  + w_B^2 N B^T + generic. The first term attracts same-category keys (rule 1); the second is a
+  positive token-identity similarity and the third, with the large negative eigenvalues,
+  outweighs it (rule 2: net self score LOGIT_SELF), so removing the negative eigenvalues makes each
+  token its own top key; the N B^T term plus b_Q (which every query carries) give BOS its logit
+  (rule 3), the N B^T term is the planted skew part. "Generic": a small random part (norm
+  GENERIC_COLUMN per column) added to W_Q and W_K, then a random change of the head's d_head basis
+  (W_Q -> W_Q M, W_K -> W_K M^-T, which leaves W_Q W_K^T unchanged), so no column is a planted
+  direction and [W_Q, W_K] has full column rank 80: W_sym has exactly 40 negative and 40 positive
+  eigenvalues (Sylvester's law of inertia). The 12 identity-code eigenvalues -w_U^2 stay apart from
+  the other 28 negative ones by a gap that Weyl's inequality guarantees (every eigenvalue moves by
+  at most ||sym(generic part)||_2, computed here); ground_truth() states the planted spectrum in
+  those terms. W_Q, W_K are orthogonal to P and A: L1H5 reads token identity only. OV: copies the
+  attended word's K and U coordinates into S.
+* L1H0: previous-token head reading P (the positional contrast for ablations); generic as L1H5.
+* layer 2: the DECOY (2, 2) attracts same-category keys through C but does not suppress itself or
+  its copies, and likes BOS as much: a partial rule-follower, worse than L1H5 and better than every
+  other head on the semantic score; the READER (2, 7) attends to its own position and its W_V
+  reads exactly S (V-composition with L1H5), writing K and U back, so L1H5's output reaches the
+  logits; the other six heads attend mostly to BOS through b_Q (as most gpt2-small heads do) and
+  write a BOS-dependent vector in O, so damaging BOS's residual changes the output.
+* every other head: generic and diffuse; every head has b_Q, b_K, b_V, b_O of gpt2-small's size
+  relative to its weights (L1H5: |b_Q| = 0.34 ||W_Q||_F, |b_K| = 0.26 ||W_K||_F, as in gpt2-small).
+
+LN scales are not guessed: after designing each layer the build runs the designed layers in numpy
+on seeded calibration prompts and reads the LN scales and coordinates the next layer's weights
+are set from.
+
+:func:`ground_truth` exposes what tests check against; every number in it comes from this
+construction (design choices, or float64 linear algebra on the designed matrices), never from the
+analysis code.
 """
 
 from __future__ import annotations
@@ -43,32 +84,137 @@ import torch
 
 from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
 from common.outputs import cache_dir
-from common.prompts import CATEGORIES, category_token_ids
+from common.prompts import CATEGORIES, category_prompts, category_token_ids, random_token_prompts
 
-VERSION = "planted-v2"
-D_MODEL, N_LAYERS, N_HEADS, N_CTX = 320, 2, 8, 128
+VERSION = "planted-v3"
+D_MODEL, N_LAYERS, N_HEADS, N_CTX = 320, 3, 8, 128
 D_HEAD = D_MODEL // N_HEADS
 D_MLP = 4 * D_MODEL  # TransformerLens' GPT-2 conversion ignores n_inner
+LN_EPS = 1e-5
 TARGET = (1, 5)
 POSITIONAL_HEAD = (1, 0)
+DECOY_HEAD = (2, 2)
+READER_HEAD = (2, 7)
+READER_COMPOSITION = "V"
+BOS_HEADS = [(2, h) for h in range(N_HEADS) if (2, h) not in (DECOY_HEAD, READER_HEAD)]
 N_CODES = max(len(w) for w in CATEGORIES.values())
 N_FREQ = D_HEAD // 2  # positional code: N_FREQ sine/cosine pairs
+N_A = 16  # layer-0 attention output block
+PROMPT_POSITIONS = (1, 48)  # where the repo's prompts live (BOS + 48 tokens); defect 4
 
-# Residual norms of each written component (embedding, position, MLP0 output). The identity codes
-# are shared across categories (word j of every category), so they are kept smaller than the
-# category components: otherwise same-index words of different categories would look as similar
-# (cosine) as same-category words.
-A_K, A_U, A_V, A_N, A_C, A_B, A_P, A_OTHER = 1.0, 0.8, 0.8, 1.0, 1.0, 1.0, 0.1, 1.4
+# Residual norms of each written component. The identity codes are shared across categories, so
+# they are kept smaller than the category components.
+A_K, A_U, A_V, A_N, A_B, A_OTHER = 1.0, 0.8, 0.8, 1.0, 1.0, 1.4
+A_C = 1.0  # MLP0 output for a category token
+A_P_SLOW, A_P_FAST = 1.35, 0.6  # |p| = sqrt(A_P_SLOW^2 + A_P_FAST^2) = 1.48
+SLOW_ARC = 0.5  # radians the slow pair turns over positions 0..48 (prompt positions stay alike)
+A_ATTN0 = 0.5  # RMS norm of layer-0 attention output
 # Target attention logits (after 1/sqrt(d_head)) for L1H5 on a typical category query.
 LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 12.0, -6.0, 7.0
+LOGIT_BOS_FROM_B_Q = 2.0  # part of LOGIT_BOS carried by b_Q (the rest by the N B^T term)
 # Positive part of the identity signal: with the negative eigenvalues removed, self then beats
 # every other word of its category by this margin (as scaling them to 0 does in gpt2-small).
 LOGIT_IDENTITY = 4.0
 LOGIT_PREV_TOKEN = 16.0
+LOGIT_READER_SELF = 12.0
+LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 8.0, 8.0
+LOGIT_BOS_HEADS = 8.5  # BOS logit of the BOS heads over their diffuse generic scores
+GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (positional heads, decoy)
+TARGET_GENERIC_COLUMN = 0.08  # the same for L1H5
+GENERIC_LOGIT_STD = {"layer0": 2.5, "diffuse": 1.2}  # std of random heads' attention logits
+# Folded bias norms relative to ||W||_F (gpt2-small, mean over heads: b_Q 0.2-0.6, b_K 0.2-0.7;
+# L1H5 0.34 and 0.26).
+B_Q_RATIO, B_K_RATIO = 0.34, 0.26
+B_V_NORM, B_O_NORM, B_OUT_NORM = 0.5, 0.3, 0.3
+# Raw layer-norm parameters, gpt2-small-like: gains about 0.2-0.5, bias norms 1-2.
+LN_GAIN = ((0.18, 0.04), (0.9, 0.1), (0.22, 0.05), (0.25, 0.05), (0.24, 0.07), (0.29, 0.07))
+LN_BIAS_NORM = 1.5
 
 
-def _gelu_new(x: float) -> float:
-    return float(torch.nn.functional.gelu(torch.tensor(x), approximate="tanh"))
+def _gelu_new(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _ln(x):
+    x = x - x.mean(-1, keepdims=True)
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + LN_EPS)
+
+
+class _Design:
+    """Folded (TransformerLens-processed) weights of every layer, filled in layer by layer."""
+
+    def __init__(self, d: int):
+        H, dh, m = N_HEADS, D_HEAD, D_MLP
+        self.layers = [
+            {"W_Q": np.zeros((H, d, dh)), "W_K": np.zeros((H, d, dh)), "W_V": np.zeros((H, d, dh)),
+             "W_O": np.zeros((H, dh, d)), "b_Q": np.zeros((H, dh)), "b_K": np.zeros((H, dh)),
+             "b_V": np.zeros((H, dh)), "b_O": np.zeros(d), "W_in": np.zeros((d, m)), "b_in": np.zeros(m),
+             "W_out": np.zeros((m, d)), "b_out": np.zeros(d)}
+            for _ in range(N_LAYERS)
+        ]
+
+    def attn(self, l: int, x: np.ndarray, return_pattern: bool = False):
+        """Attention output [batch, pos, d] of layer l on residual x (numpy, causal)."""
+        p = self.layers[l]
+        xh = _ln(x)
+        q = xh[:, None] @ p["W_Q"][None] + p["b_Q"][None, :, None]  # [batch, head, pos, d_head]
+        k = xh[:, None] @ p["W_K"][None] + p["b_K"][None, :, None]
+        v = xh[:, None] @ p["W_V"][None] + p["b_V"][None, :, None]
+        s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(D_HEAD)
+        n = x.shape[1]
+        s = np.where(np.tril(np.ones((n, n), bool)), s, -np.inf)
+        s = s - s.max(-1, keepdims=True)
+        a = np.exp(s)
+        a /= a.sum(-1, keepdims=True)
+        out = ((a @ v) @ p["W_O"][None]).sum(1) + p["b_O"]
+        return (out, a) if return_pattern else out
+
+    def mlp(self, l: int, x: np.ndarray) -> np.ndarray:
+        p = self.layers[l]
+        return _gelu_new(_ln(x) @ p["W_in"] + p["b_in"]) @ p["W_out"] + p["b_out"]
+
+    def block(self, l: int, x: np.ndarray) -> np.ndarray:
+        x = x + self.attn(l, x)
+        return x + self.mlp(l, x)
+
+
+def _slow_angles(n_ctx: int, last_prompt: int, arc: float) -> np.ndarray:
+    """Angle of the slow positional pair: turns by ``arc`` over positions 0..last_prompt (so the
+    prompt positions share most of their embedding, as gpt2-small's first positions do), then
+    the later positions spread evenly over an arc around the opposite direction, as wide as
+    makes the mean over all n_ctx positions exactly zero (gpt2-small: the 1024-position mean is
+    small and nearly orthogonal to the prompt positions' mean)."""
+    early = np.arange(last_prompt + 1) * arc / last_prompt
+    n_late = n_ctx - len(early)
+    pull = np.abs(np.exp(1j * early).sum())
+    centre = np.angle(np.exp(1j * early).sum()) + np.pi
+    lo, hi = 1e-6, np.pi  # half-width w: n_late sin(w) / w = pull
+    for _ in range(100):
+        w = (lo + hi) / 2
+        lo, hi = (w, hi) if n_late * np.sin(w) / w > pull else (lo, w)
+    late = centre + np.linspace(-w, w, n_late)
+    return np.concatenate([early, late])
+
+
+def _scale(x: np.ndarray) -> np.ndarray:
+    """LNPre's scale factor sqrt(d)/|x - mean| per position (what multiplies every coordinate)."""
+    xc = x - x.mean(-1, keepdims=True)
+    return 1.0 / np.sqrt((xc**2).mean(-1) + LN_EPS)
+
+
+def _random_in(rng, block: np.ndarray, n: int, norm: float) -> np.ndarray:
+    """[d, n] random columns in the span of ``block`` [d, k], each of expected norm ``norm``."""
+    return block @ rng.normal(size=(block.shape[1], n)) * (norm / np.sqrt(block.shape[1]))
+
+
+def _bias(rng, block: np.ndarray, norm: float) -> np.ndarray:
+    v = block @ rng.normal(size=block.shape[1])
+    return v * norm / np.linalg.norm(v)
+
+
+def _head_bias(rng, n: int, norm: float) -> np.ndarray:
+    v = rng.normal(size=n)
+    return v * norm / np.linalg.norm(v)
 
 
 def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
@@ -79,24 +225,29 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     vocab, bos = tok.vocab_size, tok.bos_token_id
     cat_ids = category_token_ids(tok)
     n_cat = len(cat_ids)
-    d, dh = D_MODEL, D_HEAD
+    d, dh, H = D_MODEL, D_HEAD, N_HEADS
+    sqdh = np.sqrt(dh)
 
     # Orthonormal basis of the zero-mean subspace, carved into named blocks.
     g = rng.normal(size=(d, d))
     g[:, 0] = 1.0
     basis, _ = np.linalg.qr(g)
     basis = basis[:, 1:]  # column 0 spans the all-ones direction
-    sizes = {"K": n_cat, "C": n_cat, "U": N_CODES, "V": N_CODES, "N": 1, "B": 1, "P": 2 * N_FREQ}
+    sizes = {"K": n_cat, "C": n_cat, "U": N_CODES, "V": N_CODES, "N": 1, "B": 1, "P": 2 * N_FREQ,
+             "A": N_A, "S": n_cat + N_CODES}
     blocks, start = {}, 0
     for name, size in sizes.items():
         blocks[name] = basis[:, start : start + size]
         start += size
-    other = basis[:, start:]
-    K, C, U, V, N, B, P = (blocks[k] for k in sizes)
+    O = basis[:, start:]
+    K, C, U, V, N, B, P, A, S = (blocks[k] for k in sizes)
+    TOKEN = np.concatenate([K, U, V, N, B, O], 1)  # what the token embedding can write
+    INPUT0 = np.concatenate([TOKEN, P], 1)  # layer 0's input space
+    BLIND = np.concatenate([K, C, U, V, N, B, O], 1)  # everything but P, A, S: L1H5's generic part
 
     # Token embedding.
-    wte = other @ rng.normal(size=(other.shape[1], vocab)) / np.sqrt(other.shape[1]) * A_OTHER
-    wte = wte.T + A_N * N[:, 0]
+    wte = (O @ rng.normal(size=(O.shape[1], vocab)).astype(np.float32) * (A_OTHER / np.sqrt(O.shape[1]))).T
+    wte += (A_N * N[:, 0]).astype(np.float32)
     category_of = {}
     for c, ids in enumerate(cat_ids.values()):
         for j, t in enumerate(ids):
@@ -104,115 +255,333 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
             category_of[t] = c
     wte[bos] = A_B * B[:, 0]
 
-    # Positional embedding: s_p = [cos(w_f p), sin(w_f p)]_f / sqrt(N_FREQ), unit norm.
-    omega = 2 * np.pi / np.geomspace(2.5, 4 * N_CTX, N_FREQ)
-    pos = np.arange(N_CTX)[:, None] * omega[None, :]
-    s = np.concatenate([np.cos(pos), np.sin(pos)], axis=1) / np.sqrt(N_FREQ)
-    wpe = A_P * s @ P.T
-
-    sd: dict[str, np.ndarray] = {"wte.weight": wte, "wpe.weight": wpe}
-    for i in range(N_LAYERS):
-        sd |= {f"h.{i}.ln_1.weight": np.ones(d), f"h.{i}.ln_1.bias": np.zeros(d)}
-        sd |= {f"h.{i}.ln_2.weight": np.ones(d), f"h.{i}.ln_2.bias": np.zeros(d)}
-        sd[f"h.{i}.attn.c_attn.bias"] = np.zeros(3 * d)
-        sd[f"h.{i}.attn.c_proj.bias"] = np.zeros(d)
-        sd[f"h.{i}.mlp.c_fc.bias"] = np.zeros(D_MLP)
-        sd[f"h.{i}.mlp.c_proj.bias"] = np.zeros(d)
-    sd |= {"ln_f.weight": np.ones(d), "ln_f.bias": np.zeros(d)}
-
-    # Layer 0: tiny attention, so its output is nearly constant.
-    sd["h.0.attn.c_attn.weight"] = rng.normal(scale=0.005, size=(d, 3 * d))
-    sd["h.0.attn.c_proj.weight"] = rng.normal(scale=0.005, size=(d, d))
-
-    # MLP0: neuron c reads K_c and writes C_c (with norm A_C for a category token).
-    x_norm0 = np.sqrt(A_K**2 + A_U**2 + A_V**2 + A_N**2 + A_P**2)
-    k_ln = np.sqrt(d) * A_K / x_norm0  # K_c coordinate after LN0
-    gain, bias = 0.5, -3.0
-    act = _gelu_new(gain * k_ln + bias)
-    fc = np.zeros((d, D_MLP))
-    fc[:, :n_cat] = gain * K
-    fc_b = np.zeros(D_MLP)
-    fc_b[:n_cat] = bias
-    proj = np.zeros((D_MLP, d))
-    proj[:n_cat] = (A_C / act) * C.T
-    sd["h.0.mlp.c_fc.weight"], sd["h.0.mlp.c_fc.bias"], sd["h.0.mlp.c_proj.weight"] = fc, fc_b, proj
-
-    # Layer 1 attention.
-    scale = np.sqrt(dh)
-    x_norm1 = np.sqrt(A_K**2 + A_U**2 + A_V**2 + A_N**2 + A_C**2 + A_P**2)
-    ln1 = np.sqrt(d) / x_norm1  # LN1 gain on a category token's components
-    ln1_bos = np.sqrt(d) / np.sqrt(A_B**2 + A_P**2)
-    w_c = np.sqrt(LOGIT_SAME_CATEGORY * scale) / (ln1 * A_C)
-    w_v = np.sqrt(LOGIT_IDENTITY * scale) / (ln1 * A_V)
-    w_u = np.sqrt((LOGIT_SAME_CATEGORY + LOGIT_IDENTITY - LOGIT_SELF) * scale) / (ln1 * A_U)
-    w_b = np.sqrt(LOGIT_BOS * scale / (ln1 * A_N * ln1_bos * A_B))
-    # Other heads: random, giving attention logits with a spread of about 1.4.
-    W_Q = rng.normal(scale=1.2 / np.sqrt(d), size=(N_HEADS, d, dh))
-    W_K = rng.normal(scale=1.2 / np.sqrt(d), size=(N_HEADS, d, dh))
-    W_V = rng.normal(scale=0.02, size=(N_HEADS, d, dh))
-    W_O = rng.normal(scale=0.02, size=(N_HEADS, dh, d))
-
-    h = TARGET[1]
-    W_Q[h], W_K[h], W_V[h], W_O[h] = 0, 0, 0, 0
-    W_Q[h][:, :n_cat], W_K[h][:, :n_cat] = w_c * C, w_c * C
-    cols = np.cumsum([0, n_cat, N_CODES, N_CODES])
-    W_Q[h][:, cols[1] : cols[2]], W_K[h][:, cols[1] : cols[2]] = w_v * V, w_v * V
-    W_Q[h][:, cols[2] : cols[3]], W_K[h][:, cols[2] : cols[3]] = w_u * U, -w_u * U
-    W_Q[h][:, cols[3]], W_K[h][:, cols[3]] = w_b * N[:, 0], w_b * B[:, 0]
-    # OV: copy the attended word's category key and identity code (norm ~1 in the residual).
-    ov = 1.0 / ln1
-    n_ov = min(dh, n_cat + N_CODES)
-    read = np.concatenate([K, U], axis=1)[:, :n_ov]
-    W_V[h][:, :n_ov] = np.sqrt(ov) * read
-    W_O[h][:n_ov] = np.sqrt(ov) * read.T
-
-    # L1H0: previous-token head. Query at p is rotated back by one step, so it matches key p - 1.
-    hp = POSITIONAL_HEAD[1]
-    ln_p = np.sqrt(d) * A_P / x_norm1
-    g_p = np.sqrt(LOGIT_PREV_TOKEN * scale) / ln_p
-    rot = np.zeros((2 * N_FREQ, 2 * N_FREQ))  # maps coords of s_p to coords of s_{p-1}
-    c_, s_ = np.cos(omega), np.sin(omega)
+    # Positional embedding: pair 0 slow (see _slow_angles), pairs 1.. fast; constant norm.
+    omega = np.concatenate([[SLOW_ARC / PROMPT_POSITIONS[1]], 2 * np.pi / np.geomspace(2.5, 40.0, N_FREQ - 1)])
+    amp = np.concatenate([[A_P_SLOW], np.full(N_FREQ - 1, A_P_FAST / np.sqrt(N_FREQ - 1))])
+    ang = np.arange(N_CTX)[:, None] * omega[None, :]
+    ang[:, 0] = _slow_angles(N_CTX, PROMPT_POSITIONS[1], SLOW_ARC)
+    s_pos = np.concatenate([amp * np.cos(ang), amp * np.sin(ang)], 1)  # P coordinates [n_ctx, 40]
+    wpe = s_pos @ P.T
+    # rot: row vector s_p @ rot = s_{p-1} (each pair rotated back by one step)
+    rot = np.zeros((2 * N_FREQ, 2 * N_FREQ))
     f = np.arange(N_FREQ)
+    c_, s_ = np.cos(omega), np.sin(omega)
     rot[f, f], rot[f + N_FREQ, f] = c_, s_
     rot[f, f + N_FREQ], rot[f + N_FREQ, f + N_FREQ] = -s_, c_
-    W_Q[hp] = g_p * P @ rot
-    W_K[hp] = g_p * P
+    # per-pair weights of the positional heads: the slow pair barely counts (sharp peaks)
+    pair_w = np.concatenate([[0.1], np.ones(N_FREQ - 1)])
+    Dp = np.diag(np.concatenate([pair_w, pair_w]))
 
-    q = W_Q.transpose(1, 0, 2).reshape(d, d)
-    k = W_K.transpose(1, 0, 2).reshape(d, d)
-    v = W_V.transpose(1, 0, 2).reshape(d, d)
-    sd["h.1.attn.c_attn.weight"] = np.concatenate([q, k, v], axis=1)
-    sd["h.1.attn.c_proj.weight"] = W_O.reshape(d, d)
-    sd["h.1.mlp.c_fc.weight"] = rng.normal(scale=0.02, size=(d, D_MLP))
-    sd["h.1.mlp.c_proj.weight"] = rng.normal(scale=0.02, size=(D_MLP, d))
+    # Calibration prompts: the residual of the designed layers is measured on these.
+    cal_tokens = torch.cat([category_prompts(tok, 8, 48, seed=1000 + seed, repeat_prob=0.2).tokens,
+                            random_token_prompts(tok, 8, 48, n_inserted=12, seed=1000 + seed).tokens]).numpy()
+    x0 = wte[cal_tokens].astype(np.float64) + wpe[None, : cal_tokens.shape[1]]
+    is_cat = np.vectorize(lambda t: t in category_of)(cal_tokens)
+    cat_idx = np.vectorize(lambda t: category_of.get(t, 0))(cal_tokens)
+    is_bos = cal_tokens == bos
 
-    W_QK = W_Q[h] @ W_K[h].T
-    eig = np.linalg.eigvalsh((W_QK + W_QK.T) / 2)
-    tol = 1e-6 * np.abs(eig).max()
+    des = _Design(d)
+    L0, L1, L2 = des.layers
+
+    def generic_qk(layer, hh, space, logit_std):
+        """Random W_Q, W_K columns in ``space``: attention logits of std about ``logit_std``
+        (an LN output has norm sqrt(d) and, mostly, lies in ``space``)."""
+        sigma = np.sqrt(logit_std * space.shape[1] / d)
+        layer["W_Q"][hh] = _random_in(rng, space, dh, sigma)
+        layer["W_K"][hh] = _random_in(rng, space, dh, sigma)
+
+    def generic_ov(layer, hh, read, write, out_norm):
+        """Random OV: value coordinates about N(0, 1), output of norm about ``out_norm`` per key."""
+        layer["W_V"][hh] = _random_in(rng, read, dh, np.sqrt(read.shape[1] / d))
+        layer["W_O"][hh] = _random_in(rng, write, dh, out_norm / np.sqrt(dh)).T
+
+    def set_biases(layer, hh, v_norm=B_V_NORM, designed_bq=None, complete=False):
+        """gpt2-small-sized b_Q, b_K (relative to ||W||_F) and b_V. ``designed_bq`` (a part of
+        b_Q the mechanism needs) is kept; a random part orthogonal to it fills b_Q's norm (unless
+        ``complete``: then it is all of b_Q)."""
+        nq = B_Q_RATIO * np.linalg.norm(layer["W_Q"][hh])
+        bq = np.zeros(dh) if designed_bq is None else np.asarray(designed_bq, float)
+        if complete:
+            nq = np.linalg.norm(bq)
+        elif np.linalg.norm(bq) >= 0.95 * nq:
+            raise RuntimeError(f"planted: b_Q's designed part {np.linalg.norm(bq):.2f} exceeds its norm {nq:.2f}")
+        r = rng.normal(size=dh)
+        if bq.any():
+            r -= (r @ bq) / (bq @ bq) * bq
+        layer["b_Q"][hh] = bq if complete else bq + r * np.sqrt(nq**2 - bq @ bq) / np.linalg.norm(r)
+        layer["b_K"][hh] = _head_bias(rng, dh, B_K_RATIO * np.linalg.norm(layer["W_K"][hh]))
+        layer["b_V"][hh] = _head_bias(rng, dh, v_norm)
+
+    def gauge(layer, hh, designed_bq=None, ov=False):
+        """A random change of the head's d_head basis, W_Q -> W_Q M, W_K -> W_K M^-T (and, with
+        ``ov``, W_V -> W_V M', W_O -> M'^-1 W_O): W_Q W_K^T and W_V W_O are unchanged, but no
+        column of the head is a planted direction any more (as in a trained head). Returns the
+        designed b_Q part in the new basis."""
+        def rand_m():
+            q1, _ = np.linalg.qr(rng.normal(size=(dh, dh)))
+            q2, _ = np.linalg.qr(rng.normal(size=(dh, dh)))
+            return q1 @ np.diag(np.exp(rng.uniform(-0.2, 0.2, dh))) @ q2
+
+        M = rand_m()
+        layer["W_Q"][hh] = layer["W_Q"][hh] @ M
+        layer["W_K"][hh] = layer["W_K"][hh] @ np.linalg.inv(M).T
+        if ov:
+            Mv = rand_m()
+            layer["W_V"][hh] = layer["W_V"][hh] @ Mv
+            layer["W_O"][hh] = np.linalg.inv(Mv) @ layer["W_O"][hh]
+            layer["b_V"][hh] = layer["b_V"][hh] @ Mv
+        return None if designed_bq is None else designed_bq @ M
+
+    def bos_attraction(layer, hh, logit, b_coord):
+        """BOS logit ``logit`` from b_Q: returns a b_Q part bv u (0.7 of b_Q's gpt2-sized norm, u a
+        random unit vector) and adds (logit sqrt(d_head) / bv) u to BOS's key only (reading B,
+        whose coordinate after LN is ``b_coord``). Queries keep only 0.1 of their component
+        along u, so the BOS logit is the same for every query (as in gpt2-small's BOS heads)."""
+        bv = 0.7 * B_Q_RATIO * np.linalg.norm(layer["W_Q"][hh])
+        u = rng.normal(size=dh)
+        u /= np.linalg.norm(u)
+        layer["W_Q"][hh] = layer["W_Q"][hh] @ (np.eye(dh) - 0.9 * np.outer(u, u))
+        layer["W_K"][hh] += np.outer((logit * sqdh / bv / b_coord) * B[:, 0], u)
+        return bv * u
+
+    # ---------------------------------------------------------------------------------------
+    # Layer 0: generic heads reading token and position, writing A.
+    for hh in range(H):
+        generic_qk(L0, hh, INPUT0, GENERIC_LOGIT_STD["layer0"])
+        generic_ov(L0, hh, INPUT0, A, 1.0)
+        set_biases(L0, hh)
+    out0 = des.attn(0, x0)
+    L0["W_O"] *= A_ATTN0 / np.sqrt((out0[:, 1:] ** 2).sum(-1).mean())  # RMS output norm A_ATTN0
+    L0["b_O"] = _bias(rng, O, B_O_NORM)
+    # MLP0: neuron c reads K_c (gain/bias: active only for category words), writes C_c.
+    s_mid = _scale(x0 + des.attn(0, x0))
+    k_ln = np.median(s_mid[is_cat]) * A_K  # K_c coordinate after LN2 for a category token
+    gain, bias = 0.6, -1.5
+    L0["W_in"][:, :n_cat] = gain * K
+    L0["b_in"][:n_cat] = bias
+    act = float(_gelu_new(gain * k_ln + bias))
+    L0["W_out"][:n_cat] = (A_C / act) * C.T
+    n_gen = D_MLP - n_cat  # generic neurons: read the layer input, write O, mostly inactive
+    L0["W_in"][:, n_cat:] = _random_in(rng, INPUT0, n_gen, np.sqrt(INPUT0.shape[1] / d))
+    L0["b_in"][n_cat:] = rng.normal(-1.5, 0.3, size=n_gen)
+    L0["W_out"][n_cat:] = _random_in(rng, O, n_gen, 0.02).T
+    L0["b_out"] = _bias(rng, O, B_OUT_NORM)
+    x1 = des.block(0, x0)
+
+    # ---------------------------------------------------------------------------------------
+    # Layer 1.
+    s1 = _scale(x1)
+    ln1 = float(np.median(s1[is_cat]))  # LN1 scale of a category token
+    ln1_bos = float(np.median(s1[is_bos]))
+    c_coord = float(np.median((_ln(x1) @ C)[is_cat, cat_idx[is_cat]]))  # C_c coordinate after LN1
+    # L1H5 planted part (columns: C | V | U | BOS | one free column).
+    h = TARGET[1]
+    w_c = np.sqrt(LOGIT_SAME_CATEGORY * sqdh) / c_coord
+    w_v = np.sqrt(LOGIT_IDENTITY * sqdh) / (ln1 * A_V)
+    w_u = np.sqrt((LOGIT_SAME_CATEGORY + LOGIT_IDENTITY - LOGIT_SELF) * sqdh) / (ln1 * A_U)
+    w_b = np.sqrt((LOGIT_BOS - LOGIT_BOS_FROM_B_Q) * sqdh / (ln1 * A_N * ln1_bos * A_B))
+    cols = np.cumsum([0, n_cat, N_CODES, N_CODES, 1])
+    PQ, PK = np.zeros((d, dh)), np.zeros((d, dh))
+    PQ[:, : cols[1]], PK[:, : cols[1]] = w_c * C, w_c * C
+    PQ[:, cols[1] : cols[2]], PK[:, cols[1] : cols[2]] = w_v * V, w_v * V
+    PQ[:, cols[2] : cols[3]], PK[:, cols[2] : cols[3]] = w_u * U, -w_u * U
+    PQ[:, cols[3]], PK[:, cols[3]] = w_b * N[:, 0], w_b * B[:, 0]
+    L1["W_Q"][h] = PQ + _random_in(rng, BLIND, dh, TARGET_GENERIC_COLUMN)
+    L1["W_K"][h] = PK + _random_in(rng, BLIND, dh, TARGET_GENERIC_COLUMN)
+    bq = np.zeros(dh)  # b_Q against BOS's key coordinate in the BOS column
+    bq[cols[3]] = LOGIT_BOS_FROM_B_Q * sqdh / (ln1_bos * A_B * w_b)
+    # OV: copy the attended word's K and U coordinates into S (norm ~1 in the residual).
+    read = np.concatenate([K, U], 1)
+    n_ov = read.shape[1]
+    L1["W_V"][h][:, :n_ov] = read / np.sqrt(ln1)
+    L1["W_O"][h][:n_ov] = S.T / np.sqrt(ln1)
+    L1["W_V"][h][:, n_ov:] = _random_in(rng, BLIND, dh - n_ov, 0.02)
+    L1["W_O"][h][n_ov:] = _random_in(rng, S, dh - n_ov, 0.02).T
+    # b_Q: the BOS part, and the rest of its gpt2-sized norm along the one column no planted key
+    # uses (so b_Q prefers no token over another: every key but BOS gets only a generic bias).
+    M = gauge(L1, h, np.eye(dh), ov=True)  # the basis change; rows: canonical columns
+    e_b, e_f = M[cols[3]], M[cols[4]]
+    nq, beta_b = B_Q_RATIO * np.linalg.norm(L1["W_Q"][h]), bq[cols[3]]
+    a2, a1, a0 = e_f @ e_f, 2 * beta_b * (e_b @ e_f), beta_b**2 * (e_b @ e_b) - nq**2
+    beta_f = (-a1 + np.sqrt(a1**2 - 4 * a2 * a0)) / (2 * a2)
+    set_biases(L1, h, v_norm=0.05, designed_bq=beta_b * e_b + beta_f * e_f, complete=True)
+
+    # L1H0: previous-token head. The query at p is rotated back one step, so it matches key p - 1.
+    hp = POSITIONAL_HEAD[1]
+    sp = float(np.median(s1[:, 1:]))
+    peak = sp**2 * (s_pos[10] @ Dp @ Dp @ s_pos[10]) / sqdh
+    g_p = np.sqrt(LOGIT_PREV_TOKEN / peak)
+    L1["W_Q"][hp] = g_p * P @ rot @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    L1["W_K"][hp] = g_p * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    gauge(L1, hp)
+    set_biases(L1, hp)
+    generic_ov(L1, hp, basis, O, 0.3)
+    # Other layer-1 heads: generic and diffuse.
+    for hh in range(H):
+        if hh not in (h, hp):
+            generic_qk(L1, hh, basis, GENERIC_LOGIT_STD["diffuse"])
+            generic_ov(L1, hh, basis, O, 0.3)
+            set_biases(L1, hh)
+    L1["b_O"] = _bias(rng, O, B_O_NORM)
+    _generic_mlp(rng, L1, basis, O, 0.4)
+    x2 = des.block(1, x1)
+
+    # ---------------------------------------------------------------------------------------
+    # Layer 2.
+    s2 = _scale(x2)
+    ln2 = float(np.median(s2[:, 1:]))
+    c2 = float(np.median((_ln(x2) @ C)[is_cat, cat_idx[is_cat]]))  # C_c coordinate after LN
+    b2 = float(np.median((_ln(x2) @ B[:, 0])[is_bos]))  # B coordinate of BOS after LN
+    # BOS heads: diffuse generic scores, plus b_Q against a key column that reads B.
+    for (_, hh) in BOS_HEADS:
+        generic_qk(L2, hh, basis, GENERIC_LOGIT_STD["diffuse"] / 2)
+        generic_ov(L2, hh, basis, O, 0.3)
+        set_biases(L2, hh, designed_bq=bos_attraction(L2, hh, LOGIT_BOS_HEADS, b2))
+        L2["W_V"][hh][:, 0] += 2.0 * B[:, 0] / b2  # BOS's value: about 2 in coordinate 0 ...
+        L2["W_O"][hh][0] = _bias(rng, O, 0.5)  # ... written as a BOS-specific vector in O
+    # Decoy: same-category attraction through C (self and copies included) and an equal BOS logit.
+    hd = DECOY_HEAD[1]
+    w_d = np.sqrt(LOGIT_DECOY_CATEGORY * sqdh) / c2
+    L2["W_Q"][hd] = _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    L2["W_K"][hd] = _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    L2["W_Q"][hd][:, :n_cat] += w_d * C
+    L2["W_K"][hd][:, :n_cat] += w_d * C
+    bq = bos_attraction(L2, hd, LOGIT_DECOY_BOS, b2)
+    set_biases(L2, hd, designed_bq=gauge(L2, hd, bq))
+    generic_ov(L2, hd, basis, O, 0.3)
+    # Reader: attends to its own position (P, no rotation); W_V reads S, W_O writes K and U.
+    hr = READER_HEAD[1]
+    peak = ln2**2 * (s_pos[10] @ Dp @ Dp @ s_pos[10]) / sqdh
+    g_r = np.sqrt(LOGIT_READER_SELF / peak)
+    L2["W_Q"][hr] = g_r * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    L2["W_K"][hr] = g_r * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    L2["W_V"][hr][:, :n_ov] = S / np.sqrt(ln2)
+    L2["W_O"][hr][:n_ov] = read.T / np.sqrt(ln2)
+    L2["W_V"][hr][:, n_ov:] = _random_in(rng, S, dh - n_ov, 0.02)
+    L2["W_O"][hr][n_ov:] = _random_in(rng, O, dh - n_ov, 0.02).T
+    gauge(L2, hr, ov=True)
+    set_biases(L2, hr)
+    L2["b_O"] = _bias(rng, O, B_O_NORM)
+    _generic_mlp(rng, L2, basis, O, 0.4)
+
+    # ---------------------------------------------------------------------------------------
+    # Ground truth of the target's spectrum, from the designed matrices (float64).
+    W_Q, W_K = L1["W_Q"][h], L1["W_K"][h]
+    sym = lambda M: (M + M.T) / 2  # noqa: E731
+    plant_sym = sym(PQ @ PK.T)
+    perturb = sym(W_Q @ W_K.T) - plant_sym
+    delta = float(np.linalg.norm(perturb, 2))  # Weyl: every eigenvalue moves by at most delta
+    plant_eig = np.linalg.eigvalsh(plant_sym)
+    planted_neg = -(w_u**2)
+    rest = plant_eig[plant_eig > planted_neg + 1e-9 * w_u**2]  # all but the N_CODES code eigenvalues
+    if (plant_eig <= planted_neg + 1e-9 * w_u**2).sum() != N_CODES:
+        raise RuntimeError("planted: identity-code eigenvalues are not the most negative ones")
+    other_neg = max(0.0, float(-rest.min()))  # largest |negative| planted eigenvalue besides them
+    lo, hi = other_neg + delta, w_u**2 - delta
+    if not hi > 2 * lo:
+        raise RuntimeError(f"planted: no clear eigenvalue gap ({lo:.3f} .. {hi:.3f})")
+    threshold = float(np.sqrt(lo * hi))
+    full_eig = np.linalg.eigvalsh(sym(W_Q @ W_K.T))
+    # Full column rank of [W_Q, W_K] for every head -> Sylvester: d_head negative, d_head positive.
+    for l, layer in enumerate(des.layers):
+        for hh in range(H):
+            sv = np.linalg.svd(np.concatenate([layer["W_Q"][hh], layer["W_K"][hh]], 1), compute_uv=False)
+            if sv[-1] < 1e-3 * sv[0]:
+                raise RuntimeError(f"planted: head ({l}, {hh}) is not generic (rank-deficient [W_Q, W_K])")
+    min_nonzero = np.sort(np.abs(full_eig))[-2 * dh]  # 2 d_head non-zero eigenvalues
+    if min_nonzero < 1e-4 * np.abs(full_eig).max():
+        raise RuntimeError(f"planted: target has a near-zero W_sym eigenvalue ({min_nonzero:.2e})")
+
+    # ---------------------------------------------------------------------------------------
+    # Unfold into raw GPT-2 tensors with random layer-norm parameters.
+    sd: dict[str, np.ndarray] = {"wte.weight": wte, "wpe.weight": wpe}
+    ln_params = []
+    for i in range(N_LAYERS):
+        (m1, sd1), (m2, sd2) = LN_GAIN[2 * i], LN_GAIN[2 * i + 1]
+        g1 = np.clip(rng.normal(m1, sd1, d), 0.3 * m1, None)
+        g2 = np.clip(rng.normal(m2, sd2, d), 0.3 * m2, None)
+        ln_params.append((g1, _head_bias(rng, d, LN_BIAS_NORM), g2, _head_bias(rng, d, LN_BIAS_NORM)))
+    for i, p in enumerate(des.layers):
+        g1, beta1, g2, beta2 = ln_params[i]
+        raw = {}
+        for name in ("Q", "K", "V"):
+            W = p[f"W_{name}"] / g1[None, :, None]  # [H, d, dh]
+            raw[name] = (W.transpose(1, 0, 2).reshape(d, d), (p[f"b_{name}"] - np.einsum("d,hde->he", beta1, W)).reshape(-1))
+        sd[f"h.{i}.ln_1.weight"], sd[f"h.{i}.ln_1.bias"] = g1, beta1
+        sd[f"h.{i}.attn.c_attn.weight"] = np.concatenate([raw[n][0] for n in "QKV"], 1)
+        sd[f"h.{i}.attn.c_attn.bias"] = np.concatenate([raw[n][1] for n in "QKV"])
+        sd[f"h.{i}.attn.c_proj.weight"] = p["W_O"].reshape(d, d)
+        sd[f"h.{i}.attn.c_proj.bias"] = p["b_O"]
+        W_in = p["W_in"] / g2[:, None]
+        sd[f"h.{i}.ln_2.weight"], sd[f"h.{i}.ln_2.bias"] = g2, beta2
+        sd[f"h.{i}.mlp.c_fc.weight"], sd[f"h.{i}.mlp.c_fc.bias"] = W_in, p["b_in"] - beta2 @ W_in
+        sd[f"h.{i}.mlp.c_proj.weight"], sd[f"h.{i}.mlp.c_proj.bias"] = p["W_out"], p["b_out"]
+    sd["ln_f.weight"] = np.clip(rng.normal(1.0, 0.2, d), 0.3, None)  # ln_f: gain ~1, small bias
+    sd["ln_f.bias"] = _head_bias(rng, d, 0.3)
+
+    # Measured on the designed layers (calibration prompts): the numbers the docstring quotes.
+    def planted_bias(layer, hh):
+        return {"b_Q": float(np.linalg.norm(layer["b_Q"][hh])), "b_K": float(np.linalg.norm(layer["b_K"][hh])),
+                "W_Q_fro": float(np.linalg.norm(layer["W_Q"][hh])), "W_K_fro": float(np.linalg.norm(layer["W_K"][hh]))}
+
+    pos_norm = np.linalg.norm(wpe, axis=1)
     truth = {
         "version": VERSION,
         "seed": seed,
+        "n_layers": N_LAYERS,
         "target": list(TARGET),
         "positional_head": list(POSITIONAL_HEAD),
+        "decoy_head": list(DECOY_HEAD),
+        "reader_head": list(READER_HEAD),
+        "reader_composition": READER_COMPOSITION,
+        "bos_heads": [list(x) for x in BOS_HEADS],
+        "prompt_positions": list(PROMPT_POSITIONS),
         "categories": {name: ids for name, ids in cat_ids.items()},
-        "n_negative_eigenvalues": int((eig < -tol).sum()),
-        "n_positive_eigenvalues": int((eig > tol).sum()),
+        # Sylvester: [W_Q, W_K] has full column rank 2 d_head (checked above, float64), so W_sym
+        # has exactly d_head negative and d_head positive eigenvalues -- for every head.
+        "n_negative_eigenvalues": dh,
+        "n_positive_eigenvalues": dh,
+        # The planted subspace: N_CODES identity-code eigenvalues -w_U^2, moved by at most
+        # perturbation_bound (Weyl); every other negative eigenvalue lies above -gap[0].
+        "n_large_negative_eigenvalues": N_CODES,
+        "planted_negative_eigenvalue": float(planted_neg),
+        "perturbation_bound": delta,
+        "negative_gap": [float(lo), float(hi)],
+        "negative_threshold": threshold,
+        "min_abs_eigenvalue": float(min_nonzero),
         "logits": {"same_category": LOGIT_SAME_CATEGORY, "self": LOGIT_SELF, "bos": LOGIT_BOS,
-                   "self_without_negative_eigenvalues": LOGIT_SAME_CATEGORY + LOGIT_IDENTITY},
+                   "bos_from_b_Q": LOGIT_BOS_FROM_B_Q,
+                   "self_without_negative_eigenvalues": LOGIT_SAME_CATEGORY + LOGIT_IDENTITY,
+                   "previous_token": LOGIT_PREV_TOKEN, "decoy_category": LOGIT_DECOY_CATEGORY,
+                   "decoy_bos": LOGIT_DECOY_BOS, "bos_heads": LOGIT_BOS_HEADS},
+        "target_bias": planted_bias(L1, h),
+        "position_norm": {"per_position_mean": float(pos_norm.mean()),
+                          "mean_all_positions": float(np.linalg.norm(wpe.mean(0))),
+                          "mean_prompt_positions": float(np.linalg.norm(wpe[PROMPT_POSITIONS[0] : PROMPT_POSITIONS[1] + 1].mean(0))),
+                          "category_token": float(np.sqrt(A_K**2 + A_U**2 + A_V**2 + A_N**2))},
     }
-    tensors = {k: torch.tensor(v, dtype=torch.float32) for k, v in sd.items()}
+    tensors = {k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in sd.items()}
     return tensors, truth
+
+
+def _generic_mlp(rng, layer: dict, space: np.ndarray, out: np.ndarray, out_norm: float) -> None:
+    """A random MLP reading ``space`` (pre-activations about N(-0.5, 1)) and writing ``out``
+    (output norm about ``out_norm``)."""
+    m, d = D_MLP, space.shape[0]
+    layer["W_in"] = _random_in(rng, space, m, np.sqrt(space.shape[1] / d))
+    layer["b_in"] = rng.normal(-0.5, 0.3, size=m)
+    layer["W_out"] = _random_in(rng, out, m, out_norm / (0.45 * np.sqrt(m))).T
+    layer["b_out"] = _bias(rng, out, B_OUT_NORM)
 
 
 def write_folder(folder: Path, seed: int = 0) -> None:
     """Write the planted model as a Hugging Face GPT-2 folder (config, safetensors, tokenizer)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-
     tensors, truth = build_state_dict(seed)
     cfg = GPT2Config(
         vocab_size=tensors["wte.weight"].shape[0], n_positions=N_CTX, n_embd=D_MODEL,
-        n_layer=N_LAYERS, n_head=N_HEADS, activation_function="gelu_new",
+        n_layer=N_LAYERS, n_head=N_HEADS, activation_function="gelu_new", layer_norm_epsilon=LN_EPS,
         bos_token_id=50256, eos_token_id=50256,
     )
     hf = GPT2LMHeadModel(cfg)

@@ -8,6 +8,11 @@ original repository. The individual word choices are ours. Every word is a singl
 
 The ideal mask M (rules 1-3 of the README): query q may attend to key k < q iff both are in the
 same category and are different tokens; a query with no such key should attend to BOS (k = 0).
+
+Prompts built here use exactly those spaced tokens. Natural text spells the same words other ways
+("Monday" at a line start, " He" starting a sentence, " john"): :func:`category_variant_ids` adds
+every single-token spelling (:func:`word_forms`), which is what the natural-text category map
+(``common.head_replacement.categories_from_lists``) uses.
 """
 
 from __future__ import annotations
@@ -70,6 +75,51 @@ def category_token_ids(tokenizer, categories: dict[str, list[str]] = CATEGORIES)
             seen[i] = name
         out[name] = ids
     return out
+
+
+# Lower-case forms of listed capitalised words that, in running text, are mostly a different word:
+# " may" (the modal verb, not the month), " march" (the verb or noun), " i"/"i" (a numeral or a list
+# marker "(i)" far more often than the pronoun). They are left out of the natural-text variants.
+LOWERCASE_HOMOGRAPHS = frozenset({"may", "march", "i"})
+
+
+def word_forms(word: str) -> list[str]:
+    """The spellings of a category word in running text, the listed spaced form first.
+
+    Case: as listed, capitalised (sentence starts: " He", " Red") and lower-case (" john"),
+    except :data:`LOWERCASE_HOMOGRAPHS`. Spacing: with the leading space (mid-sentence) and
+    without it (at a line start, after a bracket or quote: "(Monday", "\\nMonday"). Which of
+    these are single GPT-2 tokens is for :func:`category_variant_ids` to check: many are not
+    (" monday" is " m" + "onday", "Sheep" is two tokens), and those cannot be a category token.
+    """
+    word = word.strip()
+    cases = [word, word[0].upper() + word[1:]]
+    if word.lower() == word or word.lower() not in LOWERCASE_HOMOGRAPHS:
+        cases.append(word.lower())
+    cases = list(dict.fromkeys(cases))
+    return [" " + c for c in cases] + cases
+
+
+def category_variant_ids(tokenizer, categories: dict[str, list[str]] = CATEGORIES) -> dict[str, list[int]]:
+    """Token ids per category for natural text: every :func:`word_forms` spelling of every word
+    that is a single GPT-2 token, the listed spaced tokens (:func:`category_token_ids`) first.
+
+    A spelling claimed by two categories is in neither (the listed spaced tokens must be unique,
+    as :func:`category_token_ids` checks). Whether a token is a whole word where it occurs (not a
+    piece such as "Red" in "Redistribution") depends on its neighbours and is decided on the
+    text (``common.natural_text.WordBoundaries``).
+    """
+    listed = category_token_ids(tokenizer, categories)
+    canonical = {t for ids in listed.values() for t in ids}
+    found: dict[str, list[int]] = {}
+    for name, words in categories.items():
+        ids = (tokenizer.encode(f, add_special_tokens=False) for w in words for f in word_forms(w))
+        found[name] = list(dict.fromkeys(i[0] for i in ids if len(i) == 1 and i[0] not in canonical))
+    owners: dict[int, int] = {}
+    for ids in found.values():
+        for t in ids:
+            owners[t] = owners.get(t, 0) + 1
+    return {name: listed[name] + [t for t in found[name] if owners[t] == 1] for name in categories}
 
 
 def group_token_ids(tokenizer) -> tuple[list[int], list[str], list[str]]:

@@ -220,6 +220,28 @@ def _rules(d: Path, meta: dict) -> Measured:
                     f"mean-ablation KL", None)
 
 
+def _token_space(d: Path, meta: dict) -> Measured:
+    t = pd.read_csv(d / "token_self_suppression.csv")
+    w = pd.read_csv(d / "weights_survey.csv")
+    layer, head = _target(meta)
+    cat = t[t.subset == "category"]
+    me = _row(cat, layer=layer, head=head)
+    others = cat[~((cat.layer == layer) & (cat["head"] == head))]
+    wt = _row(w, layer=layer, head=head)
+    rank = int((w.n_negative_top > wt.n_negative_top).sum()) + 1
+    return Measured(
+        f"own key's mean percentile among all vocabulary keys (category words; 1 = last): L{layer}H{head} "
+        f"{me.mean_self_rank_pct:.3f}, best other head of the layer {others.mean_self_rank_pct.max():.3f}; "
+        f"negatives among the top {int(wt.top_k)} eigenvalues: {int(wt.n_negative_top)} (rank {rank} of {len(w)} heads); "
+        f"{int(w.full_column_rank.sum())} of {len(w)} heads full rank",
+        bool(me.mean_self_rank_pct > others.mean_self_rank_pct.max()))
+
+
+def _succession(d: Path, meta: dict) -> Measured:
+    v = json.loads((d / "summary.json").read_text())["verdict"]
+    return Measured(html.escape(f"{v['text']} ({v['scope']})"), None)
+
+
 CLAIMS = [
     Claim("L1H5 scores ~0.6 on the semantic category score, every other head >= 1.2", "post",
           "characterize_head", "head_scores.png", "head_scores.csv", "0.6 vs >= 1.2",
@@ -237,6 +259,11 @@ CLAIMS = [
     Claim("Removing only the skew part helps the correct-token logit", "post", "skew_analysis", "downstream.png",
           "downstream_summary.csv", "0.44 vs -0.35", "ablating the whole head hurts (drop > 0); removing only "
           "the skew part helps (drop < 0)", _downstream),
+    Claim("The negative-eigenvalue count does not single L1H5 out; the self-rank of each token in token space does",
+          "new (Sylvester's law of inertia)", "self_suppression_survey", "self_suppression.png",
+          "token_self_suppression.csv", "33/64 is not distinctive (every full-rank head: 64/64)",
+          "the studied head ranks each category word's own key lower than every other head of its layer does",
+          _token_space),
     Claim("The symmetric part alone reproduces the group heatmap", "post", "svd_sym_skew_heatmap",
           "scores_heatmaps.png", "numbers.csv", "qualitative (visual)", "corr(Base, Sym) > 0.95 on the group tokens",
           _sym_skew),
@@ -262,6 +289,9 @@ CLAIMS = [
     Claim("How much of the head's effect the three rules explain (anchor: copy suppression of L10H7 explains 76.9%)",
           "new", "rule_preserving_ablation", "explained.png", "explained.csv", "none for L1H5 (76.9% is L10H7's)",
           "none (measurement)", _rules),
+    Claim("L1H5 serves succession (Monday -> Tuesday); the original printed STRONG > 0.5 / Moderate > 0.1 / Weak but "
+          "never reported the result", "original repository", "succession_ablation", "effects.png", "effect_summary.csv",
+          "never reported", "none (the verdict and its 95% CI are the measurement)", _succession),
 ]
 
 

@@ -25,16 +25,21 @@ def run(runs):
     return runs[0]
 
 
-def test_end_to_end(run):
+def test_end_to_end(run, truth):
     out = run
     for f in ("head_scores.csv", *FIGURES, "mass_split.csv", "attention_L1H5.html", "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
     table = pd.read_csv(out / "head_scores.csv")
-    assert len(table) == 16
-    best = table.sort_values("score_mean").iloc[0]
-    assert (best.layer, best["head"]) == (1, 5) and best.score_mean < 0.3
+    # every head of every layer, not only layers 0..target (the published survey is all 12 x 12)
+    assert len(table) == truth["n_layers"] * 8 and table.layer.max() == truth["n_layers"] - 1
+    order = table.sort_values("score_mean").reset_index(drop=True)
+    assert [tuple(order.loc[i, ["layer", "head"]]) for i in range(2)] == [tuple(truth["target"]), tuple(truth["decoy_head"])]
+    assert order.score_mean[0] < 0.3
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["target_rank"] == 1 and summary["next_lowest"]["score"] > 1.0
+    # the planted decoy (a later-layer partial rule-follower) is the next-lowest head anywhere
+    assert summary["target_rank"] == 1 and summary["n_heads_total"] == len(table)
+    assert [summary["next_lowest"][k] for k in ("layer", "head")] == truth["decoy_head"]
+    assert summary["next_lowest"]["score"] > 2 * order.score_mean[0] + 0.5
     html = (out / "attention_L1H5.html").read_text()
     assert "<script src=\"http" not in html and "unpkg.com" not in html  # local_src, not the CDN
     meta = json.loads((out / "meta.json").read_text())
@@ -61,7 +66,7 @@ def test_help_and_bad_input(tmp_path, capsys):
     assert "heads 0..7" in str(e.value.code)
     with pytest.raises(SystemExit) as e:
         main(["--model", "planted", "--layer", "5", "--out", str(tmp_path)])
-    assert "layers 0..1" in str(e.value.code)
+    assert "layers 0..2" in str(e.value.code)
     assert not list(tmp_path.glob("*.csv"))
 
 

@@ -4,6 +4,8 @@ Ground truth (common.planted): L1H5 gives itself a logit 20 below its same-categ
 self-attention starts near zero; its W_sym's negative eigenvalues are exactly the identity codes.
 """
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -81,6 +83,83 @@ def test_eigen_steering_is_matched(run):
         g, e = _row(run, f"gradient {d}"), _row(run, f"eigen {d} (matched)")
         assert abs(g.mean_log_self_mass - e.mean_log_self_mass) < 0.05 * max(1.0, abs(g.mean_log_self_mass)), d
         assert (e.alpha < 1) == (d == "promote")
+        # the flag is set, and says what was asked and what was reached (the rows' own numbers)
+        assert str(e.alpha_matched) == "True", d
+        assert e.match_target == pytest.approx(g.mean_log_self_mass, rel=1e-6), d
+        assert e.match_achieved == pytest.approx(e.mean_log_self_mass, rel=1e-6), d
+    assert pd.isna(_row(run, "original").alpha_matched)  # not an eigen variant
+    s = json.loads((run / "summary.json").read_text())
+    assert s["all_alphas_matched"] is True and len(s["eigen_matching"]) == 2
+
+
+@pytest.fixture(scope="module")
+def held_input(planted_model, truth):
+    from common.head_qk import FactoredQK
+    from common.head_replacement import layer_input
+    from common.prompts import category_prompts
+
+    layer, head = truth["target"]
+    tokens = category_prompts(planted_model.tokenizer, 8, 10, seed=7, repeat_prob=0.3).tokens
+    return FactoredQK.from_model(planted_model, layer, head), (layer_input(planted_model, tokens, layer, head), tokens)
+
+
+def test_match_alpha_flags_an_unreachable_target(held_input):
+    """A self-mass is at most 1, so a mean log self-mass above 0 is out of reach for any alpha
+    (promote side), and so is one of -1e9 nats (suppress side, alpha up to 1 + 2^11): the furthest
+    edit tried comes back flagged, never as a match. A reachable target is matched."""
+    import gradient_steering as gs
+
+    qk, held = held_input
+    for target, furthest in ((0.5, 1 - 2 ** 11), (-1e9, 1 + 2 ** 11)):
+        m = gs.match_alpha(qk, held, target)
+        assert m.matched is False and m.target == target and m.alpha == furthest
+        assert m.achieved <= 0 and abs(m.achieved - target) > 0.5
+        assert m.row() == {"alpha_matched": False, "match_target": target, "match_achieved": m.achieved}
+    start = gs.match_alpha(qk, held, 0.0).achieved  # any reachable value: halfway to no edit
+    v1 = float(gs.log_self_mass(gs.edited_scores(qk, held[0]), held[1]).mean())  # the head as it is
+    target = (start + v1) / 2
+    m = gs.match_alpha(qk, held, target)
+    assert m.matched and abs(m.achieved - target) <= gs.MATCH_TOL * max(1, abs(target))
+
+
+def test_an_unmatched_alpha_is_flagged_in_the_csv_report_and_figures(tmp_path, monkeypatch, capsys, planted_model):
+    """With every target moved out of reach, variants.csv, summary.json, the printed report and
+    both figures that show the eigen variants say "NOT matched", with the value reached and the target."""
+    import matplotlib.text
+
+    import common.plotting
+    import gradient_steering as gs
+    from conftest import run_main
+
+    real = gs.match_alpha
+    monkeypatch.setattr(gs, "match_alpha", lambda qk, held, target, **kw: real(qk, held, 0.5, **kw))
+    drawn = {}
+    monkeypatch.setattr(common.plotting, "save_figure", lambda fig, path: drawn.setdefault(
+        path.name, " ".join(" ".join(t.get_text().split()) for t in fig.findobj(matplotlib.text.Text))) and path)
+    run_main("gradient_steering.py", "--model", "planted", "--out", str(tmp_path), "--steps", "3", "--n-prompts", "8",
+             "--n-heldout", "4", "--n-rank-queries", "5", "--threads", "1")
+    v = pd.read_csv(tmp_path / "variants.csv").set_index("variant")
+    for d in ("promote", "suppress"):
+        e = v.loc[f"eigen {d} (matched)"]
+        assert str(e.alpha_matched) == "False" and e.match_target == 0.5
+        assert e.match_achieved == pytest.approx(e.mean_log_self_mass) and e.match_achieved < 0
+        assert e.alpha == 1 - 2 ** 11
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["all_alphas_matched"] is False
+    assert {k: m["matched"] for k, m in s["eigen_matching"].items()} == {
+        "eigen promote (matched)": False, "eigen suppress (matched)": False}
+    out = " ".join(capsys.readouterr().out.split())  # the report, rich's line wrapping undone
+    assert out.count("NOT matched") == 4  # the alpha column of both rows, and a warning for each
+    for d in ("promote", "suppress"):
+        e = v.loc[f"eigen {d} (matched)"]
+        assert (f"eigen {d} (matched) is NOT matched: no alpha reached the target held-out mean log self-mass "
+                f"0.500; alpha -2047 (the furthest edit tried) reaches {e.match_achieved:.3f}") in out
+    for fig in ("group_heatmaps.png", "self_rank.png"):
+        assert drawn[fig].count("NOT matched") == 2, fig
+        for d in ("promote", "suppress"):
+            e = v.loc[f"eigen {d} (matched)"]
+            assert (f"eigen {d}: NOT matched (alpha -2.05e+03 reaches mean log self-mass {e.match_achieved:.2f}, "
+                    "target 0.50)") in drawn[fig], fig
 
 
 def test_monday_top10(run, truth, tokenizer):

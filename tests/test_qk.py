@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.effective_embeddings import effective_embeddings, embedding_gram
+from common.effective_embeddings import effective_cache_path, effective_embeddings, effective_fidelity, embedding_gram
 from common.factored import Factored, random_skew, random_symmetric
 from common.head_qk import FactoredQK
 from common.outputs import model_fingerprint
@@ -151,26 +151,26 @@ def planted_E(planted_model):
     return effective_embeddings(planted_model, 1)
 
 
-def test_effective_embeddings_reproduce_model_logits(planted_model, truth, planted_E, tokenizer):
-    from common.prompts import category_prompts
-
+def test_effective_embeddings_are_cached_lnpre_outputs(planted_model, planted_E):
     E = planted_E
     assert E.shape == (planted_model.cfg.d_vocab, planted_model.cfg.d_model)
     # LNPre output: zero mean, unit RMS per token
     assert E.mean(-1).abs().max() < 1e-4
     assert (E.pow(2).mean(-1) - 1).abs().max() < 1e-2  # eps inside the RMS
+    assert effective_cache_path(planted_model, 1).exists()
     again = effective_embeddings(planted_model, 1)  # from the disk cache
     assert torch.equal(again, E)
     assert len(model_fingerprint(planted_model)) == 16
-    layer, head = truth["target"]
-    toks = category_prompts(tokenizer, 1, 24, seed=3).tokens
-    store = {}
-    planted_model.run_with_hooks(toks, stop_at_layer=layer + 1, fwd_hooks=[
-        (f"blocks.{layer}.attn.hook_attn_scores", lambda t, hook: store.__setitem__("s", t[0, head]))])
-    real = store["s"]
-    pred = FactoredQK.from_model(planted_model, layer, head).scorer().scores(E[toks[0]], E[toks[0]])
-    low = torch.ones_like(real, dtype=torch.bool).tril()
-    assert np.corrcoef(real[low].numpy(), pred[low].numpy())[0, 1] > 0.99
+
+
+def test_effective_embeddings_predict_model_scores(planted_model, truth, planted_E):
+    """L1H5's scores from effective embeddings follow the model's real scores on held-out prompts
+    (v3: positions and layer-0 attention vary, so they no longer reproduce them; the gap is what
+    effective_fidelity reports, see tests/test_effective_embeddings.py)."""
+    fid = effective_fidelity(planted_model, *truth["target"], E=planted_E)
+    assert fid["n_positions"] == 16 * 48
+    assert fid["score_corr"] > 0.9 and fid["cosine_mean"] > 0.85
+    assert fid == effective_fidelity(planted_model, *truth["target"])  # E given or computed: same rows
 
 
 def test_planted_steering_makes_self_top_key(planted_model, truth, planted_E):

@@ -108,7 +108,9 @@ def test_rules_mask_matches_ideal_mask(tokenizer, demo_windows):
 
     cats = categories_from_lists(tokenizer, 50257)
     cat_of = token_category_map(tokenizer)
-    for toks in (demo_windows, repeated_token_prompts(tokenizer, 4, 20).tokens):
+    # On prompts of listed (spaced) words both agree; on natural text the lists' other spellings
+    # count too (test_natural_text_categories_match_every_spelling).
+    for toks in (repeated_token_prompts(tokenizer, 4, 20).tokens,):
         assert torch.equal(rules_mask(toks, cats), ideal_mask(toks, cat_of))
     p = rules_pattern(demo_windows, cats)
     assert torch.allclose(p.sum(-1), torch.ones(p.shape[:2]))
@@ -218,3 +220,48 @@ def test_default_communities_come_from_the_clustering_output_beside_ours(tmp_pat
     cats = rpa.resolve_categories(None, out, "planted", tokenizer, 50257)
     assert str(tmp_path / "clustering" / "communities.csv") in cats.source
     assert cats.n_tokens == len(days)
+
+
+# "Monday" at a line start, " monday" (two tokens), a listed word inside a longer one, homographs.
+NATURAL = ("The shop opens on Tuesday.\nMonday was cold, and on monday we rest.\nRedistribution is allowed "
+           "(Friday) but it may rain in May.\nHe said the Red Sea was red. Tom met john.")
+# Each token of NATURAL with the category a reader gives it (None: no category word there).
+NATURAL_TRUTH = [
+    ("The", None), (" shop", None), (" opens", None), (" on", None), (" Tuesday", "days"), (".", None),
+    ("\n", None), ("Monday", "days"), (" was", None), (" cold", None), (",", None), (" and", "logical"),
+    (" on", None), (" m", None), ("onday", None), (" we", "pronouns"), (" rest", None), (".", None), ("\n", None),
+    ("Red", None), ("ist", None), ("ribution", None), (" is", None), (" allowed", None), (" (", None),
+    ("Friday", "days"), (")", None), (" but", "logical"), (" it", "pronouns"), (" may", None), (" rain", "weather"),
+    (" in", None), (" May", "months"), (".", None), ("\n", None), ("He", "pronouns"), (" said", None),
+    (" the", None), (" Red", "colours"), (" Sea", None), (" was", None), (" red", "colours"), (".", None),
+    (" Tom", "names"), (" met", None), (" john", "names"), (".", None),
+]
+
+
+def test_natural_text_categories_match_every_spelling(tmp_path, tokenizer):
+    """On natural text (rule_preserving_ablation's category lists), a listed word counts however
+    the text spells it as one token: "Monday" at a line start, "Friday" after a bracket, "He"
+    starting a line, " Red", " john"; " monday" is two tokens (" m" + "onday") and counts as none,
+    as do "Red" inside "Redistribution" and " may" (the verb). The rules' keys for every query
+    follow from a reader's categories by the rule itself (earlier, same category, other token;
+    else BOS), computed here without the code under test."""
+    import rule_preserving_ablation as rpa
+    from common.head_replacement import rules_mask
+    from common.natural_text import tokenize
+    from common.prompts import CATEGORIES
+
+    ids = tokenize(tokenizer, NATURAL)
+    assert [tokenizer.decode([i]) for i in ids] == [t for t, _ in NATURAL_TRUTH]
+    tokens = torch.tensor([[tokenizer.bos_token_id, *ids]])
+    cats = rpa.resolve_categories("lists", tmp_path / "rule_preserving_ablation", "planted", tokenizer, 50257)
+    names = list(CATEGORIES)
+    truth = [None] + [c for _, c in NATURAL_TRUTH]
+    expected = torch.zeros(len(truth), len(truth), dtype=torch.bool)
+    for q in range(len(truth)):
+        for k in range(1, q):
+            expected[q, k] = truth[q] is not None and truth[k] == truth[q] and tokens[0, k] != tokens[0, q]
+        expected[q, 0] = not expected[q].any()
+    got = rules_mask(tokens, cats)[0]
+    for q in range(len(truth)):
+        assert torch.equal(got[q], expected[q]), (q, tokenizer.decode([int(tokens[0, q])]), truth[q])
+    assert cats.of_tokens(tokens)[0].tolist() == [-1] + [names.index(c) if c else -1 for _, c in NATURAL_TRUTH]

@@ -177,8 +177,6 @@ def test_composition_scores_equal_transformer_lens_all_pairs(planted_model):
 def test_reader_head_comes_out_on_top(planted_model, truth):
     # TEMPORARY guard: planted v2 has no layer after L1H5, so no reader; remove this skip once
     # planted v3 (with ground_truth()["reader_head"] and ["reader_composition"]) is merged.
-    if "reader_head" not in truth:
-        pytest.skip("planted model has no reader head yet (planted v3 adds it); temporary guard")
     from succession_ablation import composition_table, readers_of
 
     L, H = truth["target"]
