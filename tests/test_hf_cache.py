@@ -15,8 +15,8 @@ from the cached weights file. So a small config under a real name gives a small 
 
 Entries (ground truth for each check in brackets):
 
-* ``models--gpt2`` and ``models--gpt2-medium``: the planted model's folder (2 layers, 8 heads,
-  d_model 320, L1H5 planted; safetensors; with tokenizer files) [the planted model loaded from its
+* ``models--gpt2`` and ``models--gpt2-medium``: the planted model's folder (a few layers of
+  8 heads, L1H5 planted; safetensors; with tokenizer files) [the planted model loaded from its
   local folder; :func:`common.planted.ground_truth`'s target head];
 * ``models--distilgpt2``: random, distilgpt2's 6 layers at d_model 32, 8 heads; safetensors, no
   tokenizer files (the loader uses the vendored GPT-2 tokenizer) [its config; transformers' own
@@ -301,7 +301,7 @@ def test_unloadable_entry_gives_one_line_message_naming_it(run):
     assert "models--stanford-crfm--arwen-gpt2-medium-x21" in absent["stanford-crfm/arwen-gpt2-medium-x21"]
 
 
-def test_characterize_head_cross_model_table(run, truth):
+def test_characterize_head_cross_model_table(run, truth, planted_model):
     assert run["res"]["characterize_head_exit"] == 0
     out = run["work"] / "cross"
     table = pd.read_csv(out / "cross_model.csv")
@@ -309,7 +309,7 @@ def test_characterize_head_cross_model_table(run, truth):
     medium, distil = table.iloc[0], table.iloc[1]
     # gpt2-medium is the planted model here: its lowest head is the planted one.
     assert (medium.lowest_layer, medium.lowest_head) == tuple(truth["target"]), medium
-    assert medium.n_heads == 2 * 8 and distil.n_heads == 6 * 8
+    assert medium.n_heads == planted_model.cfg.n_layers * planted_model.cfg.n_heads and distil.n_heads == 6 * 8
     for sub, row in (("gpt2-medium", medium), ("distilgpt2", distil)):
         heads = pd.read_csv(out / sub / "head_scores.csv")
         assert len(heads) == row.n_heads
