@@ -62,6 +62,7 @@ from tqdm import tqdm
 from common.ablation import (COMPONENTS, collect_activations, keep_only_hooks, mean_ablation_hooks,
                              resample_ablation_hooks)
 from common.cli import base_parser, start
+from common.errors import require_absolute_positions
 from common.metrics import all_head_patterns, mean_ci, semantic_score
 from common.prompts import category_prompts
 from common.results import Results, load_meta, load_table, save_results
@@ -399,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     save, draw from the saved files, report."""
     args = parse_args(argv)
     model, out_dir = start(args, SCRIPT)
+    require_absolute_positions(model, "component_ablation (ablating hook_pos_embed, shifting positions)")
     check_args(model, args)
     results = compute(model, args)
     save_results(out_dir, results, args, SCRIPT, meta={k: results.summary[k] for k in META_KEYS})

@@ -77,6 +77,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from common.cli import base_parser, script_name, start
+from common.errors import require_absolute_positions
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, spectrum_summary
 from common.genuine_weights import stamp_figure, verdict_text, weights_verdict
 from common.head_qk import FactoredQK
@@ -424,6 +425,7 @@ def report(results: Results, out_dir, verdict: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model, out_dir = start(args, script_name(__file__))
+    require_absolute_positions(model, "self_suppression_survey (positional sensitivity of W_pos, effective embeddings)")
     verdict = weights_verdict(args.model)  # is this checkpoint genuine gpt2-small? (cached by file identity)
     results = compute(model, args)
     save_results(out_dir, results, args, SCRIPT, meta={

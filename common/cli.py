@@ -38,7 +38,8 @@ def base_parser(doc: str | None, head: bool = True, several_models: bool = False
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0 = torch default; 1 is fastest on a busy machine)")
-    p.add_argument("--out", default=None, help="output folder (default figures/<script>/, figures/demo/<script>/ for planted)")
+    p.add_argument("--out", default=None, help="output folder (default figures/<script>/; figures/demo/<script>/ for planted, "
+                   "figures/models/<name>/<script>/ for another GPT-2-family model)")
     return p
 
 

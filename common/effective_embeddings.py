@@ -48,6 +48,7 @@ import json
 import numpy as np
 import torch
 
+from common.errors import require_absolute_positions
 from common.outputs import atomic_path, cache_dir, model_fingerprint
 from common.prompts import category_prompts, random_token_prompts
 
@@ -172,6 +173,7 @@ def effective_embeddings(model, layer: int = 1, batch_size: int = 2048, cache: b
     docstring; :func:`effective_spec` records them. Cached on disk under
     :func:`effective_cache_path` (written atomically), keyed by the model and the spec.
     """
+    require_absolute_positions(model, "the effective embeddings (token embedding + mean of W_pos over positions)")
     if not cache:
         return compute_effective_embeddings(model, layer, batch_size, positions, seed)
     path = effective_cache_path(model, layer, positions, seed)

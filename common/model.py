@@ -1,9 +1,14 @@
 """Load any supported model as a processed HookedTransformer.
 
-Three names are understood by :func:`load_model`:
+Three kinds of names are understood by :func:`load_model`:
 
-* ``gpt2-small`` (alias ``gpt2``): real gpt2-small through ``HookedTransformer.from_pretrained``,
-  i.e. the Hugging Face cache or hub. Offline, populate the cache once and set ``HF_HUB_OFFLINE=1``.
+* ``gpt2-small`` (alias ``gpt2``, the default) and the other GPT-2-family models TransformerLens
+  knows that share GPT-2's tokenizer (:mod:`common.hub_models`: gpt2-medium, gpt2-large, gpt2-xl,
+  distilgpt2, the Stanford CRFM seeds ``stanford-crfm/alias-gpt2-small-x21`` ...), through
+  ``HookedTransformer.from_pretrained``, i.e. the Hugging Face cache or hub. Offline, populate the
+  cache once and set ``HF_HUB_OFFLINE=1``; a missing cache entry is named in a one-line message.
+  The tokenizer is the GPT-2 copy vendored in ``common/tokenizer`` (the same vocabulary and merges
+  for all of them), so only ``config.json`` and the weights are read from the cache.
 * a path to a local Hugging Face GPT-2 folder (``config.json``, ``model.safetensors`` or
   ``pytorch_model.bin``, tokenizer files): loaded without any network access.
 * ``planted``: the offline demo model of :mod:`common.planted`, generated deterministically into a
@@ -29,10 +34,11 @@ from transformer_lens import HookedTransformer
 
 from common.errors import error_summary
 from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
+from common.hub_models import cache_entry, official_name
 from common.planted import planted_folder
 from common.weights_cache import PROCESSING, Source, load_processed
 
-REAL_NAMES = {"gpt2-small", "gpt2"}
+REAL_NAMES = {"gpt2-small", "gpt2"}  # gpt2-small; the other hub names: common.hub_models
 PLANTED = "planted"
 
 
@@ -74,7 +80,9 @@ def forget_models() -> None:
 
 def _cache_key(name: str, device: str) -> tuple:
     path = Path(name).expanduser()
-    if name in REAL_NAMES or name == PLANTED or not path.exists():
+    if official_name(name):
+        return (official_name(name), device)  # an alias shares its model's load
+    if name == PLANTED or not path.exists():
         return (name, device)
     stamps = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(path.glob("*")) if p.is_file())
     return (str(path.resolve()), device, stamps)
@@ -87,13 +95,14 @@ _LOADER_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 def _load(name: str, device: str) -> HookedTransformer:
     if name == PLANTED:
         return _load_folder(planted_folder(), device)
-    if name in REAL_NAMES:
-        return _load_real_gpt2(device)
+    if official_name(name):  # a hub name wins over a folder of that name (use ./name for the folder)
+        return _load_hub(official_name(name), device)
     path = Path(name).expanduser()
     if path.exists():
         return _load_folder(path, device)
     raise ModelUnavailable(
-        f"unknown model {name!r}: use 'gpt2-small', 'planted', or a path to a local "
+        f"unknown model {name!r}: use 'gpt2-small', another GPT-2-family name (gpt2-medium, gpt2-large, "
+        "gpt2-xl, distilgpt2, stanford-crfm/alias-gpt2-small-x21, ...), 'planted', or a path to a local "
         "Hugging Face GPT-2 folder (config.json + model.safetensors/pytorch_model.bin + tokenizer)"
     )
 
@@ -112,26 +121,27 @@ def _load_folder(folder: Path, device: str) -> HookedTransformer:
     return model
 
 
-def _load_real_gpt2(device: str) -> HookedTransformer:
-    """gpt2-small through the processed-weights cache, keyed by the hub files ``from_pretrained``
-    reads; without them (no cache entry, no network) the uncached route gives the usual message."""
-    files = _hub_files()
+def _load_hub(repo: str, device: str) -> HookedTransformer:
+    """A hub model (``repo``: its official name, e.g. "gpt2", "gpt2-medium") through the
+    processed-weights cache, keyed by the hub files ``from_pretrained`` reads; without them (no
+    cache entry, no network) the uncached route gives the usual one-line message."""
+    files = _hub_files(repo)
     if files is None:
-        return _from_pretrained(device)
-    return load_processed(Source(route="hf:gpt2", origin="hf:gpt2", files=files, code=_LOADER_CODE,
-                                 build=lambda: _from_pretrained("cpu")), device)
+        return _from_pretrained(repo, device)
+    return load_processed(Source(route=f"hf:{repo}", origin=f"hf:{repo}", files=files, code=_LOADER_CODE,
+                                 build=lambda: _from_pretrained(repo, "cpu"), tokenizer=load_tokenizer), device)
 
 
-def _hub_files() -> dict[str, Path] | None:
-    """config.json and the weights file of the hub's ``gpt2`` as transformers picks them
+def _hub_files(repo: str) -> dict[str, Path] | None:
+    """config.json and the weights file of hub repository ``repo`` as transformers picks them
     (model.safetensors, else pytorch_model.bin), from the HF cache (refreshed first when online)."""
     try:
         from huggingface_hub import hf_hub_download
 
-        files = {"config.json": Path(hf_hub_download("gpt2", "config.json"))}
+        files = {"config.json": Path(hf_hub_download(repo, "config.json"))}
         for name in ("model.safetensors", "pytorch_model.bin"):
             try:
-                files["weights"] = Path(hf_hub_download("gpt2", name))
+                files["weights"] = Path(hf_hub_download(repo, name))
                 return files
             except Exception:  # not cached / not on the hub: try the next format
                 continue
@@ -140,24 +150,39 @@ def _hub_files() -> dict[str, Path] | None:
     return None
 
 
-def _from_pretrained(device: str) -> HookedTransformer:
+def _from_pretrained(repo: str, device: str) -> HookedTransformer:
+    """``HookedTransformer.from_pretrained`` with the processing defaults and the vendored GPT-2
+    tokenizer; any failure becomes a one-line :class:`ModelUnavailable` naming the cache entry."""
     try:
-        return HookedTransformer.from_pretrained("gpt2-small", device=device, **PROCESSING)
+        return HookedTransformer.from_pretrained(repo, device=device, tokenizer=load_tokenizer(), **PROCESSING)
     except Exception as exc:  # the hub/cache raise many different types; all mean "no weights"
-        from huggingface_hub.constants import HF_HUB_CACHE
+        raise ModelUnavailable(_unavailable_message(repo, exc)) from None
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise ModelUnavailable(
-            "could not load gpt2-small weights"
-            f" ({error_summary(exc)}).\n"
-            "Options:\n"
-            "  * online: run once with network access, so Hugging Face caches 'gpt2';\n"
-            f"  * offline with a populated cache ({HF_HUB_CACHE}): export HF_HUB_OFFLINE=1"
-            + (" (already set: the cache has no complete 'gpt2' entry)" if offline else "")
-            + ";\n"
-            "  * a local Hugging Face GPT-2 folder: --model /path/to/gpt2;\n"
-            "  * the offline demo model: --model planted"
-        ) from None
+
+def _unavailable_message(repo: str, exc: BaseException) -> str:
+    """One line: which model, whether its cache entry is missing, incomplete or complete (then the
+    error is in loading it, not in fetching it), where the cache is, and what to do."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    label = "gpt2-small" if repo == "gpt2" else repo
+    entry = Path(HF_HUB_CACHE) / cache_entry(repo)
+    why = f"could not load {label} weights ({error_summary(exc)[:160]})"
+    options = ("use --model /path/to/gpt2 (a local HF GPT-2 folder) or --model planted (the offline demo model)")
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo, name), str)
+
+    if entry.exists() and cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin")):
+        return (f"{why}, although the cache entry {entry.name} in {entry.parent} holds config.json and the "
+                f"weights: the error is in loading them, not in fetching them; {options}")
+    state = "is incomplete (config.json or the weights file missing)" if entry.exists() else "is missing"
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    where = (f"HF_HUB_OFFLINE=1 is already set and the cache entry {entry.name} in {entry.parent} {state}"
+             if offline else
+             f"no network, and the cache entry {entry.name} in {entry.parent} {state} "
+             "(export HF_HUB_OFFLINE=1 once it is populated)")
+    return f"{why}: {where}; run once with network access so Hugging Face caches {repo!r}, or {options}"
 
 
 def load_local_folder(folder: str | Path, device: str = "cpu") -> HookedTransformer:

@@ -20,6 +20,8 @@ from typing import Iterator
 
 import pandas as pd
 
+from common.hub_models import GPT2_SMALL, official_name, short_name
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,11 +62,16 @@ def model_fingerprint(model) -> str:
 
 def default_out_dir(script: str, model: str = "gpt2-small") -> Path:
     """figures/<script>/ for real gpt2-small, figures/demo/<script>/ for the planted model,
+    figures/models/<name>/<script>/ for another GPT-2-family hub model (gpt2-medium,
+    alias-gpt2-small-x21: :mod:`common.hub_models`, aliases folded onto their model),
     figures/local/<folder name>/<script>/ for a local model folder."""
-    if model in ("gpt2-small", "gpt2"):
+    official = official_name(model)
+    if official == GPT2_SMALL:
         return FIGURES / script
     if model == "planted":
         return FIGURES / "demo" / script
+    if official:
+        return FIGURES / "models" / short_name(official) / script
     return FIGURES / "local" / Path(model).name / script
 
 

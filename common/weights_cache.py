@@ -12,7 +12,8 @@ Entry: ``cache_dir()/processed/<digest>/`` holding ``weights.pt`` (the processed
 and :func:`common.outputs.model_fingerprint` of the model). ``<digest>`` is the sha256 of the key;
 the key is everything the processed weights depend on:
 
-* the route (``local-folder``: :func:`common.model.load_local_folder`; ``hf:gpt2``:
+* the route (``local-folder``: :func:`common.model.load_local_folder`; ``hf:<repo>``, e.g.
+  ``hf:gpt2``, ``hf:gpt2-medium``, ``hf:stanford-crfm/alias-gpt2-small-x21``:
   ``HookedTransformer.from_pretrained``) and the sha256 of its source files (config.json and the
   weights file; a file's hash is remembered by its stat signature in ``processed/sources.json`` so
   500 MB are hashed once, not on every load);
