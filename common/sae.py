@@ -9,7 +9,7 @@ Three sources, in the order :func:`wants_demo_sae` / :func:`load_sae` decide:
   ``blocks.1.hook_resid_pre``, the residual stream entering layer 1 (what L1H5 reads). Offline
   without a cached copy this fails with a message saying so.
 * ``--model planted`` with none of those options: :func:`planted_demo_sae`, an SAE of known
-  planted directions (:func:`build_planted_sae`) saved once under the cache, keyed by the model's
+  planted directions (:func:`build_planted_sae`) saved once under the cache, keyed by the builder's version and the model's
   fingerprint.
 
 Every failure is a one-line SystemExit (no traceback), raised before any result is written.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common.effective_embeddings import effective_embeddings
+from common.effective_embeddings import effective_embeddings, mean_prompt_tokens
 from common.errors import error_summary
 from common.outputs import cache_dir, model_fingerprint
 from common.planted import ground_truth
@@ -96,15 +96,42 @@ def check_sae(sae, model, layer: int, hook_override: str | None) -> str:
     return hook
 
 
+DEMO_SAE_VERSION = "demo-v2"  # bump when build_planted_sae changes (part of the demo SAE's cache key)
+WORD_ENC_BIAS, CATEGORY_ENC_BIAS, RANDOM_ENC_BIAS = -1.0, -0.75, -1.0
+
+
+@torch.no_grad()
+def mean_residual(model, layer: int = 1, seed: int = 0) -> torch.Tensor:
+    """Mean of ``blocks.<layer>.hook_resid_pre`` over the non-BOS positions of the effective
+    embeddings' prompt mix (:func:`common.effective_embeddings.mean_prompt_tokens`) [d_model]."""
+    tokens = mean_prompt_tokens(model.tokenizer, seed).to(model.cfg.device)[:, : model.cfg.n_ctx]
+    name = f"blocks.{layer}.hook_resid_pre"
+    _, cache = model.run_with_cache(tokens, names_filter=name, stop_at_layer=layer + 1)
+    return cache[name][:, 1:].reshape(-1, cache[name].shape[-1]).mean(0).float().cpu()
+
+
 def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 48, seed: int = 0):
     """A StandardSAE (sae_lens) whose decoder rows are known directions of the planted model.
 
-    Rows, in order: one "word" feature per category word (its effective embedding), one
-    "category" feature per category (the mean of its words' embeddings), ``n_random`` random
-    directions; all centred and unit norm. The encoder is the decoder transposed with bias -1, so a
-    word feature fires on its own word (about +1.2) and, weaker, on its category's other words
-    (about +0.3), but not on unrelated tokens, which share only the common non-BOS direction. Returns
-    (sae, kinds, category of each feature or None).
+    Decoder rows, in order: one "word" feature per category word (its effective embedding), one
+    "category" feature per category (the mean of its words' effective embeddings), ``n_random``
+    random directions; all centred and unit norm.
+
+    Encoder: like a trained SAE, the input is measured from ``b_dec`` = the mean residual entering
+    layer 1 (:func:`mean_residual`; sae_lens subtracts b_dec before encoding). This matters from
+    planted v3 on: every residual there shares a large common part (the mean position, norm 1.34,
+    layer-0 and MLP0 biases, the non-BOS direction), and a decoder row (an effective embedding)
+    contains it too, so without b_dec every word feature's pre-activation exceeded 1 at every
+    position (all features fired everywhere, were dismissed as "bias" features, and the group map
+    of semantic_head.py was all NaN). W_enc is W_dec^T. From the construction (common.planted):
+    on its own word a word feature reads the word's own components K, U, V, C, i.e.
+    (A_K^2 + A_U^2 + A_V^2 + A_C^2) / |x| ~ 3.3 / 2.6 ~ 1.26 (|x| the residual's norm); on another
+    word of its category only K and C, ~ 2 / 2.6 ~ 0.77; on any other token about 0. With bias -1 a
+    word feature fires on its own word only. A category feature reads K and C of every word of its
+    category (~ 0.9, ~ 0 elsewhere); with bias -0.75 it fires on its category's words, more
+    weakly than each word's own feature, so the feature that fires most on a word is that
+    word's feature. Random features (bias -1) stay silent. Returns (sae, kinds, category of each
+    feature or None).
     """
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -116,14 +143,16 @@ def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 4
     rnd = torch.randn(n_random, E.shape[1], generator=g)
     D = torch.cat([torch.stack(rows), rnd - rnd.mean(1, keepdim=True)])
     D = D / D.norm(dim=1, keepdim=True)
-    cfg = StandardSAEConfig(d_in=E.shape[1], d_sae=D.shape[0],
+    cfg = StandardSAEConfig(d_in=E.shape[1], d_sae=D.shape[0], apply_b_dec_to_input=True,
                             metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre"))
     sae = StandardSAE(cfg)
+    bias = torch.tensor([WORD_ENC_BIAS] * len(words) + [CATEGORY_ENC_BIAS] * len(categories)
+                        + [RANDOM_ENC_BIAS] * n_random)
     with torch.no_grad():
         sae.W_dec.copy_(D)
         sae.W_enc.copy_(D.T)
-        sae.b_dec.zero_()
-        sae.b_enc.fill_(-1.0)
+        sae.b_dec.copy_(mean_residual(model, 1, seed))
+        sae.b_enc.copy_(bias)
     kinds = ["word"] * len(words) + ["category"] * len(categories) + ["random"] * n_random
     cat_of = [c for c, ids in categories.items() for _ in ids] + list(categories) + [None] * n_random
     return sae, kinds, cat_of
@@ -131,7 +160,7 @@ def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 4
 
 def planted_demo_sae(model) -> Path:
     """The planted demo SAE saved (once, atomically) under the cache; its folder."""
-    folder = cache_dir() / "sae" / f"planted-demo-{model_fingerprint(model)}"
+    folder = cache_dir() / "sae" / f"planted-demo-{DEMO_SAE_VERSION}-{model_fingerprint(model)}"
     if (folder / "cfg.json").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
