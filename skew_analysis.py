@@ -87,11 +87,11 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from common.ablation import collect_activations, mean_ablation_hooks
 from common.cli import base_parser, script_name, start_head
 from common.effective_embeddings import embedding_gram
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_symmetric, spectrum_summary
 from common.head_qk import FactoredQK
-from common.ablation import collect_activations, mean_ablation_hooks
 from common.head_replacement import score_hooks, z_hooks
 from common.metrics import mean_ci
 from common.plotting import plt, save_figure

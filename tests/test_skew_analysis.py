@@ -72,13 +72,13 @@ def test_actual_control_row_keeps_b_Q(run, planted_model, truth):
     assert np.abs(got - with_bq).max() < 1e-3
     # b_Q changes the softmax (b_Q . k differs between keys; b_K's term is constant along a row):
     # without it the row-centred scores differ by far more than the tolerance above
-    centred = lambda s: s - s.mean(1, keepdims=True)  # noqa: E731
+    centred = lambda s: s - s.mean(1, keepdims=True)
     assert np.abs(centred(got) - centred(without_bq)).max() > 0.05
 
 
 def test_controls(run, planted_model, truth):
     c = pd.read_csv(run / "controls.csv").set_index("control")
-    actual = c.loc[[i for i in c.index if "actual" in i][0]]
+    actual = c.loc[next(i for i in c.index if "actual" in i)]
     n_neg, n_pos = truth["n_negative_eigenvalues"], truth["n_positive_eigenvalues"]
     assert actual.mean_self_attention < 0.01  # self-suppression on the group tokens
     assert actual.mean_same_group_attention > 0.9
@@ -127,7 +127,7 @@ def test_ablations_leave_bos_alone_and_use_reference_statistics(planted_model, h
     for name, h in hooks.items():
         seen = {}
 
-        def grab(t, hook):
+        def grab(t, hook, seen=seen):
             seen[hook.name] = t.clone()
 
         m.run_with_hooks(prompts, fwd_hooks=list(h) + [(n, grab) for n in names + ["blocks.1.attn.hook_z"]])
@@ -156,7 +156,6 @@ def test_skew_removal_lowers_only_bos_logit(planted_model, hooks_and_prompts, tr
     """Construction: the planted skew part is the N B^T (attend to BOS) term; W_sym keeps half
     of it, so removing the skew part lowers BOS's logit by (bos - bos_from_b_Q) / 2 for every
     non-BOS query and leaves every self score exactly as it was (x^T W_skew x = 0)."""
-    import torch
 
     m = planted_model
     hooks, prompts, _ = hooks_and_prompts
