@@ -23,7 +23,9 @@ Method.
     diagonal; here it is always the query row's own s[i,i], so d compares two keys of one query.)
   * Cosine c[i,j] = cos(E_i, E_j). Every ordered pair i != j enters (the diagonal is the
     reference point itself: c = 1, d = 0).
-  * Overlapping windows of width --window every --step in cosine: the mean of d over the pairs
+  * Overlapping windows of width --window every --step in cosine from -1 (plus one window ending
+    exactly at 1 when the steps do not reach it, so the most similar pairs are always in a
+    window, whatever --step is): the mean of d over the pairs
     in the window with a 95% confidence interval that is cluster-robust over query tokens (the
     pairs of one query are not independent): ratio estimator sum_q S_q / sum_q n_q with
     linearised variance n/(n-1) sum_q (S_q - mean n_q)^2 / (sum_q n_q)^2. Also the share of pairs
@@ -87,23 +89,33 @@ def parse_args(argv):
     return args
 
 
+def window_starts(n_fine: int, window_bins: int, step_bins: int) -> np.ndarray:
+    """First fine bin of every window: every --step from cosine -1, plus one window ending exactly
+    at cosine 1 when the steps do not land there, so every fine bin -- in particular the most
+    similar pairs, which decide whether the curve peaks below 1 -- lies in some window."""
+    starts = np.arange(0, n_fine - window_bins + 1, step_bins)
+    if starts[-1] + window_bins < n_fine:
+        starts = np.append(starts, n_fine - window_bins)
+    return starts
+
+
 @torch.no_grad()
 def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, block=None, progress=True):
     """Chunked aggregation of d[i,j] = s[i,j] - s[i,i] by cosine window (module docstring).
 
     q_feat, k_feat [N, r]: projected queries/keys (s = q_feat @ k_feat.T); unit [N, d]: unit-norm
     embeddings (cos = unit @ unit.T). Fine bins of width 2/n_fine cover [-1, 1]; window w covers
-    fine bins [w*step_bins, w*step_bins + window_bins). Returns per-window totals (float64 numpy):
+    fine bins [starts[w], starts[w] + window_bins) (:func:`window_starts`). Returns per-window totals (float64 numpy):
     n, sum, above (d > 0), and the per-query sums needed for the cluster-robust variance
     (sum_q n_q^2, sum_q S_q^2, sum_q n_q S_q, number of queries with n_q > 0), plus fine-bin
     pair counts and sums of d (``fine_n``, ``fine_sum``).
     """
     N = q_feat.shape[0]
-    n_win = (n_fine - window_bins) // step_bins + 1
+    starts = window_starts(n_fine, window_bins, step_bins)
+    n_win = len(starts)
     block = block or max(1, BLOCK_ELEMENTS // N)
     acc = {k: np.zeros(n_win) for k in ("n", "sum", "above", "nn", "ss", "ns", "queries")}
     fine_n, fine_sum = np.zeros(n_fine), np.zeros(n_fine)
-    starts = np.arange(n_win) * step_bins
     it = range(0, N, block)
     if progress:
         it = tqdm(it, desc="query blocks", unit="block", mininterval=1.0)
@@ -146,8 +158,7 @@ def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, bl
 
 def window_table(acc, window_bins, step_bins, n_fine, z=1.96) -> pd.DataFrame:
     width = 2.0 / n_fine
-    n_win = len(acc["n"])
-    lo = -1 + np.arange(n_win) * step_bins * width
+    lo = -1 + window_starts(n_fine, window_bins, step_bins) * width
     hi = lo + window_bins * width
     n, tot, q = acc["n"], acc["sum"], acc["queries"]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -219,12 +230,13 @@ def every_window(table: pd.DataFrame, args) -> pd.DataFrame:
     NaN elsewhere, so plotted lines break across gaps."""
     n_fine, window_bins, step_bins = bins(args)
     width = 2.0 / n_fine
-    n_win = (n_fine - window_bins) // step_bins + 1
-    lo = -1 + np.arange(n_win) * step_bins * width
-    full = pd.DataFrame(np.nan, index=range(n_win), columns=table.columns)
+    starts = window_starts(n_fine, window_bins, step_bins)
+    lo = -1 + starts * width
+    full = pd.DataFrame(np.nan, index=range(len(starts)), columns=table.columns)
     full["lo"], full["hi"], full["n_pairs"] = lo, lo + window_bins * width, 0.0
     full["centre"] = (full["lo"] + full["hi"]) / 2
-    full.iloc[np.rint((table["lo"].to_numpy() + 1) / (step_bins * width)).astype(int)] = table.to_numpy(float)
+    saved = np.searchsorted(starts, np.rint((table["lo"].to_numpy() + 1) / width).astype(int))
+    full.iloc[saved] = table.to_numpy(float)
     return full
 
 

@@ -19,14 +19,29 @@ only, without 1/sqrt(d_head) or biases, with LN folded into W_Q/W_K as Transform
     every control rescaled to the target's Frobenius norm; attention = softmax over the 30 keys):
     a truly skew-symmetric random W (W^T = -W: every self score is exactly 0), a random symmetric
     W with the same count of negative eigenvalues as the target's W_sym, and rank --low-rank
-    versions of both.
-  * Downstream check on seeded category prompts: the drop (clean - ablated) of the logit of the
-    correct next token, averaged over positions, when the whole head is ablated (its hook_z
-    replaced by the mean over the batch's non-BOS positions, and by zero) versus when only its
-    skew part is removed (the head's attention scores recomputed from W_sym, biases kept, inside
-    hook_attn_scores). A control run recomputing the scores from the full W_QK (first batch) must
-    reproduce the clean logits (its maximum deviation is saved in summary.json). Only the correct
-    token's logit is computed (final residual . W_U column), not the full unembedding.
+    versions of both. The target's own row scores with the head's real attention logits,
+    (E W_Q + b_Q)(E W_K + b_K)^T / sqrt(d_head): b_Q's term b_Q . k differs between keys and so
+    changes the softmax (b_K's term is the same for every key of a query and cannot); its
+    spectrum columns (rank, negative count, skew share) are of the weights, as for the controls.
+  * Downstream check on seeded prompts of category words (--prompts): 'lists' (default), each
+    prompt one category's words, so the next word shares the earlier words' category and the
+    head's output (the category of the earlier same-category words) can help predict it; or
+    'mixed', every word from a category drawn anew, where the next word is independent of what
+    the head reads. Measured: the drop (clean - ablated) of the logit of the correct next token,
+    averaged over positions, when the whole head is ablated (its hook_z at every non-BOS position
+    replaced by the mean over the non-BOS positions of --n-reference separate prompts of the
+    same kind, seed + 1, and by zero; BOS is left alone: the conventions of
+    ``common/ablation.py``) versus when only its skew part is removed (the head's attention
+    scores recomputed from W_sym, b_Q/b_K kept, inside hook_attn_scores). A control run
+    recomputing the scores from the full W_QK (first batch) must reproduce the clean logits (its
+    maximum deviation is saved in summary.json). Only the correct token's logit is computed
+    (final residual . W_U column), not the full unembedding.
+    On the planted model (common/planted.py) the construction implies, for 'lists': whole-head
+    drop > 0 (the head's output, read by the reader head, carries the category that the next
+    word shares), and a skew-only drop far smaller than that and not above zero (the planted
+    skew part is the N B^T "attend to BOS" term; W_sym keeps half of it, so only BOS's logit
+    falls, by about 2.5 of its 7, and the little attention BOS had moves to same-category
+    keys). For 'mixed' it implies no sign for the whole-head drop.
 
 What the count can and cannot show. W_sym = [W_Q W_K] S [W_Q W_K]^T with S = [[0, I/2], [I/2, 0]],
 so by Sylvester's law of inertia every head whose [W_Q W_K] has full column rank has exactly d_head
@@ -72,14 +87,15 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from common.ablation import collect_activations, mean_ablation_hooks
 from common.cli import base_parser, script_name, start_head
 from common.effective_embeddings import embedding_gram
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_symmetric, spectrum_summary
 from common.head_qk import FactoredQK
-from common.head_replacement import score_hooks
+from common.head_replacement import score_hooks, z_hooks
 from common.metrics import mean_ci
 from common.plotting import plt, save_figure
-from common.prompts import category_prompts, group_token_ids
+from common.prompts import category_prompts, category_token_ids, group_token_ids
 from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
 from common.results import Results, load_meta, load_summary, load_table, save_results
 
@@ -96,15 +112,20 @@ def parse_args(argv):
     p.add_argument("--rtol", type=float, default=DEFAULT_EIG_RTOL, help="eigenvalues below rtol * max|lambda| count as zero")
     p.add_argument("--low-rank", type=int, default=None, help="rank of the low-rank controls (default d_head, made even)")
     p.add_argument("--n-prompts", type=int, default=64, help="category prompts for the downstream check")
+    p.add_argument("--n-reference", type=int, default=64,
+                   help="separate category prompts (seed + 1) the mean ablation's hook_z mean comes from")
     p.add_argument("--seq-len", type=int, default=20, help="category words per prompt")
+    p.add_argument("--prompts", choices=PROMPT_KINDS, default="lists",
+                   help="downstream prompts: 'lists' (each prompt one category's words) or 'mixed' (every word "
+                        "from a random category)")
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
     if args.top_eigenvalues < 1:
         p.error("--top-eigenvalues must be >= 1")
     if not 0 < args.rtol < 1:
         p.error("--rtol must be in (0, 1)")
-    if args.n_prompts < 2 or args.seq_len < 2 or args.batch_size < 1:
-        p.error("--n-prompts and --seq-len must be >= 2, --batch-size >= 1")
+    if args.n_prompts < 2 or args.seq_len < 2 or args.batch_size < 1 or args.n_reference < 1:
+        p.error("--n-prompts and --seq-len must be >= 2, --batch-size and --n-reference >= 1")
     if args.low_rank is not None and args.low_rank < 2:
         p.error("--low-rank must be >= 2")
     return args
@@ -193,6 +214,10 @@ def plot_heads(summary: pd.DataFrame, target: int, top: int, layer: int, d_head:
 # ----------------------------------------------------------------------------------------------
 
 
+def actual_name(f: FactoredQK) -> str:
+    return f"L{f.layer}H{f.head} (actual)"
+
+
 def controls(f: FactoredQK, seed: int, low_rank: int, rtol: float):
     """name -> bias-free Factored in the residual basis, all with the target's Frobenius norm."""
     d = f.d_model
@@ -203,7 +228,7 @@ def controls(f: FactoredQK, seed: int, low_rank: int, rtol: float):
     low_rank = max(2, low_rank - low_rank % 2)
     r_sym = max(n_nonzero, n_neg)
     forms = {
-        f"L{f.layer}H{f.head} (actual)": w,
+        actual_name(f): w,
         "random skew, full rank": random_skew(d, rank=d - d % 2, seed=seed),
         f"random skew, rank {low_rank}": random_skew(d, rank=low_rank, seed=seed + 1),
         f"random symmetric, {n_neg} negative, full rank": random_symmetric(d, n_neg, rank=d, seed=seed + 2),
@@ -237,16 +262,63 @@ def control_metrics(name: str, form, scores: np.ndarray, groups: list[str], rtol
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def downstream(model, f: FactoredQK, tokens: torch.Tensor, batch_size: int) -> tuple[pd.DataFrame, float]:
-    """Per prompt: mean over positions of the correct-next-token logit drop per ablation."""
-    layer, head = f.layer, f.head
-    dev = model.cfg.device
-    sym_scorer = f.steer(1.0, 0, keep_skew=False, biases=True, scaled=True)
-    full_scorer = f.scorer()
-    z_mean = None
-    rows, max_dev = [], 0.0
+CONTROL = "full W_QK recomputed (control)"
+PROMPT_KINDS = ("lists", "mixed")
 
+
+def downstream_prompts(tokenizer, kind: str, n: int, seq_len: int, seed: int) -> torch.Tensor:
+    """[n, 1 + seq_len] seeded prompts: BOS and category words (module docstring, --prompts).
+
+    'lists': each prompt draws all its words (uniformly, with repeats) from one category, drawn
+    uniformly per prompt, so the next word shares the category of the earlier ones. 'mixed':
+    ``common.prompts.category_prompts`` (every word from a category drawn anew), where the next
+    word is independent of the earlier words' categories.
+    """
+    if kind == "mixed":
+        return category_prompts(tokenizer, n, seq_len, seed=seed).tokens
+    rng = np.random.default_rng(seed)
+    pools = list(category_token_ids(tokenizer).values())
+    rows = []
+    for _ in range(n):
+        pool = pools[rng.integers(len(pools))]
+        rows.append([tokenizer.bos_token_id] + [pool[i] for i in rng.integers(len(pool), size=seq_len)])
+    return torch.tensor(rows)
+
+
+@torch.no_grad()
+def ablation_hooks(model, f: FactoredQK, ref_tokens: torch.Tensor, batch_size: int) -> dict[str, list]:
+    """name -> forward hooks of each downstream ablation (conventions of ``common.ablation``).
+
+    Whole head: the head's ``hook_z`` at every non-BOS position replaced by its mean over the
+    non-BOS positions of ``ref_tokens`` (a separate seeded batch, never the prompts being scored),
+    or by zero; position 0 (BOS) keeps its own value, so BOS's residual stream is untouched.
+    Skew part removed: the head's attention logits recomputed from W_sym with b_Q, b_K and
+    1/sqrt(d_head) kept. Control: the logits recomputed from the full W_QK (must change nothing).
+    """
+    layer, head = f.layer, f.head
+    name = f"blocks.{layer}.attn.hook_z"
+    ref_z = collect_activations(model, ref_tokens, [name], batch_size)[name][:, :, head]
+    mean_z = mean_ablation_hooks({"z": ref_z})["z"][0][1]
+
+    def zero_z(z, hook):
+        z = z.clone()
+        z[:, 1:] = 0.0
+        return z
+
+    return {
+        "whole head (mean)": z_hooks(layer, head, mean_z),
+        "whole head (zero)": z_hooks(layer, head, zero_z),
+        "skew part removed": score_hooks(layer, head, f.steer(1.0, 0, keep_skew=False, biases=True, scaled=True)),
+        CONTROL: score_hooks(layer, head, f.scorer(biases=True, scaled=True)),
+    }
+
+
+@torch.no_grad()
+def downstream(model, hooks: dict[str, list], tokens: torch.Tensor, batch_size: int) -> tuple[pd.DataFrame, float]:
+    """Per prompt: mean over positions of the correct-next-token logit drop per ablation
+    (``hooks`` from :func:`ablation_hooks`); the control runs on the first batch only."""
+    dev = model.cfg.device
+    rows, max_dev = [], 0.0
     W_U, b_U = model.W_U, model.b_U
 
     def run(toks, hooks):
@@ -263,39 +335,18 @@ def downstream(model, f: FactoredQK, tokens: torch.Tensor, batch_size: int) -> t
 
     for i in tqdm(range(0, len(tokens), batch_size), desc="downstream", unit="batch"):
         toks = tokens[i : i + batch_size].to(dev)
-        store = {}
-
-        def save_z(z, hook):
-            store["z"] = z[:, 1:, head].reshape(-1, z.shape[-1]).mean(0)
-
-        out = {"clean": run(toks, [(f"blocks.{layer}.attn.hook_z", save_z)])}
-        z_mean = store["z"]
-
-        def mean_z(z, hook):
-            z[:, :, head] = z_mean
-            return z
-
-        def zero_z(z, hook):
-            z[:, :, head] = 0.0
-            return z
-
-        runs = {
-            "whole head (mean)": [(f"blocks.{layer}.attn.hook_z", mean_z)],
-            "whole head (zero)": [(f"blocks.{layer}.attn.hook_z", zero_z)],
-            "skew part removed": score_hooks(layer, head, sym_scorer),
-            "full W_QK recomputed (control)": score_hooks(layer, head, full_scorer),
-        }
-        control = "full W_QK recomputed (control)"
+        runs = dict(hooks)
         if i > 0:  # the exactness check of the rescoring hook needs one batch, not every one
-            runs.pop(control)
-        for name, hooks in runs.items():
-            out[name] = run(toks, hooks)
-        if control in out:
-            max_dev = max(max_dev, float((out[control] - out["clean"]).abs().max()))
+            runs.pop(CONTROL, None)
+        out = {"clean": run(toks, [])}
+        for name, h in runs.items():
+            out[name] = run(toks, h)
+        if CONTROL in runs:
+            max_dev = max(max_dev, float((out[CONTROL] - out["clean"]).abs().max()))
         for b in range(len(toks)):
             row = {"prompt": i + b, "clean_logit": float(out["clean"][b].mean())}
-            for name in runs:
-                row[f"drop: {name}"] = float((out["clean"][b] - out[name][b]).mean())
+            for name in hooks:
+                row[f"drop: {name}"] = float((out["clean"][b] - out[name][b]).mean()) if name in runs else np.nan
             rows.append(row)
     return pd.DataFrame(rows), max_dev
 
@@ -310,7 +361,7 @@ def summarise_downstream(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_downstream(summary: pd.DataFrame, layer: int, head: int):
+def plot_downstream(summary: pd.DataFrame, layer: int, head: int, prompts: str):
     fig, ax = plt.subplots(figsize=(7.5, 3.5))
     s = summary[~summary.ablation.str.contains("control")]
     y = np.arange(len(s))
@@ -318,7 +369,7 @@ def plot_downstream(summary: pd.DataFrame, layer: int, head: int):
     ax.set_yticks(y, s.ablation)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("drop in the correct next-token logit (clean - ablated), mean +/- 95% CI")
-    ax.set_title(f"L{layer}H{head}: whole head vs skew part (published: 0.44 vs -0.35)")
+    ax.set_title(f"L{layer}H{head}: whole head vs skew part, '{prompts}' prompts (published: 0.44 vs -0.35)")
     fig.tight_layout()
     return fig
 
@@ -333,11 +384,15 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
 
     ids, labels, groups = group_token_ids(model.tokenizer)
     forms = controls(qk, args.seed, args.low_rank or qk.d_head, args.rtol)
-    scores = {name: (form.scores(E[ids], E[ids]) / qk.attn_scale).numpy() for name, form in forms.items()}
+    scorers = {name: form.scaled(1.0 / qk.attn_scale) for name, form in forms.items()}
+    scorers[actual_name(qk)] = qk.scorer(biases=True, scaled=True)  # the head's real logits: b_Q kept
+    scores = {name: scorer.scores(E[ids], E[ids]).numpy() for name, scorer in scorers.items()}
     ctrl = pd.DataFrame([control_metrics(n, forms[n], scores[n], groups, args.rtol) for n in forms])
 
-    prompts = category_prompts(model.tokenizer, args.n_prompts, args.seq_len, seed=args.seed)
-    per_prompt, max_dev = downstream(model, qk, prompts.tokens, args.batch_size)
+    prompts = downstream_prompts(model.tokenizer, args.prompts, args.n_prompts, args.seq_len, args.seed)
+    reference = downstream_prompts(model.tokenizer, args.prompts, args.n_reference, args.seq_len, args.seed + 1)
+    hooks = ablation_hooks(model, qk, reference, args.batch_size)
+    per_prompt, max_dev = downstream(model, hooks, prompts, args.batch_size)
     down = summarise_downstream(per_prompt)
     tgt = summary[summary["head"] == head].set_index("basis")
     return Results(
@@ -349,8 +404,14 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
             "target": {b: tgt.loc[b].to_dict() for b in tgt.index},
             "downstream": down.to_dict("records"),
             "downstream_control_max_abs_logit_deviation": max_dev,
+            "downstream_prompts": (f"{args.n_prompts} seeded prompts (seed {args.seed}) of BOS + {args.seq_len} "
+                                   f"category words, kind '{args.prompts}'"),
+            "downstream_ablation": (f"hook_z of L{layer}H{head} at non-BOS positions replaced by its mean over the "
+                                    f"non-BOS positions of {args.n_reference} separate '{args.prompts}' prompts (seed "
+                                    f"{args.seed + 1}), or by zero; BOS (position 0) untouched (common.ablation)"),
             "effective_basis": "E W_QK E^T / n_vocab with E = common.effective_embeddings(model, layer)",
-            "control_scaling": "every control rescaled to the target's ||W_QK||_F; scores / sqrt(d_head)",
+            "control_scaling": ("every control rescaled to the target's ||W_QK||_F; scores / sqrt(d_head); the "
+                                "target's row: its real logits (E W_Q + b_Q)(E W_K + b_K)^T / sqrt(d_head)"),
             "group_tokens": labels, "groups": groups,
         })
 
@@ -370,7 +431,7 @@ def render(out_dir) -> list[Path]:
                        "of scaled scores; every control has the target's Frobenius norm)", cmap="viridis",
                        center=None, vmin=0.0, vmax=1.0, ncols=3)
     paths.append(save_figure(fig, out_dir / "controls_heatmaps.png"))
-    paths.append(save_figure(plot_downstream(load_table(out_dir, "downstream_summary"), layer, head),
+    paths.append(save_figure(plot_downstream(load_table(out_dir, "downstream_summary"), layer, head, args["prompts"]),
                              out_dir / "downstream.png"))
     return paths
 

@@ -5,8 +5,11 @@ W_sym (x^T W_QK x = x^T W_sym x is the self score), multiplying them by alpha < 
 self-attention back on, and alpha <= 0 should make each token its own favourite key.
 
 Method (``common.factored.steer``). W' = W_sym with the selected eigenvalues (default: all negative
-ones; ``--which k`` for the k most negative) multiplied by alpha, plus W_skew (unless
-``--no-skew``). Scores are the model's attention logits on effective embeddings (b_Q/b_K kept,
+ones, as the published method scales "the negative eigenvalues"; ``--which k`` for the k most
+negative) multiplied by alpha, plus W_skew (unless ``--no-skew``). A head whose [W_Q, W_K] has full
+column rank has exactly d_head negative eigenvalues (Sylvester; ``common/factored.py``): all 64 for
+gpt2-small's L1H5, 40 on the planted model, of which 12 are the planted identity codes and the rest
+small generic ones (summary.json lists the selected values). Scores are the model's attention logits on effective embeddings (b_Q/b_K kept,
 divided by sqrt(d_head); ``--no-biases`` for weights only). For each alpha in --alphas (the
 published figure: 0.5, 0 and -1) next to the unmodified head (alpha = 1), heatmaps of the scores
 and of the softmax attention over the 30 group tokens. For every alpha of --curve-alphas, per

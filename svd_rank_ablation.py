@@ -19,7 +19,8 @@ of --spearman-keys keys.
 
 Outputs (figures/svd_rank_ablation/ by default; the figure is drawn from the saved files):
   grid.csv            every (k, scale) cell: all metrics with 95% CIs, k_effective (k is
-                      capped at the number of negative eigenvalues)
+                      capped at the number of negative eigenvalues: d_head for a head whose
+                      [W_Q, W_K] has full column rank)
   grid_heatmaps.png   mean rank (log), MRR, acc@1, acc@1024, both Spearman correlations
   ranks.npz           the self-rank of every query in every cell, with the query ids
   summary.json        negative eigenvalues, query set, the unmodified head's numbers, grid time

@@ -14,14 +14,11 @@ from conftest import run_main
 import cosine_attention_analysis as caa
 
 
-def test_chunked_windows_equal_dense_computation():
-    g = torch.Generator().manual_seed(0)
-    N, r, d = 60, 5, 8
-    q, k = torch.randn(N, r, generator=g), torch.randn(N, r, generator=g)
-    E = torch.randn(N, d, generator=g)
-    unit = E / E.norm(dim=1, keepdim=True)
-    n_fine, window_bins, step_bins = 40, 8, 3  # window 0.4, step 0.15 in cosine
-    acc = caa.windowed_difference(q, k, unit, window_bins, step_bins, n_fine, block=7, progress=False)
+def _check_against_dense(q, k, unit, n_fine, window_bins, step_bins, block):
+    """Every saved window against a dense computation; every fine bin in some window. Returns the
+    table and the number of windows whose CI was checked."""
+    N = len(q)
+    acc = caa.windowed_difference(q, k, unit, window_bins, step_bins, n_fine, block=block, progress=False)
     table = caa.window_table(acc, window_bins, step_bins, n_fine)
 
     s = q @ k.T
@@ -31,8 +28,11 @@ def test_chunked_windows_equal_dense_computation():
     fine = fine.long().clamp(0, n_fine - 1).numpy()
     off = ~np.eye(N, dtype=bool)
     checked = 0
+    covered = set()
     for _, row in table.iterrows():
         w = int(round((row["lo"] + 1) / (2 / n_fine)))
+        assert row["hi"] == pytest.approx(row["lo"] + window_bins * 2 / n_fine)
+        covered |= set(range(w, w + window_bins))
         inwin = (fine >= w) & (fine < w + window_bins) & off
         assert row["n_pairs"] == inwin.sum()
         if inwin.sum() == 0:
@@ -50,8 +50,42 @@ def test_chunked_windows_equal_dense_computation():
             var = nq / (nq - 1) * ((s_q[used] - mean * n_q[used]) ** 2).sum() / n_q.sum() ** 2
             assert row["ci_hi"] - row["mean_diff"] == pytest.approx(1.96 * math.sqrt(var), rel=1e-4, abs=1e-6)
             checked += 1
-    assert checked >= 5
+    assert covered == set(range(n_fine))  # every cosine, up to 1, is in some window (defect 6)
+    assert table["hi"].iloc[-1] == pytest.approx(1.0) and table["lo"].iloc[0] == pytest.approx(-1.0)
     assert int(acc["fine_n"].sum()) == N * (N - 1)
+    return table, checked
+
+
+def test_chunked_windows_equal_dense_computation():
+    g = torch.Generator().manual_seed(0)
+    N, r, d = 60, 5, 8
+    q, k = torch.randn(N, r, generator=g), torch.randn(N, r, generator=g)
+    E = torch.randn(N, d, generator=g)
+    unit = E / E.norm(dim=1, keepdim=True)
+    # window 0.4, step 0.15 in cosine: the steps from -1 end at 0.95, a last window ends at 1
+    _, checked = _check_against_dense(q, k, unit, n_fine=40, window_bins=8, step_bins=3, block=7)
+    assert checked >= 5
+
+
+def test_step_002_windows_cover_the_most_similar_pairs():
+    """Defect 6: with --step 0.02 (and the default --window 0.05, --bin-width 0.0025) the steps from
+    -1 end at the window [0.94, 0.99]; pairs at cosine >= 0.99 must still be in a window."""
+    n_fine, window_bins, step_bins = caa.bins(caa.parse_args(["--step", "0.02"]))
+    assert (n_fine - window_bins) % step_bins != 0  # the case the steps alone miss
+    g = torch.Generator().manual_seed(1)
+    n, d, r = 40, 16, 6
+    base = torch.randn(n, d, generator=g)
+    near = base + 0.05 * torch.randn(n, d, generator=g) * base.norm(dim=1, keepdim=True) / math.sqrt(d)
+    E = torch.cat([base, near])
+    unit = E / E.norm(dim=1, keepdim=True)
+    q, k = torch.randn(2 * n, r, generator=g), torch.randn(2 * n, r, generator=g)
+    cos = unit @ unit.T
+    top = ((cos >= 0.99) & ~torch.eye(2 * n, dtype=torch.bool)).sum()
+    assert top >= n  # every near-copy pair (both orders) sits above 0.99
+    table, _ = _check_against_dense(q, k, unit, n_fine, window_bins, step_bins, block=13)
+    last = table.iloc[-1]
+    assert last["lo"] == pytest.approx(0.95) and last["hi"] == pytest.approx(1.0)
+    assert last["n_pairs"] >= top
 
 
 FIGURES = ("cosine_attention.png",)
@@ -109,6 +143,28 @@ def test_every_window_restores_the_gaps(run):
     empty = full[full["n_pairs"] == 0]
     assert len(empty) > 0 and empty["mean_diff"].isna().all()
     assert np.allclose(np.diff(full["lo"]), args.step)
+
+
+def test_planted_run_with_step_002(run, tmp_path):
+    """--step 0.02 end to end: the saved windows sit on the grid render uses (which ends at 1), and
+    windows shared with the default --step 0.01 grid hold the same numbers."""
+    meta = json.loads((run / "meta.json").read_text())
+    out = tmp_path / "cos002"
+    run_main("cosine_attention_analysis.py", "--model", "planted", "--out", out, "--n-tokens", "1024",
+             "--freq-table", meta["args"]["freq_table"], "--step", "0.02", "--threads", "1")
+    args = argparse.Namespace(**json.loads((out / "meta.json").read_text())["args"])
+    saved = pd.read_csv(out / "cosine_attention.csv")
+    full = caa.every_window(saved, args)
+    assert full["hi"].iloc[-1] == pytest.approx(1.0) and full["lo"].iloc[0] == pytest.approx(-1.0)
+    assert np.allclose(np.diff(full["lo"].iloc[:-1]), 0.02) and full["lo"].iloc[-1] == pytest.approx(0.95)
+    pd.testing.assert_frame_equal(full[full["n_pairs"] > 0].reset_index(drop=True), saved.astype(float))
+    default = pd.read_csv(run / "cosine_attention.csv")
+    both = saved.merge(default, on=["lo", "hi"], suffixes=("", "_default"))
+    assert len(both) > 10
+    assert (both["n_pairs"] == both["n_pairs_default"]).all()
+    assert np.allclose(both["mean_diff"], both["mean_diff_default"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["peak_below_one"] and summary["peak_ci"][0] > 5.0
 
 
 def test_render_redraws_from_saved_files(run):

@@ -30,7 +30,8 @@ def demo_windows(tokenizer):
 def end_to_end(tmp_path_factory, truth, planted_model):
     out = tmp_path_factory.mktemp("rpa")
     # By |eigenvalue| the planted W_sym has the 12 suppressing identity codes first, then the 14
-    # category directions (k = 26); its full rank is every planted direction (truth).
+    # category directions (k = 26); its full rank is 2 d_head (every head has full column rank,
+    # truth): the planted directions and the generic ones.
     rank = truth["n_negative_eigenvalues"] + truth["n_positive_eigenvalues"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -66,7 +67,9 @@ def test_render_draws_every_figure_from_saved_files(end_to_end):
         assert (out / f).stat().st_size > 0, f
 
 
-def test_rules_and_w_sym_explain_the_planted_head(end_to_end):
+def test_rules_and_w_sym_explain_the_planted_head(end_to_end, planted_model, truth):
+    import rule_preserving_ablation as rpa
+
     out, _, rank, _ = end_to_end
     ex = pd.read_csv(out / "explained.csv").set_index(["variant", "baseline"])
     for b in ("mean", "resample"):
@@ -85,7 +88,34 @@ def test_rules_and_w_sym_explain_the_planted_head(end_to_end):
     assert (k.loc[[1, 12], "eigenvalue_k"] < 0).all()
     assert k.loc[12, "explained"] < 0.5
     assert k.loc[26, "explained"] > 0.9
-    assert k.loc[rank, "explained"] == pytest.approx(ex.loc[("sym", "mean"), "explained"])
+    # The curve's last point (k = rank) is the smallest |eigenvalue| and every negative one is in.
+    assert abs(k.loc[rank, "eigenvalue_k"]) == pytest.approx(truth["min_abs_eigenvalue"], rel=0.05)
+    assert k.loc[rank, "n_negative_in_top_k"] == truth["n_negative_eigenvalues"]
+    # The scorers behind the curve, against W_QK written out densely (float64): the top-k
+    # eigen-directions of W_sym by |eigenvalue|, and for k = rank W_sym itself, each with the
+    # head's b_Q/b_K cross-terms and 1/sqrt(d_head), on seeded LN-scale inputs.
+    scorers, _, ks = rpa.mechanism_scorers(planted_model, 1, 5, ",".join(str(i) for i in k.index))
+    m = planted_model
+    W_Q, W_K = m.W_Q[1, 5].double(), m.W_K[1, 5].double()
+    b_Q, b_K = m.b_Q[1, 5].double(), m.b_K[1, 5].double()
+    W = W_Q @ W_K.T
+    lam, U = torch.linalg.eigh((W + W.T) / 2)
+    order = torch.argsort(lam.abs(), descending=True)
+    x = torch.randn(24, m.cfg.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
+
+    def dense(M):
+        return (x @ M @ x.T + (x @ W_Q @ b_K)[:, None] + (x @ W_K @ b_Q)[None, :] + b_Q @ b_K) / m.cfg.attn_scale
+
+    for kk in ks:
+        top = order[:kk]
+        M = (U[:, top] * lam[top]) @ U[:, top].T
+        if kk == rank:
+            assert torch.allclose(M, (W + W.T) / 2, atol=1e-6 * float(W.abs().max()))  # all directions = W_sym
+        got = scorers["sym" if kk == rank else f"top{kk}"].scores(x.float(), x.float()).double()
+        want = dense(M)
+        assert (got - want).abs().max() < 1e-4 * want.abs().max(), kk
+    assert (scorers["sym"].scores(x.float(), x.float()).double() - dense(W)).abs().max() > 0.1  # the skew part is gone
 
 
 def test_score_replacement_is_exact(planted_model, demo_windows):

@@ -3,6 +3,7 @@ controls behave as their construction says, and the downstream hooks are exact."
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import check_help_and_common_errors, run_main, run_script
@@ -17,7 +18,7 @@ FIGURES = ("spectrum_target.png", "spectrum_heads.png", "controls_heatmaps.png",
 def run(tmp_path_factory, planted_model):
     out = tmp_path_factory.mktemp("skew_analysis")
     run_main(SCRIPT, "--model", "planted", "--out", out, "--n-prompts", "8", "--seq-len", "10",
-             "--batch-size", "8", "--threads", "1")
+             "--n-reference", "8", "--batch-size", "8", "--threads", "1")
     return out
 
 
@@ -44,22 +45,154 @@ def test_planted_spectrum_recovered(run, truth):
     assert len(n) == res.n_eigenvalues_nonzero and (n.value < 0).sum() == res.n_negative
 
 
-def test_controls_and_downstream(run):
+def _group_scores(model, E):
+    """The head's real attention logits on the 30 group tokens, written out from the model's
+    weights (float64): (E W_Q + b_Q)(E W_K + b_K)^T / sqrt(d_head), and the same without b_Q."""
+    from common.prompts import group_token_ids
+
+    ids, _, _ = group_token_ids(model.tokenizer)
+    x = E[ids].double()
+    W_Q, W_K = model.W_Q[1, 5].double(), model.W_K[1, 5].double()
+    b_Q, b_K = model.b_Q[1, 5].double(), model.b_K[1, 5].double()
+    scale = model.cfg.attn_scale
+    return ((x @ W_Q + b_Q) @ (x @ W_K + b_K).T / scale).numpy(), ((x @ W_Q) @ (x @ W_K + b_K).T / scale).numpy()
+
+
+def test_actual_control_row_keeps_b_Q(run, planted_model, truth):
+    """Defect 5: the target's control row scores with the head's own logits, b_Q included."""
+    from common.effective_embeddings import effective_embeddings
+
+    assert tuple(truth["target"]) == (1, 5)
+    with_bq, without_bq = _group_scores(planted_model, effective_embeddings(planted_model, 1))
+    sc = pd.read_csv(run / "controls_scores.csv")
+    actual = sc[sc.control.str.contains("actual")]
+    n = len(with_bq)
+    assert len(actual) == n * n and list(actual.key.iloc[:n]) == list(actual["query"].iloc[::n])
+    got = actual.score.to_numpy().reshape(n, n)  # rows queries, columns keys (long_table's order)
+    assert np.abs(got - with_bq).max() < 1e-3
+    # b_Q changes the softmax (b_Q . k differs between keys; b_K's term is constant along a row):
+    # without it the row-centred scores differ by far more than the tolerance above
+    centred = lambda s: s - s.mean(1, keepdims=True)
+    assert np.abs(centred(got) - centred(without_bq)).max() > 0.05
+
+
+def test_controls(run, planted_model, truth):
     c = pd.read_csv(run / "controls.csv").set_index("control")
-    actual = c.loc[[i for i in c.index if "actual" in i][0]]
+    actual = c.loc[next(i for i in c.index if "actual" in i)]
+    n_neg, n_pos = truth["n_negative_eigenvalues"], truth["n_positive_eigenvalues"]
     assert actual.mean_self_attention < 0.01  # self-suppression on the group tokens
     assert actual.mean_same_group_attention > 0.9
-    for name in c.index:
-        if name.startswith("random skew"):
-            assert c.loc[name].corr_scores_with_transpose < -0.99  # truly skew-symmetric
-            assert c.loc[name].skew_share > 0.999
-        if name.startswith("random symmetric"):
-            assert c.loc[name].corr_scores_with_transpose > 0.99
-            assert c.loc[name].n_negative == c.loc[[i for i in c.index if "actual" in i][0]].n_negative
+    assert actual.n_negative == n_neg and actual.rank_sym_nonzero == n_neg + n_pos
+    # skew share of the weights, written out: the planted asymmetry is the small N B^T term
+    W = (planted_model.W_Q[1, 5].double() @ planted_model.W_K[1, 5].double().T)
+    share = float(((W - W.T) / 2).norm() ** 2 / W.norm() ** 2)
+    assert actual.skew_share == pytest.approx(share, rel=1e-3) and share < 0.01
+    # The controls' point: a random symmetric W with the SAME inertia as the head (d_head
+    # negative and d_head positive eigenvalues, rank 2 d_head) does not suppress self, and a
+    # random skew W (self score exactly 0) neither suppresses nor prefers self: the negative
+    # count alone says nothing about self-suppression.
+    same_inertia = c.loc[f"random symmetric, {n_neg} negative, rank {n_neg + n_pos}"]
+    assert same_inertia.n_negative == n_neg and same_inertia.rank_sym_nonzero == n_neg + n_pos
+    assert same_inertia.mean_self_attention > 1000 * actual.mean_self_attention
+    assert same_inertia.mean_self_rank_in_group_block < actual.mean_self_rank_in_group_block - 5
+    full = c.loc[f"random symmetric, {n_neg} negative, full rank"]
+    assert full.mean_self_attention > 0.5  # mostly positive eigenvalues: self on top
+    for name in [i for i in c.index if i.startswith("random skew")]:
+        assert c.loc[name].mean_self_rank_in_group_block == pytest.approx((30 - 1) / 2)
+        assert c.loc[name].mean_self_attention > 1000 * actual.mean_self_attention
+
+
+@pytest.fixture(scope="module")
+def hooks_and_prompts(planted_model):
+    from common.head_qk import FactoredQK
+
+    tok = planted_model.tokenizer
+    prompts = skew_analysis.downstream_prompts(tok, "lists", 8, 10, seed=0)  # the run fixture's prompts
+    reference = skew_analysis.downstream_prompts(tok, "lists", 8, 10, seed=1)
+    qk = FactoredQK.from_model(planted_model, 1, 5)
+    return skew_analysis.ablation_hooks(planted_model, qk, reference, 8), prompts, reference
+
+
+def test_ablations_leave_bos_alone_and_use_reference_statistics(planted_model, hooks_and_prompts, truth):
+    """Defect 2: BOS's residual stream at every layer from L1 on is unchanged by every ablation,
+    the mean comes from the reference prompts only, and the ablations do change later positions."""
+    import torch
+
+    m = planted_model
+    hooks, prompts, reference = hooks_and_prompts
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(1, truth["n_layers"])] + ["ln_final.hook_normalized"]
+    _, clean = m.run_with_cache(prompts, names_filter=lambda n: n in names)
+    _, ref_cache = m.run_with_cache(reference, names_filter="blocks.1.attn.hook_z")
+    ref_mean = ref_cache["blocks.1.attn.hook_z"][:, 1:, 5].reshape(-1, m.cfg.d_head).mean(0)
+    for name, h in hooks.items():
+        seen = {}
+
+        def grab(t, hook, seen=seen):
+            seen[hook.name] = t.clone()
+
+        m.run_with_hooks(prompts, fwd_hooks=list(h) + [(n, grab) for n in names + ["blocks.1.attn.hook_z"]])
+        for n in names:
+            assert torch.allclose(seen[n][:, 0], clean[n][:, 0], atol=1e-5), (name, n)
+        later = max((seen[n][:, 1:] - clean[n][:, 1:]).abs().max() for n in names)
+        if name == "whole head (mean)":
+            z = seen["blocks.1.attn.hook_z"][:, :, 5]
+            assert torch.allclose(z[:, 1:], ref_mean.expand_as(z[:, 1:]), atol=1e-5)
+        if "control" in name:
+            assert later < 1e-3
+        else:
+            assert later > 0.1, name  # a real change after BOS (not a no-op hook)
+
+
+def test_drops_do_not_depend_on_the_batch(run, planted_model, hooks_and_prompts):
+    """The scored batch never feeds the ablation: a prompt scored alone gets the same drops."""
+    hooks, prompts, _ = hooks_and_prompts
+    saved = pd.read_csv(run / "downstream.csv")
+    alone, _ = skew_analysis.downstream(planted_model, hooks, prompts[3:4], 1)
+    for col in [c for c in saved.columns if c.startswith("drop: ") and "control" not in c]:
+        assert alone[col].iloc[0] == pytest.approx(saved[col].iloc[3], abs=1e-4), col
+
+
+def test_skew_removal_lowers_only_bos_logit(planted_model, hooks_and_prompts, truth):
+    """Construction: the planted skew part is the N B^T (attend to BOS) term; W_sym keeps half
+    of it, so removing the skew part lowers BOS's logit by (bos - bos_from_b_Q) / 2 for every
+    non-BOS query and leaves every self score exactly as it was (x^T W_skew x = 0)."""
+
+    m = planted_model
+    hooks, prompts, _ = hooks_and_prompts
+    got = {}
+
+    def grab(t, hook):
+        got["s"] = t[:, 5].clone()
+
+    m.run_with_hooks(prompts, fwd_hooks=[("blocks.1.attn.hook_attn_scores", grab)])
+    clean = got["s"]
+    m.run_with_hooks(prompts, fwd_hooks=hooks["skew part removed"] + [("blocks.1.attn.hook_attn_scores", grab)])
+    d = got["s"] - clean
+    assert d.diagonal(dim1=-2, dim2=-1).abs().max() < 1e-4
+    expected = -(truth["logits"]["bos"] - truth["logits"]["bos_from_b_Q"]) / 2
+    bos = d[:, 1:, 0]
+    assert (bos < 0).all()
+    assert float(bos.mean()) == pytest.approx(expected, abs=0.25)
+
+
+def test_downstream_signs(run):
+    """What the post reports, as the construction implies it on same-category lists: ablating the
+    whole head costs the correct next word's logit (the head carries the category the next word
+    shares, and the reader head writes it to the logits); removing only the skew part moves BOS's
+    small share of attention to same-category keys: it does not hurt, and its effect is tiny next
+    to the whole head's."""
+    d = pd.read_csv(run / "downstream_summary.csv").set_index("ablation")
+    whole, zero, skew = d.loc["whole head (mean)"], d.loc["whole head (zero)"], d.loc["skew part removed"]
+    assert whole.mean_drop - whole.ci95 > 0 and zero.mean_drop - zero.ci95 > 0
+    assert skew.mean_drop - skew.ci95 < 0  # not significantly harmful
+    assert abs(skew.mean_drop) < 0.05 * whole.mean_drop
+    assert skew.mean_drop + skew.ci95 < whole.mean_drop - whole.ci95
+    assert d.loc["full W_QK recomputed (control)"].n_prompts == 8
     summary = json.loads((run / "summary.json").read_text())
     assert summary["downstream_control_max_abs_logit_deviation"] < 1e-3
-    d = pd.read_csv(run / "downstream.csv")
-    assert len(d) == 8 and d.filter(like="drop").notna().all().all()
+    assert "8 separate 'lists' prompts (seed 1)" in summary["downstream_ablation"]
+    per_prompt = pd.read_csv(run / "downstream.csv")
+    assert len(per_prompt) == 8 and (per_prompt["drop: whole head (mean)"] > 0).all()
 
 
 def test_render_redraws_from_saved_files(run):

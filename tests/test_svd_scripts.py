@@ -33,11 +33,12 @@ def scaling(tmp_path_factory, planted_model):
 
 
 @pytest.fixture(scope="module")
-def rank_grid(tmp_path_factory, planted_model):
+def rank_grid(tmp_path_factory, planted_model, truth):
     out = tmp_path_factory.mktemp("svd_rank_ablation")
+    n_large, n_neg = truth["n_large_negative_eigenvalues"], truth["n_negative_eigenvalues"]
     run_main("svd_rank_ablation.py", "--model", "planted", "--out", out, "--query-set", "category",
-             "--ks", "1", "13", "16", "--scales", "-1", "0", "1", "--spearman-queries", "32", "--spearman-keys", "256",
-             "--threads", "1")
+             "--ks", "1", n_large, n_neg, n_neg + 8, "--scales", "-1", "0", "0.5", "1",
+             "--spearman-queries", "32", "--spearman-keys", "256", "--threads", "1")
     return out
 
 
@@ -66,7 +67,7 @@ def test_sym_skew_heatmap(sym_skew):
     assert (pts.token_set == "sampled tokens").sum() == 2 * 300 - 1 + 299 + 10_000
 
 
-def test_group_scaling(scaling):
+def test_group_scaling(scaling, truth):
     for f in (*FIGURES["svd_group_scaling_heatmap"], "scores.csv", "curves.csv", "summary.json", "meta.json"):
         assert (scaling / f).stat().st_size > 0, f
     c = pd.read_csv(scaling / "curves.csv")
@@ -83,29 +84,89 @@ def test_group_scaling(scaling):
     assert np.all(np.diff(c.groupby("alpha").self_score.mean().to_numpy()) < 0)  # self score falls with alpha
     s = pd.read_csv(scaling / "scores.csv")
     assert {"unmodified (alpha = 1)", "alpha = 0.5", "alpha = 0", "alpha = -1"} == set(s.panel)
+    # --which negative scales every negative eigenvalue: a full-rank head has d_head of them
+    # (Sylvester), the planted 12 identity codes below -threshold and d_head - 12 small generic ones
     summary = json.loads((scaling / "summary.json").read_text())
-    assert summary["n_selected"] == 13
+    assert summary["n_selected"] == truth["n_negative_eigenvalues"]
+    sel = np.array(summary["selected_eigenvalues"])
+    assert len(sel) == truth["n_negative_eigenvalues"] and (sel < 0).all()
+    assert (sel < -truth["negative_threshold"]).sum() == truth["n_large_negative_eigenvalues"]
+    assert (sel[sel < -truth["negative_threshold"]] <= -truth["negative_gap"][1]).all()
+    assert (sel[sel >= -truth["negative_threshold"]] >= -truth["negative_gap"][0]).all()
     assert json.loads((scaling / "meta.json").read_text())["args"]["biases"] is True  # on by default here
 
 
 def test_rank_ablation(rank_grid, truth):
+    """Self-rank over the whole vocabulary after scaling the k most negative eigenvalues.
+
+    Construction (common.planted): on a category query the identity codes give self
+    -w_U^2-part = -(self_without_negative_eigenvalues - self) = -22 logits, the positive
+    identity term leaves self at 16 against 12 for its category once they are gone. Scaling
+    the k most negative eigenvalues by s moves the self logit by about 22 f (1 - s), f = the
+    share of the word's code energy in the selected eigenvectors; self tops its category when
+    22 f (1 - s) > 18. k = 12 (every planted code, f = 1): s <= 0 suffices, s = 0.5 does not
+    (11 < 18). k = 1: the codes' shares sum to 1, so f > 18 / 44 at s = -1 holds for at most
+    2 of the 12 codes (<= 28 of the 163 words); k = 11 is not determined by the construction.
+    The other d_head - 12 negative eigenvalues are small (above -negative_gap[0]) and do not
+    change these outcomes.
+    """
     for f in (*FIGURES["svd_rank_ablation"], "grid.csv", "ranks.npz", "summary.json", "meta.json"):
         assert (rank_grid / f).stat().st_size > 0, f
     g = pd.read_csv(rank_grid / "grid.csv")
-    assert len(g) == 3 * 3
-    n_neg = truth["n_negative_eigenvalues"]
-    assert set(g.k_effective) == {1, n_neg}  # k = 16 is capped at the 13 planted negative eigenvalues
-    cell = lambda k, s: g[(g.k == k) & (g.scale == s)].iloc[0]
-    assert cell(13, 1.0)["acc@1"] == 0 and cell(13, 1.0).mean_rank > 10_000
-    assert cell(13, 1.0).spearman_keys == pytest.approx(1.0)
-    assert cell(13, -1.0)["acc@1"] >= 0.9 and cell(16, -1.0)["acc@1"] >= 0.9
-    assert cell(1, -1.0)["acc@1"] < cell(13, -1.0)["acc@1"]
-    assert cell(13, 0.0)["acc@1"] >= 0.9  # removed: the positive identity term puts self on top
+    n_large, n_neg = truth["n_large_negative_eigenvalues"], truth["n_negative_eigenvalues"]
+    n_words = sum(len(v) for v in truth["categories"].values())
+    assert len(g) == 4 * 4 and (g.n_queries == n_words).all()
+    assert set(g.k_effective) == {1, n_large, n_neg}  # k = n_neg + 8 is capped at the d_head negative ones
+    assert (g[g.k == n_neg + 8].k_effective == n_neg).all()
+    cell = lambda k, s: g[(g.k == k) & (g.scale == s)].iloc[0]  # noqa: E731
+    for k in (1, n_large, n_neg):  # unmodified: self far down the vocabulary for every word
+        assert cell(k, 1.0)["acc@1"] == 0 and cell(k, 1.0).mean_rank > 10_000
+    for k in (n_large, n_neg, n_neg + 8):
+        assert cell(k, 0.0)["acc@1"] == 1.0 and cell(k, -1.0)["acc@1"] == 1.0  # the 12 planted codes suffice
+        assert cell(k, 0.5)["acc@1"] == 0.0  # halving them does not
+    for s in (0.0, -1.0):
+        assert cell(1, s)["acc@1"] <= 28 / n_words
+    # the rank ordering is really changed by the edit (independent check of its value: below)
+    assert cell(n_large, -1.0).spearman_keys < cell(n_large, 0.0).spearman_keys < cell(n_large, 0.5).spearman_keys < 1
     r = np.load(rank_grid / "ranks.npz")
-    assert r["ranks"].shape == (3, 3, len(r["queries"])) and len(r["queries"]) == 163
+    assert r["ranks"].shape == (4, 4, n_words) and len(r["queries"]) == n_words
     summary = json.loads((rank_grid / "summary.json").read_text())
     assert summary["n_negative_eigenvalues"] == n_neg
     assert json.loads((rank_grid / "meta.json").read_text())["peak_rss_mb"] > 0
+
+
+def test_key_order_spearman_equals_a_dense_computation(planted_model, truth):
+    """key_order_spearman against W_QK edited densely in float64 and scipy's Spearman per query."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from common.effective_embeddings import effective_embeddings
+    from common.head_qk import FactoredQK
+
+    m = importlib.import_module("svd_rank_ablation")
+    model = planted_model
+    E = effective_embeddings(model, 1)
+    days, colours = truth["categories"]["days"], truth["categories"]["colours"]
+    q_ids = torch.tensor(days[:4] + colours[:4])
+    g = torch.Generator().manual_seed(0)
+    k_ids = torch.cat([torch.tensor(days + colours), torch.randperm(E.shape[0], generator=g)[:100]])
+    qk = FactoredQK.from_model(model, 1, 5)
+    n_large = truth["n_large_negative_eigenvalues"]
+    ks, scales = [1, n_large], [-1.0, 0.0, 1.0]
+    got = m.key_order_spearman(qk.scorer(), qk.sym_eig(), E, q_ids, k_ids, ks, scales, 1.0 / qk.attn_scale, True)
+
+    W_Q, W_K = model.W_Q[1, 5].double(), model.W_K[1, 5].double()
+    b_Q, b_K = model.b_Q[1, 5].double(), model.b_K[1, 5].double()
+    W = W_Q @ W_K.T
+    lam, U = torch.linalg.eigh((W + W.T) / 2)  # ascending: the most negative first
+    x, y = E[q_ids].double(), E[k_ids].double()
+    base = (x @ W_Q + b_Q) @ (y @ W_K + b_K).T
+    for ik, k in enumerate(ks):
+        for js, s in enumerate(scales):
+            edit = (s - 1.0) * (x @ U[:, :k]) * lam[:k] @ (y @ U[:, :k]).T
+            want = [spearmanr(base[i].numpy(), (base + edit)[i].numpy()).statistic for i in range(len(q_ids))]
+            assert np.allclose(got[ik, js], want, atol=1e-3), (k, s)
+    assert got[1, 0].mean() < 0.9  # flipping the planted codes reorders these keys
 
 
 def test_rank_ablation_sampled_queries(planted_model):
