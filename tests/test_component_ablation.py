@@ -97,8 +97,8 @@ def test_position_and_layer0_attention_do_not(run, truth):
     * resample ablation draws another position's vector, of the same norm (every planted position
       has norm 1.48), so the residual's scale and L1H5's score stay put: within 10% of clean;
     * mean ablation replaces every position by the mean over the reference positions, which is
-      shorter (the fast pairs average out: planted |mean| 1.34 against 1.48 per position), so the
-      residual shrinks by ~2%, LN scales every logit up, and the planted score -- a leak of order
+      shorter (the fast pairs average out: planted |mean of positions 1..10| 1.38 against 1.48 per
+      position), so the residual shrinks by ~2%, LN scales the logits up, and the score -- a leak of order
       e^-(logit gap), 0.003 nats on clean prompts -- falls by ~30%. A ratio to so small a clean
       score measures that leak's tail, not whether the head reads position (v2, whose positions
       were small, kept it within 10%). "About unchanged" is therefore asserted as the post means
