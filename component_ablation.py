@@ -16,6 +16,12 @@ every head of the target layer, clean and with one component ablated at a time:
 Replacement values come from a separate seeded reference batch (seed + 1): the mean over all its
 non-BOS positions, or for resampling a random (prompt, position) of it. The BOS position is never
 ablated unless --ablate-bos (it is the attention sink rule 3 relies on). See ``common/ablation.py``.
+A mean ablation also changes the residual's norm wherever the mean vector is shorter than the
+vectors it replaces (the mean of the positional embedding over positions is shorter than any one
+position), and LayerNorm turns that into a rescaling of everything the head reads downstream; a
+resample ablation keeps the norm. On the planted model the head reads no position, yet mean-
+ablating positions lowers its small clean score (a ~0.003-nat leak) by ~30% through LN scale
+alone (tests/test_component_ablation.py holds the LN scales fixed to show it).
 Forward passes stop after the target layer (``stop_at_layer``).
 
 Position independence: the same prompts are re-run (a) with their words shuffled, (b) with the
