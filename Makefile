@@ -8,7 +8,7 @@ setup:  ## install the pinned dependencies (torch CPU build first)
 	$(PYTHON) -m pip install -q -r requirements.txt
 
 test:  ## the offline test suite on the planted model
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
 
 demo:  ## every script on the planted model, fully offline (figures/demo/)
 	HF_HUB_OFFLINE=1 $(PYTHON) run_all.py --model planted $(ARGS)
