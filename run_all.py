@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from common.outputs import default_out_dir, write_json, write_text  # noqa: E402
+from common.genuine_weights import verdict_text  # noqa: E402
 from common.report import build_report  # noqa: E402
 
 
@@ -358,7 +359,8 @@ def write_index(root: Path, model: str) -> None:
         meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
         argv = meta.get("argv") or []
         cmd = "python " + step.script + " " + " ".join(argv)
-        lines += [f"## {step.script}", "", f"Claim: {step.claim}", "", f"Command: `{cmd.strip()}`", ""]
+        lines += [f"## {step.script}", "", f"Claim: {step.claim}", "", f"Command: `{cmd.strip()}`", "",
+                  f"Weights: {verdict_text(meta) or 'not recorded'}", ""]
         for u in fallbacks_used(step, argv):
             lines += [f"**Fallback**: {u.script} had failed or had no results when this ran, so it used "
                       f"`{u.option} {u.fallback}`: {u.fallback_means}.", ""]
