@@ -51,6 +51,8 @@ class FakeRepo:
     def __init__(self, path: Path, scripts):
         self.path = path
         (path / "common").mkdir(parents=True)
+        # a regular package, so it wins over the real common/ when PYTHONPATH names the repo (make test)
+        (path / "common" / "__init__.py").write_text("")
         (path / "common" / "model.py").write_text(FAKE_MODEL)
         for script in scripts:
             (path / script).write_text(FAKE_SCRIPT)
