@@ -234,7 +234,6 @@ def measure(cmd: list[str], env: dict, log: Path, timeout: float | None = None, 
 
 def _l1h5_inputs(model_dir: Path, n: int):
     """L1H5's QK factors and the first n rows of an LN-normalised token embedding of the bench model."""
-    import torch
     from safetensors import safe_open
 
     from common.factored import Factored

@@ -162,7 +162,7 @@ def test_reader_composes_with_l1h5(planted_model, truth):
 
 # -- weights like gpt2-small's: biases, layer norms, full-rank generic heads, the eigenvalue gap ---------------
 def test_biases_and_layer_norms_everywhere(planted_model, raw_state_dict):
-    sd, d, n = raw_state_dict, P.D_MODEL, P.N_LAYERS
+    sd, n = raw_state_dict, P.N_LAYERS
     for i in range(n):
         for ln in ("ln_1", "ln_2"):
             g, b = sd[f"h.{i}.{ln}.weight"], sd[f"h.{i}.{ln}.bias"]

@@ -7,7 +7,6 @@ token_freq.py through run_all.
 """
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
