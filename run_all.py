@@ -43,6 +43,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,27 +315,39 @@ def _read_stamp(root: Path, script: str) -> str:
 
 
 def render_all(root: Path, steps: list[Step], model: str, console: Console) -> int:
-    """Every script's ``render(out_dir)`` on its saved results (no model is loaded)."""
+    """Every script's ``render(out_dir)`` on its saved results (no model is loaded), one process
+    per core: drawing is CPU-bound and the scripts are independent."""
     table = Table(title=f"run_all --render-only ({root})")
     for c in ("script", "seconds", "figures", "status"):
         table.add_column(c)
+    todo = [s.script for s in steps if (root / s.script.removesuffix(".py") / "meta.json").exists()]
+    with ProcessPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+        done = dict(zip(todo, pool.map(render_one, todo, [str(root)] * len(todo))))
     failed = []
     for step in steps:
-        out = root / step.script.removesuffix(".py")
-        if not (out / "meta.json").exists():
+        if step.script not in done:
             table.add_row(step.script, "", "", "no saved results", style="yellow")
             continue
-        t0 = time.time()
-        try:
-            figures = importlib.import_module(step.script.removesuffix(".py")).render(out)
-            table.add_row(step.script, f"{time.time() - t0:.1f}", str(len(figures or [])), "ok")
-        except Exception as exc:  # one broken figure must not stop the others
+        seconds, n_figures, error = done[step.script]
+        if error:  # one broken figure must not stop the others
             failed.append(step.script)
-            table.add_row(step.script, f"{time.time() - t0:.1f}", "", f"FAILED ({type(exc).__name__}: {exc})", style="red")
+            table.add_row(step.script, f"{seconds:.1f}", "", f"FAILED ({error})", style="red")
+        else:
+            table.add_row(step.script, f"{seconds:.1f}", str(n_figures), "ok")
     write_index(root, model)
     build_report(root, model)
     console.print(table)
     return 1 if failed else 0
+
+
+def render_one(script: str, root: str) -> tuple[float, int, str]:
+    """(seconds, figures drawn, error or "") of one script's render on its saved results."""
+    t0 = time.time()
+    try:
+        figures = importlib.import_module(script.removesuffix(".py")).render(Path(root) / script.removesuffix(".py"))
+        return time.time() - t0, len(figures or []), ""
+    except Exception as exc:
+        return time.time() - t0, 0, f"{type(exc).__name__}: {exc}"
 
 
 def fallbacks_used(step: Step, argv: list[str]) -> list[Upstream]:

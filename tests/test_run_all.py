@@ -198,3 +198,18 @@ def test_fallback_values_are_understood_by_their_readers(tmp_path, monkeypatch):
     assert freq.top_tokens("planted", 1) == [1976]  # the default table is found...
     ids, source = freq.resolve_top_tokens("planted", 50, "none")
     assert ids == freq.fallback_order()[:50] and "fallback" in source  # ...but not with 'none'
+
+
+def test_render_only_redraws_every_figure_from_the_committed_demo_results(tmp_path, capsys):
+    """--render-only on a copy of figures/demo: no model, every script's render succeeds, the
+    PNGs come back, and INDEX.md and report.html are rebuilt."""
+    import shutil
+
+    from common.outputs import FIGURES
+
+    root = tmp_path / "demo"
+    shutil.copytree(FIGURES / "demo", root, ignore=shutil.ignore_patterns("*.png", "INDEX.md", "report.html"))
+    assert run(root, "--render-only") == 0
+    for step in run_all.STEPS:
+        assert list((root / step.script.removesuffix(".py")).glob("*.png")), step.script
+    assert (root / "INDEX.md").exists() and (root / "report.html").exists()
