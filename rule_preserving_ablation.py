@@ -79,7 +79,7 @@ from common.head_replacement import (
     score_hooks,
     z_hooks,
 )
-from common.natural_text import DEMO, TextUnavailable, load_text, sample_windows, tokenize
+from common.natural_text import sample_windows, script_text_ids
 from common.outputs import default_out_dir
 from common.results import Results, load_summary, load_table, save_results
 
@@ -141,12 +141,7 @@ class Windows:
 
 
 def load_windows(args, tokenizer) -> Windows:
-    source = args.text if args.text is not None else (DEMO if args.model == "planted" else None)
-    try:
-        text, description = load_text(source)
-    except TextUnavailable as exc:
-        raise SystemExit(f"error: {exc}") from None
-    ids = tokenize(tokenizer, text)
+    ids, description = script_text_ids(args.text, args.model, tokenizer)
     want = args.n_windows + args.n_reference
     try:
         tokens, starts = sample_windows(ids, args.window_len, want, tokenizer.bos_token_id, args.seed)

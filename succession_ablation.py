@@ -258,7 +258,7 @@ def reference_windows(ids: list[int], avoid: list[tuple[int, int]], n: int, leng
 def load_inputs(args, tokenizer) -> Inputs:
     """Cases and reference windows, from the tokenizer and the text alone (checked before the model
     loads, so bad input stops the run before any work)."""
-    from common.natural_text import DEMO, TextUnavailable, load_text, tokenize
+    from common.natural_text import script_text_ids
 
     base = read_case_file(args.cases) if args.cases else curated_cases(args.categories)
     rows, tokens, dropped = tokenize_curated(tokenizer, base)
@@ -266,12 +266,7 @@ def load_inputs(args, tokenizer) -> Inputs:
         first = dropped[0] if dropped else {"answer": "", "reason": "no cases"}
         raise SystemExit(f"error: no curated case survives tokenization: all {len(base)} answers are not one GPT-2 "
                          f"token (e.g. {first['answer']!r}: {first['reason']})")
-    source = args.text if args.text is not None else (DEMO if args.model == "planted" else None)
-    try:
-        text, description = load_text(source)
-    except TextUnavailable as exc:
-        raise SystemExit(f"error: {exc}") from None
-    ids = tokenize(tokenizer, text)
+    ids, description = script_text_ids(args.text, args.model, tokenizer)
     found = 0
     if args.n_mined:
         mined, mined_tokens, found = mine_cases(tokenizer, ids, args.categories, args.n_mined, args.context, args.seed)

@@ -92,6 +92,17 @@ def load_text(source: str | None) -> tuple[str, str]:
     return read_text_path(source), f"local text {source}"
 
 
+def script_text_ids(text: str | None, model: str, tokenizer) -> tuple[list[int], str]:
+    """(token ids, description) of a script's natural text: ``--text PATH`` if given, the demo text
+    for the planted model, else WikiText-103's test split; a one-line SystemExit when unavailable."""
+    source = text if text is not None else (DEMO if model == "planted" else None)
+    try:
+        raw, description = load_text(source)
+    except TextUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return tokenize(tokenizer, raw), description
+
+
 def tokenize(tokenizer, text: str, chunk_chars: int = 100_000, group: int = 8) -> list[int]:
     """GPT-2 token ids of ``text``, encoded in line-aligned chunks, ``group`` chunks per tokenizer
     call: the tokenizer's per-call objects (encodings, offsets, masks) never exist for the whole
