@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.outputs import default_out_dir, write_json, write_text  # noqa: E402
 from common.genuine_weights import verdict_text  # noqa: E402
-from common.report import build_report  # noqa: E402
+from common.report import build_report, run_record  # noqa: E402
 
 
 @dataclass
@@ -282,15 +282,6 @@ def run_step(cmd: list[str]) -> tuple[int, str]:
     lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
     return returncode, (errors[0] if errors else lines[-1] if lines else "")[:300]
-
-
-def run_record(root: Path) -> dict:
-    """run_all.json's per-script record from earlier runs (steps skipped as up to date keep theirs)."""
-    path = root / "run_all.json"
-    try:
-        return json.loads(path.read_text()).get("steps", {}) if path.exists() else {}
-    except ValueError:
-        return {}
 
 
 def input_signature(args: argparse.Namespace) -> dict[str, str]:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from common.genuine_weights import verdict_text
 from common.outputs import write_text
+from common.results import read_table
 
 RULES = [
     ("Semantic clustering", "a token attends to earlier tokens of the same category "
@@ -97,7 +98,7 @@ def _fmt(x: float, ci: float | None = None, digits: int = 3) -> str:
 # -- one measure per claim: read the saved table, apply the claim's criterion ---------------------
 
 def _head_scores(d: Path, meta: dict) -> Measured:
-    df = pd.read_csv(d / "head_scores.csv").sort_values("score_mean").reset_index(drop=True)
+    df = read_table(d / "head_scores.csv").sort_values("score_mean").reset_index(drop=True)
     layer, head = _target(meta)
     rank = int(df.index[(df.layer == layer) & (df['head'] == head)][0]) + 1
     t = df.iloc[rank - 1]
@@ -109,7 +110,7 @@ def _head_scores(d: Path, meta: dict) -> Measured:
 
 
 def _component_ablation(d: Path, meta: dict) -> Measured:
-    df = pd.read_csv(d / "summary.csv")
+    df = read_table(d / "summary.csv")
     _, head = _target(meta)
     df = df[df["head"] == head]
     get = lambda name: _row(df, ablation=name, method="mean")  # noqa: E731
@@ -127,7 +128,7 @@ def _component_ablation(d: Path, meta: dict) -> Measured:
 
 
 def _position_independence(d: Path, meta: dict) -> Measured:
-    df = pd.read_csv(d / "position_independence.csv")
+    df = read_table(d / "position_independence.csv")
     _, head = _target(meta)
     df = df[df["head"] == head]
     r = {v: float(x) for v, x in zip(df.variant, df.pearson_r)}
@@ -135,7 +136,7 @@ def _position_independence(d: Path, meta: dict) -> Measured:
 
 
 def _spectrum(d: Path, meta: dict) -> Measured:
-    df = pd.read_csv(d / "spectrum_summary.csv")
+    df = read_table(d / "spectrum_summary.csv")
     layer, head = _target(meta)
     r = _row(df, layer=layer, head=head, basis="residual")
     top = next(c for c in df.columns if c.startswith("n_negative_top"))
@@ -147,7 +148,7 @@ def _spectrum(d: Path, meta: dict) -> Measured:
 
 
 def _downstream(d: Path, meta: dict) -> Measured:
-    df = pd.read_csv(d / "downstream_summary.csv")
+    df = read_table(d / "downstream_summary.csv")
     whole = df[df.ablation.str.startswith("whole head (mean")].iloc[0]
     skew = df[df.ablation.str.startswith("skew part removed")].iloc[0]
     return Measured(f"whole head (mean) drop {_fmt(whole.mean_drop, whole.ci95)}; skew part removed drop "
@@ -155,13 +156,13 @@ def _downstream(d: Path, meta: dict) -> Measured:
 
 
 def _sym_skew(d: Path, meta: dict) -> Measured:
-    r = pd.read_csv(d / "numbers.csv").iloc[0]
+    r = read_table(d / "numbers.csv").iloc[0]
     return Measured(f"corr(Base, Sym) {r.pearson_base_sym:.4f}; Sym explains {100 * r.variance_share_sym:.1f}% "
                     f"of the variance; ||Skew||/||Base|| {r.fro_ratio_skew_base:.3g}", bool(r.pearson_base_sym > 0.95))
 
 
 def _scaling(d: Path, meta: dict) -> Measured:
-    c = pd.read_csv(d / "curves.csv")
+    c = read_table(d / "curves.csv")
     top = lambda a: float((c[c.alpha == a].self_rank_vocab == 0).mean())  # noqa: E731
     med1 = float(c[c.alpha == 1.0].self_rank_vocab.median())
     alphas = [a for a in (0.5, 0.0, -1.0) if (c.alpha == a).any()]
@@ -171,7 +172,7 @@ def _scaling(d: Path, meta: dict) -> Measured:
 
 
 def _rank_grid(d: Path, meta: dict) -> Measured:
-    g = pd.read_csv(d / "grid.csv")
+    g = read_table(d / "grid.csv")
     base = g[g.scale == 1.0]
     best = g.loc[g["acc@1"].idxmax()]
     value = (f"unedited mean self-rank {base.mean_rank.iloc[0]:.0f}; best edit k = {int(best.k)}, scale "
@@ -189,7 +190,7 @@ def _cosine(d: Path, meta: dict) -> Measured:
 
 
 def _clustering(d: Path, meta: dict) -> Measured:
-    ex = pd.read_csv(d / "examples.csv")
+    ex = read_table(d / "examples.csv")
     q = json.loads((d / "quality.json").read_text()) if (d / "quality.json").exists() else {}
     parts = [html.escape(f"{e.example.strip()}: {e.companion_fraction:.0%}" if e.in_graph
                          else f"{e.example.strip()}: not in graph") for e in ex.itertuples()]
@@ -200,14 +201,14 @@ def _clustering(d: Path, meta: dict) -> Measured:
 
 
 def _steering(d: Path, meta: dict) -> Measured:
-    v = pd.read_csv(d / "variants.csv").set_index("variant")
+    v = read_table(d / "variants.csv").set_index("variant")
     o, p = v.loc["original"], v.loc["gradient promote"]
     return Measured(f"mass on self+copies: original {o.mass_self_and_copies:.3g}, after the gradient update "
                     f"{p.mass_self_and_copies:.3g}", bool(o.mass_self_and_copies < 0.05 and p.mass_self_and_copies > 0.5))
 
 
 def _semantic(d: Path, meta: dict) -> Measured:
-    n = pd.read_csv(d / "naive_vs_head.csv")
+    n = read_table(d / "naive_vs_head.csv")
     a = _row(n, variant="naive_cosine", prompts="all")
     b = _row(n, variant="naive_cosine_no_self", prompts="all")
     return Measured(f"KL(head || naive cosine) {a.kl:.3f}; with self and copies masked {b.kl:.3f}; "
@@ -216,15 +217,15 @@ def _semantic(d: Path, meta: dict) -> Measured:
 
 
 def _rules(d: Path, meta: dict) -> Measured:
-    e = pd.read_csv(d / "explained.csv")
+    e = read_table(d / "explained.csv")
     r = _row(e, variant="rules", baseline="mean")
     return Measured(f"the rules explain {100 * r.explained:.1f}% [{100 * r.ci_lo:.1f}, {100 * r.ci_hi:.1f}] of the "
                     f"mean-ablation KL", None)
 
 
 def _token_space(d: Path, meta: dict) -> Measured:
-    t = pd.read_csv(d / "token_self_suppression.csv")
-    w = pd.read_csv(d / "weights_survey.csv")
+    t = read_table(d / "token_self_suppression.csv")
+    w = read_table(d / "weights_survey.csv")
     layer, head = _target(meta)
     cat = t[t.subset == "category"]
     me = _row(cat, layer=layer, head=head)
@@ -310,7 +311,7 @@ class ClaimRow:
 
 def evaluate(root: Path, model: str) -> list[ClaimRow]:
     """Every claim's measured value and status from the saved results under ``root``."""
-    runs = _run_record(root)
+    runs = run_record(root)
     planted = model == "planted"
     rows = []
     for c in CLAIMS:
@@ -340,13 +341,17 @@ def build_report(root: str | Path, model: str) -> Path:
     root = Path(root)
     rows = evaluate(root, model)
     metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/meta.json"))}
-    page = _page(root, model, rows, metas, _run_record(root))
+    page = _page(root, model, rows, metas, run_record(root))
     return write_text(root / "report.html", page)
 
 
-def _run_record(root: Path) -> dict:
-    p = root / "run_all.json"
-    return json.loads(p.read_text()).get("steps", {}) if p.exists() else {}
+def run_record(root: Path) -> dict:
+    """run_all.json's per-script record (status, seconds, first error line); {} when absent or unreadable."""
+    path = Path(root) / "run_all.json"
+    try:
+        return json.loads(path.read_text()).get("steps", {}) if path.exists() else {}
+    except ValueError:
+        return {}
 
 
 def _img(path: Path) -> str:
