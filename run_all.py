@@ -1,8 +1,15 @@
 """Regenerate every figure: all analyses in dependency order, with a summary table.
 
 ``make figures`` runs this on real gpt2-small, ``make demo`` on the planted model (offline). Each
-script runs as its own process (as a user would run it), so one failure does not stop the others;
-the run ends non-zero and names the failed scripts. A step whose script, shared code, arguments
+script runs as its own process, so one failure does not stop the others; the run ends non-zero
+and names the failed scripts. ``--jobs`` steps run at a time (default: 2 on a machine with two or
+more cores, each with its share of the cores as torch threads), in an order that starts the
+longest chain of work first; a step starts once the steps it reads from have finished. On Linux a
+step's process is forked from this one after the heavy libraries (torch, transformer_lens,
+pandas, matplotlib, seaborn) have been imported once, which saves every step their import (about
+7 s of CPU each); the repository's own modules are imported afresh by each step. Each step's
+output goes to ``<root>/logs/<script>.log`` (shown live with ``--jobs 1``), and ``run_all.json``
+records its wall and CPU seconds and peak memory. A step whose script, shared code, arguments
 and upstream results are unchanged since its last successful run is skipped (``--force`` reruns).
 At the end ``figures/INDEX.md`` (or ``<root>/INDEX.md``) lists every figure with the claim it
 supports and the command that made it, ``run_all.json`` records each script's status, seconds and
@@ -29,6 +36,7 @@ weights instead of building them (at gpt2-small size: about 1.2 instead of 2.5 G
 (each script's ``render(out_dir)``), in seconds, e.g. after restyling a plot.
 
 Run: python run_all.py --model planted            (make demo)
+     python run_all.py --model planted --jobs 1    (one step at a time, output live)
      python run_all.py --model gpt2-small --text wiki.train.raw --sae-path sae/   (make figures ARGS="...")
      python run_all.py --model planted --render-only
 """
@@ -40,9 +48,11 @@ import hashlib
 import importlib
 import json
 import os
+import runpy
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +88,9 @@ class Step:
     inputs: list[str] = field(default_factory=list)
     # extra arguments per model kind ("planted", "real", or "any"); "{root}" is the output root
     args: dict[str, list[str]] = field(default_factory=dict)
+    # scheduling hint only: CPU seconds at gpt2-small size (bench/RESULTS.md); the last run's own
+    # seconds (run_all.json) replace it
+    cost: float = 20.0
 
     @property
     def needs(self) -> list[str]:
@@ -92,24 +105,24 @@ INPUT_OPTIONS = {"text": "--text", "sae": "--sae-path"}
 NO_MODEL = {"token_freq.py"}  # steps that load no model (no need to fill the weights cache first)
 
 STEPS = [
-    Step("token_freq.py", "Token frequencies (input to clustering and the cosine analysis).", inputs=["text"]),
-    Step("characterize_head.py", "L1H5 follows the three rules best of all heads (score ~0.6 vs >= 1.2 on gpt2-small)."),
-    Step("component_ablation.py", "L1H5 reads token identity via the embedding and MLP0, not positions or layer-0 attention."),
-    Step("skew_analysis.py", "W_sym has many negative eigenvalues (33 of the top 64); the skew part is smaller and removing it helps."),
+    Step("token_freq.py", "Token frequencies (input to clustering and the cosine analysis).", inputs=["text"], cost=15),
+    Step("characterize_head.py", "L1H5 follows the three rules best of all heads (score ~0.6 vs >= 1.2 on gpt2-small).", cost=18),
+    Step("component_ablation.py", "L1H5 reads token identity via the embedding and MLP0, not positions or layer-0 attention.", cost=35),
+    Step("skew_analysis.py", "W_sym has many negative eigenvalues (33 of the top 64); the skew part is smaller and removing it helps.", cost=31),
     Step("self_suppression_survey.py", "Every full-rank head has d_head negative eigenvalues (Sylvester), so the count does not "
-         "single L1H5 out; in token space L1H5 ranks each token's own key last."),
-    Step("svd_sym_skew_heatmap.py", "The symmetric part of W_QK alone reproduces the head's scores on the group tokens."),
-    Step("svd_group_scaling_heatmap.py", "Scaling the negative eigenvalues to <= 0 turns self-attention back on."),
-    Step("svd_rank_ablation.py", "Self-rank over the vocabulary as a function of how many negative eigenvalues are scaled, and by how much."),
+         "single L1H5 out; in token space L1H5 ranks each token's own key last.", cost=44),
+    Step("svd_sym_skew_heatmap.py", "The symmetric part of W_QK alone reproduces the head's scores on the group tokens.", cost=12),
+    Step("svd_group_scaling_heatmap.py", "Scaling the negative eigenvalues to <= 0 turns self-attention back on.", cost=14),
+    Step("svd_rank_ablation.py", "Self-rank over the vocabulary as a function of how many negative eigenvalues are scaled, and by how much.", cost=52),
     Step("cosine_attention_analysis.py", "Attention peaks at a cosine similarity just below 1.0, not at 1.0 (self-suppression).",
-         upstream=[FREQ_TABLE]),
-    Step("clustering.py", "Leiden communities of L1H5's attention graph are semantic categories.", upstream=[FREQ_TABLE]),
-    Step("gradient_steering.py", "A gradient update of W_Q/W_K steers self-attention on or off; compared with eigenvalue steering."),
-    Step("semantic_head.py", "L1H5's QK map in SAE feature space; L1H5 vs naive similarity attention.", inputs=["sae"]),
+         upstream=[FREQ_TABLE], cost=14),
+    Step("clustering.py", "Leiden communities of L1H5's attention graph are semantic categories.", upstream=[FREQ_TABLE], cost=14),
+    Step("gradient_steering.py", "A gradient update of W_Q/W_K steers self-attention on or off; compared with eigenvalue steering.", cost=29),
+    Step("semantic_head.py", "L1H5's QK map in SAE feature space; L1H5 vs naive similarity attention.", inputs=["sae"], cost=37),
     Step("rule_preserving_ablation.py", "How much of L1H5's effect on the logits the three rules explain.",
-         upstream=[COMMUNITIES], inputs=["text"]),
+         upstream=[COMMUNITIES], inputs=["text"], cost=109),
     Step("succession_ablation.py", "Whether the model uses L1H5 for succession (Monday -> Tuesday), and which later heads read it.",
-         inputs=["text"]),
+         inputs=["text"], cost=156),
 ]
 
 
@@ -140,7 +153,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="local SAE folder (sae.save_model) for semantic_head.py instead of the hub's")
     p.add_argument("--render-only", action="store_true",
                    help="run no analysis: redraw every figure from the saved results under the root")
+    p.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="steps run at a time, each with cores/jobs torch threads (1: one at a time, output shown live)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
     args.only_set = {s.strip().removesuffix(".py") + ".py" for s in args.only.split(",") if s.strip()}
     unknown = args.only_set - {s.script for s in STEPS}
     if unknown:
@@ -186,16 +203,10 @@ def succeeded_before(root: Path, script: str) -> bool:
     return (out / ".run_all.stamp").exists() and (out / "meta.json").exists()
 
 
-def prepare_model(args: argparse.Namespace, console: Console) -> tuple[float, str]:
-    """Load the model once in its own process, so the processed-weights cache is filled before
-    the analyses start (each of them then maps it instead of building it)."""
-    code = ("import sys; from common.model import load_model, ModelUnavailable\n"
-            "try:\n    load_model(sys.argv[1], sys.argv[2])\n"
-            "except ModelUnavailable as exc:\n    print(f'error: {exc}', file=sys.stderr); raise SystemExit(2)\n")
-    console.rule("[bold]processed weights (load the model once)")
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", code, args.model, args.device], cwd=ROOT)
-    return time.time() - t0, "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+PREPARE = "(model load: fills the weights cache)"
+PREPARE_CODE = ("import sys; from common.model import load_model, ModelUnavailable\n"
+                "try:\n    load_model(sys.argv[1], sys.argv[2])\n"
+                "except ModelUnavailable as exc:\n    print(f'error: {exc}', file=sys.stderr); raise SystemExit(2)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,82 +217,313 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if args.render_only:
         return render_all(root, [s for s in STEPS if not only or s.script in only], args.model, console)
+    t_run = time.time()
+    record = run_record(root)  # per script: status, seconds, first error line (report.html reads it)
+    steps = [s for s in STEPS if not only or s.script in only]
+    rows = {s.script: (s.script, 0.0, None, None, 0, "missing", "") for s in steps if not (ROOT / s.script).exists()}
+    todo = [s for s in steps if s.script not in rows]
+    priority = critical_path(todo, record)
+    threads = max(1, usable_cores() // args.jobs)
+    runner = Runner(root / "logs", args.jobs, threads, console)
     stamps: dict[str, str] = {}
     ok: dict[str, bool] = {}
-    record = run_record(root)  # per script: status, seconds, first error line (report.html reads it)
-    rows = []
-    prepared = False
     inputs_stamp = input_signature(args)
-    for step in STEPS:
-        name = step.script.removesuffix(".py")
-        if only and step.script not in only:
-            continue
-        if not (ROOT / step.script).exists():
-            rows.append((step.script, 0.0, 0, "missing", ""))
-            continue
-        out = root / name
-        upstream_ok = {u.script: ok.get(u.script, succeeded_before(root, u.script))
-                       and (root / u.path.format(root=".")).exists() for u in step.upstream}
-        cmd, notes = step_command(step, args, root, upstream_ok)
-        upstream_stamps = [stamps.get(n) or _read_stamp(root, n) for n in step.needs]
-        used = [inputs_stamp[i] for i in step.inputs if i in inputs_stamp]
-        stamp = fingerprint(step, cmd[2:], upstream_stamps + used)
-        stamps[step.script] = stamp
-        stamp_file = out / ".run_all.stamp"
-        note = "; ".join(notes)
-        if not args.force and stamp_file.exists() and stamp_file.read_text() == stamp and (out / "meta.json").exists():
-            ok[step.script] = True
-            rows.append((step.script, 0.0, n_outputs(out), "up to date", note))
-            continue
-        if not prepared and step.script not in NO_MODEL:
-            prepared = True
-            dt, status = prepare_model(args, console)
-            rows.append(("(model load: fills the weights cache)", dt, 0, status, ""))
-        console.rule(f"[bold]{step.script}")
-        for n in notes:
-            console.print(f"[yellow]fallback: {n}")
-        t0 = time.time()
-        returncode, error = run_step(cmd)
-        dt = time.time() - t0
-        ok[step.script] = returncode == 0
-        record[step.script] = {"status": "ok" if ok[step.script] else f"FAILED (exit {returncode})",
-                               "seconds": round(dt, 1), "error": "" if ok[step.script] else error, "note": note}
-        if ok[step.script]:
-            write_text(stamp_file, stamp)
-        elif stamp_file.exists():
-            stamp_file.unlink()
-        rows.append((step.script, dt, n_outputs(out), record[step.script]["status"], note))
+    prepare = None  # the model load before the first analysis: None (not needed yet), "running", "done"
+    try:
+        while todo or runner.running:
+            # Start what can start: every upstream of this run finished, the model prepared if needed.
+            for step in sorted(todo, key=lambda st: -priority[st.script]):
+                if len(runner.running) >= args.jobs:
+                    break
+                if any(u in {t.script for t in todo} or u in runner.running for u in step.needs):
+                    continue
+                name = step.script.removesuffix(".py")
+                out = root / name
+                upstream_ok = {u.script: ok.get(u.script, succeeded_before(root, u.script))
+                               and (root / u.path.format(root=".")).exists() for u in step.upstream}
+                cmd, notes = step_command(step, args, root, upstream_ok)
+                upstream_stamps = [stamps.get(n) or _read_stamp(root, n) for n in step.needs]
+                used = [inputs_stamp[i] for i in step.inputs if i in inputs_stamp]
+                stamp = fingerprint(step, cmd[2:], upstream_stamps + used)
+                note = "; ".join(notes)
+                if (not args.force and (out / ".run_all.stamp").exists()
+                        and (out / ".run_all.stamp").read_text() == stamp and (out / "meta.json").exists()):
+                    stamps[step.script], ok[step.script] = stamp, True
+                    rows[step.script] = (step.script, 0.0, None, None, n_outputs(out), "up to date", note)
+                    todo.remove(step)
+                    continue
+                if step.script not in NO_MODEL and prepare != "done":
+                    if prepare is None:
+                        prepare = "running"
+                        runner.start(PREPARE, ["-c", PREPARE_CODE, args.model, args.device])
+                    continue  # wait for the weights cache
+                stamps[step.script] = stamp
+                for n in notes:
+                    console.print(f"[yellow]{step.script}: fallback: {n}")
+                runner.start(step.script, cmd[1:], context=(stamp, note))
+                todo.remove(step)
+            if not runner.running:
+                if todo:  # every waiting step has a finished upstream: something would have started
+                    raise RuntimeError(f"run_all: no step can start: {[t.script for t in todo]}")
+                continue
+            # Wait for one to finish.
+            done = runner.wait_one()
+            if done.script == PREPARE:  # if it failed, every analysis still runs and says why it cannot load
+                prepare = "done"
+                status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
+                rows[PREPARE] = (PREPARE, done.seconds, done.cpu_seconds, done.peak_gb, 0, status, "")
+                continue
+            stamp, note = done.context
+            out = root / done.script.removesuffix(".py")
+            ok[done.script] = done.returncode == 0
+            status = "ok" if ok[done.script] else f"FAILED (exit {done.returncode})"
+            record[done.script] = {"status": status, "seconds": round(done.seconds, 1),
+                                   "cpu_seconds": done.cpu_seconds, "peak_rss_gb": done.peak_gb,
+                                   "error": "" if ok[done.script] else done.error, "note": note}
+            if ok[done.script]:
+                write_text(out / ".run_all.stamp", stamp)
+            elif (out / ".run_all.stamp").exists():
+                (out / ".run_all.stamp").unlink()
+            rows[done.script] = (done.script, done.seconds, done.cpu_seconds, done.peak_gb, n_outputs(out), status, note)
+    finally:
+        runner.stop_all()
+    wall = time.time() - t_run
 
     write_index(root, args.model)
-    write_json(root / "run_all.json", {"model": args.model, "steps": record})
+    write_json(root / "run_all.json", {"model": args.model, "jobs": args.jobs, "threads_per_job": threads,
+                                       "wall_seconds": round(wall, 1), "steps": record})
     build_report(root, args.model)
-    table = Table(title=f"run_all --model {args.model}")
-    for c in ("script", "seconds", "outputs", "status", "notes"):
+    table = Table(title=f"run_all --model {args.model} ({args.jobs} at a time, {threads} thread(s) each): {wall:.0f} s")
+    for c in ("script", "seconds", "cpu s", "peak GB", "outputs", "status", "notes"):
         table.add_column(c)
-    for script, dt, n, status, note in rows:
+    order = [PREPARE] + [s.script for s in steps]
+    for script, dt, cpu, peak, n, status, note in (rows[k] for k in order if k in rows):
         style = "red" if status.startswith(("FAILED", "missing")) else ("yellow" if note else None)
-        table.add_row(script, f"{dt:.1f}", str(n), status, note, style=style)
+        table.add_row(script, f"{dt:.1f}", "" if cpu is None else f"{cpu:.1f}", "" if peak is None else f"{peak:.2f}",
+                      str(n), status, note, style=style)
     console.print(table)
-    failed = [r[0] for r in rows if r[3].startswith(("FAILED", "missing"))]
+    failed = [k for k in order if k in rows and rows[k][5].startswith(("FAILED", "missing"))]
     if failed:
         console.print(f"[red]failed or missing: {', '.join(failed)}")
         return 1
     return 0
 
 
-def run_step(cmd: list[str]) -> tuple[int, str]:
-    """Run one script, its stderr passed through as it comes (progress bars stay live); returns the
-    exit code and the error's first line (the script's "error: ..." line, else the last line)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
-    tail = b""
-    while chunk := os.read(proc.stderr.fileno(), 4096):
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.flush()
-        tail = (tail + chunk)[-16384:]
-    returncode = proc.wait()
+# ----------------------------------------------------------------------------------------------
+# Running steps: scheduling, one process per step, logs, CPU and memory
+# ----------------------------------------------------------------------------------------------
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_jobs() -> int:
+    """Two steps at a time where there are two cores or more: a step's single-threaded stretches
+    (imports, Python loops, drawing) then overlap with the other's torch work. More would need
+    proportionally more memory (up to ~1.5 GB per step at gpt2-small size)."""
+    return min(2, usable_cores())
+
+
+def critical_path(steps: list[Step], record: dict) -> dict[str, float]:
+    """Priority of each step: its cost plus the costliest chain of steps that wait for it (cost =
+    the last run's seconds when recorded, else ``Step.cost``), so long chains start first."""
+    cost = {s.script: float(record.get(s.script, {}).get("seconds") or s.cost) for s in steps}
+    waiting = {s.script: [t.script for t in steps if s.script in t.needs] for s in steps}
+    memo: dict[str, float] = {}
+
+    def rank(script: str) -> float:
+        if script not in memo:
+            memo[script] = cost[script] + max((rank(t) for t in waiting[script]), default=0.0)
+        return memo[script]
+
+    return {s.script: rank(s.script) for s in steps}
+
+
+# Imported once by this process before the first step forks (Linux): each step then skips them.
+PRELOAD = ("torch", "pandas", "matplotlib.pyplot", "seaborn", "transformers", "transformer_lens")
+
+
+@dataclass
+class Finished:
+    script: str
+    returncode: int
+    seconds: float
+    cpu_seconds: float | None
+    peak_gb: float | None
+    error: str
+    context: object
+
+
+class Runner:
+    """Runs steps as separate processes, at most ``jobs`` at a time, each writing its output to
+    ``logs/<script>.log`` (echoed live when one runs at a time).
+
+    On Linux a step is forked from this process after :data:`PRELOAD` is imported, and runs its
+    script with ``runpy`` as ``__main__`` (argv, working directory and ``sys.path`` as ``python
+    script.py`` would have them; the repository's ``common`` modules are dropped first, so the
+    step imports them afresh from ROOT). Nothing in this process uses torch before forking, so no
+    thread pool is inherited. Elsewhere each step is a fresh ``python`` process. Wall and CPU
+    seconds and peak RSS come from ``os.wait4``.
+    """
+
+    def __init__(self, log_dir: Path, jobs: int, threads: int, console: Console):
+        self.log_dir, self.jobs, self.threads, self.console = log_dir, jobs, threads, console
+        self.fork = sys.platform.startswith("linux")
+        self.running: dict[str, dict] = {}
+        self.preloaded = False
+
+    def start(self, script: str, argv: list[str], context: object = None) -> None:
+        """Start ``python <argv>`` (argv[0] is the script, or "-c" and code) for ``script``."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / (script.removesuffix(".py").strip("()").replace(" ", "_").replace(":", "") + ".log")
+        log.write_bytes(b"")
+        if self.jobs == 1 or script == PREPARE:
+            self.console.rule(f"[bold]{script}")
+        else:
+            self.console.print(f"[bold]started[/bold] {script}")
+        env_threads = {} if self.jobs == 1 else {"OMP_NUM_THREADS": str(self.threads)}
+        if self.fork:
+            self._preload()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the step's process: never returns
+                _child(log, argv, None if self.jobs == 1 else self.threads)
+            proc = None
+        else:
+            fh = open(log, "ab")
+            proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **env_threads})
+            fh.close()
+            pid = proc.pid
+        self.running[script] = {"pid": pid, "proc": proc, "log": log, "t0": time.time(), "pos": 0,
+                                "context": context}
+
+    def _preload(self) -> None:
+        if not self.preloaded:
+            import importlib
+
+            import matplotlib
+
+            matplotlib.use("Agg")
+            for name in PRELOAD:
+                try:
+                    importlib.import_module(name)
+                except ImportError:
+                    pass  # the step will say what is missing
+            self.preloaded = True
+
+    def wait_one(self) -> Finished:
+        """Block until a step ends; echo the live log meanwhile (one step at a time)."""
+        while True:
+            for script, job in list(self.running.items()):
+                if self.jobs == 1:
+                    self._echo(job)
+                if job["proc"] is None:
+                    pid, status, usage = os.wait4(job["pid"], os.WNOHANG)
+                    if pid == 0:
+                        continue
+                    code = os.waitstatus_to_exitcode(status)
+                    cpu, peak = usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024 / 1e9
+                else:
+                    code = job["proc"].poll()
+                    if code is None:
+                        continue
+                    cpu = peak = None
+                if self.jobs == 1:
+                    self._echo(job)
+                del self.running[script]
+                done = Finished(script, code, time.time() - job["t0"], None if cpu is None else round(cpu, 1),
+                                None if peak is None else round(peak, 2), first_error(job["log"]), job["context"])
+                self._report(done, job["log"])
+                return done
+            time.sleep(0.1)
+
+    def _echo(self, job: dict) -> None:
+        with open(job["log"], "rb") as f:
+            f.seek(job["pos"])
+            chunk = f.read()
+        if chunk:
+            job["pos"] += len(chunk)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+
+    def _report(self, done: Finished, log: Path) -> None:
+        usage = "" if done.cpu_seconds is None else f", {done.cpu_seconds:.1f} s CPU, {done.peak_gb:.2f} GB peak"
+        if done.returncode == 0:
+            if self.jobs > 1:
+                self.console.print(f"[green]done[/green] {done.script}: {done.seconds:.1f} s{usage}")
+            return
+        self.console.print(f"[red]FAILED[/red] {done.script} (exit {done.returncode}, {done.seconds:.1f} s{usage}): "
+                           f"{done.error}  [full output: {shown(log)}]")
+        if self.jobs > 1:  # its output was not shown: the last lines say what went wrong
+            lines = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+            tail = [ln for ln in lines if ln.strip()][-15:]
+            self.console.print("\n".join("    " + ln for ln in tail), markup=False, highlight=False)
+
+    def stop_all(self) -> None:
+        """Stop every running step (on an interrupt or error in this process)."""
+        import signal
+
+        for job in self.running.values():
+            try:
+                os.kill(job["pid"], signal.SIGTERM)
+                os.waitpid(job["pid"], 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.running.clear()
+
+
+def _child(log: Path, argv: list[str], threads: int | None) -> None:
+    """In the forked process: run ``python <argv>`` as a fresh interpreter would, then exit."""
+    code = 1
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        # new streams on the log (the parent's may be replaced objects, e.g. under pytest)
+        sys.stdout = open(1, "w", buffering=1, errors="backslashreplace", closefd=False)
+        sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+        os.chdir(ROOT)
+        for name in [m for m in sys.modules if m == "common" or m.startswith("common.")]:
+            del sys.modules[name]  # this process's copies: the step imports its own from ROOT
+        sys.path[0] = str(ROOT)
+        if threads is not None:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(threads)
+        if argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            sys.argv = [str(ROOT / argv[0]), *argv[1:]]
+            runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def first_error(log: Path) -> str:
+    """The step's first "error: ..." line in the last 16 KB of its output, else its last line."""
+    with open(log, "rb") as f:
+        f.seek(max(0, log.stat().st_size - 16384))
+        tail = f.read()
     lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
-    return returncode, (errors[0] if errors else lines[-1] if lines else "")[:300]
+    return (errors[0] if errors else lines[-1] if lines else "")[:300]
 
 
 def input_signature(args: argparse.Namespace) -> dict[str, str]:

@@ -31,7 +31,11 @@ Method:
   into a Counter), by the previous common.freq route (Hugging Face ``encode_batch_fast``) and by
   today's (tiktoken, 1 and 2 threads); counts must be identical;
   ``selfrank``: dense ``E W_QK E^T`` vs streamed ``common.token_scores.self_rank``;
-  ``guard``: every script on the planted model under bench/dense_guard.py (no dense vocab x vocab).
+  ``guard``: every script on the planted model under bench/dense_guard.py (no dense vocab x vocab);
+* ``wholerun``: the whole regeneration as ``make figures`` does it: ``run_all.py --force`` with the
+  local text and SAE and a cold cache, once per ``--whole-jobs`` value (steps at a time); its wall
+  and CPU time, and every step's seconds, CPU and peak RSS from its run_all.json. This is the
+  number the 5-minute target is about (the per-script table sums one-at-a-time runs).
 
 Outputs: ``bench/RESULTS.md`` and ``bench/results.json`` (every number in RESULTS.md).
 Usage: ``python bench/run_bench.py --before REF`` (everything; ``--hotspots all`` adds a cProfile
@@ -66,7 +70,7 @@ VOCAB = 50257
 DENSE_BYTES = VOCAB * VOCAB * 4  # one float32 vocab x vocab matrix: 10.1 GB
 TARGET_SECONDS, TARGET_RSS = 300, 1.5e9  # issue 12; GB here means 10^9 bytes throughout
 WIKITEXT103_TRAIN_MB = 540  # raw train split, about 540 MB of text: what token_freq.py reads by default
-CASE_GROUPS = ("load", "tokenise", "selfrank", "guard")
+CASE_GROUPS = ("wholerun", "load", "tokenise", "selfrank", "guard")
 PREPARE = "(model load: fills the weights cache)"
 PROMPT = "The cat sat on the mat with a dog and a red ball."
 
@@ -604,6 +608,27 @@ def memory_peaks(version: "Version", scripts: list[str], model: Path, work: Path
     return out
 
 
+def whole_runs(env: dict, logs: Path, model: Path, work: Path, text: Path, sae: str, jobs_list: list[int],
+               timeout: float) -> list[dict]:
+    """``run_all.py --force`` of the current tree, cold cache, once per jobs value (see the docstring)."""
+    runs = []
+    for jobs in jobs_list:
+        root, cache = work / f"whole-j{jobs}", work / f"cache-whole-j{jobs}"
+        cmd = [sys.executable, str(ROOT / "run_all.py"), "--model", str(model), "--root", str(root), "--force",
+               "--text", str(text), "--sae-path", sae, "--jobs", str(jobs)]
+        print(f"whole run, --jobs {jobs} ...", flush=True)
+        r = measure(cmd, dict(env, L1H5_CACHE=str(cache)), logs / f"whole-j{jobs}.log", timeout)
+        record = json.loads((root / "run_all.json").read_text()) if (root / "run_all.json").exists() else {}
+        r.update(jobs=jobs, threads_per_job=record.get("threads_per_job"), steps=record.get("steps", {}),
+                 command="python run_all.py --model <bench/model> --force --text <text> --sae-path <sae> "
+                         f"--jobs {jobs}")
+        print(f"  --jobs {jobs}: exit {r['rc']}, {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s cpu, "
+              f"load {r['load1_mean']}", flush=True)
+        runs.append(r)
+        shutil.rmtree(cache, ignore_errors=True)
+    return runs
+
+
 def run_scripts(versions: list[Version], model: Path, work: Path, only: set[str], timeout: float) -> dict:
     t_all = {v.label: 0.0 for v in versions}
     for script in script_order():
@@ -775,6 +800,45 @@ def report_scripts(res: dict) -> list[str]:
     return L + [""]
 
 
+def report_whole(res: dict) -> list[str]:
+    runs = res.get("cases", {}).get("wholerun")
+    if not runs:
+        return []
+    L = ["## The whole regeneration, as `make figures` runs it (run_all.py)", ""]
+    L += _reused(runs, "wholerun", res)
+    L += ["`run_all.py --force` on the current tree with the local text and SAE (inputs below) and a cold cache "
+          "(the processed weights, effective embeddings and text token ids are built during the run). `--jobs N`: "
+          "steps at a time, each with 2/N torch threads, started in critical-path order; on Linux each step is "
+          "forked from run_all after the heavy libraries are imported once. Per-step numbers from its run_all.json "
+          "(os.wait4 of each step).", ""]
+    scripts = list(dict.fromkeys(n for r in runs for n in r["steps"]))
+    head = "| step | " + " | ".join(f"jobs {r['jobs']}: wall s | cpu s | peak GB" for r in runs) + " |"
+    L += [head, "| --- |" + " ---: | ---: | ---: |" * len(runs)]
+    for n in scripts:
+        cells = []
+        for r in runs:
+            st = r["steps"].get(n)
+            if not st:
+                cells += ["", "", ""]
+                continue
+            flag = "" if st["status"] == "ok" else f" ({st['status']})"
+            cells += [f"{st['seconds']:.1f}{flag}", f"{st.get('cpu_seconds') or 0:.1f}", f"{st.get('peak_rss_gb') or 0:.2f}"]
+        L.append(f"| {n} | " + " | ".join(cells) + " |")
+    L.append("| **whole run** | " + " | ".join(f"**{r['seconds']:.1f}** | {r['cpu_seconds']:.1f} | {gb(r['peak_rss'])} (max)"
+                                               for r in runs) + " |")
+    L += ["", "Load while it ran (1-minute average, mean/max): " + "; ".join(
+        f"jobs {r['jobs']}: {r['load1_mean']:.1f}/{r['load1_max']:.1f}" for r in runs) + "."]
+    for r in runs:
+        over = [n for n, st in r["steps"].items() if (st.get("peak_rss_gb") or 0) * 1e9 >= TARGET_RSS]
+        failed = [n for n, st in r["steps"].items() if st["status"] != "ok"]
+        L += ["", f"Targets (issue 12), `--jobs {r['jobs']}`: whole regeneration < {TARGET_SECONDS / 60:.0f} min on 2 cores: "
+              f"{'met' if r['rc'] == 0 and not failed and r['seconds'] < TARGET_SECONDS else 'NOT met'} "
+              f"({r['seconds'] / 60:.2f} min wall, {r['cpu_seconds'] / 60:.2f} min CPU, exit {r['rc']}"
+              + (f", failed: {', '.join(failed)}" if failed else "") + "); peak RSS of every step < "
+              f"{TARGET_RSS / 1e9:.1f} GB: " + ("met" if not over else f"NOT met by {', '.join(over)}") + "."]
+    return L + [""]
+
+
 def report_hotspots(res: dict) -> list[str]:
     hs = res.get("hotspots")
     if not hs:
@@ -943,7 +1007,7 @@ def write_report(res: dict, path: Path) -> None:
          "50257, 12 layers, 12 heads, d_model 768, n_ctx 1024). Timing and memory only: semantic results on this model",
          "are meaningless (random embeddings). Regenerate: `python bench/run_bench.py --before <git ref>` (see its docstring).",
          ""]
-    L += report_machine(res) + report_scripts(res) + report_hotspots(res) + report_memory(res) + report_load(res) + report_tokenise(res) + report_selfrank(res) + report_guard(res)
+    L += report_machine(res) + report_whole(res) + report_scripts(res) + report_hotspots(res) + report_memory(res) + report_load(res) + report_tokenise(res) + report_selfrank(res) + report_guard(res)
     L += ["Raw numbers: `bench/results.json`.", ""]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(L))
@@ -1001,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated scripts to run (default: every one that exists)")
     p.add_argument("--no-scripts", action="store_true", help="run no script (side-by-side cases only)")
     p.add_argument("--cases", default=",".join(CASE_GROUPS), help=f"side-by-side case groups to run ({', '.join(CASE_GROUPS)}; '' for none)")
+    p.add_argument("--whole-jobs", default="2,1", help="--jobs values of the whole run (wholerun case), comma list")
     p.add_argument("--repeats", type=int, default=3, help="repeats of each load/tokenise case (best reported)")
     p.add_argument("--text-mb", type=float, default=20.0, help="size of the generated text for --text")
     p.add_argument("--hotspots", metavar="SCRIPTS", default="",
@@ -1029,6 +1094,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown case group(s) {sorted(cases - set(CASE_GROUPS))}; choose from {CASE_GROUPS}")
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    try:
+        args.whole_jobs = [int(j) for j in args.whole_jobs.split(",") if j.strip()]
+    except ValueError:
+        p.error(f"--whole-jobs {args.whole_jobs!r}: expected a comma list of integers")
+    if not args.whole_jobs or min(args.whole_jobs) < 1:
+        p.error("--whole-jobs: every value must be at least 1")
 
     model = Path(args.model).resolve()
     if not (model / "model.safetensors").exists():
@@ -1057,15 +1128,17 @@ def main(argv: list[str] | None = None) -> int:
         if "tokenise" in cases:
             print("tokenise cases ...", flush=True)
             res["cases"]["tokenise"] = tokenise_cases(env, logs, model, text, args.repeats)
+        sae_holder: dict = {}
+
+        def sae() -> str:
+            if "path" not in sae_holder:
+                sae_holder.update(make_sae(work / "sae"))
+                res["inputs"]["sae"] = dict(sae_holder)
+            return sae_holder["path"]
+
+        if "wholerun" in cases:
+            res["cases"]["wholerun"] = whole_runs(env, logs, model, work, text, sae(), args.whole_jobs, args.timeout)
         if not args.no_scripts:
-            sae_holder: dict = {}
-
-            def sae() -> str:
-                if "path" not in sae_holder:
-                    sae_holder.update(make_sae(work / "sae"))
-                    res["inputs"]["sae"] = dict(sae_holder)
-                return sae_holder["path"]
-
             commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                                     capture_output=True, text=True).stdout.strip()
             res["versions"] = {"after": {"commit": commit or "unknown"}}

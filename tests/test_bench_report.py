@@ -47,3 +47,28 @@ def test_committed_results_render(tmp_path):
     out = tmp_path / "RESULTS.md"
     run_bench.write_report(json.loads((ROOT / "bench" / "results.json").read_text()), out)
     assert out.read_text() == (ROOT / "bench" / "RESULTS.md").read_text()
+
+
+def test_whole_run_table_and_targets(tmp_path):
+    """The run_all section: per-step numbers from run_all.json, the whole run's wall time against the
+    5-minute target and every step's peak against 1.5 GB."""
+    def step(seconds, cpu, peak, status="ok"):
+        return {"status": status, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_gb": peak, "error": "", "note": ""}
+
+    fast = {"rc": 0, "jobs": 2, "seconds": 250.0, "cpu_seconds": 450.0, "peak_rss": 1.4e9, "load1_mean": 1.1,
+            "load1_max": 1.3, "steps": {"token_freq.py": step(5.0, 4.0, 0.6), "clustering.py": step(9.0, 8.0, 1.2)}}
+    slow = {**fast, "jobs": 1, "seconds": 320.0, "steps": {**fast["steps"], "clustering.py": step(9.0, 8.0, 1.6)}}
+    res = {"date": "d", "machine": {"cpu": "x", "usable_cpus": 2, "logical_cpus": 2, "ram_gb": 1, "torch": "t",
+                                    "torch_threads": 2, "python": "p", "platform": "l", "load1_at_start": 1.0,
+                                    "import_only_peak_rss": 0.5e9},
+           "cases": {"wholerun": [fast, slow]}, "inputs": {}}
+    out = tmp_path / "RESULTS.md"
+    run_bench.write_report(res, out)
+    text = out.read_text()
+    line = next(l for l in text.splitlines() if l.startswith("| clustering.py"))
+    assert [c.strip() for c in line.strip("|").split("|")] == ["clustering.py", "9.0", "8.0", "1.20", "9.0", "8.0", "1.60"]
+    whole = next(l for l in text.splitlines() if l.startswith("| **whole run**"))
+    assert "**250.0**" in whole and "**320.0**" in whole
+    assert "`--jobs 2`: whole regeneration < 5 min on 2 cores: met (4.17 min wall" in text
+    assert "`--jobs 1`: whole regeneration < 5 min on 2 cores: NOT met (5.33 min wall" in text
+    assert "1.5 GB: NOT met by clustering.py" in text

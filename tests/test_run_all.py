@@ -15,13 +15,15 @@ import pytest
 import run_all
 
 FAKE_SCRIPT = textwrap.dedent('''
-    import json, sys
+    import json, os, sys, time
     from pathlib import Path
     here = Path(__file__).resolve().parent
     name, argv = Path(__file__).stem, sys.argv[1:]
     out = Path(argv[argv.index("--out") + 1])
+    t0 = time.time()
+    time.sleep(json.loads((here / "control.json").read_text()).get("sleep", 0))
     with open(here / "calls.jsonl", "a") as f:
-        f.write(json.dumps([name, argv]) + "\\n")
+        f.write(json.dumps([name, argv, [t0, time.time()], os.environ.get("OMP_NUM_THREADS")]) + "\\n")
     if name in json.loads((here / "control.json").read_text())["fail"]:
         print("error: planned failure", file=sys.stderr)
         raise SystemExit(3)
@@ -57,14 +59,18 @@ class FakeRepo:
             (path / script).write_text(FAKE_SCRIPT)
         self.fail()
 
-    def fail(self, *scripts: str) -> None:
-        (self.path / "control.json").write_text(json.dumps({"fail": [s.removesuffix(".py") for s in scripts]}))
+    def fail(self, *scripts: str, sleep: float = 0.0) -> None:
+        (self.path / "control.json").write_text(json.dumps({"fail": [s.removesuffix(".py") for s in scripts],
+                                                            "sleep": sleep}))
+
+    def runs(self) -> list[list]:
+        """[name, argv, [start, end], OMP_NUM_THREADS] of every run since the last ``reset``."""
+        f = self.path / "calls.jsonl"
+        return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
 
     def calls(self) -> dict[str, list[str]]:
         """script -> argv of its last run (since the last ``reset``)."""
-        f = self.path / "calls.jsonl"
-        rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-        return {name + ".py": argv for name, argv in rows}
+        return {r[0] + ".py": r[1] for r in self.runs()}
 
     def reset(self) -> None:
         (self.path / "calls.jsonl").unlink(missing_ok=True)
@@ -110,8 +116,10 @@ def test_failed_upstream_gives_dependents_their_fallback_not_its_path(repo, tmp_
     record = json.loads((root / "run_all.json").read_text())["steps"]  # what report.html shows as "not run"
     assert record["token_freq.py"]["status"] == "FAILED (exit 3)"
     assert record["token_freq.py"]["error"] == "error: planned failure"
-    assert record["characterize_head.py"] == {"status": "ok", "seconds": record["characterize_head.py"]["seconds"],
-                                              "error": "", "note": ""}
+    ch = record["characterize_head.py"]
+    assert ch == {"status": "ok", "seconds": ch["seconds"], "cpu_seconds": ch["cpu_seconds"],
+                  "peak_rss_gb": ch["peak_rss_gb"], "error": "", "note": ""}
+    assert ch["cpu_seconds"] >= 0 and 0 < ch["peak_rss_gb"] < 100  # measured by os.wait4
     assert (root / "report.html").exists()
     assert "--freq-table none" in out and "--communities lists" in out
     index = (root / "INDEX.md").read_text()
@@ -213,3 +221,41 @@ def test_render_only_redraws_every_figure_from_the_committed_demo_results(tmp_pa
     for step in run_all.STEPS:
         assert list((root / step.script.removesuffix(".py")).glob("*.png")), step.script
     assert (root / "INDEX.md").exists() and (root / "report.html").exists()
+
+
+def test_jobs_run_steps_side_by_side_but_never_before_their_upstream(repo, tmp_path):
+    """--jobs 2: steps overlap in time (each told to use its share of the cores), a dependent
+    starts only after its upstream ended; --jobs 1: no two steps overlap. Each step's output is in
+    logs/<script>.log."""
+    repo.fail("svd_rank_ablation.py", sleep=0.4)
+    assert run(tmp_path / "two", "--jobs", "2") == 1
+    runs = {r[0]: r for r in repo.runs()}
+    spans = sorted(r[2] for r in runs.values())
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two steps overlapped with --jobs 2"
+    assert max(sum(s[0] < t < s[1] for s in spans) for t in (x[0] + 1e-3 for x in spans)) <= 2  # never more than 2
+    for up, down in (("token_freq", "clustering"), ("token_freq", "cosine_attention_analysis"),
+                     ("clustering", "rule_preserving_ablation")):
+        assert runs[down][2][0] >= runs[up][2][1], (up, down)
+    assert {r[3] for r in runs.values()} == {str(max(1, run_all.usable_cores() // 2))}
+    log = (tmp_path / "two" / "logs" / "svd_rank_ablation.log").read_text()
+    assert "error: planned failure" in log
+    record = json.loads((tmp_path / "two" / "run_all.json").read_text())
+    assert record["jobs"] == 2 and record["steps"]["svd_rank_ablation.py"]["error"] == "error: planned failure"
+
+    repo.reset()
+    assert run(tmp_path / "one", "--jobs", "1") == 1
+    spans = sorted(r[2] for r in repo.runs())
+    assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), "steps overlapped with --jobs 1"
+
+
+def test_longest_chain_starts_first():
+    """Priority = own cost + the costliest chain waiting on it: token_freq (feeds clustering, which
+    feeds rule_preserving_ablation) outranks a longer step with no dependents; recorded seconds win."""
+    steps = {s.script: s for s in run_all.STEPS}
+    chosen = [steps[n] for n in ("token_freq.py", "clustering.py", "rule_preserving_ablation.py", "characterize_head.py")]
+    p = run_all.critical_path(chosen, {"token_freq.py": {"seconds": 2.0}, "clustering.py": {"seconds": 3.0},
+                                       "rule_preserving_ablation.py": {"seconds": 50.0},
+                                       "characterize_head.py": {"seconds": 54.0}})
+    assert p == {"token_freq.py": 55.0, "clustering.py": 53.0, "rule_preserving_ablation.py": 50.0,
+                 "characterize_head.py": 54.0}
+    assert run_all.critical_path([steps["characterize_head.py"]], {}) == {"characterize_head.py": steps["characterize_head.py"].cost}
