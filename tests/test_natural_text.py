@@ -2,6 +2,10 @@
 token is a whole word (common.natural_text.WordBoundaries). Expectations are written from the
 GPT-2 tokenizer's own pieces and a reader's reading of the text, not from the code under test."""
 
+import os
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -72,10 +76,6 @@ def test_a_word_at_the_window_edge_counts(tokenizer):
 # characters, each chunk encoded on its own by the Hugging Face tokenizer.
 # ---------------------------------------------------------------------------------------------
 
-import os  # noqa: E402
-import random  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 SEPARATORS = ["\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
 VARIED = [
@@ -141,8 +141,11 @@ def test_ids_equal_the_huggingface_tokenizer(tokenizer, backend):
     """tiktoken (the vendored GPT-2 BPE) and the fallback give exactly the Hugging Face tokenizer's
     ids for each chunk: unicode, whitespace runs, "\r\n", empty lines, special-token text, chunk
     boundaries everywhere (small chunk sizes) and nowhere (one chunk)."""
+    from common.freq import tiktoken_encoding
     from common.natural_text import ids_dtype, tokenize_ids
 
+    if backend == "tiktoken" and tiktoken_encoding() is None:
+        pytest.skip("tiktoken is not installed")
     rng = random.Random(1)
     texts = VARIED + ["".join(VARIED)] + [_random_text(rng, 300) for _ in range(10)]
     for text in texts:
@@ -327,9 +330,8 @@ def test_windows_from_an_array_equal_windows_from_a_list():
 def test_successions_blockwise_and_reference_windows(tokenizer):
     """Mining on a memory-style uint16 array, block by block, finds what one pass over a list finds;
     reference windows avoid every mined span (checked token by token here)."""
-    from common.successions import MAX_GAP
+    from common.successions import MAX_GAP, successor_index
     from succession_ablation import find_successions, mine_cases, reference_windows, separator_lookup
-    from common.successions import successor_index
 
     text = ("Monday, Tuesday and then Wednesday. In May, June. 1, 2, 3 and four five six. "
             "Friday Saturday; Sunday Monday. ") * 40
