@@ -166,10 +166,15 @@ def tokenize_curated(tokenizer, cases) -> tuple[list[dict], list[list[int]], lis
     return kept, tokens, dropped
 
 
-def find_successions(ids: np.ndarray, index: dict, separator: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def find_successions(ids: np.ndarray, index: dict, separator: np.ndarray,
+                     block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
     """Every answer position j whose token succeeds the token at j - g (g = 1 .. MAX_GAP, every
     token between being a separator: ``separator`` [vocab] is True for those), the smallest g when
-    several fit. Returns (j, g), sorted by j."""
+    several fit. Returns (j, g), sorted by j.
+
+    ``ids`` (1-D, any integer dtype, e.g. a memory-mapped text) is read ``block`` answer positions
+    at a time (plus the MAX_GAP tokens before them): each j depends only on ids[j - MAX_GAP .. j],
+    so the result is the same for any block, and memory stays a few times ``block``."""
     # Vectorised: per-token lookup tables of (sequence, position, length, cyclic).
     vocab = len(separator)
     seq = np.full(vocab, -1)
@@ -178,6 +183,20 @@ def find_successions(ids: np.ndarray, index: dict, separator: np.ndarray) -> tup
     cyc = np.zeros(vocab, dtype=bool)
     for t, e in index.items():
         seq[t], pos[t], length[t], cyc[t] = e.sequence, e.position, e.length, e.cyclic
+    found_j, found_g = [], []
+    for lo in range(0, len(ids), block):
+        s = max(0, lo - MAX_GAP)
+        j, g = _successions_in(np.asarray(ids[s : lo + block]), seq, pos, length, cyc, separator)
+        keep = j + s >= lo  # answers before lo belong to the previous block
+        found_j.append(j[keep] + s)
+        found_g.append(g[keep])
+    if not found_j:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(found_j), np.concatenate(found_g)
+
+
+def _successions_in(ids: np.ndarray, seq, pos, length, cyc, separator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`find_successions` on one stretch of text (positions relative to it)."""
     return_j, return_g = [], []
     taken = np.zeros(len(ids), dtype=bool)
     for g in range(1, MAX_GAP + 1):
@@ -211,11 +230,11 @@ def separator_lookup(tokenizer, vocab: int) -> np.ndarray:
     return lut
 
 
-def mine_cases(tokenizer, ids: list[int], categories: list[str], n_mined: int, context: int, seed: int):
+def mine_cases(tokenizer, ids, categories: list[str], n_mined: int, context: int, seed: int):
     """(rows, BOS + context ids, number of successions found) for a seeded sample of the text's
-    successions of ``categories``."""
+    successions of ``categories``. ``ids``: a 1-D array (e.g. memory-mapped) or list of token ids."""
     index = successor_index(tokenizer, categories)
-    arr = np.asarray(ids, dtype=np.int64)
+    arr = ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=np.int64)
     vocab = int(max(arr.max(initial=0), max(index, default=0), tokenizer.vocab_size)) + 1
     j, g = find_successions(arr, index, separator_lookup(tokenizer, vocab))
     found = len(j)
@@ -225,34 +244,39 @@ def mine_cases(tokenizer, ids: list[int], categories: list[str], n_mined: int, c
     bos = tokenizer.bos_token_id
     for i in pick:
         jj = int(j[i])
-        ctx = ids[max(0, jj - context) : jj]
-        rows.append({"source": "mined", "category": index[ids[jj]].category, "origin": f"text gap {int(g[i])}",
-                     "prompt": tokenizer.decode(ctx), "answer": tokenizer.decode([ids[jj]]), "answer_id": ids[jj],
+        ctx = arr[max(0, jj - context) : jj].tolist()
+        answer = int(arr[jj])
+        rows.append({"source": "mined", "category": index[answer].category, "origin": f"text gap {int(g[i])}",
+                     "prompt": tokenizer.decode(ctx), "answer": tokenizer.decode([answer]), "answer_id": answer,
                      "text_offset": jj})
         tokens.append([bos] + ctx)
     return rows, tokens, found
 
 
-def reference_windows(ids: list[int], avoid: list[tuple[int, int]], n: int, length: int, bos: int, seed: int):
+def reference_windows(ids, avoid: list[tuple[int, int]], n: int, length: int, bos: int, seed: int):
     """A seeded sample of non-overlapping windows (BOS + ``length - 1`` tokens) that overlap no
-    span in ``avoid`` (the mined cases' contexts and answers), so no scored prompt is its own reference.
+    span in ``avoid`` (the mined cases' contexts and answers, [a, b) with a < b), so no scored
+    prompt is its own reference. ``ids``: a 1-D array or list; only the sampled windows are read.
     Returns (tokens [n, length], start offset of each window's tokens in ``ids``)."""
+    from common.natural_text import windows_at
+
     body = length - 1
     n_avail = len(ids) // body
-    used = np.zeros(len(ids) + 1, dtype=np.int64)
+    # Window k holds ids[k * body : (k + 1) * body]; a span [a, b) touches windows a // body .. (b - 1) // body.
+    touched = np.zeros(n_avail + 1, dtype=np.int64)
     for a, b in avoid:
-        used[a] += 1
-        used[b] -= 1
-    covered = np.cumsum(used)[: len(ids)] > 0
-    prefix = np.concatenate([[0], np.cumsum(covered)])
+        first, last = a // body, min((b - 1) // body, n_avail - 1)
+        if a < b and first <= last:
+            touched[first] += 1
+            touched[last + 1] -= 1
     starts = np.arange(n_avail) * body
-    free = starts[prefix[starts + body] - prefix[starts] == 0]
+    free = starts[np.cumsum(touched[:n_avail]) == 0]
     if len(free) == 0:
         raise SystemExit(f"error: text too short: no window of {body} tokens is left for the ablation reference "
                          f"(the text has {len(ids)} tokens); give more text or a smaller --reference-len")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(free, size=min(n, len(free)), replace=False))
-    return torch.tensor([[bos] + ids[s : s + body] for s in pick], dtype=torch.long), [int(s) for s in pick]
+    return windows_at(ids, [int(s) for s in pick], body, bos), [int(s) for s in pick]
 
 
 def load_inputs(args, tokenizer) -> Inputs:
