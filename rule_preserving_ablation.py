@@ -63,7 +63,7 @@ import pandas as pd
 import torch
 
 from common.ablation import mean_ablation_hooks, resample_ablation_hooks
-from common.cli import base_parser, start
+from common.cli import add_text_flag, base_parser, start
 from common.gpt2_tokenizer import load_tokenizer
 from common.head_replacement import (
     bootstrap_indices,
@@ -98,9 +98,7 @@ TOKEN_LEVEL = ("mean", "resample", "rules")  # variants whose per-token KL is ke
 
 def parse_args(argv):
     p = base_parser(__doc__)
-    p.add_argument("--text", default=None,
-                   help="text to sample windows from: a .txt file, a folder of .txt files, or 'demo' "
-                        "(default: WikiText-103 test via datasets; 'demo' for --model planted)")
+    add_text_flag(p, "sample windows from", "WikiText-103 test via datasets; 'demo' for --model planted")
     p.add_argument("--n-windows", type=int, default=16, help="windows evaluated (bootstrap unit)")
     p.add_argument("--n-reference", type=int, default=16, help="separate windows for the ablation statistics")
     p.add_argument("--window-len", type=int, default=96, help="tokens per window, BOS included")

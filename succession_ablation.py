@@ -68,7 +68,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.cli import base_parser, start
+from common.cli import add_text_flag, base_parser, start
 from common.outputs import prepare_out_dir
 from common.results import Results, load_meta, load_summary, load_table, save_results
 from common.successions import (CATEGORY_NAMES, MAX_GAP, ORIGINAL_SOURCE, SEPARATORS, curated_cases,
@@ -87,9 +87,7 @@ def parse_args(argv):
     p.add_argument("--categories", default=",".join(CATEGORY_NAMES),
                    help=f"comma list of successor categories (of: {', '.join(CATEGORY_NAMES)})")
     p.add_argument("--cases", default=None, help="CSV with columns category, prompt, answer: replaces the built-in curated cases")
-    p.add_argument("--text", default=None,
-                   help="text to mine cases and reference windows from: a .txt file, a folder of .txt files, or "
-                        "'demo' (default: WikiText-103 test via datasets; 'demo' for --model planted)")
+    add_text_flag(p, "mine cases and reference windows from", "WikiText-103 test via datasets; 'demo' for --model planted")
     p.add_argument("--n-mined", type=int, default=200, help="mined cases to keep (seeded sample); 0: curated cases only")
     p.add_argument("--min-mined", type=int, default=10, help="fewer mined successions than this in the text is an error")
     p.add_argument("--context", type=int, default=24, help="tokens of text before a mined answer (BOS not counted)")

@@ -41,7 +41,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common import freq
-from common.cli import base_parser, script_name
+from common.cli import add_text_flag, base_parser, script_name
 from common.errors import error_summary
 from common.outputs import prepare_out_dir
 from common.prompts import token_category_map
@@ -54,7 +54,7 @@ DEFAULT_DATASET = ("Salesforce/wikitext", "wikitext-103-raw-v1", "train")
 
 def parse_args(argv):
     p = base_parser(__doc__, head=False)
-    p.add_argument("--text", default=None, help="a text file or a folder of text files (instead of WikiText-103)")
+    add_text_flag(p, "count", "WikiText-103 train via datasets; the demo corpus for --model planted", demo=False)
     p.add_argument("--glob", default="*.txt", help="file pattern when --text is a folder (searched recursively)")
     p.add_argument("--dataset", default=DEFAULT_DATASET[0], help="Hugging Face dataset name")
     p.add_argument("--dataset-config", default=DEFAULT_DATASET[1], help="dataset configuration")

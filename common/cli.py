@@ -121,6 +121,13 @@ def add_biases_flag(p: argparse.ArgumentParser, default: bool, what: str = "scor
                    help=f"include the b_Q/b_K cross-terms in the {what} (the model's real attention logits)")
 
 
+def add_text_flag(p: argparse.ArgumentParser, use: str, default: str, demo: bool = True) -> None:
+    """``--text PATH``: the one spelling of "natural text from local files instead of the network"
+    (run_all.py passes its own ``--text`` to every script that declares it this way)."""
+    alternatives = "a text file or a folder of .txt files" + (", or 'demo' (the generated demo corpus)" if demo else "")
+    p.add_argument("--text", default=None, metavar="PATH", help=f"text to {use}: {alternatives}; without --text: {default}")
+
+
 def script_name(file: str) -> str:
     return Path(file).stem
 
