@@ -113,10 +113,11 @@ def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, bl
     pair counts and sums of d (``fine_n``, ``fine_sum``).
 
     Query rows go in blocks of ``block`` rows (default :data:`BLOCK_ELEMENTS` / N), whose per-query
-    totals are summed and added to the running totals together; each block is computed ``tile``
-    rows at a time (default :data:`TILE_ELEMENTS` / N, the memory: a few [tile, N] temporaries).
-    Each query row's fine bins are computed on their own, so ``tile`` does not change a digit of
-    the result; ``block`` fixes the order of the float64 sums.
+    totals are summed and added to the running totals together; each block is computed in tiles of
+    near-equal size, at most ``tile`` rows (default :data:`TILE_ELEMENTS` / N; the memory: a few
+    [tile, N] temporaries). Each query row's fine bins are computed on their own, so the tiles do
+    not change the result (as long as they have 3 rows or more: a matrix product of one or two rows
+    may round differently); ``block`` fixes the order of the float64 sums.
     """
     N = q_feat.shape[0]
     starts = window_starts(n_fine, window_bins, step_bins)
@@ -136,9 +137,9 @@ def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, bl
     for s0 in it:
         stop = min(N, s0 + block)
         f_cnt, f_sum, f_above = (torch.empty(stop - s0, n_fine, dtype=torch.float64) for _ in range(3))
-        for t0 in range(s0, stop, tile):
-            t = slice(t0 - s0, min(stop, t0 + tile) - s0)
-            f_cnt[t], f_sum[t], f_above[t] = fine_rows(q_feat, k_feat, unit, torch.arange(t0, min(stop, t0 + tile)), n_fine)
+        for rows in torch.arange(s0, stop).tensor_split(-(-(stop - s0) // tile)):  # near-equal tiles
+            t = slice(int(rows[0]) - s0, int(rows[-1]) + 1 - s0)
+            f_cnt[t], f_sum[t], f_above[t] = fine_rows(q_feat, k_feat, unit, rows, n_fine)
         cnt, tot, above = windows(f_cnt), windows(f_sum), windows(f_above)
         fine_n += f_cnt.sum(0).numpy()
         fine_sum += f_sum.sum(0).numpy()
