@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     results = compute(s.model, s.qk, weights, args)
     out_dir = s.out_dir
     save_results(out_dir, results, args, SCRIPT)
-    del s, weights
+    del s
     forget_models()
     render(out_dir)
     report(results, out_dir, args.layer, args.head)
