@@ -30,8 +30,9 @@ Method.
     pairs of one query are not independent): ratio estimator sum_q S_q / sum_q n_q with
     linearised variance n/(n-1) sum_q (S_q - mean n_q)^2 / (sum_q n_q)^2. Also the share of pairs
     with d > 0 (keys that out-score self).
-  * Chunked: query rows in blocks of about 2^23 / N, accumulated into fine cosine bins of width
-    --bin-width, so nothing larger than a block of the N x N matrix ever exists.
+  * Chunked: query rows in tiles of about 2^21 / N, accumulated into fine cosine bins of width
+    --bin-width, so nothing larger than a tile of the N x N matrix ever exists (a few tens of MB
+    at N = 8192).
 
 Outputs (figures/cosine_attention_analysis/, figures/demo/... for planted; the figure is drawn from
 the saved files):
@@ -65,7 +66,8 @@ from common.results import Results, load_meta, load_summary, load_table, save_re
 
 SCRIPT = script_name(__file__)
 
-BLOCK_ELEMENTS = 1 << 23  # pairs per query block (~0.5 GB of temporaries at most)
+BLOCK_ELEMENTS = 1 << 23  # pairs per query block: its per-query totals are summed together (fixes the rounding)
+TILE_ELEMENTS = 1 << 21  # pairs computed at a time (~60 MB of temporaries); the tile does not change the result
 ABOVE_TOL = 1e-3  # logits: "out-scores self" means by more than float rounding of a tie
 
 
@@ -100,7 +102,7 @@ def window_starts(n_fine: int, window_bins: int, step_bins: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, block=None, progress=True):
+def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, block=None, tile=None, progress=True):
     """Chunked aggregation of d[i,j] = s[i,j] - s[i,i] by cosine window (module docstring).
 
     q_feat, k_feat [N, r]: projected queries/keys (s = q_feat @ k_feat.T); unit [N, d]: unit-norm
@@ -109,40 +111,36 @@ def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, bl
     n, sum, above (d > 0), and the per-query sums needed for the cluster-robust variance
     (sum_q n_q^2, sum_q S_q^2, sum_q n_q S_q, number of queries with n_q > 0), plus fine-bin
     pair counts and sums of d (``fine_n``, ``fine_sum``).
+
+    Query rows go in blocks of ``block`` rows (default :data:`BLOCK_ELEMENTS` / N), whose per-query
+    totals are summed and added to the running totals together; each block is computed in tiles of
+    near-equal size, at most ``tile`` rows (default :data:`TILE_ELEMENTS` / N; the memory: a few
+    [tile, N] temporaries). Each query row's fine bins are computed on their own, so the tiles do
+    not change the result (as long as they have 3 rows or more: a matrix product of one or two rows
+    may round differently); ``block`` fixes the order of the float64 sums.
     """
     N = q_feat.shape[0]
     starts = window_starts(n_fine, window_bins, step_bins)
     n_win = len(starts)
     block = block or max(1, BLOCK_ELEMENTS // N)
+    tile = tile or max(1, TILE_ELEMENTS // N)
     acc = {k: np.zeros(n_win) for k in ("n", "sum", "above", "nn", "ss", "ns", "queries")}
     fine_n, fine_sum = np.zeros(n_fine), np.zeros(n_fine)
+
+    def windows(fine_rows):  # window totals from cumulative sums over fine bins: [b, n_win]
+        c = torch.nn.functional.pad(fine_rows.cumsum(1), (1, 0))
+        return (c[:, starts + window_bins] - c[:, starts]).numpy()
+
     it = range(0, N, block)
     if progress:
         it = tqdm(it, desc="query blocks", unit="block", mininterval=1.0)
     for s0 in it:
-        rows = torch.arange(s0, min(N, s0 + block))
-        b = len(rows)
-        s = q_feat[rows] @ k_feat.T  # [b, N] logits
-        d = (s - s[torch.arange(b), rows][:, None]).double()
-        cos = (unit[rows] @ unit.T).clamp(-1, 1)
-        fine = ((cos + 1) / 2 * n_fine).long().clamp_(0, n_fine - 1)
-        fine[torch.arange(b), rows] = n_fine  # the diagonal goes to a discarded sink bin
-        idx = (torch.arange(b)[:, None] * (n_fine + 1) + fine).flatten()
-        size = b * (n_fine + 1)
-        del fine, cos, s
-
-        def binned(weights=None):
-            out = torch.bincount(idx, weights=weights, minlength=size).reshape(b, n_fine + 1)[:, :n_fine]
-            return out.double()
-
-        def windows(fine_rows):  # window totals from cumulative sums over fine bins: [b, n_win]
-            c = torch.nn.functional.pad(fine_rows.cumsum(1), (1, 0))
-            return (c[:, starts + window_bins] - c[:, starts]).numpy()
-
-        d = d.flatten()
-        f_cnt, f_sum = binned(), binned(d)
-        cnt, tot = windows(f_cnt), windows(f_sum)
-        above = windows(binned((d > ABOVE_TOL).double()))
+        stop = min(N, s0 + block)
+        f_cnt, f_sum, f_above = (torch.empty(stop - s0, n_fine, dtype=torch.float64) for _ in range(3))
+        for rows in torch.arange(s0, stop).tensor_split(-(-(stop - s0) // tile)):  # near-equal tiles
+            t = slice(int(rows[0]) - s0, int(rows[-1]) + 1 - s0)
+            f_cnt[t], f_sum[t], f_above[t] = fine_rows(q_feat, k_feat, unit, rows, n_fine)
+        cnt, tot, above = windows(f_cnt), windows(f_sum), windows(f_above)
         fine_n += f_cnt.sum(0).numpy()
         fine_sum += f_sum.sum(0).numpy()
         acc["n"] += cnt.sum(0)
@@ -154,6 +152,27 @@ def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, bl
         acc["queries"] += (cnt > 0).sum(0)
     acc["fine_n"], acc["fine_sum"] = fine_n, fine_sum
     return acc
+
+
+def fine_rows(q_feat, k_feat, unit, rows, n_fine):
+    """Per query row in ``rows``, over its keys j != i: pair count, sum of d[i,j] and count of
+    d[i,j] > :data:`ABOVE_TOL` in each fine cosine bin, as three [len(rows), n_fine] float64 tensors."""
+    b = len(rows)
+    s = q_feat[rows] @ k_feat.T  # [b, N] logits
+    d = (s - s[torch.arange(b), rows][:, None]).double()
+    del s
+    cos = (unit[rows] @ unit.T).clamp(-1, 1)
+    idx = ((cos + 1) / 2 * n_fine).long().clamp_(0, n_fine - 1)
+    del cos
+    idx[torch.arange(b), rows] = n_fine  # the diagonal goes to a discarded sink bin
+    idx += torch.arange(b)[:, None] * (n_fine + 1)  # one run of n_fine + 1 bins per row
+    idx, d = idx.flatten(), d.flatten()
+
+    def binned(weights=None):
+        out = torch.bincount(idx, weights=weights, minlength=b * (n_fine + 1)).reshape(b, n_fine + 1)[:, :n_fine]
+        return out.double()
+
+    return binned(), binned(d), binned((d > ABOVE_TOL).double())
 
 
 def window_table(acc, window_bins, step_bins, n_fine, z=1.96) -> pd.DataFrame:

@@ -91,7 +91,8 @@ def parse_args(argv):
     add_sae_flags(p)
     p.add_argument("--top-k", type=int, default=10,
                    help="keys kept per query, self excluded (here: key features per query feature)")
-    p.add_argument("--chunk", type=int, default=1024, help="queries scored at a time (here: query features)")
+    p.add_argument("--chunk", type=int, default=256,
+                   help="queries scored at a time (here: query features; memory only, not the numbers)")
     p.add_argument("--n-prompts", type=int, default=128, help="prompts for labels and the naive comparison")
     p.add_argument("--seq-len", type=int, default=32, help="tokens per prompt (BOS not counted)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -109,14 +110,17 @@ def parse_args(argv):
 def compute(model, args, qk, sae, hook: str) -> Results:
     """The feature-space QK map, feature labels and group features, and the naive comparison."""
     tok, layer, head = model.tokenizer, args.layer, args.head
-    X = feature_inputs(model, layer, sae.W_dec.detach().float().cpu())
+    W_dec = sae.W_dec.detach().float().cpu()
+    X = feature_inputs(model, layer, W_dec)
+    d_sae = X.shape[0]
     bilinear = qk.scorer(biases=False, scaled=True)
     res = feature_qk_map(bilinear, X, args.top_k, args.chunk)
+    del X  # [d_sae, d_model] (75 MB at gpt2-small size) is freed before the prompts' activations
 
     tokens = make_prompts(tok, args.n_prompts, args.seq_len, args.seed)
     g_ids, g_labels, _ = group_token_ids(tok)
     run = run_prompts(model, sae, tokens, layer, head, hook, g_ids, args.batch_size)
-    labels = [feature_label(f, run["best_tok"], run["best_val"], tok) for f in range(X.shape[0])]
+    labels = [feature_label(f, run["best_tok"], run["best_val"], tok) for f in range(d_sae)]
     feature_qk, top_keys = feature_tables(res, run, labels)
     # Ranked among features that fired on the prompts: a silent feature (dead, or for tokens the
     # prompts lack) has no label to interpret, and a random direction can score low by chance.
@@ -125,7 +129,7 @@ def compute(model, args, qk, sae, hook: str) -> Results:
     example_tokens = [token_text(tok, t) for t in tokens[len(tokens) // 2].tolist()]
 
     summary = {
-        "sae": args.sae_path or f"{args.sae_release}/{args.sae_id}", "hook": hook, "d_sae": X.shape[0],
+        "sae": args.sae_path or f"{args.sae_release}/{args.sae_id}", "hook": hook, "d_sae": d_sae,
         "n_prompts": len(tokens), "fraction_negative_diag": float((res["diag"] < 0).float().mean()),
         "fraction_negative_diag_z": float((res["diag_z"] < 0).float().mean()),
         "median_diag_z": float(res["diag_z"].median()), "mean_self_prob": float(res["self_prob"].mean()),
@@ -136,7 +140,8 @@ def compute(model, args, qk, sae, hook: str) -> Results:
     }
     return Results(tables={
         "feature_qk": feature_qk, "feature_top_keys": top_keys, "self_suppression": suppressed,
-        "group_feature_qk": group_feature_table(bilinear, X, run, g_labels),
+        "group_feature_qk": group_feature_table(bilinear, lambda f: feature_inputs(model, layer, W_dec[f]), run,
+                                                g_labels),
         "naive_vs_head": pd.DataFrame(rows), "naive_example": example_table(examples, example_tokens),
     }, summary=summary)
 
@@ -151,14 +156,17 @@ def feature_inputs(model, layer: int, W_dec: torch.Tensor) -> torch.Tensor:
     """Each decoder direction through layer ``layer``'s LayerNorm on its own: [d_sae, d_model]."""
     ln = model.blocks[layer].ln1
     X = torch.empty_like(W_dec, dtype=torch.float32)
-    for s in range(0, W_dec.shape[0], 8192):
-        X[s : s + 8192] = ln(W_dec[s : s + 8192].float().to(model.cfg.device)[None])[0].cpu()
+    for s in range(0, W_dec.shape[0], 2048):  # a few MB of temporaries at a time
+        X[s : s + 2048] = ln(W_dec[s : s + 2048].float().to(model.cfg.device)[None])[0].cpu()
     return X
 
 
 @torch.no_grad()
-def feature_qk_map(bilinear, X: torch.Tensor, k: int, chunk: int = 1024, progress: bool = True) -> dict:
+def feature_qk_map(bilinear, X: torch.Tensor, k: int, chunk: int = 256, progress: bool = True) -> dict:
     """Row statistics and top-k keys of S = X W X^T, streamed over query chunks.
+
+    Every statistic is of one row, so the chunk size changes memory (a [chunk, n] score block and
+    a few temporaries of its size), not the numbers.
 
     ``bilinear`` is a ``common.factored.Factored`` (scaled, bias-free). Returns tensors over features:
     diag, row_mean, row_std, diag_z, self_rank (keys scoring strictly above the diagonal),
@@ -184,7 +192,7 @@ def feature_qk_map(bilinear, X: torch.Tensor, k: int, chunk: int = 1024, progres
         res["diag"][sl] = d
         res["row_mean"][sl] = S.mean(-1)
         res["row_std"][sl] = S.std(-1)
-        res["self_rank"][sl] = (S > d[:, None]).sum(-1).float()
+        res["self_rank"][sl] = (S > d[:, None]).sum(-1, dtype=torch.int32).float()  # (not an int64 copy of S)
         res["self_prob"][sl] = torch.exp(d - lse)
         S[rows, s + rows] = -math.inf
         top, ti = torch.topk(S, k, -1)
@@ -207,9 +215,19 @@ def make_prompts(tokenizer, n: int, seq_len: int, seed: int) -> torch.Tensor:
     return tokens
 
 
+FEATURE_BLOCK = 4096  # features whose firing statistics are updated at a time in run_prompts
+ENCODE_POSITIONS = 64  # positions encoded by the SAE at a time in run_prompts
+
+
 @torch.no_grad()
 def run_prompts(model, sae, tokens, layer, head, hook_name, group_ids, batch_size, n_label=3, progress=True):
-    """One pass over the prompts: the head's patterns, LN'd residuals, feature firing statistics."""
+    """One pass over the prompts: the head's patterns, LN'd residuals, feature firing statistics.
+
+    Memory: a batch's activations [positions, d_sae] once, encoded :data:`ENCODE_POSITIONS`
+    positions at a time; firing counts, per-token maxima and the merge of the running top tokens go
+    :data:`FEATURE_BLOCK` features at a time. Each position and each feature is handled on its own,
+    so neither block size changes the result.
+    """
     d_sae = sae.cfg.d_sae
     best_val = torch.full((d_sae, n_label), -math.inf)
     best_tok = torch.full((d_sae, n_label), -1, dtype=torch.long)
@@ -236,17 +254,24 @@ def run_prompts(model, sae, tokens, layer, head, hook_name, group_ids, batch_siz
         x = store[hook_name].float()
         patterns.append(store[pat_name][:, head].cpu())
         resid_ln.append(model.blocks[layer].ln1(x).cpu())
-        acts = sae.encode(x.reshape(-1, x.shape[-1]).to(sae.W_dec.device)).float().cpu()
         flat_tok = tb.reshape(-1).cpu()
         keep = torch.ones_like(flat_tok, dtype=torch.bool)
         keep[:: tb.shape[1]] = False  # BOS says nothing about a feature's meaning
-        acts, flat_tok = acts[keep], flat_tok[keep]
-        fire_count += (acts > 0).sum(0)
+        # The SAE encodes each position on its own: the non-BOS positions, a few at a time.
+        xs = x.reshape(-1, x.shape[-1])[keep.to(x.device)].to(sae.W_dec.device)
+        acts = torch.empty(len(xs), d_sae)
+        for p0 in range(0, len(xs), ENCODE_POSITIONS):
+            acts[p0 : p0 + ENCODE_POSITIONS] = sae.encode(xs[p0 : p0 + ENCODE_POSITIONS]).float().cpu()
+        flat_tok = flat_tok[keep]
         # per-token maximum activation, then merged into the running top tokens of each feature
         uniq, inv = torch.unique(flat_tok, return_inverse=True)  # sorted
-        per_tok = torch.full((len(uniq), d_sae), -math.inf).scatter_reduce(
-            0, inv[:, None].expand_as(acts), acts, reduce="amax").T.contiguous()  # [d_sae, U]
-        best_val, best_tok = _merge_top(best_val, best_tok, per_tok, uniq, n_label)
+        for f0 in range(0, d_sae, FEATURE_BLOCK):
+            fs = slice(f0, f0 + FEATURE_BLOCK)
+            a = acts[:, fs]
+            fire_count[fs] += (a > 0).sum(0, dtype=torch.int32)
+            per_tok = torch.full((len(uniq), a.shape[1]), -math.inf).scatter_reduce(
+                0, inv[:, None].expand_as(a), a, reduce="amax").T.contiguous()  # [features, U]
+            best_val[fs], best_tok[fs] = _merge_top(best_val[fs], best_tok[fs], per_tok, uniq, n_label)
         for j in range(len(group_ids)):
             m = flat_tok == gid[j]
             if m.any():
@@ -405,14 +430,16 @@ def feature_tables(res: dict, run: dict, labels: list[str]) -> tuple[pd.DataFram
     return table, top
 
 
-def group_feature_table(bilinear, X: torch.Tensor, run: dict, group_labels: list[str]) -> pd.DataFrame:
+def group_feature_table(bilinear, inputs, run: dict, group_labels: list[str]) -> pd.DataFrame:
     """Group tokens -> the feature that fires most on each; the QK map among those features
-    (NaN rows/columns for a token no feature fires on)."""
+    (NaN rows/columns for a token no feature fires on). ``inputs(features)``: their rows of
+    :func:`feature_inputs`."""
     fire_ok = run["fire_rate"] < 0.5  # a feature on everywhere is a bias, not a token feature
     gm = run["group_mean"].masked_fill(~fire_ok[None], -math.inf)
     g_feat = gm.argmax(1)
     g_has = ((run["group_n"] > 0) & (gm.max(1).values > 0)).numpy()
-    G = bilinear.scores(X[g_feat], X[g_feat]).numpy()
+    Xg = inputs(g_feat)
+    G = bilinear.scores(Xg, Xg).numpy()
     G[~g_has] = np.nan
     G[:, ~g_has] = np.nan
     ticks = [f"{w} (f{int(f)})" for w, f in zip(group_labels, g_feat)]
@@ -531,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare_out_dir(args.out, SCRIPT, args.model)
     sae = None if demo_sae else load_sae(args.sae_release, args.sae_id, args.sae_path)
     head_start = start_head(args, SCRIPT)
-    model, out_dir = head_start.model, head_start.out_dir
+    # The effective embeddings (d_vocab x d_model, 154 MB at gpt2-small size) are not used here.
+    model, out_dir, qk = head_start.model, head_start.out_dir, head_start.qk
+    del head_start
     if demo_sae:
         sae, folder = load_planted_demo_sae(model)
         args.sae_path = str(folder)
@@ -540,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
     hook = check_sae(sae, model, args.layer, args.hook)
 
-    results = compute(model, args, head_start.qk, sae, hook)
+    results = compute(model, args, qk, sae, hook)
     save_results(out_dir, results, args, SCRIPT,
                  meta={"summary": {k: v for k, v in results.summary.items() if k != "most_suppressed"}})
     render(out_dir)

@@ -94,6 +94,7 @@ from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_
 from common.head_qk import FactoredQK
 from common.head_replacement import score_hooks, z_hooks
 from common.metrics import mean_ci
+from common.model import forget_models
 from common.plotting import plt, save_figure
 from common.prompts import category_prompts, category_token_ids, group_token_ids
 from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
@@ -377,10 +378,11 @@ def plot_downstream(summary: pd.DataFrame, layer: int, head: int, prompts: str):
 # ----------------------------------------------------------------------------------------------
 
 
-def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
-    """Spectra of every head of the layer, the random controls, and the downstream check."""
-    layer, head = args.layer, args.head
-    summary, values = head_spectra(model, layer, E, args.top_eigenvalues, args.rtol)
+def compute_weights(model, qk: FactoredQK, E: torch.Tensor, args) -> dict:
+    """Every result that needs the effective embeddings E: the spectra of every head of the layer
+    and the random controls on the group tokens (tables spectrum_summary, eigenvalues, controls,
+    controls_scores; the group tokens' labels and groups)."""
+    summary, values = head_spectra(model, args.layer, E, args.top_eigenvalues, args.rtol)
 
     ids, labels, groups = group_token_ids(model.tokenizer)
     forms = controls(qk, args.seed, args.low_rank or qk.d_head, args.rtol)
@@ -388,7 +390,16 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
     scorers[actual_name(qk)] = qk.scorer(biases=True, scaled=True)  # the head's real logits: b_Q kept
     scores = {name: scorer.scores(E[ids], E[ids]).numpy() for name, scorer in scorers.items()}
     ctrl = pd.DataFrame([control_metrics(n, forms[n], scores[n], groups, args.rtol) for n in forms])
+    return {"spectrum_summary": summary, "eigenvalues": values, "controls": ctrl,
+            "controls_scores": long_table(scores, labels, name="control", value="score"),
+            "labels": labels, "groups": groups}
 
+
+def compute(model, qk: FactoredQK, weights: dict, args) -> Results:
+    """The downstream check (forward passes of the whole model), and every result with ``weights``
+    from :func:`compute_weights`."""
+    layer, head = args.layer, args.head
+    summary, labels, groups = weights["spectrum_summary"], weights["labels"], weights["groups"]
     prompts = downstream_prompts(model.tokenizer, args.prompts, args.n_prompts, args.seq_len, args.seed)
     reference = downstream_prompts(model.tokenizer, args.prompts, args.n_reference, args.seq_len, args.seed + 1)
     hooks = ablation_hooks(model, qk, reference, args.batch_size)
@@ -396,8 +407,7 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
     down = summarise_downstream(per_prompt)
     tgt = summary[summary["head"] == head].set_index("basis")
     return Results(
-        tables={"spectrum_summary": summary, "eigenvalues": values, "controls": ctrl,
-                "controls_scores": long_table(scores, labels, name="control", value="score"),
+        tables={**{k: weights[k] for k in ("spectrum_summary", "eigenvalues", "controls", "controls_scores")},
                 "downstream": per_prompt, "downstream_summary": down},
         summary={
             "published": PUBLISHED, "top_eigenvalues": args.top_eigenvalues, "d_head": qk.d_head,
@@ -455,10 +465,17 @@ def report(results: Results, out_dir: Path, layer: int, head: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = start_head(args, SCRIPT)
-    results = compute(s.model, s.qk, s.E, args)
-    save_results(s.out_dir, results, args, SCRIPT)
-    render(s.out_dir)
-    report(results, s.out_dir, args.layer, args.head)
+    weights = compute_weights(s.model, s.qk, s.E, args)
+    # Done with the effective embeddings (154 MB at gpt2-small size) before the downstream check's
+    # forward passes bring in the rest of the model, and with the model before drawing.
+    s.E = None
+    results = compute(s.model, s.qk, weights, args)
+    out_dir = s.out_dir
+    save_results(out_dir, results, args, SCRIPT)
+    del s
+    forget_models()
+    render(out_dir)
+    report(results, out_dir, args.layer, args.head)
     return 0
 
 

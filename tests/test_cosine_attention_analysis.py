@@ -67,6 +67,24 @@ def test_chunked_windows_equal_dense_computation():
     assert checked >= 5
 
 
+def test_tiles_do_not_change_a_digit():
+    """Query rows are computed in tiles (memory) inside blocks whose sums fix the float64 rounding:
+    any tile size (tiles of 3 rows or more) gives bit-identical totals, for blocks that do and do
+    not divide N."""
+    g = torch.Generator().manual_seed(2)
+    N, r, d = 50, 5, 8
+    q, k = torch.randn(N, r, generator=g), torch.randn(N, r, generator=g)
+    E = torch.randn(N, d, generator=g)
+    unit = E / E.norm(dim=1, keepdim=True)
+    for block in (13, 50):
+        ref = caa.windowed_difference(q, k, unit, 8, 3, 40, block=block, tile=block, progress=False)
+        for tile in (4, 7, 10):
+            acc = caa.windowed_difference(q, k, unit, 8, 3, 40, block=block, tile=tile, progress=False)
+            assert acc.keys() == ref.keys()
+            for key in ref:
+                assert np.array_equal(acc[key], ref[key]), (block, tile, key)
+
+
 def test_step_002_windows_cover_the_most_similar_pairs():
     """Defect 6: with --step 0.02 (and the default --window 0.05, --bin-width 0.0025) the steps from
     -1 end at the window [0.94, 0.99]; pairs at cosine >= 0.99 must still be in a window."""

@@ -185,6 +185,42 @@ def test_feature_map_streaming_equals_dense():
     assert torch.allclose(res["self_prob"], torch.softmax(S, -1).diagonal(), atol=1e-6)
 
 
+def test_run_prompts_blocks_match_a_direct_computation(sae_run, planted_model, monkeypatch):
+    """run_prompts encodes a few positions and merges a few features at a time: with tiny blocks
+    its firing rates and top tokens equal those of all positions encoded at once."""
+    from sae_lens import SAE
+
+    import semantic_head as sh
+    from common.prompts import group_token_ids
+
+    tok = planted_model.tokenizer
+    sae = SAE.load_from_disk(str(sae_run[4]))
+    tokens = sh.make_prompts(tok, 6, 12, seed=3)
+    hook = "blocks.1.hook_resid_pre"
+    monkeypatch.setattr(sh, "FEATURE_BLOCK", 7)
+    monkeypatch.setattr(sh, "ENCODE_POSITIONS", 5)
+    run = sh.run_prompts(planted_model, sae, tokens, 1, 5, hook, group_token_ids(tok)[0], batch_size=4,
+                         progress=False)
+
+    _, cache = planted_model.run_with_cache(tokens, names_filter=hook, stop_at_layer=2)
+    x = cache[hook][:, 1:]  # BOS left out
+    acts = sae.encode(x.reshape(-1, x.shape[-1])).detach()
+    flat = tokens[:, 1:].reshape(-1)
+    fired = acts > 0
+    assert torch.allclose(run["fire_rate"], fired.sum(0) / len(flat))
+    checked = 0
+    for f in torch.nonzero(fired.any(0)).flatten().tolist():
+        per_token = {}
+        for t, v in zip(flat[fired[:, f]].tolist(), acts[fired[:, f], f].tolist()):
+            per_token[t] = max(v, per_token.get(t, 0.0))
+        top = sorted(per_token.items(), key=lambda kv: -kv[1])[:3]
+        got = [(t, v) for t, v in zip(run["best_tok"][f].tolist(), run["best_val"][f].tolist()) if v > 0]
+        assert [t for t, _ in got] == [t for t, _ in top], f
+        assert [v for _, v in got] == pytest.approx([v for _, v in top], rel=1e-5)
+        checked += 1
+    assert checked >= 20
+
+
 def test_errors(tmp_path, capsys, planted_model, sae_run):
     import semantic_head
 

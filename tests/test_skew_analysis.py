@@ -205,6 +205,17 @@ def test_render_redraws_from_saved_files(run):
         assert (run / f).read_bytes() == drawn_by_main[f], f
 
 
+def test_figures_are_drawn_with_no_model_loaded(tmp_path, monkeypatch, planted_model):
+    """main frees the model (common.model's per-process cache) before render draws the figures."""
+    import common.model
+
+    loaded = []
+    monkeypatch.setattr(skew_analysis, "render", lambda out_dir: loaded.append(len(common.model._LOADED)) or [])
+    run_main(SCRIPT, "--model", "planted", "--out", tmp_path / "out", "--n-prompts", "2", "--seq-len", "4",
+             "--n-reference", "2", "--batch-size", "2", "--threads", "1")
+    assert loaded == [0]
+
+
 def test_help_and_bad_input(tmp_path, capsys, planted_model):
     main = skew_analysis.main
     help_text = check_help_and_common_errors(main, tmp_path, capsys)
