@@ -97,7 +97,7 @@ def self_rank(f: Factored, E: torch.Tensor, query_ids, key_chunk: int = 8192,
             for r0 in range(0, len(qi), ROW_BLOCK):  # compare and count in cache-sized row blocks
                 blk = s[r0 : r0 + ROW_BLOCK]
                 hits = torch.gt(blk, thr[r0 : r0 + ROW_BLOCK], out=blk)  # 1.0 / 0.0 in place of the scores
-                count[r0 : r0 + ROW_BLOCK] += hits.sum(-1).long()  # a float sum of <= key_chunk ones: exact
+                count[r0 : r0 + ROW_BLOCK] += hits.sum(-1).long()  # a float32/64 sum of <= key_chunk ones: exact
         ranks[qs : qs + len(qi)] = count
         selfs[qs : qs + len(qi)] = s_self
     return (ranks, selfs) if return_self_scores else ranks
@@ -124,7 +124,7 @@ def self_rank_grid(base: Factored, eig: Eigen, E: torch.Tensor, query_ids, ks, s
     b_j + t d_j > 0 with b_j, d_j the differences to the own key and t = scale - 1. That is a
     threshold on t: key j counts for every t above (d_j > 0) or below (d_j < 0) -b_j/d_j, so one
     pass per (k, chunk) bins each key's threshold against the sorted scale grid and a cumulative
-    sum gives the counts for every scale at once (:func:`_threshold_bins`). E @ factors is computed
+    sum gives the counts for every scale at once (:class:`_ThresholdBins`). E @ factors is computed
     once; ks with the same effective k (capped at the number of negative eigenvalues) share one
     pass. The element-wise passes run on ``ROW_BLOCK`` query rows at a time (cache-sized); the
     matmuls keep the shapes [query_chunk, key_chunk], so the ranks do not depend on ROW_BLOCK.
@@ -248,7 +248,8 @@ class _ThresholdBins:
                 torch.ge(r, float(self.t_sorted[0]), out=x)
             else:
                 x.copy_(torch.bucketize(r, self.t_sorted, right=True))
-        # bin v -> slot n_t + 2 + v (d >= 0) or n_t - v (d < 0), plus the row's offset
+        # bin v -> slot n_t + 2 + v (d >= 0) or n_t - v (d < 0), plus the row's offset (integers far
+        # below 2^24: exact in float32)
         offset = (torch.arange(b.shape[0], dtype=b.dtype) * self.n_bins + (n_t + 1))[:, None]
         x.add_(1.0).copysign_(d).add_(offset)
         idx = self._idx[:n].view(b.shape)
