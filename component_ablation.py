@@ -134,21 +134,30 @@ def ablation_conditions(model, ref_tokens: torch.Tensor, layer: int, seed: int,
     return conds
 
 
-def condition_scores(model, tokens, mask, layer: int, hooks, batch_size: int) -> torch.Tensor:
-    """Semantic score [head, prompt] of every head of ``layer`` under ``hooks``."""
-    out = []
-    for i in range(0, len(tokens), batch_size):
-        pat = all_head_patterns(model, tokens[i : i + batch_size], layers=[layer], hooks=hooks)[0]
-        out.append(semantic_score(pat, mask[i : i + batch_size]))
+def layer_patterns(model, tokens, layer: int, batch_size: int, hooks=()) -> list[torch.Tensor]:
+    """Patterns [head, batch, q, k] of every head of ``layer`` under ``hooks``, one per batch of prompts."""
+    return [all_head_patterns(model, tokens[i : i + batch_size], layers=[layer], hooks=hooks)[0]
+            for i in range(0, len(tokens), batch_size)]
+
+
+def condition_scores(model, tokens, mask, layer: int, hooks, batch_size: int,
+                     patterns: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Semantic score [head, prompt] of every head of ``layer`` under ``hooks`` (or of the given
+    per-batch ``patterns``, see :func:`layer_patterns`)."""
+    if patterns is None:
+        patterns = layer_patterns(model, tokens, layer, batch_size, hooks)
+    out = [semantic_score(pat, mask[i * batch_size : (i + 1) * batch_size]) for i, pat in enumerate(patterns)]
     return torch.cat(out, -1)
 
 
-def ablation_scores(model, batch, ref_tokens, args) -> pd.DataFrame:
-    """Score per (ablation, method, head, prompt): clean and under every ablation condition."""
+def ablation_scores(model, batch, ref_tokens, args, clean: list[torch.Tensor] | None = None) -> pd.DataFrame:
+    """Score per (ablation, method, head, prompt): clean and under every ablation condition.
+    ``clean``: the clean per-batch patterns when already computed (:func:`layer_patterns`)."""
     conds = ablation_conditions(model, ref_tokens, args.layer, args.seed, args.ablate_bos)
     frames = []
     for (abl, meth), hooks in tqdm(conds.items(), desc="ablations", leave=False):
-        s = condition_scores(model, batch.tokens, batch.mask, args.layer, hooks, args.batch_size).numpy()
+        pats = clean if (abl, meth) == (CLEAN, "-") else None
+        s = condition_scores(model, batch.tokens, batch.mask, args.layer, hooks, args.batch_size, pats).numpy()
         hh, pp = np.meshgrid(np.arange(s.shape[0]), np.arange(s.shape[1]), indexing="ij")
         frames.append(pd.DataFrame({"ablation": abl, "method": meth, "head": hh.ravel(), "prompt": pp.ravel(),
                                     "score": s.ravel()}))
@@ -223,14 +232,14 @@ def renormalise(pattern: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
-def position_independence(model, tokens, args) -> dict[str, pd.DataFrame]:
+def position_independence(model, tokens, args, clean: list[torch.Tensor] | None = None) -> dict[str, pd.DataFrame]:
     """Per variant and head: agreement of the token-pair pattern with the clean run
     (``position_independence``); for the target head, the first prompt's pattern per variant
-    (``position_example``) and every visible pair of every prompt (``position_pairs``)."""
+    (``position_example``) and every visible pair of every prompt (``position_pairs``). ``clean``:
+    the clean per-batch patterns when already computed (:func:`layer_patterns`)."""
     layer, head, bs = args.layer, args.head, args.batch_size
     rows, pairs = [], []
-    clean = torch.cat([all_head_patterns(model, tokens[i : i + bs], layers=[layer])[0]
-                       for i in range(0, len(tokens), bs)], 1)
+    clean = torch.cat(layer_patterns(model, tokens, layer, bs) if clean is None else clean, 1)
     n = tokens.shape[1]
     labels = [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
     qq, kk = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
@@ -274,7 +283,8 @@ def compute(model, args) -> Results:
     tok = model.tokenizer
     batch = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
     ref = category_prompts(tok, args.n_reference, args.seq_len, args.seed + 1, repeat_prob=args.repeat_prob)
-    scores = ablation_scores(model, batch, ref.tokens, args)
+    clean = layer_patterns(model, batch.tokens, args.layer, args.batch_size)  # shared by both parts
+    scores = ablation_scores(model, batch, ref.tokens, args, clean)
     table = summarise(scores)
     target = table[table["head"] == args.head].set_index(["ablation", "method"])["mean"]
     summary = {
@@ -287,7 +297,8 @@ def compute(model, args) -> Results:
         "target_means": {f"{a} ({m})": float(v) for (a, m), v in target.items()},
         "published_gpt2_small_mean_ablation": PUBLISHED,
     }
-    return Results({"scores": scores, "summary": table, **position_independence(model, batch.tokens, args)}, summary)
+    return Results({"scores": scores, "summary": table, **position_independence(model, batch.tokens, args, clean)},
+                   summary)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -139,15 +139,25 @@ def positional_sensitivity(W_pos: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Te
     cnt = mask.sum(1).double()
     out = torch.empty(W_Q.shape[0], dtype=torch.float64)
     for h in range(W_Q.shape[0]):  # one [n_pos, n_pos] score matrix at a time
-        S = ((P @ W_Q[h].float()) @ (P @ W_K[h].float()).T).double() / attn_scale  # [i, j]
-        mean = torch.where(mask, S, 0.0).sum(-1) / cnt
-        var = torch.where(mask, (S - mean[:, None]) ** 2, 0.0).sum(-1) / cnt  # two passes: no cancellation
+        S = ((P @ W_Q[h].float()) @ (P @ W_K[h].float()).T).double().div_(attn_scale)  # [i, j]
+        mean = S.tril().sum(-1) / cnt  # tril: the keys j <= i
+        var = S.sub_(mean[:, None]).pow_(2).tril_().sum(-1) / cnt  # two passes: no cancellation
         out[h] = var[1:].sqrt().mean()
     return out
 
 
 def layer_scale(model, layer: int) -> float:
     return FactoredQK.from_model(model, layer, 0).attn_scale
+
+
+def layer_heads(model, layer: int) -> list[FactoredQK]:
+    """``FactoredQK.from_model(model, layer, h)`` for every head h of ``layer``, the layer's weights
+    read once (``model.W_Q`` and friends stack the weights of every layer on each access)."""
+    attn = model.blocks[layer].attn
+    W_Q, W_K, b_Q, b_K = (t.detach().cpu() for t in (attn.W_Q, attn.W_K, attn.b_Q, attn.b_K))
+    scale = layer_scale(model, layer)
+    return [FactoredQK(W_Q[h], W_K[h], b_Q[h], b_K[h], attn_scale=scale, layer=layer, head=h)
+            for h in range(model.cfg.n_heads)]
 
 
 @torch.no_grad()
@@ -157,10 +167,11 @@ def weights_only_survey(model, top: int, rtol: float, positions: int | None = No
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     W_pos = model.W_pos.detach().cpu()[:positions]
     for layer in tqdm(range(n_layers), desc="weights-only survey", unit="layer"):
-        pos = positional_sensitivity(W_pos, model.W_Q[layer].detach().cpu(),
-                                     model.W_K[layer].detach().cpu(), layer_scale(model, layer))
+        heads = layer_heads(model, layer)
+        attn = model.blocks[layer].attn
+        pos = positional_sensitivity(W_pos, attn.W_Q.detach().cpu(), attn.W_K.detach().cpu(), heads[0].attn_scale)
         for head in range(n_heads):
-            qk = FactoredQK.from_model(model, layer, head)
+            qk = heads[head]
             s = spectrum_summary(qk.weights(), top=top, rtol=rtol)
             rows.append({
                 "layer": layer, "head": head, "d_head": qk.d_head,
@@ -219,8 +230,9 @@ def token_space_survey(model, layers: list[int], queries: pd.DataFrame) -> pd.Da
     for layer in layers:
         E = effective_embeddings(model, layer)
         Ec = E - E.mean(0, keepdim=True)
+        heads = layer_heads(model, layer)
         for head in tqdm(range(model.cfg.n_heads), desc=f"token space, layer {layer}", unit="head"):
-            df = token_self_stats(FactoredQK.from_model(model, layer, head), E, ids, E_centred=Ec)
+            df = token_self_stats(heads[head], E, ids, E_centred=Ec)
             df.insert(0, "subset", queries.subset.to_numpy())
             df.insert(0, "head", head)
             df.insert(0, "layer", layer)

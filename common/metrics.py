@@ -47,12 +47,18 @@ def mass_split(pattern: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) 
     return out
 
 
+class _PatternsDone(Exception):
+    """Raised by the hook that stores the last attention pattern :func:`all_head_patterns` needs."""
+
+
 @torch.no_grad()
 def all_head_patterns(model, tokens: torch.Tensor, layers: list[int] | None = None, hooks=()) -> torch.Tensor:
     """Attention patterns [layer, head, batch, q, k] of the chosen layers from one forward pass.
 
-    Runs only up to the last layer needed (``stop_at_layer``); ``hooks`` are extra forward hooks
-    (for ablations).
+    The pass ends as soon as the last pattern needed is stored: the rest of that block (value
+    mixing, output projection, MLP) and every later layer never run (nothing after a pattern can
+    change it; ``stop_at_layer`` bounds the pass as well). ``hooks`` are extra forward hooks (for
+    ablations); hooks on points after the last pattern do not fire.
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
     names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
@@ -60,14 +66,19 @@ def all_head_patterns(model, tokens: torch.Tensor, layers: list[int] | None = No
 
     def save(t, hook):
         store[hook.name] = t.detach()
+        if len(store) == len(set(names)):
+            raise _PatternsDone
 
     ctx = model.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
     with ctx:
-        model.run_with_hooks(
-            tokens.to(model.cfg.device),
-            stop_at_layer=max(layers) + 1,
-            fwd_hooks=[(n, save) for n in names],
-        )
+        try:
+            model.run_with_hooks(
+                tokens.to(model.cfg.device),
+                stop_at_layer=max(layers) + 1,
+                fwd_hooks=[(n, save) for n in names],
+            )
+        except _PatternsDone:
+            pass
     return torch.stack([store[n].transpose(0, 1) for n in names]).cpu()
 
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from common.metrics import EPS, mass_split, semantic_score
+from common.metrics import EPS, all_head_patterns, mass_split, semantic_score
 
 
 def _mask():
@@ -47,3 +47,31 @@ def test_mass_split():
     assert abs(s["in_category"].item() - (0.25 + 0.4) / 3) < 1e-6
     assert abs(s["bos"].item() - 0.5 / 3) < 1e-6
     assert abs(s["other"].item()) < 1e-6
+
+
+def test_all_head_patterns_stop_after_the_last_pattern_equals_a_full_forward_pass(planted_model):
+    """The pass ends at the last hook_pattern needed: the patterns equal those of a full forward pass
+    (run_with_cache over every layer), ablation hooks before that point still act, hooks after it do
+    not fire, and no hook is left on the model."""
+    from common.ablation import mean_ablation_hooks
+
+    model = planted_model
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.cfg.d_vocab, (3, 9), generator=g)
+    tokens[:, 0] = 50256
+    _, cache = model.run_with_cache(tokens)
+    clean1 = cache["blocks.1.attn.hook_pattern"].transpose(0, 1)
+    for layers in ([1], [0, 1], None, [1, 0, 1]):
+        got = all_head_patterns(model, tokens, layers=layers)
+        want = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"].transpose(0, 1)
+                            for l in (layers if layers is not None else range(model.cfg.n_layers))])
+        assert torch.equal(got, want), layers
+    fired = []
+    hooks = mean_ablation_hooks({"hook_embed": torch.randn(2, 9, model.cfg.d_model, generator=g)})["hook_embed"]
+    late = [("blocks.1.hook_mlp_out", lambda t, hook: fired.append(hook.name))]
+    ablated = all_head_patterns(model, tokens, layers=[1], hooks=hooks + late)
+    with model.hooks(fwd_hooks=hooks):
+        _, cache = model.run_with_cache(tokens)
+    assert torch.equal(ablated[0], cache["blocks.1.attn.hook_pattern"].transpose(0, 1))
+    assert not torch.equal(ablated[0], clean1) and fired == []
+    assert all(not hp._forward_hooks for hp in model.hook_dict.values())

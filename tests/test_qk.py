@@ -9,6 +9,7 @@ from common.effective_embeddings import effective_cache_path, effective_embeddin
 from common.factored import Factored, random_skew, random_symmetric
 from common.head_qk import FactoredQK
 from common.outputs import model_fingerprint
+from common import token_scores
 from common.token_scores import block_scores, query_row, rank_metrics, self_rank, self_rank_grid, top_keys
 from shared_weights import SHARED_GPT2, load_shared_gpt2_state_dict
 
@@ -124,6 +125,58 @@ def test_self_rank_grid_equals_steered_self_rank():
             for js, s in enumerate(scales):
                 ref = self_rank(f.steer(s, k, keep_skew=keep, biases=True, scaled=True), E, q)
                 assert torch.equal(grid[ik, js], ref), (keep, k, s)
+
+
+def test_threshold_bins_count_keys_above_the_own_key_for_every_grid_value():
+    """_ThresholdBins against a direct float64 count of #{j : b_j + t d_j > 0} per row and t, for an
+    even grid, an uneven one and a single value, with the exact cases the bins special-case: d = 0
+    (b > 0 always counts, b < 0 never) and b = d = 0 (a tie, never counts)."""
+    g = torch.Generator().manual_seed(11)
+    b, d = torch.randn(6, 500, generator=g), torch.randn(6, 500, generator=g)
+    b[:, :10] = torch.randn(6, 10, generator=g).abs()  # d = 0, b > 0
+    d[:, :20] = 0.0
+    b[:, 10:20] = -b[:, 10:20].abs()  # d = 0, b < 0
+    b[:, 20:25] = d[:, 20:25] = 0.0  # exact tie at every t
+    d[:, 25:40] = -d[:, 25:40].abs()
+    grids = ([-6.0 + 0.25 * i for i in range(26)], [-5.0, -1.0, -0.5, 0.0, 2.0], [0.0], [-0.7])
+    # no key within float rounding of a grid value (there the bins may count it either way): such
+    # keys become "always counts" (b = 1, d = 0)
+    every_t = torch.tensor(sorted({t for grid in grids for t in grid}), dtype=torch.float64)
+    near = ((b.double()[..., None] + every_t * d.double()[..., None]).abs() < 1e-4).any(-1) & (b != 0)
+    b[near], d[near] = 1.0, 0.0
+    for grid in grids:
+        t = torch.tensor(grid, dtype=torch.float32)
+        crit = b.double()[..., None] + t.double() * d.double()[..., None]  # [rows, keys, t]
+        want = (crit > 0).sum(1)
+        bins = token_scores._ThresholdBins(t)
+        hist = sum(bins.histogram(b[:, s : s + 128], d[:, s : s + 128]) for s in range(0, 500, 128))
+        assert torch.equal(bins.ranks(hist), want), grid
+
+
+def test_self_rank_grid_and_self_rank_do_not_depend_on_the_row_block(monkeypatch):
+    """The element-wise passes run on ROW_BLOCK rows at a time; the ranks must not change with it
+    (the matmuls keep their [query_chunk, key_chunk] shapes), nor when several ks are capped at the
+    number of negative eigenvalues and share one pass, nor on a one-value grid (the exact path)."""
+    g = torch.Generator().manual_seed(12)
+    E = torch.randn(300, 16, generator=g)
+    f = _random_head(d=16, dh=4, seed=13)
+    eig = f.sym_eig()
+    q = torch.arange(0, 300, 7)
+    ks, scales = [1, 2, 4, 50, 60], [-2.0, -1.0, 0.0, 1.0]
+    runs = []
+    for block in (1, 3, 32):
+        monkeypatch.setattr(token_scores, "ROW_BLOCK", block)
+        grid = self_rank_grid(f.scorer(), eig, E, q, ks, scales, eig_scale=1 / f.attn_scale, key_chunk=50, query_chunk=20)
+        one = self_rank_grid(f.scorer(), eig, E, q, [2], [1.0], eig_scale=1 / f.attn_scale, key_chunk=50, query_chunk=20)
+        runs.append((grid, one, self_rank(f.scorer(), E, q, key_chunk=50, query_chunk=20)))
+    for grid, one, plain in runs[1:]:
+        assert torch.equal(grid, runs[0][0]) and torch.equal(one, runs[0][1]) and torch.equal(plain, runs[0][2])
+    grid, one, plain = runs[0]
+    assert eig.n_negative == 4 and torch.equal(grid[2], grid[3]) and torch.equal(grid[2], grid[4])  # k = 50, 60 capped at 4
+    for ik, k in enumerate(ks):  # every cell against the streamed self-rank of the steered head
+        for js, s in enumerate(scales):
+            assert torch.equal(grid[ik, js], self_rank(f.steer(s, k, biases=True, scaled=True), E, q)), (k, s)
+    assert torch.equal(one[0, 0], plain) and torch.equal(grid[0, scales.index(1.0)], plain)
 
 
 def test_random_controls():

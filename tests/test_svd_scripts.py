@@ -169,6 +169,23 @@ def test_key_order_spearman_equals_a_dense_computation(planted_model, truth):
     assert got[1, 0].mean() < 0.9  # flipping the planted codes reorders these keys
 
 
+def test_argsort_rows_is_torch_argsort():
+    """argsort_rows (numpy's sort where a row has no tie) returns torch.argsort's permutation
+    exactly, ties (including -0.0 against 0.0) and NaN rows included."""
+    import torch
+
+    m = importlib.import_module("svd_rank_ablation")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 300, generator=g)
+    x[1] = torch.randint(0, 5, (300,), generator=g).float()  # many ties
+    x[2, 7], x[2, 100] = -0.0, 0.0
+    x[3, 5] = float("nan")
+    x[4, 9] = x[4, 200]
+    got = m.argsort_rows(x)
+    assert torch.equal(got, torch.argsort(x, -1))
+    assert torch.equal(torch.sort(x[5]).values, x[5][got[5]])  # a row without ties: sorted
+
+
 def test_rank_ablation_sampled_queries(planted_model):
     # compute() alone (no files, no figure): the sampled-query path of the same grid
     from common.effective_embeddings import effective_embeddings
