@@ -72,6 +72,7 @@ from common.head_replacement import (
     categories_from_lists,
     explained_fraction,
     kl_per_token,
+    log_softmax_,
     pattern_hooks,
     rules_mask,
     rules_pattern,
@@ -104,7 +105,7 @@ def parse_args(argv):
     p.add_argument("--n-windows", type=int, default=16, help="windows evaluated (bootstrap unit)")
     p.add_argument("--n-reference", type=int, default=16, help="separate windows for the ablation statistics")
     p.add_argument("--window-len", type=int, default=96, help="tokens per window, BOS included")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (memory: about 4 vocabulary-sized tensors of batch x window-len x 50257 floats)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (memory: about 2 vocabulary-sized tensors of batch x window-len x 50257 floats)")
     p.add_argument("--communities", default=None,
                    help="clustering.py communities.csv (id, community), or 'lists' for the category lists "
                         "(default: clustering output if present, else the lists)")
@@ -260,19 +261,20 @@ def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
     window_kl = {v: np.zeros(n) for v in variants}
     kl_tok = {v: torch.zeros(n, pos - 1) for v in TOKEN_LEVEL}
     bar = tqdm(total=math.ceil(n / bs) * (len(variants) + 1), desc="forward passes (layers L..end)", unit="pass")
+    # Memory: at most two vocabulary-sized tensors of a batch at once (the clean log-probs, made in
+    # place from the clean logits, and one variant's logits); the KL works on blocks of positions.
     for s in range(0, n, bs):
         sl = slice(s, s + bs)
-        clean_logp = torch.log_softmax(run_from_layer(model, resid_pre[sl], layer, []).float(), -1)
-        clean_p = clean_logp.exp()
+        clean_logp = log_softmax_(run_from_layer(model, resid_pre[sl], layer, []).float())
         bar.update()
         for v in variants:
             h = pattern_hooks(layer, args.head, rules_pattern(tokens[sl], cats)) if v == "rules" else hooks[v]
-            kl = kl_per_token(clean_logp, run_from_layer(model, resid_pre[sl], layer, h), clean_p)[:, 1:].cpu()
+            kl = kl_per_token(clean_logp, run_from_layer(model, resid_pre[sl], layer, h))[:, 1:].cpu()
             window_kl[v][sl] = kl.mean(1).numpy()
             if v in TOKEN_LEVEL:
                 kl_tok[v][sl] = kl
             bar.update()
-        del clean_logp, clean_p
+        del clean_logp
     bar.close()
     return window_kl, kl_tok
 
