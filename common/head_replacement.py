@@ -370,7 +370,8 @@ def unembed(model, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def run_from_layer(model, resid_pre: torch.Tensor, layer: int, hooks: list) -> torch.Tensor:
     """Logits of layers L..end on a cached residual, with ``hooks`` (:func:`final_residual`, then
-    :func:`unembed`: the model's logits)."""
+    :func:`unembed`: the model's logits, bit for bit; hooks on ``unembed.hook_in``/``hook_out``
+    do not fire)."""
     return unembed(model, final_residual(model, resid_pre, layer, hooks))
 
 
