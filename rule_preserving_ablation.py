@@ -71,13 +71,14 @@ from common.head_replacement import (
     categories_from_communities,
     categories_from_lists,
     explained_fraction,
+    final_residual,
     kl_per_token,
     log_softmax_,
     pattern_hooks,
     rules_mask,
     rules_pattern,
-    run_from_layer,
     score_hooks,
+    unembed,
     z_hooks,
 )
 from common.natural_text import sample_windows, script_text_ids
@@ -95,6 +96,7 @@ MECHANISM = {
 }
 QUERY_TYPES = ("no category", "category, no partner", "category with partner")
 TOKEN_LEVEL = ("mean", "resample", "rules")  # variants whose per-token KL is kept (query types, failures)
+UNEMBED_MIN_ROWS = 64  # positions per unembedding: fewer than 16 change MKL's round-off (tests check 64)
 
 
 def parse_args(argv):
@@ -261,20 +263,29 @@ def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
     window_kl = {v: np.zeros(n) for v in variants}
     kl_tok = {v: torch.zeros(n, pos - 1) for v in TOKEN_LEVEL}
     bar = tqdm(total=math.ceil(n / bs) * (len(variants) + 1), desc="forward passes (layers L..end)", unit="pass")
-    # Memory: at most two vocabulary-sized tensors of a batch at once (the clean log-probs, made in
-    # place from the clean logits, and one variant's logits); the KL works on blocks of positions.
+    # Memory: layers L..end run on the whole batch and keep only what the unembedding reads (a
+    # d_model vector per position); the logits are made a few windows at a time (at least
+    # UNEMBED_MIN_ROWS positions: the same numbers as one unembedding of the batch, which the tests
+    # check), so at most two vocabulary-sized tensors of those windows exist at once (the clean
+    # log-probs, made in place, and one variant's logits), and the KL works on blocks of positions.
+    group = max(1, math.ceil(UNEMBED_MIN_ROWS / pos))
     for s in range(0, n, bs):
         sl = slice(s, s + bs)
-        clean_logp = log_softmax_(run_from_layer(model, resid_pre[sl], layer, []).float())
+        x = {"clean": final_residual(model, resid_pre[sl], layer, [])}
         bar.update()
         for v in variants:
             h = pattern_hooks(layer, args.head, rules_pattern(tokens[sl], cats)) if v == "rules" else hooks[v]
-            kl = kl_per_token(clean_logp, run_from_layer(model, resid_pre[sl], layer, h))[:, 1:].cpu()
-            window_kl[v][sl] = kl.mean(1).numpy()
-            if v in TOKEN_LEVEL:
-                kl_tok[v][sl] = kl
+            x[v] = final_residual(model, resid_pre[sl], layer, h)
             bar.update()
-        del clean_logp
+        for g in range(0, len(x["clean"]), group):
+            w = slice(s + g, min(s + g + group, n))
+            clean_logp = log_softmax_(unembed(model, x["clean"][g : g + group]).float())
+            for v in variants:
+                kl = kl_per_token(clean_logp, unembed(model, x[v][g : g + group]))[:, 1:].cpu()
+                window_kl[v][w] = kl.mean(1).numpy()
+                if v in TOKEN_LEVEL:
+                    kl_tok[v][w] = kl
+            del clean_logp
     bar.close()
     return window_kl, kl_tok
 
