@@ -159,6 +159,13 @@ def test_blockwise_kl_and_logits_are_the_whole_tensor_numbers(planted_model, dem
     ref = (p64.exp() * (p64 - q64)).sum(-1)
     assert torch.allclose(kl_per_token(clean_logp, other).double(), ref, rtol=1e-3, atol=1e-5)
     assert ref.max() > 1e-2  # the ablation does change the predictions
+    # variant_kls unembeds UNEMBED_MIN_ROWS positions or more at a time: the whole batch's logits
+    from common.head_replacement import final_residual, unembed
+    from rule_preserving_ablation import UNEMBED_MIN_ROWS
+
+    x = final_residual(m, resid, 1, hooks)
+    g = -(-UNEMBED_MIN_ROWS // x.shape[1])
+    assert torch.equal(torch.cat([unembed(m, x[i : i + g]) for i in range(0, len(x), g)]), other)
     for n in (1, 5, 64, 65, 127, 128, 129, 1000):
         blocks = row_blocks(n)
         assert blocks[0].start == 0 and blocks[-1].stop == n
