@@ -71,12 +71,14 @@ from common.head_replacement import (
     categories_from_communities,
     categories_from_lists,
     explained_fraction,
+    final_residual,
     kl_per_token,
+    log_softmax_,
     pattern_hooks,
     rules_mask,
     rules_pattern,
-    run_from_layer,
     score_hooks,
+    unembed,
     z_hooks,
 )
 from common.natural_text import sample_windows, script_text_ids
@@ -94,6 +96,7 @@ MECHANISM = {
 }
 QUERY_TYPES = ("no category", "category, no partner", "category with partner")
 TOKEN_LEVEL = ("mean", "resample", "rules")  # variants whose per-token KL is kept (query types, failures)
+UNEMBED_MIN_ROWS = 64  # positions per unembedding: fewer than 16 change MKL's round-off (tests check 64)
 
 
 def parse_args(argv):
@@ -102,7 +105,7 @@ def parse_args(argv):
     p.add_argument("--n-windows", type=int, default=16, help="windows evaluated (bootstrap unit)")
     p.add_argument("--n-reference", type=int, default=16, help="separate windows for the ablation statistics")
     p.add_argument("--window-len", type=int, default=96, help="tokens per window, BOS included")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (memory: about 4 vocabulary-sized tensors of batch x window-len x 50257 floats)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (memory: about 2 vocabulary-sized tensors of batch x window-len x 50257 floats)")
     p.add_argument("--communities", default=None,
                    help="clustering.py communities.csv (id, community), or 'lists' for the category lists "
                         "(default: clustering output if present, else the lists)")
@@ -258,19 +261,29 @@ def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
     window_kl = {v: np.zeros(n) for v in variants}
     kl_tok = {v: torch.zeros(n, pos - 1) for v in TOKEN_LEVEL}
     bar = tqdm(total=math.ceil(n / bs) * (len(variants) + 1), desc="forward passes (layers L..end)", unit="pass")
+    # Memory: layers L..end run on the whole batch and keep only what the unembedding reads (a
+    # d_model vector per position); the logits are made a few windows at a time (at least
+    # UNEMBED_MIN_ROWS positions: the same numbers as one unembedding of the batch, which the tests
+    # check), so at most two vocabulary-sized tensors of those windows exist at once (the clean
+    # log-probs, made in place, and one variant's logits), and the KL works on blocks of positions.
+    group = max(1, math.ceil(UNEMBED_MIN_ROWS / pos))
     for s in range(0, n, bs):
         sl = slice(s, s + bs)
-        clean_logp = torch.log_softmax(run_from_layer(model, resid_pre[sl], layer, []).float(), -1)
-        clean_p = clean_logp.exp()
+        x = {"clean": final_residual(model, resid_pre[sl], layer, [])}
         bar.update()
         for v in variants:
             h = pattern_hooks(layer, args.head, rules_pattern(tokens[sl], cats)) if v == "rules" else hooks[v]
-            kl = kl_per_token(clean_logp, run_from_layer(model, resid_pre[sl], layer, h), clean_p)[:, 1:].cpu()
-            window_kl[v][sl] = kl.mean(1).numpy()
-            if v in TOKEN_LEVEL:
-                kl_tok[v][sl] = kl
+            x[v] = final_residual(model, resid_pre[sl], layer, h)
             bar.update()
-        del clean_logp, clean_p
+        for g in range(0, len(x["clean"]), group):
+            w = slice(s + g, min(s + g + group, n))
+            clean_logp = log_softmax_(unembed(model, x["clean"][g : g + group]).float())
+            for v in variants:
+                kl = kl_per_token(clean_logp, unembed(model, x[v][g : g + group]))[:, 1:].cpu()
+                window_kl[v][w] = kl.mean(1).numpy()
+                if v in TOKEN_LEVEL:
+                    kl_tok[v][w] = kl
+            del clean_logp
     bar.close()
     return window_kl, kl_tok
 

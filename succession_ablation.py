@@ -345,23 +345,43 @@ def ablation_conditions(model, reference: torch.Tensor, layer: int, heads: list[
     return conds
 
 
-@torch.no_grad()
-def last_logits(model, tokens: list[list[int]], hooks: list, batch_size: int, pad: int):
-    """Logits [n, vocab] at each prompt's last position, batch by batch (prompts right-padded:
-    causal attention, so padding after the last position changes nothing before it)."""
-    name = "ln_final.hook_normalized"
+def prompt_batches(tokens: list[list[int]], batch_size: int, pad: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(tokens [b, n], last position [b]) per batch of ``batch_size`` prompts in order, right-padded
+    with ``pad`` (causal attention: padding after a prompt's last position changes nothing before it)."""
+    out = []
     for s in range(0, len(tokens), batch_size):
         chunk = tokens[s : s + batch_size]
         n = max(len(t) for t in chunk)
-        batch = torch.tensor([t + [pad] * (n - len(t)) for t in chunk], device=model.cfg.device)
-        last = torch.tensor([len(t) - 1 for t in chunk], device=model.cfg.device)
+        out.append((torch.tensor([t + [pad] * (n - len(t)) for t in chunk], device=device),
+                    torch.tensor([len(t) - 1 for t in chunk], device=device)))
+    return out
+
+
+@torch.no_grad()
+def last_logits(model, batches: list, hooks: list, layer: int = 0, resid: list | None = None,
+                record: list | None = None):
+    """Logits [b, vocab] at each prompt's last position, batch by batch (``batches`` from
+    :func:`prompt_batches`); yields (index of the batch's first case, logits). With ``resid`` (per
+    batch, ``blocks.{layer}.hook_resid_pre`` of that batch, which no hook of layer ``layer`` or
+    later changes) only layers ``layer``..end run, from that residual: the same numbers as the whole
+    model. ``record``: a list that receives that residual of every batch of a whole-model run."""
+    name = "ln_final.hook_normalized"
+    s = 0
+    for i, (batch, last) in enumerate(batches):
         seen = {}
 
         def save(t, hook):
-            seen["x"] = t[torch.arange(len(chunk), device=t.device), last]
+            seen["x"] = t[torch.arange(len(last), device=t.device), last]
 
-        model.run_with_hooks(batch, return_type=None, fwd_hooks=[*hooks, (name, save)])
+        fwd = [*hooks, (name, save)]
+        if resid is not None:
+            model.run_with_hooks(resid[i], start_at_layer=layer, return_type=None, fwd_hooks=fwd)
+        else:
+            if record is not None:
+                fwd.append((f"blocks.{layer}.hook_resid_pre", lambda t, hook: record.append(t)))
+            model.run_with_hooks(batch, return_type=None, fwd_hooks=fwd)
         yield s, (seen["x"] @ model.W_U + model.b_U).float()
+        s += len(last)
 
 
 def answer_metrics(logits: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor | None = None) -> dict:
@@ -381,11 +401,12 @@ def case_effects(model, inputs: Inputs, layer: int, heads: list[int], seed: int,
     """(clean metrics per case [dict of tensors], effects DataFrame over heads x methods)."""
     from tqdm import tqdm
 
-    pad = model.tokenizer.bos_token_id
+    batches = prompt_batches(inputs.tokens, batch_size, model.tokenizer.bos_token_id, model.cfg.device)
     correct = torch.tensor(inputs.cases.answer_id.to_numpy(), device=model.cfg.device)
     n = len(correct)
     clean = {k: [] for k in ("logit_diff", "rank", "prob", "wrong")}
-    for s, logits in last_logits(model, inputs.tokens, [], batch_size, pad):
+    resid = []  # layers 0..L-1 run once: every ablation starts from the clean run's input of layer L
+    for s, logits in last_logits(model, batches, [], layer, record=resid):
         for k, v in answer_metrics(logits, correct[s : s + len(logits)]).items():
             clean[k].append(v)
     clean = {k: torch.cat(v) for k, v in clean.items()}
@@ -394,7 +415,7 @@ def case_effects(model, inputs: Inputs, layer: int, heads: list[int], seed: int,
     frames = []
     for (h, method), hooks in tqdm(conds.items(), desc="ablated heads", leave=False):
         parts = {k: [] for k in ("logit_diff", "rank", "prob")}
-        for s, logits in last_logits(model, inputs.tokens, hooks, batch_size, pad):
+        for s, logits in last_logits(model, batches, hooks, layer, resid=resid):
             m = answer_metrics(logits, correct[s : s + len(logits)], wrong[s : s + len(logits)])
             for k in parts:
                 parts[k].append(m[k])
@@ -470,26 +491,43 @@ def verdict(mean: float, lo: float, hi: float) -> dict:
 def composition_table(model, writers: list[tuple[int, int]] | None = None) -> pd.DataFrame:
     """Q-, K- and V-composition scores of every writer head's OV circuit with every head of a later
     layer: TransformerLens' ``composition_scores`` (what ``model.all_composition_scores`` computes),
-    one writer at a time (all pairs at once would hold ~9 GB for gpt2-small). ``writers``: the
-    (layer, head) writers to score (default all). Returns one row per (mode, writer, reader)."""
-    from tqdm import tqdm
-    from transformer_lens.utilities import composition_scores
+    term by term: ||C_l(OV) C_r(R)||_F / ||C_r(R)||_F / ||C_l(OV)||_F with C_l, C_r its
+    FactoredMatrix collapse_l / collapse_r (the factors' SVD cores, d_head x d_model and d_model x
+    d_head) and R the reader's W_Q W_K^T (Q), its transpose (K) or W_V W_O (V). Memory stays small:
+    each writer's C_l(OV) is made once, and the readers' SVDs one reader layer at a time (all pairs
+    at once would hold ~9 GB for gpt2-small; TransformerLens per writer against all later layers
+    holds several hundred MB). ``writers``: the (layer, head) writers to score (default all).
+    Returns one row per (mode, writer, reader): modes, then writers in order, then readers by layer
+    and head."""
+    from transformer_lens import FactoredMatrix
 
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
     writers = writers if writers is not None else [(l, h) for l in range(n_l - 1) for h in range(n_h)]
     writers = [(l, h) for l, h in writers if l < n_l - 1]
     first = min((l for l, _ in writers), default=n_l - 1) + 1  # the earliest layer any writer can be read by
-    OV, QK = model.OV, model.QK[first:]
-    # the same right-hand objects for every writer, so TransformerLens computes their SVDs once
-    rights = {"Q": QK, "K": QK.T, "V": model.OV[first:]}
-    rl, rh = np.meshgrid(np.arange(first, n_l), np.arange(n_h), indexing="ij")
+    attn = [b.attn for b in model.blocks]
+    # composition_scores broadcasts the writer against the readers' leading (head) axis: unsqueeze(0)
+    lefts = {}
+    for l, h in writers:
+        c = FactoredMatrix(attn[l].W_V[h], attn[l].W_O[h]).unsqueeze(0).collapse_l()
+        lefts[(l, h)] = (c, c.norm(dim=[-2, -1]))
+    scores = {(mode, w): [] for mode in MODES for w in writers}
+    for rl in range(first, n_l):
+        qk = FactoredMatrix(attn[rl].W_Q, attn[rl].W_K.transpose(-2, -1))
+        for mode, right in (("Q", qk), ("K", qk.T), ("V", FactoredMatrix(attn[rl].W_V, attn[rl].W_O))):
+            c_r = right.collapse_r()
+            r_norms = c_r.norm(dim=[-2, -1])
+            for w in writers:
+                if w[0] < rl:
+                    c_l, l_norm = lefts[w]
+                    scores[(mode, w)].append(((c_l @ c_r).norm(dim=[-2, -1]) / r_norms / l_norm).float().cpu().numpy())
     frames = []
     for mode in MODES:
-        for l, h in tqdm(writers, desc=f"{mode}-composition", leave=False, disable=len(writers) < 24):
-            s = composition_scores(OV[l, h], rights[mode]).float().cpu().numpy()
-            later = rl > l
-            frames.append(pd.DataFrame({"mode": mode, "writer_layer": l, "writer_head": h, "reader_layer": rl[later],
-                                        "reader_head": rh[later], "score": s[later]}))
+        for l, h in writers:
+            rl = np.repeat(np.arange(l + 1, n_l), n_h)
+            frames.append(pd.DataFrame({"mode": mode, "writer_layer": l, "writer_head": h, "reader_layer": rl,
+                                        "reader_head": np.tile(np.arange(n_h), n_l - 1 - l),
+                                        "score": np.concatenate(scores[(mode, (l, h))])}))
     cols = ["mode", "writer_layer", "writer_head", "reader_layer", "reader_head", "score"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 

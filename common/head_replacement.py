@@ -47,6 +47,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from common.factored import Factored
 from common.natural_text import WordBoundaries, word_boundaries
@@ -307,24 +308,71 @@ def cache_inputs(model, tokens: torch.Tensor, layer: int, head: int, batch_size:
     return res
 
 
+KL_BLOCK_ROWS = 64  # rows (positions) per block of vocabulary-sized temporaries in kl_per_token
+
+
+def row_blocks(n: int, block: int = KL_BLOCK_ROWS) -> list[slice]:
+    """``n`` rows in contiguous near-equal blocks of at most ``block`` rows (so no block is a sliver:
+    every block has at least min(n, block // 2) rows)."""
+    k = max(1, -(-n // block))
+    edges = [round(i * n / k) for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def log_softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the last axis of float32 ``logits``, written back into ``logits`` block by
+    block of rows (the same numbers as torch.log_softmax on the whole tensor: it is row-wise), so
+    the log-probs cost no second vocabulary-sized tensor."""
+    flat = logits.view(-1, logits.shape[-1])
+    for r in row_blocks(len(flat)):
+        flat[r] = torch.log_softmax(flat[r], -1)
+    return logits
+
+
 def kl_per_token(clean_logp: torch.Tensor, logits: torch.Tensor, clean_p: torch.Tensor | None = None) -> torch.Tensor:
     """KL(clean || other) [batch, pos] from clean log-probs and the other run's logits.
 
-    Works in place on one [batch, pos, vocab] buffer (pass ``clean_p`` = clean_logp.exp() when
-    calling repeatedly), so a variant costs two vocabulary-sized tensors, not five.
+    Computed block by block of positions (:func:`row_blocks`): every operation is row-wise, so the
+    numbers are those of the whole-tensor computation, while the temporaries (the other run's
+    log-probs, the clean probabilities when ``clean_p`` is not given, their product) are a few
+    blocks of rows, not vocabulary-sized tensors of the whole batch.
     """
-    d = torch.log_softmax(logits.float(), -1)
-    del logits
-    d.sub_(clean_logp).neg_()  # log p - log q
-    p = clean_p if clean_p is not None else clean_logp.exp()
-    return torch.linalg.vecdot(p, d).clamp_min(0.0)
+    shape, vocab = logits.shape[:-1], logits.shape[-1]
+    lg, lp = logits.reshape(-1, vocab), clean_logp.reshape(-1, vocab)
+    cp = clean_p.reshape(-1, vocab) if clean_p is not None else None
+    out = torch.empty(len(lg), dtype=lp.dtype, device=lp.device)
+    for r in row_blocks(len(lg)):
+        d = torch.log_softmax(lg[r].float(), -1)
+        d.sub_(lp[r]).neg_()  # log p - log q
+        p = cp[r] if cp is not None else lp[r].exp()
+        out[r] = torch.linalg.vecdot(p, d).clamp_min(0.0)
+    return out.view(shape)
+
+
+@torch.no_grad()
+def final_residual(model, resid_pre: torch.Tensor, layer: int, hooks: list) -> torch.Tensor:
+    """What the unembedding reads [batch, pos, d_model]: layers L..end on a cached residual, with
+    ``hooks``, then ln_final (the model's own modules, so its hooks fire as in a full forward)."""
+    with model.hooks(fwd_hooks=hooks):
+        x = model(resid_pre.to(model.cfg.device), start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
+        return model.ln_final(x) if model.cfg.normalization_type is not None else x
+
+
+def unembed(model, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``x`` [..., d_model]: TransformerLens' Unembed (F.linear with the bias fused, the
+    same numbers) without the transposed copy of W_U it makes on every call (twice the size of a
+    batch's logits at gpt2-small size)."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    return apply_softcap(F.linear(x, model.W_U.T, model.b_U), model.cfg.output_logits_soft_cap)
 
 
 @torch.no_grad()
 def run_from_layer(model, resid_pre: torch.Tensor, layer: int, hooks: list) -> torch.Tensor:
-    """Logits of layers L..end on a cached residual, with ``hooks``."""
-    with model.hooks(fwd_hooks=hooks):
-        return model(resid_pre.to(model.cfg.device), start_at_layer=layer)
+    """Logits of layers L..end on a cached residual, with ``hooks`` (:func:`final_residual`, then
+    :func:`unembed`: the model's logits, bit for bit; hooks on ``unembed.hook_in``/``hook_out``
+    do not fire)."""
+    return unembed(model, final_residual(model, resid_pre, layer, hooks))
 
 
 # ----------------------------------------------------------------------------------------------

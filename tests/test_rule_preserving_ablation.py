@@ -132,6 +132,48 @@ def test_score_replacement_is_exact(planted_model, demo_windows):
     assert kl_per_token(torch.log_softmax(clean, -1), same).max() < 1e-5
 
 
+def test_blockwise_kl_and_logits_are_the_whole_tensor_numbers(planted_model, demo_windows):
+    """run_from_layer's logits are the model's own (torch.equal, not only close); log_softmax_ in
+    place and kl_per_token block by block give exactly the whole-tensor numbers, and the KL is the
+    float64 sum p (log p - log q) computed here."""
+    from common.head_replacement import (cache_inputs, kl_per_token, log_softmax_, row_blocks, run_from_layer,
+                                         z_hooks)
+
+    m = planted_model
+    resid = cache_inputs(m, demo_windows, 1, 5)["resid_pre"]
+    hooks = z_hooks(1, 5, lambda z, hook: -4.0 * z)  # a large change, so the KL is well above float32 round-off
+    with torch.no_grad():
+        assert torch.equal(run_from_layer(m, resid, 1, []), m(resid, start_at_layer=1))
+        with m.hooks(fwd_hooks=hooks):
+            want_other = m(resid, start_at_layer=1)
+    other = run_from_layer(m, resid, 1, hooks)
+    assert torch.equal(other, want_other)
+    clean = run_from_layer(m, resid, 1, [])
+    whole = torch.log_softmax(clean, -1)
+    clean_logp = log_softmax_(clean.clone())
+    assert torch.equal(clean_logp, whole)
+    d = torch.log_softmax(other, -1)
+    d.sub_(whole).neg_()
+    assert torch.equal(kl_per_token(clean_logp, other), torch.linalg.vecdot(whole.exp(), d).clamp_min(0.0))
+    p64, q64 = torch.log_softmax(clean.double(), -1), torch.log_softmax(other.double(), -1)
+    ref = (p64.exp() * (p64 - q64)).sum(-1)
+    assert torch.allclose(kl_per_token(clean_logp, other).double(), ref, rtol=1e-3, atol=1e-5)
+    assert ref.max() > 1e-2  # the ablation does change the predictions
+    # variant_kls unembeds UNEMBED_MIN_ROWS positions or more at a time: the whole batch's logits
+    from common.head_replacement import final_residual, unembed
+    from rule_preserving_ablation import UNEMBED_MIN_ROWS
+
+    x = final_residual(m, resid, 1, hooks)
+    g = -(-UNEMBED_MIN_ROWS // x.shape[1])
+    assert torch.equal(torch.cat([unembed(m, x[i : i + g]) for i in range(0, len(x), g)]), other)
+    for n in (1, 5, 64, 65, 127, 128, 129, 1000):
+        blocks = row_blocks(n)
+        assert blocks[0].start == 0 and blocks[-1].stop == n
+        assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+        sizes = [b.stop - b.start for b in blocks]
+        assert max(sizes) <= 64 and min(sizes) >= min(n, 32)
+
+
 def test_rules_mask_matches_ideal_mask(tokenizer, demo_windows):
     from common.head_replacement import categories_from_lists, rules_mask, rules_pattern
     from common.prompts import ideal_mask, repeated_token_prompts, token_category_map

@@ -174,6 +174,53 @@ def test_composition_scores_equal_transformer_lens_all_pairs(planted_model):
         np.testing.assert_allclose(sub.score.to_numpy(), want, rtol=1e-4, atol=1e-6)
 
 
+def test_composition_scores_equal_transformer_lens_per_writer_exactly(planted_model):
+    """Reader layer by reader layer gives bit for bit TransformerLens' composition_scores of one
+    writer against every later layer at once (the previous writer-by-writer computation)."""
+    from transformer_lens.utilities import composition_scores
+
+    from succession_ablation import composition_table
+
+    model = planted_model
+    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+    pairs = composition_table(model)
+    QK = model.QK[1:]
+    rights = {"Q": QK, "K": QK.T, "V": model.OV[1:]}
+    rl, rh = np.meshgrid(np.arange(1, n_l), np.arange(n_h), indexing="ij")
+    for mode in "QKV":
+        for l in range(n_l - 1):
+            for h in range(n_h):
+                want = composition_scores(model.OV[l, h], rights[mode]).float().numpy()[rl > l]
+                got = pairs[(pairs["mode"] == mode) & (pairs.writer_layer == l) & (pairs.writer_head == h)]
+                assert (got.reader_layer.to_numpy() == rl[rl > l]).all() and (got.reader_head.to_numpy() == rh[rl > l]).all()
+                np.testing.assert_array_equal(got.score.to_numpy(), want)
+
+
+def test_ablations_from_the_cached_residual_equal_whole_model_runs(planted_model, tokenizer, truth):
+    """Starting every ablation at layer L from the clean run's residual gives exactly the logits of
+    a whole-model run with the same hooks, batch for batch (padding included)."""
+    from common.head_replacement import z_hooks
+    from succession_ablation import last_logits, prompt_batches
+
+    model = planted_model
+    L, H = truth["target"]
+    prompts = [[tokenizer.bos_token_id] + tokenizer.encode(t) for t in
+               ("Monday, Tuesday,", "one two three four five", "January", "a b c d e f g h i j k", "x")]
+    batches = prompt_batches(prompts, 2, tokenizer.bos_token_id, "cpu")
+    assert [len(b) for b, _ in batches] == [2, 2, 1]
+    resid = []
+    clean = torch.cat([x for _, x in last_logits(model, batches, [], L, record=resid)])
+    assert len(resid) == len(batches)
+    hooks = z_hooks(L, H, lambda z, hook: torch.zeros_like(z))
+    got = torch.cat([x for _, x in last_logits(model, batches, hooks, L, resid=resid)])
+    whole = torch.cat([x for _, x in last_logits(model, batches, hooks)])
+    assert torch.equal(got, whole) and not torch.equal(got, clean)
+    with torch.no_grad():  # the last position of each prompt, run alone and unpadded
+        for i, t in enumerate(prompts):
+            alone = model(torch.tensor([t]))[0, -1]
+            assert torch.allclose(clean[i], alone, atol=1e-4)
+
+
 def test_reader_head_comes_out_on_top(planted_model, truth):
     # TEMPORARY guard: planted v2 has no layer after L1H5, so no reader; remove this skip once
     # planted v3 (with ground_truth()["reader_head"] and ["reader_composition"]) is merged.
