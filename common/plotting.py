@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # scripts run headless; never try to open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from cycler import cycler  # noqa: E402
+from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 
 from common.genuine_weights import stamp_figure  # noqa: E402
 from common.outputs import atomic_path  # noqa: E402
@@ -53,6 +54,8 @@ def save_figure(fig, path: str | Path) -> Path:
     meta.json that records the weights' verdict (genuine gpt2-small or not) carries it as a footnote."""
     path = Path(path)
     stamp_figure(fig, path.parent)
+    if isinstance(fig.get_layout_engine(), PlaceHolderLayoutEngine):
+        fig.set_layout_engine(None)  # what fig.tight_layout() leaves: lays nothing out, but makes savefig draw twice
     bbox = tight_bbox(fig) if plt.rcParams["savefig.bbox"] == "tight" and fig.get_layout_engine() is None else None
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", bbox_inches=bbox)
