@@ -109,12 +109,8 @@ def heatmap(data, *, ax, cmap, center: float | None = None, vmin=None, vmax=None
         under_set, over_set = under != cmap(0), over != cmap(cmap.N - 1)
         vrange = max(vmax - center, center - vmin)
         cmin, cmax = Normalize(center - vrange, center + vrange)([vmin, vmax])
-        cmap = ListedColormap(cmap(np.linspace(cmin, cmax, 256)))
-        cmap.set_bad(bad)
-        if under_set:
-            cmap.set_under(under)
-        if over_set:
-            cmap.set_over(over)
+        extremes = {"bad": bad, **({"under": under} if under_set else {}), **({"over": over} if over_set else {})}
+        cmap = ListedColormap(cmap(np.linspace(cmin, cmax, 256))).with_extremes(**extremes)
 
     if square:
         ax.set_aspect("equal")
