@@ -4,7 +4,7 @@ Drawing costs CPU time in every run (``render`` redraws every figure from the sa
 this module avoids three costs that do not change a figure: importing seaborn (about 1.5 s of CPU
 per process, for scipy.stats), seaborn's heatmap (which draws the whole figure once per heatmap to
 choose its labels' rotation: a figure of n heatmaps is drawn n + 2 times) and the second full
-draw that ``savefig(bbox_inches="tight")`` makes to measure the figure (see :func:`save_figure`).
+draw that ``savefig(bbox_inches="tight")`` makes to measure the figure (see :func:`tight_bbox`).
 """
 
 from __future__ import annotations
