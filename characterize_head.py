@@ -118,13 +118,13 @@ def attention_page(model, tokens, layer: int, head: int) -> str:
 
 def render(out_dir) -> list[Path]:
     """head_scores.png and mass_split.png from the saved tables (title: prompts and model of the run)."""
-    from common.plotting import plt, save_figure, sns
+    from common.plotting import heatmap, plt, save_figure
 
     out_dir = Path(out_dir)
     table, summary = load_table(out_dir, "head_scores"), load_summary(out_dir)
     mean = table.pivot(index="layer", columns="head", values="score_mean").to_numpy()
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * mean.shape[1], 0.8 + 0.5 * mean.shape[0]))
-    sns.heatmap(mean, annot=mean.shape[1] <= 16, fmt=".2f", cmap="viridis_r", ax=ax,
+    heatmap(mean, annot=mean.shape[1] <= 16, fmt=".2f", cmap="viridis_r", ax=ax,
                 cbar_kws={"label": "semantic category score (lower = follows the rules)"})
     ax.add_patch(plt.Rectangle((summary["head"], summary["layer"]), 1, 1, fill=False, edgecolor="red", lw=2.5))
     ax.set_xlabel("head")

@@ -340,8 +340,9 @@ def write_html_map(path, xy, nodes: pd.DataFrame, edges: pd.DataFrame, shown: np
     membership = nodes["community"].to_numpy()
     sizes = np.bincount(membership)
     top3 = edges[edges.groupby("query_id", sort=False).cumcount() < 3]
-    attends = {q: ", ".join(f"{_hover_label(str(key))} {p:.2f}" for key, p in zip(g["key"], g["prob"]))
-               for q, g in top3.groupby("query_id", sort=False)}
+    hover = pd.Series([f"{_hover_label(str(key))} {p:.2f}" for key, p in zip(top3["key"], top3["prob"])],
+                      index=top3["query_id"].to_numpy())
+    attends = hover.groupby(level=0, sort=False).agg(", ".join).to_dict()
     custom = [[_hover_label(str(tok)), int(t), int(c), int(sizes[c]), attends.get(t, "")]
               for tok, t, c in zip(nodes["token"], nodes["id"], membership)]
     Scatter = go.Scatter if n <= 5000 else go.Scattergl

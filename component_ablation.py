@@ -322,7 +322,9 @@ def render(out_dir) -> list[Path]:
 
 
 def boxplot(scores: pd.DataFrame, summary: pd.DataFrame, head: int, title: str, path) -> Path:
-    from common.plotting import plt, save_figure, sns
+    import seaborn as sns
+
+    from common.plotting import plt, save_figure
 
     df = scores[scores["head"] == head].copy()
     df["condition"] = df.ablation
@@ -344,14 +346,14 @@ def boxplot(scores: pd.DataFrame, summary: pd.DataFrame, head: int, title: str, 
 
 
 def heads_figure(summary: pd.DataFrame, layer: int, target: int, path) -> Path:
-    from common.plotting import plt, save_figure, sns
+    from common.plotting import heatmap, plt, save_figure
 
     df = summary[summary.ablation != CLEAN].copy()
     df["condition"] = df.ablation + " (" + df.method + ")"
     mat = df.pivot(index="condition", columns="head", values="ratio_to_clean")
     mat = mat.loc[list(dict.fromkeys(df.condition))]
     fig, ax = plt.subplots(figsize=(1.5 + 0.6 * mat.shape[1], 0.8 + 0.45 * mat.shape[0]))
-    sns.heatmap(np.log2(mat.clip(lower=1e-6)), annot=mat.round(2), fmt="", cmap="RdBu_r", center=0, ax=ax,
+    heatmap(np.log2(mat.clip(lower=1e-6)), annot=mat.round(2), fmt="", cmap="RdBu_r", center=0, ax=ax,
                 cbar_kws={"label": "log2(mean score / clean)"}, annot_kws={"fontsize": 7})
     ax.add_patch(plt.Rectangle((list(mat.columns).index(target), 0), 1, mat.shape[0], fill=False, edgecolor="k", lw=2))
     ax.set_xlabel(f"head of layer {layer} (annotated: ratio to clean)")
@@ -364,18 +366,18 @@ def position_figure(example: pd.DataFrame, pairs: pd.DataFrame, table: pd.DataFr
                     path) -> Path:
     """Top: one prompt's token-pair pattern, clean and (mapped back, renormalised on the common keys)
     rearranged; bottom: every (query, key) pair of every prompt, clean vs rearranged."""
-    from common.plotting import plt, save_figure, sns
+    from common.plotting import heatmap, plt, save_figure
 
     variants = [v for v in VARIANTS if v in example.columns]
     n = int(example["query"].max()) + 1
     labels = example[example["query"] == n - 1].sort_values("key").key_token.astype(str).tolist()
     fig, axes = plt.subplots(2, len(variants) + 1, figsize=(4.2 * (len(variants) + 1), 8.2))
-    sns.heatmap(example[CLEAN].to_numpy().reshape(n, n), ax=axes[0, 0], xticklabels=labels, yticklabels=labels,
+    heatmap(example[CLEAN].to_numpy().reshape(n, n), ax=axes[0, 0], xticklabels=labels, yticklabels=labels,
                 cmap="viridis", vmin=0, vmax=1, square=True, cbar=False)
     axes[0, 0].set_title(f"L{layer}H{head} clean (token pairs)")
     axes[1, 0].axis("off")
     for j, variant in enumerate(variants, start=1):
-        sns.heatmap(example[variant].to_numpy().reshape(n, n), ax=axes[0, j], xticklabels=labels, yticklabels=labels,
+        heatmap(example[variant].to_numpy().reshape(n, n), ax=axes[0, j], xticklabels=labels, yticklabels=labels,
                     cmap="viridis", vmin=0, vmax=1, square=True, cbar=j == len(variants))
         axes[0, j].set_title(f"{variant}, mapped back to clean order")
         r = table[(table.variant == variant) & (table["head"] == head)].iloc[0]

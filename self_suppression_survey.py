@@ -81,7 +81,7 @@ from common.errors import require_absolute_positions
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, spectrum_summary
 from common.genuine_weights import stamp_figure, verdict_text, weights_verdict
 from common.head_qk import FactoredQK
-from common.plotting import plt, save_figure, sns
+from common.plotting import heatmap, plt, save_figure
 from common.prompts import category_token_ids
 from common.results import Results, load_meta, load_summary, load_table, save_results
 from common.self_suppression import summarise_tokens, token_self_stats
@@ -310,7 +310,7 @@ def plot_weight_heatmaps(w: pd.DataFrame, layer: int, head: int, top: int, note:
     for ax, (col, label) in zip(axes.flat, WEIGHT_STATS.items()):
         grid = w.pivot(index="layer", columns="head", values=col)
         fmt = "d" if col == "n_negative_top" else ".2g"
-        sns.heatmap(grid, ax=ax, cmap="viridis", annot=grid.shape[0] * grid.shape[1] <= 160, fmt=fmt,
+        heatmap(grid, ax=ax, cmap="viridis", annot=grid.shape[0] * grid.shape[1] <= 160, fmt=fmt,
                     annot_kws={"fontsize": 6}, cbar=True, robust=True)  # robust: one outlier head cannot flatten the rest
         ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, ec="red", lw=2.5))
         v = float(w.loc[(w["layer"] == layer) & (w["head"] == head), col].iloc[0])
@@ -372,7 +372,7 @@ def plot_all_heads(tok: pd.DataFrame, w: pd.DataFrame, layer: int, head: int, to
                f"negatives among the top {top} eigenvalues of W_sym", "d")]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
     for ax, (grid, title, fmt) in zip(axes, panels):
-        sns.heatmap(grid, ax=ax, cmap="viridis", annot=grid.size <= 160, fmt=fmt, annot_kws={"fontsize": 6})
+        heatmap(grid, ax=ax, cmap="viridis", annot=grid.size <= 160, fmt=fmt, annot_kws={"fontsize": 6})
         ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, ec="red", lw=2.5))
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"Every head (red: L{layer}H{head}). {note}", fontsize=9)

@@ -680,7 +680,7 @@ def plot_effects(stats: pd.DataFrame, summary: dict, meta: dict, path: Path) -> 
 
 
 def plot_composition(readers: pd.DataFrame, pairs: pd.DataFrame, summary: dict, meta: dict, path: Path) -> Path:
-    from common.plotting import plt, save_figure, sns
+    from common.plotting import heatmap, plt, save_figure
 
     L, H = summary["layer"], summary["head"]
     n_h = int(max(pairs.reader_head.max(), readers.reader_head.max())) + 1
@@ -708,7 +708,7 @@ def plot_composition(readers: pd.DataFrame, pairs: pd.DataFrame, summary: dict, 
         grid = np.full((len(layers), n_h), np.nan)
         for r in mine.itertuples():
             grid[layers.index(r.reader_layer), r.reader_head] = r.z
-        sns.heatmap(grid, ax=axes[1, j], cmap="RdBu_r", center=0, vmin=-zmax, vmax=zmax, annot=n_h <= 12,
+        heatmap(grid, ax=axes[1, j], cmap="RdBu_r", center=0, vmin=-zmax, vmax=zmax, annot=n_h <= 12,
                     fmt=".1f", annot_kws={"fontsize": 6}, yticklabels=[str(l) for l in layers],
                     cbar=j == len(MODES) - 1, cbar_kws={"label": "z vs all pairs"})
         axes[1, j].set_xlabel("reader head")

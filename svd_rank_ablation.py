@@ -51,7 +51,7 @@ from common.factored import steer
 from common.head_qk import FactoredQK
 from common.metrics import mean_ci
 from common.outputs import atomic_path
-from common.plotting import plt, save_figure, sns
+from common.plotting import heatmap, plt, save_figure
 from common.results import Results, load_meta, load_summary, load_table, save_results
 from common.token_scores import self_rank_grid
 
@@ -253,7 +253,7 @@ def render(out_dir) -> list[Path]:
         piv = df.pivot(index="k", columns="scale", values=col)
         data = np.log10(piv + 1) if log else piv
         kw = {"vmin": -1, "vmax": 1} if cmap == "RdBu_r" else {}
-        sns.heatmap(data, ax=ax, cmap=cmap, cbar=True, xticklabels=[f"{c:g}" for c in piv.columns], **kw)
+        heatmap(data, ax=ax, cmap=cmap, cbar=True, xticklabels=[f"{c:g}" for c in piv.columns], **kw)
         ax.set_title(name)
         ax.set_xlabel("scale of the k most negative eigenvalues")
         ax.set_ylabel("k")

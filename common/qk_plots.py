@@ -39,9 +39,8 @@ def group_panels(panels: dict[str, np.ndarray], labels: list[str], groups: list[
                       cbar=True, groups=groups)
         if cbar_label and ax.collections:
             ax.collections[0].colorbar.set_label(cbar_label)
-    # Token labels go on once every panel is drawn: sns.heatmap draws the whole figure on each call
-    # to choose the labels' rotation, which with labelled panels costs most of the figure's time.
-    # A panel of the group tokens always gets seaborn's choice for overlapping labels, set here.
+    # Every panel gets the token labels seaborn would choose for labels this dense: keys vertical,
+    # queries horizontal.
     ticks = np.arange(len(labels)) + 0.5
     for ax in list(axes.flat)[:n]:
         ax.set_xticks(ticks, labels, rotation="vertical")
