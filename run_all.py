@@ -6,7 +6,7 @@ and names the failed scripts. ``--jobs`` steps run at a time (default: 2 on a ma
 more cores, each with its share of the cores as torch threads), in an order that starts the
 longest chain of work first; a step starts once the steps it reads from have finished. On Linux a
 step's process is forked from this one after the heavy libraries (torch, transformer_lens,
-pandas, matplotlib, seaborn) have been imported once, which saves every step their import (about
+pandas, matplotlib) have been imported once, which saves every step their import (about
 7 s of CPU each); the repository's own modules are imported afresh by each step. Each step's
 output goes to ``<root>/logs/<script>.log`` (shown live with ``--jobs 1``), and ``run_all.json``
 records its wall and CPU seconds and peak memory. A step whose script, shared code, arguments
@@ -341,7 +341,7 @@ def critical_path(steps: list[Step], record: dict) -> dict[str, float]:
 
 
 # Imported once by this process before the first step forks (Linux): each step then skips them.
-PRELOAD = ("torch", "pandas", "matplotlib.pyplot", "seaborn", "transformers", "transformer_lens")
+PRELOAD = ("torch", "pandas", "matplotlib.pyplot", "transformers", "transformer_lens")
 
 
 @dataclass
