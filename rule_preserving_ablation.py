@@ -322,6 +322,7 @@ def worst_failures(tokens, pattern, mask, kl_rules, kl_abl, cats, tokenizer, n: 
     top = torch.topk(flat, min(n, flat.numel())).indices
     rows = []
     width = kl_rules.shape[1]
+    position_cats = cats.of_tokens(tokens)  # as the rules see it (whole words only)
     for rank, f in enumerate(top.tolist(), 1):
         w, q = divmod(f, width)
         q += 1  # KL arrays start at position 1
@@ -334,7 +335,7 @@ def worst_failures(tokens, pattern, mask, kl_rules, kl_abl, cats, tokenizer, n: 
         predicted = ", ".join(f"{tok_str(tokenizer, toks[k])}@{k}" for k in pred[:4]) + (f" (+{len(pred) - 4})" if len(pred) > 4 else "")
         rows.append({
             "rank": rank, "window": w, "position": q,
-            "context": ctx, "token": tokenizer.decode([toks[q]]), "category": cats.name(toks[q]),
+            "context": ctx, "token": tokenizer.decode([toks[q]]), "category": cats.names[c] if (c := int(position_cats[w, q])) >= 0 else "",
             "head_attended": attended, "rules_predicted": predicted,
             "head_mass_on_rule_keys": float(att[mask[w, q, : q + 1]].sum()),
             "kl_rules": float(kl_rules[w, q - 1]), "kl_ablated": float(kl_abl[w, q - 1]),
@@ -343,7 +344,7 @@ def worst_failures(tokens, pattern, mask, kl_rules, kl_abl, cats, tokenizer, n: 
 
 
 def query_type_table(tokens, mask, pattern, kls: dict[str, torch.Tensor], cats) -> pd.DataFrame:
-    c = cats.lookup[tokens][:, 1:]
+    c = cats.of_tokens(tokens)[:, 1:]  # as the rules see it: a category token counts only as a whole word
     partner = ~mask[:, 1:, 0]
     kinds = {
         QUERY_TYPES[0]: c < 0,

@@ -337,3 +337,14 @@ def test_natural_text_categories_match_every_spelling(tmp_path, tokenizer):
     for q in range(len(truth)):
         assert torch.equal(got[q], expected[q]), (q, tokenizer.decode([int(tokens[0, q])]), truth[q])
     assert cats.of_tokens(tokens)[0].tolist() == [-1] + [names.index(c) if c else -1 for _, c in NATURAL_TRUTH]
+
+    # The query-type table and the worst-failure rows see the same categories as the rules: "Red"
+    # inside "Redistribution" or " may" the verb is a query with no category.
+    mask = rules_mask(tokens, cats)
+    pattern = mask.float() / mask.float().sum(-1, keepdim=True)
+    n = len(truth) - 1
+    kl = torch.arange(1, n + 1, dtype=torch.float32)[None]  # distinct, so every position is ranked
+    table = rpa.query_type_table(tokens, mask, pattern, {"rules": kl, "mean": kl}, cats).set_index("query_type")
+    assert table.loc["no category", "n_tokens"] == sum(c is None for c in truth[1:])
+    worst = rpa.worst_failures(tokens, pattern, mask, kl, kl, cats, tokenizer, n)
+    assert dict(zip(worst.position, worst.category)) == {q: truth[q] or "" for q in range(1, len(truth))}
