@@ -84,23 +84,53 @@ def _table_digest() -> str:
 
 
 def tensor_sha256(array: np.ndarray, transposed: bool) -> str:
-    """sha256 of the raw little-endian float32 bytes, transposed first where the table says so."""
+    """sha256 of the raw little-endian float32 bytes, transposed first where the table says so
+    (the transpose is hashed in blocks of rows: no full transposed copy)."""
     a = np.asarray(array)
     if a.dtype != np.dtype("<f4"):
         a = a.astype("<f4")  # a float16/bfloat16/float64 checkpoint cannot match float32 checksums
-    if transposed:
-        a = a.T
-    return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
+    if not (transposed and a.ndim == 2):
+        return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
+    h = hashlib.sha256()
+    for i in range(0, a.shape[1], 256):  # rows i.. of a.T are columns i.. of a
+        h.update(np.ascontiguousarray(a[:, i : i + 256].T).data)
+    return h.hexdigest()
 
 
 def _normalise(name: str) -> str:
     return name.removeprefix("transformer.")
 
 
+def _iter_safetensors_f32(path: Path):
+    """(name, array) of every tensor of a safetensors file whose tensors are all float32, read one
+    at a time with plain file reads (the safetensors layout: an 8-byte little-endian header length,
+    a JSON header of dtype, shape and byte offsets, then the data), so at most one tensor is in
+    memory; safe_open would map the whole file into the process (0.5 GB at gpt2-small size) on top
+    of the model the script already holds. Returns False without yielding when the file holds
+    another dtype."""
+    import json
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        if any(v.get("dtype") != "F32" for v in header.values()):
+            return False
+        for k, v in header.items():
+            start, end = v["data_offsets"]
+            f.seek(8 + n + start)
+            arr = np.frombuffer(f.read(end - start), dtype="<f4").reshape(v["shape"])
+            yield _normalise(k), arr
+    return True
+
+
 def _iter_tensors(path: Path):
     """(name, numpy array) of every tensor in a safetensors or pytorch_model.bin file."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
+
+        if (yield from _iter_safetensors_f32(path)) is not False:
+            return
 
         try:
             with safe_open(str(path), framework="np") as f:

@@ -168,3 +168,31 @@ def test_bench_model_from_shared_differs_in_exactly_wte_and_the_mlp_matrices(tmp
     again = gw.weights_verdict(str(folder))
     print(f"[benchmark] cached verdict: {time.perf_counter() - t0:.4f} s")
     assert again.cached and again.text == v.text and again.differing == v.differing
+
+
+def test_tensors_are_read_one_at_a_time_with_the_same_bytes_and_hashes(tmp_path):
+    """The plain-read safetensors path gives safe_open's arrays; the blockwise hash of a transpose
+    equals the hash of the whole transposed copy (widths not a multiple of the block); a file with
+    another dtype goes through safe_open."""
+    import hashlib
+
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from common import genuine_weights as gw
+
+    rng = np.random.default_rng(0)
+    tensors = {"transformer.wte.weight": rng.standard_normal((700, 300)).astype("<f4"),
+               "h.0.ln_1.bias": rng.standard_normal(300).astype("<f4")}
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    got = dict(gw._iter_tensors(path))
+    with safe_open(str(path), framework="np") as f:
+        assert {gw._normalise(k): f.get_tensor(k).tobytes() for k in f.keys()} == {k: v.tobytes() for k, v in got.items()}
+    a = got["wte.weight"]
+    assert gw.tensor_sha256(a, True) == hashlib.sha256(np.ascontiguousarray(a.T).tobytes()).hexdigest()
+    assert gw.tensor_sha256(a, False) == hashlib.sha256(a.tobytes()).hexdigest()
+    save_file({"x": np.ones((3, 2), dtype=np.float16)}, str(tmp_path / "half.safetensors"))
+    (name, arr), = gw._iter_tensors(tmp_path / "half.safetensors")
+    assert name == "x" and arr.dtype == np.float16 and arr.shape == (3, 2)
