@@ -264,15 +264,11 @@ def script_text_ids(text: str | None, model: str, tokenizer) -> tuple[np.ndarray
     """(token ids, description) of a script's natural text: ``--text PATH`` if given, the demo text
     for the planted model, else WikiText-103's test split; a one-line SystemExit when unavailable.
     The ids are a read-only 1-D array (memory-mapped from the cache for ``--text PATH``)."""
-    from common.memory import release_free_memory
-
     source = text if text is not None else (DEMO if model == "planted" else None)
     try:
         return text_ids(source, tokenizer)
     except TextUnavailable as exc:
         raise SystemExit(f"error: {exc}") from None
-    finally:
-        release_free_memory()  # the text and its chunks are gone: their pages must not inflate the model's phase
 
 
 # ----------------------------------------------------------------------------------------------
