@@ -775,11 +775,17 @@ def report_scripts(res: dict) -> list[str]:
     which = "current code" if labels[-1] == "after" else "the code measured above (before issue 12's changes)"
     rows = [(n, r) for n, r in cur["rows"].items() if r["status"] != "missing"]
     over = [n for n, r in rows if r["peak_rss"] >= TARGET_RSS and n != PREPARE]
+    if res.get("cases", {}).get("wholerun"):
+        whole = (f"the sum of these one-at-a-time runs is {cur['total_seconds'] / 60:.1f} min wall "
+                 f"({cur['cpu_seconds'] / 60:.1f} min CPU), each paying its own imports; `make figures` runs the steps "
+                 "as in the whole-run section above, which is what the 5-minute target is measured on")
+    else:
+        whole = (f"whole regeneration < {TARGET_SECONDS // 60} min on 2 cores: "
+                 f"{'met' if cur['total_seconds'] < TARGET_SECONDS else 'NOT met'} as measured ({cur['total_seconds'] / 60:.1f} "
+                 f"min wall at the load above; {cur['cpu_seconds'] / 60:.1f} min of CPU time, i.e. between "
+                 f"{cur['cpu_seconds'] / 120:.1f} and {cur['cpu_seconds'] / 60:.1f} min on 2 idle cores)")
     L += ["",
-          f"Targets (issue 12), {which}: whole regeneration < {TARGET_SECONDS // 60} min on 2 cores: "
-          f"{'met' if cur['total_seconds'] < TARGET_SECONDS else 'NOT met'} as measured ({cur['total_seconds'] / 60:.1f} min wall "
-          f"at the load above; {cur['cpu_seconds'] / 60:.1f} min of CPU time, i.e. between {cur['cpu_seconds'] / 120:.1f} and "
-          f"{cur['cpu_seconds'] / 60:.1f} min on 2 idle cores). Peak RSS of every script < {TARGET_RSS / 1e9:.1f} GB: "
+          f"Targets (issue 12), {which}: {whole}. Peak RSS of every script < {TARGET_RSS / 1e9:.1f} GB: "
           + ("met" if not over else f"NOT met by {', '.join(over)}") + "."]
     if PREPARE in cur["rows"] and cur["rows"][PREPARE]["status"] != "missing":
         pr = cur["rows"][PREPARE]
