@@ -449,19 +449,15 @@ def write_entry(entry: Path, key: dict, origin: dict, stream: _Stream) -> None:
             continue
 
 
-class _Invalid(Exception):
-    pass
-
-
 def read_entry(entry: Path, key: dict) -> np.ndarray | None:
     """The memory-mapped ids of a valid entry, or None (absent; or invalid: removed and noted)."""
-    from common.weights_cache import _note, _remove
+    from common.weights_cache import InvalidEntry, _note, _remove
 
     if not (entry / ENTRY).exists():
         return None
     try:
         return _read_valid(entry, key)
-    except _Invalid as exc:
+    except InvalidEntry as exc:
         _note(f"text-ids cache entry {entry} is {exc}; rebuilding it", once=False)
     except Exception as exc:  # np.load on a damaged file: many types
         _note(f"text-ids cache entry {entry} is unreadable ({error_summary(exc)}); rebuilding it", once=False)
@@ -470,32 +466,13 @@ def read_entry(entry: Path, key: dict) -> np.ndarray | None:
 
 
 def _read_valid(entry: Path, key: dict) -> np.ndarray:
-    from common.weights_cache import _write_text_atomic, sha256_file, stat_signature
+    from common.weights_cache import InvalidEntry, checked_entry
 
-    try:
-        meta = json.loads((entry / ENTRY).read_text())
-    except ValueError:
-        raise _Invalid("corrupt (entry.json does not parse)") from None
-    if not isinstance(meta, dict) or meta.get("key") != key:
-        raise _Invalid("stale (its key differs from this text's)")
-    ids_path = entry / IDS
-    if not ids_path.exists():
-        raise _Invalid(f"incomplete ({IDS} missing)")
-    sig = stat_signature(ids_path)
-    if sig[0] != meta.get("bytes"):
-        raise _Invalid(f"corrupt ({IDS} has {sig[0]} bytes, {meta.get('bytes')} were written)")
-    if sig != meta.get("verified_sig"):
-        if sha256_file(ids_path) != meta.get("sha256"):
-            raise _Invalid(f"corrupt ({IDS} checksum mismatch)")
-        meta["verified_sig"] = sig
-        try:
-            _write_text_atomic(entry / ENTRY, json.dumps(meta, indent=1))
-        except OSError:
-            pass
-    ids = np.load(ids_path, mmap_mode="r", allow_pickle=False)
+    meta = checked_entry(entry, key, IDS, "text")
+    ids = np.load(entry / IDS, mmap_mode="r", allow_pickle=False)
     if ids.dtype.str != meta.get("dtype") or ids.shape != (meta.get("n_tokens"),):
-        raise _Invalid(f"corrupt ({IDS} holds {ids.dtype} {ids.shape}, "
-                       f"{meta.get('dtype')} ({meta.get('n_tokens')},) were written)")
+        raise InvalidEntry(f"corrupt ({IDS} holds {ids.dtype} {ids.shape}, "
+                           f"{meta.get('dtype')} ({meta.get('n_tokens')},) were written)")
     return ids
 
 

@@ -201,7 +201,7 @@ def read_entry(entry: Path, key: dict, source: Source, device: str):
         return None
     try:
         return _read_valid(entry, key, source, device)
-    except _Invalid as exc:
+    except InvalidEntry as exc:
         _note(f"processed-weights cache entry {entry} is {exc}; rebuilding it", once=False)
     except Exception as exc:  # torch.load / load_state_dict on a damaged file: many types
         _note(f"processed-weights cache entry {entry} is unreadable ({error_summary(exc)}); rebuilding it",
@@ -210,33 +210,45 @@ def read_entry(entry: Path, key: dict, source: Source, device: str):
     return None
 
 
-class _Invalid(Exception):
-    pass
+class InvalidEntry(Exception):
+    """A cache entry that must not be used (corrupt, stale or incomplete): the message says which."""
 
 
-def _read_valid(entry: Path, key: dict, source: Source, device: str):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+def checked_entry(entry: Path, key: dict, data_file: str, of_what: str) -> dict:
+    """The metadata (entry.json) of a cache entry whose ``data_file`` is intact, else
+    :class:`InvalidEntry`: entry.json parses and holds ``key`` (``of_what``: "model", "text", for
+    the message), the data file exists with the byte count written, and its sha256 matches; the
+    checksum is recomputed only when the file's stat signature differs from the last verified one
+    (then recorded, when the entry is writable). Shared by every on-disk cache of this repository."""
     try:
         meta = json.loads((entry / ENTRY).read_text())
     except ValueError:
-        raise _Invalid("corrupt (entry.json does not parse)") from None
+        raise InvalidEntry("corrupt (entry.json does not parse)") from None
     if not isinstance(meta, dict) or meta.get("key") != key:
-        raise _Invalid("stale (its key differs from this model's)")
-    weights = entry / WEIGHTS
-    if not weights.exists():
-        raise _Invalid("incomplete (weights.pt missing)")
-    sig = stat_signature(weights)
+        raise InvalidEntry(f"stale (its key differs from this {of_what}'s)")
+    path = entry / data_file
+    if not path.exists():
+        raise InvalidEntry(f"incomplete ({data_file} missing)")
+    sig = stat_signature(path)
     if sig[0] != meta.get("bytes"):
-        raise _Invalid(f"corrupt (weights.pt has {sig[0]} bytes, {meta.get('bytes')} were written)")
+        raise InvalidEntry(f"corrupt ({data_file} has {sig[0]} bytes, {meta.get('bytes')} were written)")
     if sig != meta.get("verified_sig"):
-        if sha256_file(weights) != meta.get("sha256"):
-            raise _Invalid("corrupt (weights.pt checksum mismatch)")
+        if sha256_file(path) != meta.get("sha256"):
+            raise InvalidEntry(f"corrupt ({data_file} checksum mismatch)")
         meta["verified_sig"] = sig  # verified: remember the file as it is now (if we may write)
         try:
             _write_text_atomic(entry / ENTRY, json.dumps(meta, indent=1))
         except OSError:
             pass
+    return meta
+
+
+def _read_valid(entry: Path, key: dict, source: Source, device: str):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    meta = checked_entry(entry, key, WEIGHTS, "model")
+    weights = entry / WEIGHTS
     state_dict = torch.load(weights, map_location="cpu", mmap=True, weights_only=True)
     cfg_dict = dict(meta["cfg"], dtype=torch.float32, device=device, init_weights=False)
     cfg = HookedTransformerConfig.from_dict(cfg_dict)
