@@ -406,7 +406,7 @@ def _npy_header(dtype: np.dtype, n: int) -> bytes:
 
 def write_entry(entry: Path, key: dict, origin: dict, stream: _Stream) -> None:
     """Stream the ids into a new entry (temporary folder, then rename; module docstring)."""
-    from common.weights_cache import _UMASK, _remove, sha256_file, stat_signature
+    from common.weights_cache import _UMASK, _remove_others, sha256_file, stat_signature
 
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
@@ -439,14 +439,7 @@ def write_entry(entry: Path, key: dict, origin: dict, stream: _Stream) -> None:
                 raise  # not "another process wrote it first"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for other in entry.parent.iterdir():  # the same files and tokenizer under an older key
-        if other == entry or other.name.startswith(".") or not (other / ENTRY).is_file():
-            continue
-        try:
-            if json.loads((other / ENTRY).read_text()).get("origin") == origin:
-                _remove(other)
-        except (OSError, ValueError, AttributeError):
-            continue
+    _remove_others(entry, origin)  # the same files and tokenizer under an older key
 
 
 def read_entry(entry: Path, key: dict) -> np.ndarray | None:

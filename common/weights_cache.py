@@ -300,10 +300,11 @@ def _save_state_dict(state_dict: dict, path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _remove_others(entry: Path, origin: str) -> None:
-    """Entries of the same origin under another key are stale: drop them (disk space)."""
+def _remove_others(entry: Path, origin) -> None:
+    """Entries of the same origin under another key are stale: drop them (disk space). Hidden
+    folders are other writers' entries in the making (or being removed): left alone."""
     for other in entry.parent.iterdir():
-        if other == entry or not (other / ENTRY).is_file():
+        if other == entry or other.name.startswith(".") or not (other / ENTRY).is_file():
             continue
         try:
             if json.loads((other / ENTRY).read_text()).get("origin") == origin:
