@@ -81,6 +81,7 @@ from common.head_replacement import (
     unembed,
     z_hooks,
 )
+from common.memory import release
 from common.natural_text import sample_windows, script_text_ids
 from common.outputs import default_out_dir
 from common.results import Results, load_summary, load_table, save_results
@@ -268,6 +269,7 @@ def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
     # log-probs, made in place, and one variant's logits), and the KL works on blocks of positions.
     group = max(1, math.ceil(UNEMBED_MIN_ROWS / pos))
     for s in range(0, n, bs):
+        release(collect_garbage=False)  # the last batch's freed temporaries
         sl = slice(s, s + bs)
         x = {"clean": final_residual(model, resid_pre[sl], layer, [])}
         bar.update()
@@ -381,6 +383,7 @@ def compute(model, args, windows: Windows, cats) -> Results:
     if exact_diff > 1e-4:
         print(f"warning: recomputed pattern differs from the model's by {exact_diff:.2e} (> 1e-4)")
     hooks = variant_hooks(layer, head, scorers, ref_cache["z"], args.seed)
+    release()  # between phases, the heap's freed pages go back to the OS (common.memory)
     window_kl, kl_tok = variant_kls(model, args, ev, cache["resid_pre"], cats, hooks)
 
     explained, k_curve = explained_tables(window_kl, k_values, eig_info, args.n_boot, args.seed)
@@ -536,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     results = compute(model, args, windows, cats)
     save_results(out_dir, results, args, SCRIPT,
                  meta={"summary": results.summary, "k_values": [int(k) for k in results.tables["k_curve"].k]})
+    release()
     render(out_dir)
     report(results, args.n_worst)
     print(f"outputs in {out_dir}")

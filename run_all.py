@@ -204,7 +204,8 @@ def succeeded_before(root: Path, script: str) -> bool:
 
 
 PREPARE = "(model load: fills the weights cache)"
-PREPARE_CODE = ("import sys; from common.model import load_model, ModelUnavailable\n"
+PREPARE_CODE = ("import sys; from common.cli import warm_weights_verdict; from common.model import load_model, ModelUnavailable\n"
+                "warm_weights_verdict(sys.argv[1])\n"
                 "try:\n    load_model(sys.argv[1], sys.argv[2])\n"
                 "except ModelUnavailable as exc:\n    print(f'error: {exc}', file=sys.stderr); raise SystemExit(2)\n")
 

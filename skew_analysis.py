@@ -94,6 +94,7 @@ from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_
 from common.head_qk import FactoredQK
 from common.head_replacement import score_hooks, z_hooks
 from common.metrics import mean_ci
+from common.memory import release
 from common.model import forget_models
 from common.plotting import plt, save_figure
 from common.prompts import category_prompts, category_token_ids, group_token_ids
@@ -469,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     # Done with the effective embeddings (154 MB at gpt2-small size) before the downstream check's
     # forward passes bring in the rest of the model, and with the model before drawing.
     s.E = None
+    release()  # and the heap's freed pages (common.memory)
     results = compute(s.model, s.qk, weights, args)
     out_dir = s.out_dir
     save_results(out_dir, results, args, SCRIPT)

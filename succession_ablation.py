@@ -69,6 +69,7 @@ import pandas as pd
 import torch
 
 from common.cli import add_text_flag, base_parser, start
+from common.memory import release
 from common.outputs import prepare_out_dir
 from common.results import Results, load_meta, load_summary, load_table, save_results
 from common.successions import (CATEGORY_NAMES, MAX_GAP, ORIGINAL_SOURCE, SEPARATORS, curated_cases,
@@ -368,6 +369,7 @@ def last_logits(model, batches: list, hooks: list, layer: int = 0, resid: list |
     name = "ln_final.hook_normalized"
     s = 0
     for i, (batch, last) in enumerate(batches):
+        release(collect_garbage=False)  # the last batch's freed temporaries (common.memory)
         seen = {}
 
         def save(t, hook):
@@ -410,8 +412,10 @@ def case_effects(model, inputs: Inputs, layer: int, heads: list[int], seed: int,
         for k, v in answer_metrics(logits, correct[s : s + len(logits)]).items():
             clean[k].append(v)
     clean = {k: torch.cat(v) for k, v in clean.items()}
+    release()  # between phases, the heap's freed pages go back to the OS (common.memory)
     wrong = clean["wrong"].to(model.cfg.device)
     conds = ablation_conditions(model, inputs.reference, layer, heads, seed)
+    release()
     frames = []
     for (h, method), hooks in tqdm(conds.items(), desc="ablated heads", leave=False):
         parts = {k: [] for k in ("logit_diff", "rank", "prob")}
@@ -508,10 +512,14 @@ def composition_table(model, writers: list[tuple[int, int]] | None = None) -> pd
     attn = [b.attn for b in model.blocks]
     # composition_scores broadcasts the writer against the readers' leading (head) axis: unsqueeze(0)
     lefts = {}
-    for l, h in writers:
-        c = FactoredMatrix(attn[l].W_V[h], attn[l].W_O[h]).unsqueeze(0).collapse_l()
-        lefts[(l, h)] = (c, c.norm(dim=[-2, -1]))
-    scores = {(mode, w): [] for mode in MODES for w in writers}
+    for l in sorted({l for l, _ in writers}):  # one batched SVD per writer layer, not one per head
+        c = FactoredMatrix(attn[l].W_V, attn[l].W_O).collapse_l()  # [head, d_head, d_model]
+        norms = c.norm(dim=[-2, -1])
+        for h in (h for wl, h in writers if wl == l):
+            lefts[(l, h)] = (c[h].unsqueeze(0), norms[h])
+    # Scores go straight into numpy arrays: thousands of small result tensors kept alive would pin
+    # the heap's freed pages (about 0.3 GB resident at gpt2-small size, measured).
+    scores = {(mode, w): np.empty((n_l - 1 - w[0]) * n_h, dtype=np.float32) for mode in MODES for w in writers}
     for rl in range(first, n_l):
         qk = FactoredMatrix(attn[rl].W_Q, attn[rl].W_K.transpose(-2, -1))
         for mode, right in (("Q", qk), ("K", qk.T), ("V", FactoredMatrix(attn[rl].W_V, attn[rl].W_O))):
@@ -520,14 +528,15 @@ def composition_table(model, writers: list[tuple[int, int]] | None = None) -> pd
             for w in writers:
                 if w[0] < rl:
                     c_l, l_norm = lefts[w]
-                    scores[(mode, w)].append(((c_l @ c_r).norm(dim=[-2, -1]) / r_norms / l_norm).float().cpu().numpy())
+                    at = (rl - w[0] - 1) * n_h
+                    scores[(mode, w)][at : at + n_h] = (c_l @ c_r).norm(dim=[-2, -1]) / r_norms / l_norm
     frames = []
     for mode in MODES:
         for l, h in writers:
             rl = np.repeat(np.arange(l + 1, n_l), n_h)
             frames.append(pd.DataFrame({"mode": mode, "writer_layer": l, "writer_head": h, "reader_layer": rl,
                                         "reader_head": np.tile(np.arange(n_h), n_l - 1 - l),
-                                        "score": np.concatenate(scores[(mode, (l, h))])}))
+                                        "score": scores[(mode, (l, h))]}))
     cols = ["mode", "writer_layer", "writer_head", "reader_layer", "reader_head", "score"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
@@ -620,7 +629,9 @@ def compute(model, args, inputs: Inputs | None) -> Results:
             "clean_top1_curated": float(get("curated", "mean").clean_top1),
             "curated_source": ORIGINAL_SOURCE if not args.cases else f"--cases {args.cases}",
         }
+    release()
     pairs = composition_table(model)
+    release()
     readers = readers_of(pairs, L, H)
     tables |= {"composition": readers, "composition_pairs": pairs}
     summary["readers"] = top_readers(readers) if len(readers) else None
@@ -771,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     model, out_dir = start(args, SCRIPT)
     results = compute(model, args, inputs)
     save_results(out_dir, results, args, SCRIPT)
+    release()
     render(out_dir)
     report(results, out_dir)
     return 0

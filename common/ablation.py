@@ -31,6 +31,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from common.activations import capture
+
 Hook = tuple[str, Callable]
 
 # The hook points component_ablation.py studies, with readable labels.
@@ -42,31 +44,27 @@ COMPONENTS: dict[str, str] = {
 }
 
 
+# Rows per forward pass in collect_activations: at most this many tokens (rows x positions). The
+# MLP's GELU holds several [rows, positions, d_mlp] temporaries at once (about 0.1 GB for 32 windows
+# of 64 tokens at gpt2-small size), more than the activations kept; a thousand tokens per pass keep
+# the matrix products as fast on a CPU.
+TOKENS_PER_PASS = 1024
+
+
 @torch.no_grad()
 def collect_activations(model, tokens: torch.Tensor, hook_names: Iterable[str],
                         batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """Activations [batch, pos, ...] at ``hook_names`` for ``tokens``, running only as deep as needed."""
+    """Activations [batch, pos, ...] at ``hook_names`` for ``tokens``, each pass ending at the last
+    of them (:func:`common.activations.capture`); at most ``batch_size`` rows and
+    :data:`TOKENS_PER_PASS` tokens per pass."""
     hook_names = list(hook_names)
-    depth = max((_layer_of(n) for n in hook_names), default=-1) + 1
+    rows = max(1, min(batch_size, TOKENS_PER_PASS // max(1, tokens.shape[-1])))
     store: dict[str, list[torch.Tensor]] = {n: [] for n in hook_names}
-
-    def save(t, hook):
-        store[hook.name].append(t.detach().cpu())
-
-    for i in range(0, len(tokens), batch_size):
-        model.run_with_hooks(
-            tokens[i : i + batch_size].to(model.cfg.device),
-            stop_at_layer=max(depth, 1),
-            fwd_hooks=[(n, save) for n in hook_names],
-        )
+    for i in range(0, len(tokens), rows):
+        got = capture(model, tokens[i : i + rows], hook_names, keep=lambda t: t.detach().cpu())
+        for n in hook_names:
+            store[n].append(got[n])
     return {n: torch.cat(v) for n, v in store.items()}
-
-
-def _layer_of(hook_name: str) -> int:
-    """Block index of a hook point (-1 for the embeddings)."""
-    if hook_name.startswith("blocks."):
-        return int(hook_name.split(".")[1])
-    return -1
 
 
 def _positions(acts: torch.Tensor, ablate_bos: bool) -> torch.Tensor:

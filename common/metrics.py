@@ -11,11 +11,11 @@ self and earlier copies of the same token, other in-category tokens, BOS, and ev
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
+from common.activations import capture
 from common.prompts import self_and_copies_mask
 
 EPS = 1e-6
@@ -47,38 +47,18 @@ def mass_split(pattern: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) 
     return out
 
 
-class _PatternsDone(Exception):
-    """Raised by the hook that stores the last attention pattern :func:`all_head_patterns` needs."""
-
-
 @torch.no_grad()
 def all_head_patterns(model, tokens: torch.Tensor, layers: list[int] | None = None, hooks=()) -> torch.Tensor:
     """Attention patterns [layer, head, batch, q, k] of the chosen layers from one forward pass.
 
-    The pass ends as soon as the last pattern needed is stored: the rest of that block (value
-    mixing, output projection, MLP) and every later layer never run (nothing after a pattern can
-    change it; ``stop_at_layer`` bounds the pass as well). ``hooks`` are extra forward hooks (for
-    ablations); hooks on points after the last pattern do not fire.
+    The pass ends as soon as the last pattern needed is stored (:func:`common.activations.capture`):
+    the rest of that block (value mixing, output projection, MLP) and every later layer never run.
+    ``hooks`` are extra forward hooks (for ablations); hooks on points after the last pattern do not
+    fire.
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
     names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
-    store: dict[str, torch.Tensor] = {}
-
-    def save(t, hook):
-        store[hook.name] = t.detach()
-        if len(store) == len(set(names)):
-            raise _PatternsDone
-
-    ctx = model.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
-    with ctx:
-        try:
-            model.run_with_hooks(
-                tokens.to(model.cfg.device),
-                stop_at_layer=max(layers) + 1,
-                fwd_hooks=[(n, save) for n in names],
-            )
-        except _PatternsDone:
-            pass
+    store = capture(model, tokens, names, hooks=hooks)
     return torch.stack([store[n].transpose(0, 1) for n in names]).cpu()
 
 

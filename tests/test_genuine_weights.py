@@ -196,3 +196,16 @@ def test_tensors_are_read_one_at_a_time_with_the_same_bytes_and_hashes(tmp_path)
     save_file({"x": np.ones((3, 2), dtype=np.float16)}, str(tmp_path / "half.safetensors"))
     (name, arr), = gw._iter_tensors(tmp_path / "half.safetensors")
     assert name == "x" and arr.dtype == np.float16 and arr.shape == (3, 2)
+
+
+def test_scripts_hash_the_checkpoint_before_the_model_is_in_memory(monkeypatch, planted_model, tmp_path):
+    """cli.start computes (and caches) the verdict before it loads the model, so the hashing's
+    file buffers never stack on the model's memory; meta.json then reads the cached verdict."""
+    import common.model
+    from common.cli import base_parser, start
+
+    calls = []
+    monkeypatch.setattr(gw, "weights_verdict", lambda model, *a, **k: calls.append(("verdict", model)))
+    monkeypatch.setattr(common.model, "load_model", lambda model, device="cpu": calls.append(("load", model)) or planted_model)
+    start(base_parser("x").parse_args(["--model", "some/folder", "--out", str(tmp_path / "out")]), "x")
+    assert calls == [("verdict", "some/folder"), ("load", "some/folder")]

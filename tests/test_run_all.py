@@ -47,6 +47,14 @@ FAKE_MODEL = textwrap.dedent('''
             f.write(name + "\\n")
 ''')
 
+FAKE_CLI = textwrap.dedent('''
+    from pathlib import Path
+
+    def warm_weights_verdict(name):
+        with open(Path(__file__).resolve().parent.parent / "prepared.txt", "a") as f:
+            f.write("verdict " + name + "\\n")
+''')
+
 
 class FakeRepo:
     def __init__(self, path: Path, scripts):
@@ -55,6 +63,7 @@ class FakeRepo:
         # a regular package, so it wins over the real common/ when PYTHONPATH names the repo (make test)
         (path / "common" / "__init__.py").write_text("")
         (path / "common" / "model.py").write_text(FAKE_MODEL)
+        (path / "common" / "cli.py").write_text(FAKE_CLI)
         for script in scripts:
             (path / script).write_text(FAKE_SCRIPT)
         self.fail()
@@ -100,7 +109,8 @@ def test_failed_upstream_gives_dependents_their_fallback_not_its_path(repo, tmp_
     assert option(calls["clustering.py"], "--freq-table") == table
     assert option(calls["cosine_attention_analysis.py"], "--freq-table") == table
     assert option(calls["rule_preserving_ablation.py"], "--communities") == str(root / "clustering" / "communities.csv")
-    assert (repo.path / "prepared.txt").read_text() == "planted\n"  # model loaded once, before the analyses
+    # the prepare step: the genuine-weights verdict, then the model, once, before the analyses
+    assert (repo.path / "prepared.txt").read_text() == "verdict planted\nplanted\n"
 
     # token_freq fails now; its table from the earlier run is still on disk but must not be used.
     repo.fail("token_freq.py", "clustering.py")
