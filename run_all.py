@@ -9,7 +9,8 @@ step's process is forked from this one after the heavy libraries (torch, transfo
 pandas, matplotlib) have been imported once, which saves every step their import (about
 7 s of CPU each); the repository's own modules are imported afresh by each step. Each step's
 output goes to ``<root>/logs/<script>.log`` (shown live with ``--jobs 1``), and ``run_all.json``
-records its wall and CPU seconds and peak memory. A step whose script, shared code, arguments
+records its wall and CPU seconds and peak memory (``prepare``: the same for the model load that
+fills the processed-weights cache before the first analysis, when this run did it). A step whose script, shared code, arguments
 and upstream results are unchanged since its last successful run is skipped (``--force`` reruns).
 At the end ``figures/INDEX.md`` (or ``<root>/INDEX.md``) lists every figure with the claim it
 supports and the command that made it, ``run_all.json`` records each script's status, seconds and
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ok: dict[str, bool] = {}
     inputs_stamp = input_signature(args)
     prepare = None  # the model load before the first analysis: None (not needed yet), "running", "done"
+    prepared = {}  # its record in run_all.json (the one-time fill of the processed-weights cache)
     try:
         while todo or runner.running:
             # Start what can start: every upstream of this run finished, the model prepared if needed.
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 prepare = "done"
                 status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
                 rows[PREPARE] = (PREPARE, done.seconds, done.cpu_seconds, done.peak_gb, 0, status, "")
+                prepared = {"status": status, "seconds": round(done.seconds, 1), "cpu_seconds": done.cpu_seconds,
+                            "peak_rss_gb": done.peak_gb}
                 continue
             stamp, note = done.context
             out = root / done.script.removesuffix(".py")
@@ -292,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
 
     write_index(root, args.model)
     write_json(root / "run_all.json", {"model": args.model, "jobs": args.jobs, "threads_per_job": threads,
-                                       "wall_seconds": round(wall, 1), "steps": record})
+                                       "wall_seconds": round(wall, 1), "steps": record,
+                                       **({"prepare": prepared} if prepared else {})})
     build_report(root, args.model)
     table = Table(title=f"run_all --model {args.model} ({args.jobs} at a time, {threads} thread(s) each): {wall:.0f} s")
     for c in ("script", "seconds", "cpu s", "peak GB", "outputs", "status", "notes"):

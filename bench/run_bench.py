@@ -620,6 +620,7 @@ def whole_runs(env: dict, logs: Path, model: Path, work: Path, text: Path, sae: 
         r = measure(cmd, dict(env, L1H5_CACHE=str(cache)), logs / f"whole-j{jobs}.log", timeout)
         record = json.loads((root / "run_all.json").read_text()) if (root / "run_all.json").exists() else {}
         r.update(jobs=jobs, threads_per_job=record.get("threads_per_job"), steps=record.get("steps", {}),
+                 prepare=record.get("prepare"),
                  command="python run_all.py --model <bench/model> --force --text <text> --sae-path <sae> "
                          f"--jobs {jobs}")
         print(f"  --jobs {jobs}: exit {r['rc']}, {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s cpu, "
@@ -818,12 +819,13 @@ def report_whole(res: dict) -> list[str]:
           "forked from run_all after the heavy libraries are imported once. Per-step numbers from its run_all.json "
           "(os.wait4 of each step).", ""]
     scripts = list(dict.fromkeys(n for r in runs for n in r["steps"]))
+    prepared = any(r.get("prepare") for r in runs)
     head = "| step | " + " | ".join(f"jobs {r['jobs']}: wall s | cpu s | peak GB" for r in runs) + " |"
     L += [head, "| --- |" + " ---: | ---: | ---: |" * len(runs)]
-    for n in scripts:
+    for n in ([PREPARE] if prepared else []) + scripts:
         cells = []
         for r in runs:
-            st = r["steps"].get(n)
+            st = r.get("prepare") if n == PREPARE else r["steps"].get(n)
             if not st:
                 cells += ["", "", ""]
                 continue
@@ -834,6 +836,12 @@ def report_whole(res: dict) -> list[str]:
                                                for r in runs) + " |")
     L += ["", "Load while it ran (1-minute average, mean/max): " + "; ".join(
         f"jobs {r['jobs']}: {r['load1_mean']:.1f}/{r['load1_max']:.1f}" for r in runs) + "."]
+    if prepared:
+        L += ["", f"`{PREPARE}` is run_all's model load before the first analysis: on a cold cache it builds the "
+              "processed weights once (TransformerLens' weight processing, which copies the whole state dict at each "
+              "step; see the loading section) and every analysis step then memory-maps them. The whole run's "
+              "(max) is the largest peak of any of its processes, this one included; the per-step target below "
+              "is about the analysis steps."]
     for r in runs:
         over = [n for n, st in r["steps"].items() if (st.get("peak_rss_gb") or 0) * 1e9 >= TARGET_RSS]
         failed = [n for n, st in r["steps"].items() if st["status"] != "ok"]

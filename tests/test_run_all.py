@@ -111,6 +111,8 @@ def test_failed_upstream_gives_dependents_their_fallback_not_its_path(repo, tmp_
     assert option(calls["rule_preserving_ablation.py"], "--communities") == str(root / "clustering" / "communities.csv")
     # the prepare step: the genuine-weights verdict, then the model, once, before the analyses
     assert (repo.path / "prepared.txt").read_text() == "verdict planted\nplanted\n"
+    prep = json.loads((root / "run_all.json").read_text())["prepare"]
+    assert prep["status"] == "ok" and prep["seconds"] >= 0 and 0 < prep["peak_rss_gb"] < 100
 
     # token_freq fails now; its table from the earlier run is still on disk but must not be used.
     repo.fail("token_freq.py", "clustering.py")
