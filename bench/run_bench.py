@@ -1038,6 +1038,7 @@ def reuse_sections(res: dict, path: Path, cases: set[str], scripts_measured: boo
     """Fill sections not measured in this run from an earlier results.json (old or new layout)."""
     old = json.loads(path.read_text())
     date = old.get("date", "?")
+    measured = old.get("reused") or {}  # a section the earlier run carried over keeps its own date
     res.setdefault("reused", {})
     res["reused_machine"] = (old.get("machine") or {}).get("cpu")
     old_cases = old.get("cases") or {}
@@ -1052,7 +1053,7 @@ def reuse_sections(res: dict, path: Path, cases: set[str], scripts_measured: boo
             value = old.get("guard")
         if value:
             res.setdefault("cases", {})[key] = value
-            res["reused"][key] = date
+            res["reused"][key] = measured.get(key, date)
     if not scripts_measured:
         if old.get("scripts") and isinstance(old["scripts"], dict):
             res["scripts"], res["versions"] = old["scripts"], old.get("versions", {})
@@ -1067,7 +1068,7 @@ def reuse_sections(res: dict, path: Path, cases: set[str], scripts_measured: boo
             res["inputs"] = old.get("inputs")
         else:
             return
-        res["reused"]["scripts"] = date
+        res["reused"]["scripts"] = measured.get("scripts", date)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,3 +82,18 @@ def test_whole_run_table_and_targets(tmp_path):
     rows = [l for l in text.splitlines() if l.startswith("| ")]
     assert rows[2] == f"| {run_bench.PREPARE} | 11.0 | 12.0 | 2.50 |"  # after the header and its rule
     assert "1.5 GB: met." in text
+
+
+def test_reused_sections_keep_the_date_they_were_measured(tmp_path):
+    """--reuse of a results.json that itself carried a section over keeps that section's own date,
+    not the date of the run it was carried through."""
+    earlier = {"date": "2026-01-02 00:00 UTC", "reused": {"load": "2026-01-01 00:00 UTC"},
+               "cases": {"load": {"x": 1}, "tokenise": {"y": 2}}, "scripts": {"after": {"rows": {}}}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    res = {}
+    run_bench.reuse_sections(res, path, cases={"wholerun"}, scripts_measured=False)
+    assert res["reused"]["load"] == "2026-01-01 00:00 UTC"  # measured then, carried through 01-02
+    assert res["reused"]["tokenise"] == "2026-01-02 00:00 UTC"
+    assert res["reused"]["scripts"] == "2026-01-02 00:00 UTC"
+    assert res["cases"]["load"] == {"x": 1}
