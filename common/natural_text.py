@@ -77,9 +77,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,16 +402,13 @@ def _npy_header(dtype: np.dtype, n: int) -> bytes:
 
 
 def write_entry(entry: Path, key: dict, origin: dict, stream: _Stream) -> None:
-    """Stream the ids into a new entry (temporary folder, then rename; module docstring)."""
-    from common.weights_cache import _UMASK, _remove_others, sha256_file, stat_signature
+    """Stream the ids into a new entry (:func:`common.weights_cache.write_new_entry`; module docstring)."""
+    from common.weights_cache import write_new_entry
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_UMASK)
+    def write(path: Path) -> dict:
         dtype = ids_dtype(stream.tokenizer)
         n = 0
-        with open(tmp / IDS, "wb") as f:
+        with open(path, "wb") as f:
             f.write(b"\0" * NPY_HEADER_BYTES)  # the header needs the length: written last
             for part in stream:
                 f.write(part.tobytes())
@@ -426,36 +420,16 @@ def write_entry(entry: Path, key: dict, origin: dict, stream: _Stream) -> None:
             f.write(header)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp / IDS, 0o666 & ~_UMASK)
-        meta = {"key": key, "origin": origin, "dtype": dtype.str, "n_tokens": n,
-                "bytes": (tmp / IDS).stat().st_size, "sha256": sha256_file(tmp / IDS),
-                "verified_sig": stat_signature(tmp / IDS), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / ENTRY).write_text(json.dumps(meta, indent=1))
-        os.chmod(tmp / ENTRY, 0o666 & ~_UMASK)
-        try:
-            tmp.rename(entry)
-        except OSError:
-            if not (entry / ENTRY).exists():
-                raise  # not "another process wrote it first"
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _remove_others(entry, origin)  # the same files and tokenizer under an older key
+        return {"dtype": dtype.str, "n_tokens": n}
+
+    write_new_entry(entry, IDS, {"key": key, "origin": origin}, write)
 
 
 def read_entry(entry: Path, key: dict) -> np.ndarray | None:
     """The memory-mapped ids of a valid entry, or None (absent; or invalid: removed and noted)."""
-    from common.weights_cache import InvalidEntry, _note, _remove
+    from common.weights_cache import read_checked
 
-    if not (entry / ENTRY).exists():
-        return None
-    try:
-        return _read_valid(entry, key)
-    except InvalidEntry as exc:
-        _note(f"text-ids cache entry {entry} is {exc}; rebuilding it", once=False)
-    except Exception as exc:  # np.load on a damaged file: many types
-        _note(f"text-ids cache entry {entry} is unreadable ({error_summary(exc)}); rebuilding it", once=False)
-    _remove(entry)
-    return None
+    return read_checked(entry, "text-ids", lambda: _read_valid(entry, key))
 
 
 def _read_valid(entry: Path, key: dict) -> np.ndarray:

@@ -197,15 +197,21 @@ def file_sha256(path: Path) -> str:
 
 def read_entry(entry: Path, key: dict, source: Source, device: str):
     """The model of a valid entry, or None (absent; or invalid, which is then removed and noted)."""
+    return read_checked(entry, "processed-weights", lambda: _read_valid(entry, key, source, device))
+
+
+def read_checked(entry: Path, label: str, read: Callable):
+    """``read()`` of a cache entry, or None: when the entry is absent, or invalid (``read`` raised
+    :class:`InvalidEntry` or any error of a damaged file), which is then removed with a one-line
+    note ("<label> cache entry ... is ...; rebuilding it"). Shared by every on-disk cache."""
     if not (entry / ENTRY).exists():
         return None
     try:
-        return _read_valid(entry, key, source, device)
+        return read()
     except InvalidEntry as exc:
-        _note(f"processed-weights cache entry {entry} is {exc}; rebuilding it", once=False)
-    except Exception as exc:  # torch.load / load_state_dict on a damaged file: many types
-        _note(f"processed-weights cache entry {entry} is unreadable ({error_summary(exc)}); rebuilding it",
-              once=False)
+        _note(f"{label} cache entry {entry} is {exc}; rebuilding it", once=False)
+    except Exception as exc:  # torch.load / np.load / load_state_dict on a damaged file: many types
+        _note(f"{label} cache entry {entry} is unreadable ({error_summary(exc)}); rebuilding it", once=False)
     _remove(entry)
     return None
 
@@ -263,23 +269,34 @@ def _read_valid(entry: Path, key: dict, source: Source, device: str):
 
 
 def write_entry(entry: Path, key: dict, source: Source, model) -> None:
-    """Save ``model``'s processed state dict as a new entry (temporary folder, then rename)."""
+    """Save ``model``'s processed state dict as a new entry (:func:`write_new_entry`)."""
+    def write(path: Path) -> dict:
+        _save_state_dict(model.state_dict(), path)
+        return {"cfg": {k: v for k, v in model.cfg.to_dict().items() if k not in ("dtype", "device")},
+                "fingerprint": model_fingerprint(model)}
+
+    write_new_entry(entry, WEIGHTS, {"key": key, "origin": source.origin}, write)
+
+
+def write_new_entry(entry: Path, data_file: str, meta: dict, write: Callable[[Path], dict]) -> None:
+    """Write a cache entry atomically; shared by every on-disk cache of this repository.
+
+    ``write(path)`` writes the data file at ``path`` inside a temporary folder beside ``entry`` and
+    returns the cache's own entry.json fields; entry.json holds ``meta`` (``key`` and ``origin``),
+    those fields, and the data file's size, sha256, verified stat signature and creation time (what
+    :func:`checked_entry` checks). The folder is then renamed into place, replacing a folder already
+    there (an invalid or incomplete one: a valid entry would have been used); if another process
+    put its complete entry there in between, that one is kept. Entries of the same ``origin`` under
+    another key are removed afterwards (:func:`_remove_others`).
+    """
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders; an entry is as readable as any file
-        _save_state_dict(model.state_dict(), tmp / WEIGHTS)
-        cfg = {k: v for k, v in model.cfg.to_dict().items() if k not in ("dtype", "device")}
-        meta = {
-            "key": key,
-            "origin": source.origin,
-            "cfg": cfg,
-            "sha256": sha256_file(tmp / WEIGHTS),
-            "bytes": (tmp / WEIGHTS).stat().st_size,
-            "fingerprint": model_fingerprint(model),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        meta["verified_sig"] = stat_signature(tmp / WEIGHTS)
+        data = tmp / data_file
+        meta = {**meta, **write(data)}
+        meta |= {"bytes": data.stat().st_size, "sha256": sha256_file(data), "verified_sig": stat_signature(data),
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / ENTRY).write_text(json.dumps(meta, indent=1))
         if entry.exists():
             _remove(entry)
@@ -290,7 +307,7 @@ def write_entry(entry: Path, key: dict, source: Source, model) -> None:
                 raise  # not "another process won the race"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _remove_others(entry, source.origin)
+    _remove_others(entry, meta["origin"])
 
 
 def _save_state_dict(state_dict: dict, path: Path) -> None:

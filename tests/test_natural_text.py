@@ -266,6 +266,26 @@ def test_corrupt_entry_is_rebuilt(tmp_path, tokenizer, text_cache, capfd, damage
     assert capfd.readouterr().err == ""  # the rebuilt entry is valid
 
 
+def test_a_folder_without_entry_json_is_replaced_by_a_new_entry(tmp_path, tokenizer, text_cache, capfd):
+    """An entry folder that lost its entry.json (an interrupted removal, a hand edit) is not an
+    entry: the ids are tokenised again and the folder replaced, as the weights cache does (before
+    the two caches shared common.weights_cache.write_new_entry, the rename failed and the text ids
+    stayed uncached in every later run)."""
+    import common.natural_text as nt
+
+    corpus = tmp_path / "corpus"
+    _write_corpus(corpus)
+    want = nt.file_ids(corpus, tokenizer).tolist()
+    (entry,) = list(text_cache.iterdir())
+    (entry / "entry.json").unlink()
+    capfd.readouterr()
+    ids = nt.file_ids(corpus, tokenizer)
+    assert ids.tolist() == want and isinstance(ids, np.memmap)  # cached again, mapped back
+    assert "cannot write" not in capfd.readouterr().err
+    assert sorted(p.name for p in entry.iterdir()) == ["entry.json", "ids.npy"]
+    assert not [p for p in text_cache.iterdir() if p.name.startswith(".")]
+
+
 def test_unwritable_cache_gives_one_note_and_continues(tmp_path, tokenizer, text_cache, monkeypatch, capfd):
     import common.natural_text as nt
 
