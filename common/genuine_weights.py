@@ -243,9 +243,12 @@ def verify_checkpoint(path: str | Path, use_cache: bool = True) -> Verdict:
     hashes = hash_checkpoint(path)
     verdict = _verdict_from_hashes(hashes, identity["path"], time.perf_counter() - t0)
     if use_cache:
-        cfile.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cfile) as tmp:
-            tmp.write_text(json.dumps({"identity": identity, "verdict": asdict(verdict)}, indent=1))
+        try:
+            cfile.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cfile) as tmp:
+                tmp.write_text(json.dumps({"identity": identity, "verdict": asdict(verdict)}, indent=1))
+        except OSError:
+            pass  # an unwritable cache folder: the verdict stands, uncached (not "could not be read")
     return verdict
 
 

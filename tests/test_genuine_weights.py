@@ -123,6 +123,20 @@ def test_hf_cache_route_and_disk_cache(tiny_table, tmp_path):
     assert not gw.weights_verdict("gpt2-small", hf_cache=hub).cached
 
 
+def test_an_unwritable_cache_folder_does_not_change_the_verdict(tiny_table, tmp_path, monkeypatch):
+    """The verdict is about the checkpoint: a cache folder that cannot be written (here a file)
+    leaves it uncached, not "unverified: ... could not be read"."""
+    from safetensors.numpy import save_file
+
+    (tmp_path / "good").mkdir()
+    save_file(tiny_table, str(tmp_path / "good" / "model.safetensors"))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("L1H5_CACHE", str(blocker))
+    v = gw.weights_verdict(str(tmp_path / "good"))
+    assert v.text == "genuine gpt2-small (3/3 tensors verified)" and not v.cached
+
+
 def test_compact_names_and_figure_stamp(tmp_path):
     assert gw.compact_names(MISSING_FROM_SHARED) == "wte.weight, h.0-11.mlp.c_fc.weight, h.0-11.mlp.c_proj.weight"
     assert gw.compact_names(["h.0.x", "h.2.x", "h.3.x", "ln_f.bias"]) == "ln_f.bias, h.0,2-3.x"
