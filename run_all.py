@@ -10,8 +10,9 @@ pandas, matplotlib) have been imported once, which saves every step their import
 7 s of CPU each); the repository's own modules are imported afresh by each step. Each step's
 output goes to ``<root>/logs/<script>.log`` (shown live with ``--jobs 1``), and ``run_all.json``
 records its wall and CPU seconds and peak memory (``prepare``: the same for the model load that
-fills the processed-weights cache before the first analysis, when this run did it). A step whose script, shared code, arguments
-and upstream results are unchanged since its last successful run is skipped (``--force`` reruns).
+fills the processed-weights cache before the first analysis, when this run did it). A step whose
+script, shared code, arguments and upstream results are unchanged since its last successful run
+is skipped (``--force`` reruns).
 At the end ``figures/INDEX.md`` (or ``<root>/INDEX.md``) lists every figure with the claim it
 supports and the command that made it, ``run_all.json`` records each script's status, seconds and
 first error line, and ``report.html`` (common/report.py) shows the whole study on one page.
@@ -273,23 +274,19 @@ def main(argv: list[str] | None = None) -> int:
             done = runner.wait_one()
             if done.script == PREPARE:  # if it failed, every analysis still runs and says why it cannot load
                 prepare = "done"
-                status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
-                rows[PREPARE] = (PREPARE, done.seconds, done.cpu_seconds, done.peak_gb, 0, status, "")
-                prepared = {"status": status, "seconds": round(done.seconds, 1), "cpu_seconds": done.cpu_seconds,
-                            "peak_rss_gb": done.peak_gb}
+                rows[PREPARE] = (PREPARE, done.seconds, done.cpu_seconds, done.peak_gb, 0, done.status, "")
+                prepared = done.usage()
                 continue
             stamp, note = done.context
             out = root / done.script.removesuffix(".py")
             ok[done.script] = done.returncode == 0
-            status = "ok" if ok[done.script] else f"FAILED (exit {done.returncode})"
-            record[done.script] = {"status": status, "seconds": round(done.seconds, 1),
-                                   "cpu_seconds": done.cpu_seconds, "peak_rss_gb": done.peak_gb,
-                                   "error": "" if ok[done.script] else done.error, "note": note}
+            record[done.script] = {**done.usage(), "error": "" if ok[done.script] else done.error, "note": note}
             if ok[done.script]:
                 write_text(out / ".run_all.stamp", stamp)
             elif (out / ".run_all.stamp").exists():
                 (out / ".run_all.stamp").unlink()
-            rows[done.script] = (done.script, done.seconds, done.cpu_seconds, done.peak_gb, n_outputs(out), status, note)
+            rows[done.script] = (done.script, done.seconds, done.cpu_seconds, done.peak_gb, n_outputs(out), done.status,
+                                 note)
     finally:
         runner.stop_all()
     wall = time.time() - t_run
@@ -359,6 +356,15 @@ class Finished:
     peak_gb: float | None
     error: str
     context: object
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.returncode == 0 else f"FAILED (exit {self.returncode})"
+
+    def usage(self) -> dict:
+        """Its run_all.json record: status, wall and CPU seconds, peak RSS."""
+        return {"status": self.status, "seconds": round(self.seconds, 1), "cpu_seconds": self.cpu_seconds,
+                "peak_rss_gb": self.peak_gb}
 
 
 class Runner:
