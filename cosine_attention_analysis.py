@@ -116,8 +116,9 @@ def windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, bl
     totals are summed and added to the running totals together; each block is computed in tiles of
     near-equal size, at most ``tile`` rows (default :data:`TILE_ELEMENTS` / N; the memory: a few
     [tile, N] temporaries). Each query row's fine bins are computed on their own, so the tiles do
-    not change the result (as long as they have 3 rows or more: a matrix product of one or two rows
-    may round differently); ``block`` fixes the order of the float64 sums.
+    not change the result beyond float32 round-off (the low bits of a logit depend on the BLAS kernel
+    picked for the tile's shape, which varies between CPUs); ``block`` fixes the order of the
+    float64 sums.
     """
     N = q_feat.shape[0]
     starts = window_starts(n_fine, window_bins, step_bins)

@@ -67,10 +67,12 @@ def test_chunked_windows_equal_dense_computation():
     assert checked >= 5
 
 
-def test_tiles_do_not_change_a_digit():
-    """Query rows are computed in tiles (memory) inside blocks whose sums fix the float64 rounding:
-    any tile size (tiles of 3 rows or more) gives bit-identical totals, for blocks that do and do
-    not divide N."""
+def test_tiles_change_nothing_beyond_round_off():
+    """Query rows are computed in tiles (memory) inside blocks: any tile size gives the same totals,
+    for blocks that do and do not divide N. Pair counts are exact; the float sums agree to float32
+    round-off (rtol 1e-6: each logit is a float32 dot product whose low bits depend on the BLAS
+    kernel chosen for the tile's shape, which differs between CPUs, so bit-identity is not
+    guaranteed by construction)."""
     g = torch.Generator().manual_seed(2)
     N, r, d = 50, 5, 8
     q, k = torch.randn(N, r, generator=g), torch.randn(N, r, generator=g)
@@ -81,8 +83,10 @@ def test_tiles_do_not_change_a_digit():
         for tile in (4, 7, 10):
             acc = caa.windowed_difference(q, k, unit, 8, 3, 40, block=block, tile=tile, progress=False)
             assert acc.keys() == ref.keys()
-            for key in ref:
+            for key in ("n", "queries", "fine_n", "nn"):
                 assert np.array_equal(acc[key], ref[key]), (block, tile, key)
+            for key in ref:
+                np.testing.assert_allclose(acc[key], ref[key], rtol=1e-6, atol=1e-9, err_msg=f"{block} {tile} {key}")
 
 
 def test_step_002_windows_cover_the_most_similar_pairs():
