@@ -38,6 +38,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from common.claims import POST, Claim, Evidence, all_of, at_least, interval, near, number, protocol, target
 from common.cli import base_parser, start
 from common.outputs import FIGURES, prepare_out_dir
 from common.metrics import MASS_PARTS, all_head_patterns, head_survey, mean_ci
@@ -222,6 +223,45 @@ def model_folder(name: str) -> str:
     """A folder name for a model name or path (stanford-crfm/alias-gpt2-small-x21 -> alias-gpt2-small-x21)."""
     return Path(name.rstrip("/")).name
 
+
+
+# -- claims (common/claims.py): judged from the saved head_scores.csv ------------------------------
+
+POST_L1H5, POST_L1H5_TOL = 0.6, 0.1  # the post gives one decimal ("about 0.6"), from one prompt
+POST_FLOOR, POST_FLOOR_TOL = 1.2, 0.05  # "1.2 or more", one decimal: a head at 1.15 rounds to 1.2
+
+
+def check_head_survey(out_dir) -> Evidence:
+    """The target's score (mean, 95% CI) near the published 0.6 and every other head's at or above
+    the published floor; on a planted model: the target is the lowest head, its CI apart from the
+    next-lowest head's."""
+    out_dir = Path(out_dir)
+    table = load_table(out_dir, "head_scores").sort_values("score_mean").reset_index(drop=True)
+    layer, head = target(out_dir)
+    me = (table.layer == layer) & (table["head"] == head)
+    t, others = table[me].iloc[0], table[~me]
+    nxt = others.iloc[0]
+    t_ci, n_ci = interval(t.score_mean, t.score_ci95), interval(nxt.score_mean, nxt.score_ci95)
+    rank = int((table.score_mean < t.score_mean).sum()) + 1
+    proto = protocol(out_dir)
+    return Evidence(
+        f"L{layer}H{head}: {t.score_mean:.3f} ± {t.score_ci95:.3f} (rank {rank} of {len(table)}); next lowest "
+        f"L{int(nxt.layer)}H{int(nxt['head'])}: {nxt.score_mean:.3f} ± {nxt.score_ci95:.3f} (protocol: {proto})",
+        {"target_score": number(t.score_mean, t_ci), "next_lowest_score": number(nxt.score_mean, n_ci),
+         "target_rank": rank, "n_heads": len(table)},
+        published=all_of(near(t_ci, POST_L1H5, POST_L1H5_TOL), at_least(n_ci, POST_FLOOR - POST_FLOOR_TOL)),
+        holds=bool(rank == 1 and t_ci[1] < n_ci[0]),
+        protocol_matches=proto == "post",
+        note="" if proto == "post" else "not the post's prompts: the published 0.6 / 1.2 are not comparable "
+                                        "(run with --protocol post)")
+
+
+CLAIMS = [Claim(
+    "head-survey", SCRIPT, "L1H5 follows the three rules best of all heads: semantic category score about 0.6, "
+    "every other head 1.2 or more", POST, "L1H5 ~0.6; every other head >= 1.2", "head_scores.png", "head_scores.csv",
+    f"L1H5's 95% CI within {POST_L1H5} ± {POST_L1H5_TOL} (one published decimal) and the next-lowest head's CI at "
+    f"or above {POST_FLOOR - POST_FLOOR_TOL} ({POST_FLOOR} to one decimal), under the post's prompts; planted: the "
+    "target is the lowest head, CIs apart", check_head_survey)]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.claims import DIFFERS, INCONCLUSIVE, ORIGINAL, REPRODUCED, Claim, Evidence
 from common.attention_graph import agreement, attention_topk, build_graph, choose_nodes, layout, leiden, strengths
 from common.cli import base_parser, script_name, start_head
 from common.outputs import atomic_path, write_json
@@ -480,6 +481,33 @@ Drag to pan, scroll to zoom, hover for labels, click a token to list its communi
 </script></body></html>
 """
 
+
+
+# -- claims (common/claims.py): judged from the saved examples.csv ---------------------------------
+
+COMPANION_SHARE = 0.5  # an example clusters when >= half its companions in the graph share its community
+
+
+def check_clustering(out_dir) -> Evidence:
+    """The original's examples (" red", " 69", "Monday", " Italy"): each present in the graph shares
+    its community with at least half of its companions."""
+    ex = load_table(out_dir, "examples")
+    found = ex[ex.in_graph.astype(bool)]
+    parts = [f"{e.example.strip()}: {e.companion_fraction:.0%}" if e.in_graph else f"{e.example.strip()}: not in graph"
+             for e in ex.itertuples()]
+    share = found.companion_fraction >= COMPANION_SHARE
+    ok = bool(len(found)) and bool(share.all())
+    return Evidence("companions in the same community: " + ", ".join(parts),
+                    {e.example.strip(): (float(e.companion_fraction) if e.in_graph else None) for e in ex.itertuples()},
+                    published=REPRODUCED if ok else DIFFERS if len(found) and not share.any() else INCONCLUSIVE,
+                    holds=ok)
+
+
+CLAIMS = [Claim(
+    "clustering", SCRIPT, "' red' clusters with colours, ' 69' with two-digit numbers, 'Monday' with weekdays, ' Italy' "
+    "with countries (Leiden communities of the head's attention graph)", ORIGINAL, "qualitative", "community_map.png",
+    "examples.csv", f"every example present in the graph shares its community with >= {COMPANION_SHARE:.0%} of its "
+    "companions; differs when none does (one graph, no CI)", check_clustering, token_space=True)]
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence, number
 from common.cli import base_parser, script_name, start_head
 from common.freq import resolve_top_tokens
 from common.head_qk import FactoredQK
@@ -331,6 +332,42 @@ def main(argv: list[str] | None = None) -> int:
     render(s.out_dir)
     report(results, s.out_dir)
     return 0
+
+
+# -- claims (common/claims.py): judged from the saved cosine_attention.csv ---------------------------
+
+PEAK_RANGE = (0.9, 1.0)  # "just below 1": the peak window's centre in [0.9, 1)
+TOP_WINDOWS = 0.99  # "not at 1": the windows starting at cosine >= 0.99 score lower than the peak
+
+
+def check_cosine_peak(out_dir) -> Evidence:
+    """Where (score - self-score), averaged per cosine window, peaks: its centre in [0.9, 1) and
+    the windows at cosine >= 0.99 below it (95% CIs apart); on a planted model the shape: the peak
+    lies above self (CI above 0) in a window below the top one."""
+    t = load_table(out_dir, "cosine_attention")
+    t = t[t.n_pairs > 0]
+    peak = t.loc[t.mean_diff.idxmax()]
+    top = t[t.lo >= TOP_WINDOWS]
+    in_range = PEAK_RANGE[0] <= peak.centre < PEAK_RANGE[1]
+    top_lower = bool((top.ci_hi < peak.ci_lo).all())
+    top_higher = bool((top.ci_lo > peak.ci_hi).any())
+    published = (REPRODUCED if in_range and top_lower else
+                 DIFFERS if not in_range or top_higher else INCONCLUSIVE)
+    return Evidence(
+        f"peak of (score - self-score) at cosine {peak.centre:.3f} (mean difference {peak.mean_diff:.3g}, 95% CI "
+        f"[{peak.ci_lo:.3g}, {peak.ci_hi:.3g}]); {len(top)} window(s) at cosine >= {TOP_WINDOWS}"
+        + (f", highest {top.mean_diff.max():.3g}" if len(top) else ""),
+        {"peak_cosine": float(peak.centre), "peak_mean_diff": number(peak.mean_diff, (peak.ci_lo, peak.ci_hi)),
+         "n_top_windows": len(top)},
+        published=published, holds=bool(peak.ci_lo > 0 and peak.hi < 1.0 and top_lower))
+
+
+CLAIMS = [Claim(
+    "cosine-peak", SCRIPT, "Attention peaks at a cosine similarity just below 1.0, not at 1.0", POST,
+    "peak just below cosine 1", "cosine_attention.png", "cosine_attention.csv",
+    f"the peak window's centre in [{PEAK_RANGE[0]}, {PEAK_RANGE[1]}) and every window at cosine >= {TOP_WINDOWS} "
+    "lower (95% CIs apart); planted: the peak above self-attention (CI above 0), below the top window",
+    check_cosine_peak, token_space=True)]
 
 
 if __name__ == "__main__":

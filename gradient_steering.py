@@ -72,6 +72,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from common.claims import DIFFERS, INCONCLUSIVE, ORIGINAL, REPRODUCED, Claim, Evidence
 from common.cli import base_parser, start
 from common.effective_embeddings import effective_embeddings, effective_record
 from common.factored import Factored, steer
@@ -630,6 +631,32 @@ def main(argv: list[str] | None = None) -> int:
     render(out_dir)
     report(results)
     return 0
+
+
+# -- claims (common/claims.py): judged from the saved variants.csv ---------------------------------
+
+SELF_MASS_BEFORE, SELF_MASS_AFTER = 0.05, 0.5  # mass on self + copies: off before, on after the update
+
+
+def check_gradient_steering(out_dir) -> Evidence:
+    """Mass on self and earlier copies before (< 0.05) and after (> 0.5) the promoting gradient update."""
+    v = load_table(out_dir, "variants").set_index("variant")
+    if "gradient promote" not in v.index:
+        return Evidence("no promoting update in this run (--direction suppress)")
+    o, p = float(v.loc["original", "mass_self_and_copies"]), float(v.loc["gradient promote", "mass_self_and_copies"])
+    good = o < SELF_MASS_BEFORE and p > SELF_MASS_AFTER
+    bad = o > SELF_MASS_AFTER or p < SELF_MASS_BEFORE
+    return Evidence(f"mass on self+copies: original {o:.3g}, after the gradient update {p:.3g}",
+                    {"self_mass_original": o, "self_mass_promoted": p},
+                    published=REPRODUCED if good else DIFFERS if bad else INCONCLUSIVE, holds=bool(good))
+
+
+CLAIMS = [Claim(
+    "gradient-steering", SCRIPT, "A gradient update of W_Q/W_K steers self-attention back on", ORIGINAL, "qualitative",
+    "group_heatmaps.png", "variants.csv",
+    f"self+copies mass < {SELF_MASS_BEFORE} before and > {SELF_MASS_AFTER} after the promoting update; differs when "
+    f"the head already attends to itself (> {SELF_MASS_AFTER}) or the update leaves it under {SELF_MASS_BEFORE}",
+    check_gradient_steering, token_space=True)]
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ Run: python self_suppression_survey.py --model planted
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -76,6 +78,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from common.claims import NEW, Claim, Evidence, target
 from common.cli import base_parser, script_name, start
 from common.errors import require_absolute_positions
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, spectrum_summary
@@ -447,6 +450,39 @@ def main(argv: list[str] | None = None) -> int:
     render(out_dir)
     report(results, out_dir, verdict_text(load_meta(out_dir)))
     return 0
+
+
+# -- claims (common/claims.py): judged from the saved token_self_suppression.csv and weights_survey.csv -
+
+
+def check_self_rank(out_dir) -> Evidence:
+    """In token space the target ranks each category word's own key lower (percentile nearer 1)
+    than every other head of its layer does; the negative-eigenvalue count beside it, which
+    Sylvester's law makes uninformative for full-rank heads."""
+    out_dir = Path(out_dir)
+    layer, head = target(out_dir)
+    t, w = load_table(out_dir, "token_self_suppression"), load_table(out_dir, "weights_survey")
+    cat = t[(t.subset == "category") & (t.layer == layer)]
+    me = cat[cat["head"] == head].iloc[0]
+    best_other = float(cat[cat["head"] != head].mean_self_rank_pct.max())
+    wt = w[(w.layer == layer) & (w["head"] == head)].iloc[0]
+    rank = int((w.n_negative_top > wt.n_negative_top).sum()) + 1
+    return Evidence(
+        f"own key's mean percentile among all vocabulary keys (category words; 1 = last): L{layer}H{head} "
+        f"{me.mean_self_rank_pct:.3f}, best other head of the layer {best_other:.3f}; negatives among the top "
+        f"{int(wt.top_k)} eigenvalues: {int(wt.n_negative_top)} (rank {rank} of {len(w)} heads); "
+        f"{int(w.full_column_rank.sum())} of {len(w)} heads full rank",
+        {"self_rank_pct": float(me.mean_self_rank_pct), "best_other_head_pct": best_other,
+         "n_negative_top": int(wt.n_negative_top), "n_negative_top_rank": rank, "n_heads": len(w)},
+        holds=bool(me.mean_self_rank_pct > best_other))
+
+
+CLAIMS = [Claim(
+    "self-rank", SCRIPT, "The negative-eigenvalue count does not single L1H5 out (every full-rank head has d_head "
+    "negative eigenvalues); the rank of each token's own key in token space does", f"{NEW} (Sylvester's law of inertia)",
+    "none (the post's 33 of 64 is not distinctive)", "self_suppression.png", "token_self_suppression.csv",
+    "the studied head ranks each category word's own key lower than every other head of its layer (no published "
+    "number: shown on gpt2-small)", check_self_rank, token_space=True)]
 
 
 if __name__ == "__main__":

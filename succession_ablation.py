@@ -68,6 +68,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.claims import ORIGINAL, Claim, Evidence, number
 from common.cli import add_text_flag, base_parser, start
 from common.memory import release
 from common.outputs import prepare_out_dir
@@ -786,6 +787,22 @@ def main(argv: list[str] | None = None) -> int:
     render(out_dir)
     report(results, out_dir)
     return 0
+
+
+# -- claims (common/claims.py): the saved summary.json verdict, a measurement ------------------------
+
+
+def check_succession(out_dir) -> Evidence:
+    """The original's STRONG / Moderate / Weak verdict on the mean effect, with its 95% CI."""
+    v = load_summary(out_dir)["verdict"]
+    return Evidence(f"{v['text']} ({v['scope']})", {"effect": number(v["mean"], (v["ci_lo"], v["ci_hi"])),
+                                                    "label": v["label"]})
+
+
+CLAIMS = [Claim(
+    "succession", SCRIPT, "L1H5 serves succession (Monday -> Tuesday); the original printed STRONG > 0.5 / Moderate > "
+    "0.1 / Weak but never reported the result", ORIGINAL, "never reported", "effects.png", "effect_summary.csv",
+    "none (the verdict and its 95% CI are the measurement)", check_succession)]
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence
 from common.cli import add_biases_flag, base_parser, script_name, start_head
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
@@ -194,6 +195,37 @@ def main(argv: list[str] | None = None) -> int:
     render(s.out_dir)
     report(results, s.out_dir)
     return 0
+
+
+# -- claims (common/claims.py): judged from the saved curves.csv -----------------------------------
+
+STEER_TOP_GOOD, STEER_TOP_BAD = 0.9, 0.5  # share of group tokens whose own key is top at alpha = 0
+UNSTEERED_RANK = 100  # unmodified, a token's own key is far from the top (median rank >= 100)
+
+
+def check_eigen_steering(out_dir) -> Evidence:
+    """At alpha = 0 (negative eigenvalues removed) each group token's own key is the top key over
+    the vocabulary; unmodified (alpha = 1) it is not."""
+    c = load_table(out_dir, "curves")
+    top = lambda a: float((c[c.alpha == a].self_rank_vocab == 0).mean())  # noqa: E731
+    alphas = [a for a in (0.5, 0.0, -1.0) if (c.alpha == a).any()]
+    if 0.0 not in alphas or not (c.alpha == 1.0).any():
+        raise KeyError("curves.csv needs alpha 0 and alpha 1 (run with the default --alphas)")
+    med1, top0 = float(c[c.alpha == 1.0].self_rank_vocab.median()), top(0.0)
+    text = "; ".join(f"alpha {a:g}: self is the top key for {100 * top(a):.0f}%" for a in alphas)
+    good = top0 >= STEER_TOP_GOOD and med1 >= UNSTEERED_RANK
+    bad = top0 < STEER_TOP_BAD or med1 < UNSTEERED_RANK / 10
+    return Evidence(text + f"; unmodified (alpha 1): median self-rank {med1:.0f}",
+                    {"self_top_share_alpha0": top0, "median_self_rank_alpha1": med1},
+                    published=REPRODUCED if good else DIFFERS if bad else INCONCLUSIVE, holds=bool(good))
+
+
+CLAIMS = [Claim(
+    "eigen-steering", SCRIPT, "Scaling the negative eigenvalues of W_sym to 0.5 / 0 / -1 turns self-attention back on",
+    POST, "qualitative", "scaling_patterns.png", "curves.csv",
+    f"at alpha = 0 self is the top key over the vocabulary for >= {STEER_TOP_GOOD:.0%} of the group tokens and "
+    f"unmodified its median rank is >= {UNSTEERED_RANK}; differs below {STEER_TOP_BAD:.0%} or a median rank under "
+    f"{UNSTEERED_RANK // 10} (fixed weights, no CI)", check_eigen_steering, token_space=True)]
 
 
 if __name__ == "__main__":

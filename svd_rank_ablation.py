@@ -46,6 +46,7 @@ import torch
 from rich.console import Console
 from scipy.stats import spearmanr
 
+from common.claims import ORIGINAL, Claim, Evidence
 from common.cli import add_biases_flag, base_parser, script_name, start_head
 from common.factored import steer
 from common.head_qk import FactoredQK
@@ -285,6 +286,26 @@ def main(argv: list[str] | None = None) -> int:
     render(s.out_dir)
     report(results, s.out_dir, peak_mb)
     return 0
+
+
+# -- claims (common/claims.py): the saved grid.csv, a measurement -----------------------------------
+
+
+def check_rank_grid(out_dir) -> Evidence:
+    """The unedited mean self-rank and the best (k, scale) edit: a measurement, no criterion."""
+    g = load_table(out_dir, "grid")
+    base, best = g[g.scale == 1.0], g.loc[g["acc@1"].idxmax()]
+    text = (f"best edit k = {int(best.k)}, scale {best.scale:g}: self top-1 for {100 * best['acc@1']:.1f}% of "
+            f"{int(best.n_queries)} queries")
+    if not base.empty:
+        text = f"unedited mean self-rank {base.mean_rank.iloc[0]:.0f}; " + text
+    return Evidence(text, {"best_k": int(best.k), "best_scale": float(best.scale), "best_acc@1": float(best["acc@1"])})
+
+
+CLAIMS = [Claim(
+    "rank-grid", SCRIPT, "Self-rank over the vocabulary as a function of how many negative eigenvalues are scaled, and "
+    "by how much (the original needed ~40 GB of RAM)", ORIGINAL, "a grid (no single number)", "grid_heatmaps.png",
+    "grid.csv", "none (a measurement)", check_rank_grid, token_space=True)]
 
 
 if __name__ == "__main__":

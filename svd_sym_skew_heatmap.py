@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from common.claims import POST, Claim, Evidence, banded
 from common.cli import add_biases_flag, base_parser, script_name, start_head
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
@@ -181,6 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     render(s.out_dir)
     report(results, s.out_dir)
     return 0
+
+
+# -- claims (common/claims.py): judged from the saved numbers.csv ----------------------------------
+
+SYM_R_GOOD, SYM_R_BAD = 0.95, 0.90  # the post's claim is visual: r >= 0.95 reproduces it, r < 0.90 does not
+
+
+def check_sym_reproduces(out_dir) -> Evidence:
+    """corr(Base, Sym) of the head's scores on the 30 group tokens (the published heatmap's tokens)."""
+    r = load_table(out_dir, "numbers").iloc[0]
+    value = float(r.pearson_base_sym)
+    return Evidence(f"corr(Base, Sym) {value:.4f} on {r.token_set}; Sym explains {100 * r.variance_share_sym:.1f}% "
+                    f"of the variance; ||Skew||/||Base|| {r.fro_ratio_skew_base:.3g}",
+                    {"pearson_base_sym": value, "variance_share_sym": float(r.variance_share_sym),
+                     "fro_ratio_skew_base": float(r.fro_ratio_skew_base)},
+                    published=banded(value, lambda x: x >= SYM_R_GOOD, lambda x: x < SYM_R_BAD),
+                    holds=bool(value >= SYM_R_GOOD))
+
+
+CLAIMS = [Claim(
+    "sym-reproduces", SCRIPT, "The symmetric part of W_QK alone reproduces the group heatmap", POST,
+    "qualitative (visual)", "scores_heatmaps.png", "numbers.csv",
+    f"corr(Base, Sym) on the group tokens >= {SYM_R_GOOD} reproduces, < {SYM_R_BAD} differs, between is "
+    "inconclusive (fixed weights, no CI)", check_sym_reproduces, token_space=True)]
 
 
 if __name__ == "__main__":
