@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.outputs import default_out_dir, write_json, write_text  # noqa: E402
 from common.genuine_weights import verdict_text  # noqa: E402
-from common.report import build_report, run_record  # noqa: E402
+from common.report import build_report, read_claims, run_record  # noqa: E402
 
 
 @dataclass
@@ -84,7 +84,6 @@ class Upstream:
 @dataclass
 class Step:
     script: str
-    claim: str
     upstream: list[Upstream] = field(default_factory=list)
     # run_all inputs this script takes: "text" -> --text PATH, "sae" -> --sae-path DIR
     inputs: list[str] = field(default_factory=list)
@@ -107,24 +106,20 @@ INPUT_OPTIONS = {"text": "--text", "sae": "--sae-path"}
 NO_MODEL = {"token_freq.py"}  # steps that load no model (no need to fill the weights cache first)
 
 STEPS = [
-    Step("token_freq.py", "Token frequencies (input to clustering and the cosine analysis).", inputs=["text"], cost=15),
-    Step("characterize_head.py", "L1H5 follows the three rules best of all heads (score ~0.6 vs >= 1.2 on gpt2-small).", cost=18),
-    Step("component_ablation.py", "L1H5 reads token identity via the embedding and MLP0, not positions or layer-0 attention.", cost=35),
-    Step("skew_analysis.py", "W_sym has many negative eigenvalues (33 of the top 64); the skew part is smaller and removing it helps.", cost=31),
-    Step("self_suppression_survey.py", "Every full-rank head has d_head negative eigenvalues (Sylvester), so the count does not "
-         "single L1H5 out; in token space L1H5 ranks each token's own key last.", cost=44),
-    Step("svd_sym_skew_heatmap.py", "The symmetric part of W_QK alone reproduces the head's scores on the group tokens.", cost=12),
-    Step("svd_group_scaling_heatmap.py", "Scaling the negative eigenvalues to <= 0 turns self-attention back on.", cost=14),
-    Step("svd_rank_ablation.py", "Self-rank over the vocabulary as a function of how many negative eigenvalues are scaled, and by how much.", cost=52),
-    Step("cosine_attention_analysis.py", "Attention peaks at a cosine similarity just below 1.0, not at 1.0 (self-suppression).",
-         upstream=[FREQ_TABLE], cost=14),
-    Step("clustering.py", "Leiden communities of L1H5's attention graph are semantic categories.", upstream=[FREQ_TABLE], cost=14),
-    Step("gradient_steering.py", "A gradient update of W_Q/W_K steers self-attention on or off; compared with eigenvalue steering.", cost=29),
-    Step("semantic_head.py", "L1H5's QK map in SAE feature space; L1H5 vs naive similarity attention.", inputs=["sae"], cost=37),
-    Step("rule_preserving_ablation.py", "How much of L1H5's effect on the logits the three rules explain.",
-         upstream=[COMMUNITIES], inputs=["text"], cost=109),
-    Step("succession_ablation.py", "Whether the model uses L1H5 for succession (Monday -> Tuesday), and which later heads read it.",
-         inputs=["text"], cost=156),
+    Step("token_freq.py", inputs=["text"], cost=15),
+    Step("characterize_head.py", cost=18),
+    Step("component_ablation.py", cost=35),
+    Step("skew_analysis.py", cost=31),
+    Step("self_suppression_survey.py", cost=44),
+    Step("svd_sym_skew_heatmap.py", cost=12),
+    Step("svd_group_scaling_heatmap.py", cost=14),
+    Step("svd_rank_ablation.py", cost=52),
+    Step("cosine_attention_analysis.py", upstream=[FREQ_TABLE], cost=14),
+    Step("clustering.py", upstream=[FREQ_TABLE], cost=14),
+    Step("gradient_steering.py", cost=29),
+    Step("semantic_head.py", inputs=["sae"], cost=37),
+    Step("rule_preserving_ablation.py", upstream=[COMMUNITIES], inputs=["text"], cost=109),
+    Step("succession_ablation.py", inputs=["text"], cost=156),
 ]
 
 
@@ -291,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         runner.stop_all()
     wall = time.time() - t_run
 
-    write_index(root, args.model)
     write_json(root / "run_all.json", {"model": args.model, "jobs": args.jobs, "threads_per_job": threads,
                                        "wall_seconds": round(wall, 1), "steps": record,
                                        **({"prepare": prepared} if prepared else {})})
-    build_report(root, args.model)
+    build_report(root, all_claims(), args.model)
+    write_index(root, args.model)
     table = Table(title=f"run_all --model {args.model} ({args.jobs} at a time, {threads} thread(s) each): {wall:.0f} s")
     for c in ("script", "seconds", "cpu s", "peak GB", "outputs", "status", "notes"):
         table.add_column(c)
@@ -579,10 +574,15 @@ def render_all(root: Path, steps: list[Step], model: str, console: Console) -> i
             table.add_row(step.script, f"{seconds:.1f}", "", f"FAILED ({error})", style="red")
         else:
             table.add_row(step.script, f"{seconds:.1f}", str(n_figures), "ok")
+    build_report(root, all_claims(), model)
     write_index(root, model)
-    build_report(root, model)
     console.print(table)
     return 1 if failed else 0
+
+
+def all_claims() -> list:
+    """Every script's claims (its ``CLAIMS``, declared beside its analysis), in the order of STEPS."""
+    return [c for step in STEPS for c in getattr(importlib.import_module(step.script.removesuffix(".py")), "CLAIMS", [])]
 
 
 def render_one(script: str, root: str) -> tuple[float, int, str]:
@@ -606,7 +606,9 @@ def n_outputs(out: Path) -> int:
 
 
 def write_index(root: Path, model: str) -> None:
-    """INDEX.md: every figure under ``root`` with the claim it supports and the command that made it."""
+    """INDEX.md: every figure under ``root`` with the claims it supports (their status, from
+    claims.json) and the command that made it."""
+    claims = read_claims(root) if (root / "claims.json").exists() else []
     lines = [f"# Figures ({'planted demo model' if model == 'planted' else model})", "",
              "Regenerate everything with `make demo` (planted, offline) or `make figures` (gpt2-small).", ""]
     for step in STEPS:
@@ -617,7 +619,11 @@ def write_index(root: Path, model: str) -> None:
         meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
         argv = meta.get("argv") or []
         cmd = "python " + step.script + " " + " ".join(argv)
-        lines += [f"## {step.script}", "", f"Claim: {step.claim}", "", f"Command: `{cmd.strip()}`", "",
+        mine = [c for c in claims if c["script"] + ".py" == step.script]
+        lines += [f"## {step.script}", ""]
+        lines += [f"Claim `{c['id']}`: {c['claim']} ({c['source']}). Published: {c['published']}. Status: "
+                  f"**{c['status']}**" + (f" ({c['text']})" if c.get("text") else "") + "\n" for c in mine]
+        lines += ["", f"Command: `{cmd.strip()}`", "",
                   f"Weights: {verdict_text(meta) or 'not recorded'}", ""]
         for u in fallbacks_used(step, argv):
             lines += [f"**Fallback**: {u.script} had failed or had no results when this ran, so it used "

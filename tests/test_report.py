@@ -12,7 +12,10 @@ import pytest
 
 from common.browser import check_page, find_chromium, network_references
 from common.outputs import FIGURES
-from common.report import CLAIMS, build_report, evaluate
+from common.report import build_report, evaluate, read_claims
+from run_all import all_claims
+
+CLAIMS = all_claims()
 
 DEMO = FIGURES / "demo"
 
@@ -26,20 +29,25 @@ def root(tmp_path_factory):
     shutil.rmtree(root / "semantic_head")  # as if it had failed
     (root / "run_all.json").write_text(json.dumps({"steps": {"semantic_head.py": {
         "status": "FAILED (exit 2)", "seconds": 1.0, "error": "error: could not load the SAE (OSError: offline)"}}}))
-    build_report(root, "planted")
+    build_report(root, CLAIMS, "planted")
     return root
 
 
 def test_every_claim_has_a_row_and_a_status(root):
-    rows = evaluate(root, "planted")
-    assert [r.claim.text for r in rows] == [c.text for c in CLAIMS]
-    by_script = {r.claim.script: r for r in rows}
-    assert by_script["semantic_head"].status == "not run"
-    assert "could not load the SAE" in by_script["semantic_head"].error
-    # the demo results exist for every other claim, and the planted mechanism is what the claims say
-    # (claim 1: the planted target is the lowest-scoring head, by construction)
-    assert by_script["characterize_head"].status == "planted: holds"
-    assert all(r.status != "not run" for r in rows if r.claim.script != "semantic_head")
+    rows = evaluate(root, CLAIMS)
+    assert rows == read_claims(root)  # claims.json is what the page was made from
+    assert [r["id"] for r in rows] == [c.id for c in CLAIMS]
+    assert len({c.id for c in CLAIMS}) == len(CLAIMS)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["naive-similarity"]["status"] == "not run"
+    assert "could not load the SAE" in by_id["naive-similarity"]["error"]
+    # the demo results exist for every other claim, and the plain planted model's ground truth is that
+    # every claim with a shape holds (its false_claims list is empty); measurements are "shown"
+    measurements = {"rank-grid", "rules-explained", "succession"}
+    for r in rows:
+        if r["script"] != "semantic_head":
+            assert r["status"] == ("shown" if r["id"] in measurements else "planted: holds"), r
+            assert r["model_kind"] == "planted" and r["measured"]
     html = (root / "report.html").read_text()
     assert html.count("class='claim-row'") == len(CLAIMS)
     assert "planted" in html.lower() and "not gpt2-small" in html.lower()
