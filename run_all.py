@@ -150,6 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="local SAE folder (sae.save_model) for semantic_head.py instead of the hub's")
     p.add_argument("--render-only", action="store_true",
                    help="run no analysis: redraw every figure from the saved results under the root")
+    p.add_argument("--claims-table", action="store_true",
+                   help="print the README's claims table, generated from every script's CLAIMS, and exit")
     p.add_argument("--jobs", type=int, default=default_jobs(),
                    help="steps run at a time, each with cores/jobs torch threads (1: one at a time, output shown live)")
     args = p.parse_args(argv)
@@ -209,6 +211,11 @@ PREPARE_CODE = ("import sys; from common.cli import warm_weights_verdict; from c
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.claims_table:
+        from common.claims import markdown_table
+
+        print(markdown_table(all_claims()))
+        return 0
     only = args.only_set
     root = Path(args.root) if args.root else default_out_dir("x", args.model).parent
     root.mkdir(parents=True, exist_ok=True)
