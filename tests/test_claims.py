@@ -167,7 +167,9 @@ def test_component_ablation(tmp_path):
     assert check(run_dir(tmp_path, ablation(mlp=(0.7, 0.05)))).holds is False
     assert check(run_dir(tmp_path, ablation(mlp=(0.9, 0.01)))).holds is False  # above clean, under 1.5x
     assert check(run_dir(tmp_path, ablation(emb=(1.2, 0.6)))).holds is False  # CI reaches the clean CI
-    assert check(run_dir(tmp_path, ablation(), protocol="ours")).protocol_matches is False
+    ours = check(run_dir(tmp_path, ablation(), protocol="ours"))
+    assert ours.protocol_matches is False and "protocol" in ours.note and ok.note == ""
+    assert ok.numbers["embedding"]["value"] == 2.1 and ok.numbers["embedding"]["ci"] == pytest.approx([2.05, 2.15])
 
 
 def test_position_independence(tmp_path):
@@ -223,14 +225,18 @@ def test_self_rank(tmp_path):
 
     def tables(me):
         others = {0: 0.5, 1: 0.55, 2: 0.6, 3: 0.65, 4: 0.75}
-        tok = [{"layer": 1, "head": h, "subset": s, "mean_self_rank_pct": me if h == 5 else others[h]}
-               for h in range(6) for s in ("all", "category")]
+        tok = [{"layer": 1, "head": h, "subset": "category", "mean_self_rank_pct": me if h == 5 else others[h]}
+               for h in range(6)]
+        tok += [{"layer": 1, "head": h, "subset": "all", "mean_self_rank_pct": 0.1 if h == 5 else 0.9} for h in range(6)]
         tok += [{"layer": 0, "head": 0, "subset": "category", "mean_self_rank_pct": 0.99}]  # another layer
         w = [{"layer": 1, "head": h, "n_negative_top": 30 + h, "top_k": 64, "full_column_rank": True} for h in range(6)]
         return {"token_self_suppression": tok, "weights_survey": w}
 
     ok = check(run_dir(tmp_path, tables(0.98)))
     assert ok.holds is True and ok.published is None and C.status(ok, "genuine") == C.SHOWN
+    # the inertia count beside it: head 5 has 35 negatives among the top 64, the most of its layer
+    assert (ok.numbers["n_negative_top"], ok.numbers["n_negative_top_rank"]) == (35, 1)
+    assert ok.numbers["best_other_head_pct"] == 0.75
     assert check(run_dir(tmp_path, tables(0.7))).holds is False  # head 4 ranks its own key lower (0.75)
     assert check(run_dir(tmp_path, tables(0.75))).holds is False  # equal to the best other head: not lower
 
@@ -263,6 +269,13 @@ def test_eigen_steering(tmp_path):
     assert (lambda e: (e.published, e.holds))(check(run_dir(tmp_path, curves(rank1=5)))) == (DIF, False)
     assert check(run_dir(tmp_path, curves(rank1=100))).published == REP
     assert check(run_dir(tmp_path, curves(rank1=10))).published == INC  # 10 is not under 100 / 10
+    text = check(run_dir(tmp_path, curves(top0=0.7))).text
+    assert "alpha 0.5: self is the top key for 0%" in text and "alpha 0: self is the top key for 70%" in text
+    only = {"curves": [r for r in curves()["curves"] if r["alpha"] != -1.0]}
+    assert "alpha -1" not in check(run_dir(tmp_path, only)).text  # only the alphas that were run
+    no_alpha1 = {"curves": [r for r in curves()["curves"] if r["alpha"] != 1.0]}
+    with pytest.raises(KeyError, match="alpha 1"):
+        check(run_dir(tmp_path, no_alpha1))
 
 
 def cosine(peak_centre=0.95, peak=(2.0, 0.1), top=(0.5, 0.1), top_pairs=20, rest=1.0):
