@@ -32,6 +32,7 @@ import pandas as pd
 
 from common.genuine_weights import verdict_text
 from common.outputs import write_text
+from common.planted_names import is_planted
 from common.results import read_table
 
 RULES = [
@@ -312,7 +313,7 @@ class ClaimRow:
 def evaluate(root: Path, model: str) -> list[ClaimRow]:
     """Every claim's measured value and status from the saved results under ``root``."""
     runs = run_record(root)
-    planted = model == "planted"
+    planted = is_planted(model)
     rows = []
     for c in CLAIMS:
         d = root / c.script
@@ -391,7 +392,7 @@ window.addEventListener('load', function () {
 
 
 def _page(root: Path, model: str, rows: list[ClaimRow], metas: dict, runs: dict) -> str:
-    planted = model == "planted"
+    planted = is_planted(model)
     any_meta = next(iter(metas.values()), {})
     verdict = verdict_text(any_meta) or ("planted (demo model built by common/planted.py)" if planted
                                          else "not checked")
