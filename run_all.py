@@ -68,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 from common.outputs import default_out_dir, write_json, write_text  # noqa: E402
 from common.genuine_weights import verdict_text  # noqa: E402
 from common.report import build_report, read_claims, run_record  # noqa: E402
+from common.planted_names import check_model_name, is_planted  # noqa: E402
 
 
 @dataclass
@@ -124,7 +125,7 @@ STEPS = [
 
 
 def model_kind(model: str) -> str:
-    return "planted" if model == "planted" else "real"
+    return "planted" if is_planted(model) else "real"
 
 
 def fingerprint(step: Step, argv: list[str], upstream: list[str]) -> str:
@@ -138,11 +139,12 @@ def fingerprint(step: Step, argv: list[str], upstream: list[str]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="gpt2-small", help="'gpt2-small', 'planted' or a local HF GPT-2 folder")
+    p.add_argument("--model", default="gpt2-small", help="'gpt2-small', 'planted', 'planted:<twin>' or a local HF GPT-2 folder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="rerun steps even when up to date")
     p.add_argument("--only", default="", help="comma-separated script names to run (default: all)")
-    p.add_argument("--root", default=None, help="output root (default figures/, figures/demo/ for planted)")
+    p.add_argument("--root", default=None, help="output root (default figures/, figures/demo/ for planted, "
+                   "figures/demo-<twin>/ for planted:<twin>)")
     p.add_argument("--text", default=None, metavar="PATH",
                    help="text file or folder for the scripts that read natural text "
                         f"({', '.join(s.script for s in STEPS if 'text' in s.inputs)}) instead of WikiText")
@@ -155,6 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=default_jobs(),
                    help="steps run at a time, each with cores/jobs torch threads (1: one at a time, output shown live)")
     args = p.parse_args(argv)
+    check_model_name(args.model)  # planted:<unknown>: one line naming the twins, nothing made
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
     args.only_set = {s.strip().removesuffix(".py") + ".py" for s in args.only.split(",") if s.strip()}
@@ -616,7 +619,7 @@ def write_index(root: Path, model: str) -> None:
     """INDEX.md: every figure under ``root`` with the claims it supports (their status, from
     claims.json) and the command that made it."""
     claims = read_claims(root) if (root / "claims.json").exists() else []
-    lines = [f"# Figures ({'planted demo model' if model == 'planted' else model})", "",
+    lines = [f"# Figures ({('planted demo model' + ('' if model == 'planted' else f' twin {model}')) if is_planted(model) else model})", "",
              "Regenerate everything with `make demo` (planted, offline) or `make figures` (gpt2-small).", ""]
     for step in STEPS:
         out = root / step.script.removesuffix(".py")

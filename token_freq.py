@@ -44,6 +44,7 @@ from common import freq
 from common.cli import add_text_flag, base_parser, script_name
 from common.errors import error_summary
 from common.outputs import prepare_out_dir
+from common.planted_names import is_planted
 from common.prompts import token_category_map
 from common.results import Results, load_summary, load_table, save_results
 
@@ -81,7 +82,7 @@ def corpus_batches(args):
         total = sum(f.stat().st_size for f in files)
         desc = f"{len(files)} file(s) under {args.text}" if len(files) > 1 else str(files[0])
         return freq.file_batches(files, args.batch_bytes), total, "B", desc
-    if args.model == "planted":
+    if is_planted(args.model):
         from common.demo_corpus import demo_text
 
         blob = demo_text().encode()

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from common.planted_names import is_planted
+
 REPRODUCED, DIFFERS, INCONCLUSIVE = "reproduced", "differs", "inconclusive"
 HOLDS, FAILS = "planted: holds", "planted: fails"
 MEASURED, SHOWN, NOT_RUN = "measured", "shown", "not run"
@@ -162,8 +164,7 @@ def number(value: float, ci: tuple[float, float] | None = None) -> dict | float:
 def model_kind(meta: dict) -> str:
     """"genuine" (the weights are gpt2-small's), "planted" (``planted`` or ``planted:<twin>``) or
     "other", from a run's meta.json (its ``--model`` and its genuine-weights verdict)."""
-    model = str(meta.get("args", {}).get("model", ""))
-    if model == "planted" or model.startswith("planted:"):
+    if is_planted(meta.get("args", {}).get("model")):
         return "planted"
     verdict = meta.get("weights", {}) if isinstance(meta.get("weights"), dict) else {}
     return "genuine" if verdict.get("status") == "genuine" else "other"

@@ -16,7 +16,8 @@ from common.outputs import prepare_out_dir
 
 
 MODEL_HELP = ("'gpt2-small' (HF cache/hub), another GPT-2-family name (gpt2-medium, gpt2-large, gpt2-xl, "
-              "distilgpt2, stanford-crfm/alias-gpt2-small-x21, ...), 'planted' (offline demo model) or a local "
+              "distilgpt2, stanford-crfm/alias-gpt2-small-x21, ...), 'planted' (offline demo model), "
+              "'planted:<twin>' (a twin whose named claims are false: common/planted_names.py) or a local "
               "HF GPT-2 folder")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from common.outputs import atomic_path, cache_dir
+from common.planted_names import is_planted, planted_label
 
 FINGERPRINTS = Path(__file__).resolve().parent / "data" / "gpt2_small_fingerprints.json"
 VERDICT_VERSION = "genuine-v1"  # bump when the hashing or the verdict format changes
@@ -277,8 +278,8 @@ def checkpoint_file(model: str, hf_cache: str | Path | None = None) -> Path | No
 def weights_verdict(model: str, hf_cache: str | Path | None = None, use_cache: bool = True) -> Verdict:
     """The verdict for a ``--model`` value: ``"planted"``, or the checkpoint it loads, verified.
     Never raises for an unreadable file: the verdict then says "unverified: <why>"."""
-    if model == PLANTED:
-        return Verdict("planted", "planted")
+    if is_planted(model):  # the plain planted model or a twin: ``planted`` / ``planted:<twin>``
+        return Verdict("planted", planted_label(model))
     path = checkpoint_file(model, hf_cache)
     if path is None:
         return Verdict("unverified", f"unverified: no checkpoint file found for {model!r}")

@@ -12,7 +12,9 @@ Three kinds of names are understood by :func:`load_model`:
 * a path to a local Hugging Face GPT-2 folder (``config.json``, ``model.safetensors`` or
   ``pytorch_model.bin``, tokenizer files): loaded without any network access.
 * ``planted``: the offline demo model of :mod:`common.planted`, generated deterministically into a
-  cache folder and then loaded through the same local-folder route.
+  cache folder and then loaded through the same local-folder route; ``planted:<twin>`` likewise
+  builds one of its twins (:mod:`common.planted_names`), whose named claims are false by
+  construction.
 
 Every route applies the ``from_pretrained`` defaults (fold_ln, center_writing_weights,
 center_unembed, fold_value_biases), so W_Q/W_K match published TransformerLens analyses.
@@ -36,6 +38,7 @@ from common.errors import error_summary
 from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
 from common.hub_models import cache_entry, official_name
 from common.planted import planted_folder
+from common.planted_names import is_planted, planted_twin
 from common.weights_cache import PROCESSING, Source, load_processed
 
 REAL_NAMES = {"gpt2-small", "gpt2"}  # gpt2-small; the other hub names: common.hub_models
@@ -82,7 +85,7 @@ def _cache_key(name: str, device: str) -> tuple:
     path = Path(name).expanduser()
     if official_name(name):
         return (official_name(name), device)  # an alias shares its model's load
-    if name == PLANTED or not path.exists():
+    if is_planted(name) or not path.exists():
         return (name, device)
     stamps = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(path.glob("*")) if p.is_file())
     return (str(path.resolve()), device, stamps)
@@ -93,8 +96,8 @@ _LOADER_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 def _load(name: str, device: str) -> HookedTransformer:
-    if name == PLANTED:
-        return _load_folder(planted_folder(), device)
+    if is_planted(name):
+        return _load_folder(planted_folder(twin=planted_twin(name)), device)
     if official_name(name):  # a hub name wins over a folder of that name (use ./name for the folder)
         return _load_hub(official_name(name), device)
     path = Path(name).expanduser()

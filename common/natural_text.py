@@ -85,6 +85,7 @@ import numpy as np
 import torch
 
 from common.errors import error_summary
+from common.planted_names import is_planted
 
 WIKITEXT = ("Salesforce/wikitext", "wikitext-103-raw-v1", "test")
 DEMO = "demo"
@@ -261,7 +262,7 @@ def script_text_ids(text: str | None, model: str, tokenizer) -> tuple[np.ndarray
     """(token ids, description) of a script's natural text: ``--text PATH`` if given, the demo text
     for the planted model, else WikiText-103's test split; a one-line SystemExit when unavailable.
     The ids are a read-only 1-D array (memory-mapped from the cache for ``--text PATH``)."""
-    source = text if text is not None else (DEMO if model == "planted" else None)
+    source = text if text is not None else (DEMO if is_planted(model) else None)
     try:
         return text_ids(source, tokenizer)
     except TextUnavailable as exc:

@@ -21,6 +21,7 @@ from typing import Iterator
 import pandas as pd
 
 from common.hub_models import GPT2_SMALL, official_name, short_name
+from common.planted_names import check_model_name, is_planted, planted_twin
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -62,21 +63,25 @@ def model_fingerprint(model) -> str:
 
 def default_out_dir(script: str, model: str = "gpt2-small") -> Path:
     """figures/<script>/ for real gpt2-small, figures/demo/<script>/ for the planted model,
+    figures/demo-<twin>/<script>/ for a planted twin (``planted:<twin>``),
     figures/models/<name>/<script>/ for another GPT-2-family hub model (gpt2-medium,
     alias-gpt2-small-x21: :mod:`common.hub_models`, aliases folded onto their model),
     figures/local/<folder name>/<script>/ for a local model folder."""
     official = official_name(model)
     if official == GPT2_SMALL:
         return FIGURES / script
-    if model == "planted":
-        return FIGURES / "demo" / script
+    if is_planted(model):
+        twin = planted_twin(model)
+        return FIGURES / ("demo" if twin is None else f"demo-{twin}") / script
     if official:
         return FIGURES / "models" / short_name(official) / script
     return FIGURES / "local" / Path(model).name / script
 
 
 def prepare_out_dir(out: str | Path | None, script: str, model: str = "gpt2-small") -> Path:
-    """``out`` (default :func:`default_out_dir`), created and proven writable, or SystemExit."""
+    """``out`` (default :func:`default_out_dir`), created and proven writable, or SystemExit (also,
+    before anything is made, for an unknown planted twin)."""
+    check_model_name(model)
     path = Path(out) if out else default_out_dir(script, model)
     try:
         path.mkdir(parents=True, exist_ok=True)

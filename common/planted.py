@@ -84,6 +84,7 @@ import torch
 
 from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
 from common.outputs import cache_dir
+from common.planted_names import TWINS, planted_twin
 from common.prompts import CATEGORIES, category_prompts, category_token_ids, random_token_prompts
 
 VERSION = "planted-v3"
@@ -119,6 +120,9 @@ LOGIT_PREV_TOKEN = 16.0
 LOGIT_READER_SELF = 12.0
 LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 8.0, 8.0
 LOGIT_BOS_HEADS = 8.5  # BOS logit of the BOS heads over their diffuse generic scores
+# Twins (common.planted_names): the one switch each flips in L1H5's planted part.
+LOGIT_POSITIONAL = 3.0  # positional: std over the prompt positions of L1H5's key-position logit
+LOGIT_SKEW = 16.0  # skew: spectral norm (in logits) of the skew identity-code term
 GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (positional heads, decoy)
 TARGET_GENERIC_COLUMN = 0.08  # the same for L1H5
 GENERIC_LOGIT_STD = {"layer0": 2.5, "diffuse": 1.2}  # std of random heads' attention logits
@@ -217,10 +221,29 @@ def _head_bias(rng, n: int, norm: float) -> np.ndarray:
     return v * norm / np.linalg.norm(v)
 
 
-def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
-    """The Hugging Face GPT-2 state dict (Conv1D [in, out] layout) and the ground truth."""
+def _orthogonal_skew(rng, n: int) -> np.ndarray:
+    """A random n x n (n even) skew matrix with every singular value 1: Q diag(J2, J2, ...) Q^T.
+    Equal singular values give the most Frobenius mass (hence score variance) for a given
+    spectral norm, so the skew twin's skew part is large in the scores yet smaller than W_sym's
+    largest eigenvalue."""
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    j = np.zeros((n, n))
+    i = np.arange(0, n, 2)
+    j[i, i + 1], j[i + 1, i] = 1.0, -1.0
+    return q @ j @ q.T
 
+
+def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The Hugging Face GPT-2 state dict (Conv1D [in, out] layout) and the ground truth.
+
+    ``twin`` (a name of :data:`common.planted_names.TWINS`, None for the plain model) flips one
+    switch in L1H5's planted part; every other weight is drawn from the same random stream as the
+    plain model's (the twin's own random numbers come from a separate generator), so a twin differs
+    from the plain model in L1H5 (and in what later layers calibrate on its output) only."""
+    if twin is not None and twin not in TWINS:
+        raise ValueError(f"unknown planted twin {twin!r} (known: {', '.join(TWINS)})")
     rng = np.random.default_rng(seed)
+    twin_rng = np.random.default_rng([seed, 22])  # the twins' own draws (issue 22)
     tok = load_tokenizer()
     vocab, bos = tok.vocab_size, tok.bos_token_id
     cat_ids = category_token_ids(tok)
@@ -373,19 +396,45 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     s1 = _scale(x1)
     ln1 = float(np.median(s1[is_cat]))  # LN1 scale of a category token
     ln1_bos = float(np.median(s1[is_bos]))
-    c_coord = float(np.median((_ln(x1) @ C)[is_cat, cat_idx[is_cat]]))  # C_c coordinate after LN1
-    # L1H5 planted part (columns: C | V | U | BOS | one free column).
+    # L1H5 planted part (columns: C | V | U | BOS | one free column). The twins' switches:
+    # copying flips the sign of the U term; no-mlp0 reads the category from K (the token
+    # embedding) instead of C (MLP0); skew adds a skew matrix to the V block; positional adds a
+    # key-position term to the BOS column's key (below, once the query's coordinate is known).
     h = TARGET[1]
+    CAT = K if twin == "no-mlp0" else C
+    c_coord = float(np.median((_ln(x1) @ CAT)[is_cat, cat_idx[is_cat]]))  # its coordinate after LN1
     w_c = np.sqrt(LOGIT_SAME_CATEGORY * sqdh) / c_coord
     w_v = np.sqrt(LOGIT_IDENTITY * sqdh) / (ln1 * A_V)
     w_u = np.sqrt((LOGIT_SAME_CATEGORY + LOGIT_IDENTITY - LOGIT_SELF) * sqdh) / (ln1 * A_U)
     w_b = np.sqrt((LOGIT_BOS - LOGIT_BOS_FROM_B_Q) * sqdh / (ln1 * A_N * ln1_bos * A_B))
+    u_sign = 1.0 if twin == "copying" else -1.0
+    # V block in code coordinates: query word i, key word j get (ln1 A_V)^2 M_V[i, j] / sqrt(d_head)
+    M_V = w_v**2 * np.eye(N_CODES)
+    skew_codes = None
+    if twin == "skew":
+        skew_codes = _orthogonal_skew(twin_rng, N_CODES)  # logit LOGIT_SKEW * skew_codes[i, j]
+        M_V = M_V + LOGIT_SKEW * sqdh / (ln1 * A_V) ** 2 * skew_codes
     cols = np.cumsum([0, n_cat, N_CODES, N_CODES, 1])
     PQ, PK = np.zeros((d, dh)), np.zeros((d, dh))
-    PQ[:, : cols[1]], PK[:, : cols[1]] = w_c * C, w_c * C
-    PQ[:, cols[1] : cols[2]], PK[:, cols[1] : cols[2]] = w_v * V, w_v * V
-    PQ[:, cols[2] : cols[3]], PK[:, cols[2] : cols[3]] = w_u * U, -w_u * U
+    PQ[:, : cols[1]], PK[:, : cols[1]] = w_c * CAT, w_c * CAT
+    PQ[:, cols[1] : cols[2]], PK[:, cols[1] : cols[2]] = w_v * V, V @ M_V.T / w_v
+    PQ[:, cols[2] : cols[3]], PK[:, cols[2] : cols[3]] = w_u * U, u_sign * w_u * U
     PQ[:, cols[3]], PK[:, cols[3]] = w_b * N[:, 0], w_b * B[:, 0]
+    pos_key = None
+    if twin == "positional":
+        # A key-position logit f(p) = sum over the fast pairs of a_f sin(omega_f p): zero at BOS's
+        # position 0 (sin 0 = 0, so BOS keeps its logit), mean about 0 over positions (so a mean
+        # ablation of the positions removes it), std LOGIT_POSITIONAL over the prompt positions.
+        # Every non-BOS query carries the BOS column's N coordinate, so every query sees it.
+        a = np.zeros(2 * N_FREQ)
+        a[N_FREQ + 1 :] = twin_rng.normal(size=N_FREQ - 1)
+        f_raw = s_pos @ a
+        q_b = ln1 * A_N * w_b + LOGIT_BOS_FROM_B_Q * sqdh / (ln1_bos * A_B * w_b)  # query coordinate
+        sp_key = float(np.median(s1[:, 1:]))
+        lo_p, hi_p = PROMPT_POSITIONS
+        w_pos = LOGIT_POSITIONAL * sqdh / (q_b * sp_key * f_raw[lo_p : hi_p + 1].std())
+        PK[:, cols[3]] += w_pos * (P @ a)
+        pos_key = (q_b * sp_key * w_pos / sqdh) * f_raw  # the designed logit per key position
     L1["W_Q"][h] = PQ + _random_in(rng, BLIND, dh, TARGET_GENERIC_COLUMN)
     L1["W_K"][h] = PK + _random_in(rng, BLIND, dh, TARGET_GENERIC_COLUMN)
     bq = np.zeros(dh)  # b_Q against BOS's key coordinate in the BOS column
@@ -472,15 +521,18 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     perturb = sym(W_Q @ W_K.T) - plant_sym
     delta = float(np.linalg.norm(perturb, 2))  # Weyl: every eigenvalue moves by at most delta
     plant_eig = np.linalg.eigvalsh(plant_sym)
-    planted_neg = -(w_u**2)
-    rest = plant_eig[plant_eig > planted_neg + 1e-9 * w_u**2]  # all but the N_CODES code eigenvalues
-    if (plant_eig <= planted_neg + 1e-9 * w_u**2).sum() != N_CODES:
-        raise RuntimeError("planted: identity-code eigenvalues are not the most negative ones")
-    other_neg = max(0.0, float(-rest.min()))  # largest |negative| planted eigenvalue besides them
-    lo, hi = other_neg + delta, w_u**2 - delta
-    if not hi > 2 * lo:
-        raise RuntimeError(f"planted: no clear eigenvalue gap ({lo:.3f} .. {hi:.3f})")
-    threshold = float(np.sqrt(lo * hi))
+    if twin == "copying":  # the identity codes are +w_U^2 now: no planted negative subspace
+        planted_neg, lo, hi, threshold = None, None, None, None
+    else:
+        planted_neg = -(w_u**2)
+        rest = plant_eig[plant_eig > planted_neg + 1e-9 * w_u**2]  # all but the N_CODES code eigenvalues
+        if (plant_eig <= planted_neg + 1e-9 * w_u**2).sum() != N_CODES:
+            raise RuntimeError("planted: identity-code eigenvalues are not the most negative ones")
+        other_neg = max(0.0, float(-rest.min()))  # largest |negative| planted eigenvalue besides them
+        lo, hi = other_neg + delta, w_u**2 - delta
+        if not hi > 2 * lo:
+            raise RuntimeError(f"planted: no clear eigenvalue gap ({lo:.3f} .. {hi:.3f})")
+        threshold = float(np.sqrt(lo * hi))
     full_eig = np.linalg.eigvalsh(sym(W_Q @ W_K.T))
     # Full column rank of [W_Q, W_K] for every head -> Sylvester: d_head negative, d_head positive.
     for l, layer in enumerate(des.layers):
@@ -528,6 +580,8 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     truth = {
         "version": VERSION,
         "seed": seed,
+        "twin": twin,
+        "false_claims": list(TWINS[twin].false_claims) if twin else [],
         "n_layers": N_LAYERS,
         "target": list(TARGET),
         "positional_head": list(POSITIONAL_HEAD),
@@ -543,13 +597,17 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
         "n_positive_eigenvalues": dh,
         # The planted subspace: N_CODES identity-code eigenvalues -w_U^2, moved by at most
         # perturbation_bound (Weyl); every other negative eigenvalue lies above -gap[0].
-        "n_large_negative_eigenvalues": N_CODES,
-        "planted_negative_eigenvalue": float(planted_neg),
+        # (copying: none; its identity codes are positive eigenvalues +w_U^2, fields None)
+        "n_large_negative_eigenvalues": 0 if planted_neg is None else N_CODES,
+        "planted_negative_eigenvalue": None if planted_neg is None else float(planted_neg),
         "perturbation_bound": delta,
-        "negative_gap": [float(lo), float(hi)],
+        "negative_gap": None if lo is None else [float(lo), float(hi)],
         "negative_threshold": threshold,
         "min_abs_eigenvalue": float(min_nonzero),
-        "logits": {"same_category": LOGIT_SAME_CATEGORY, "self": LOGIT_SELF, "bos": LOGIT_BOS,
+        "logits": {"same_category": LOGIT_SAME_CATEGORY, "bos": LOGIT_BOS,
+                   # copying: the U term adds instead of subtracting its (12 + 4 + 6) logits
+                   "self": (2 * (LOGIT_SAME_CATEGORY + LOGIT_IDENTITY) - LOGIT_SELF if twin == "copying"
+                            else LOGIT_SELF),
                    "bos_from_b_Q": LOGIT_BOS_FROM_B_Q,
                    "self_without_negative_eigenvalues": LOGIT_SAME_CATEGORY + LOGIT_IDENTITY,
                    "previous_token": LOGIT_PREV_TOKEN, "decoy_category": LOGIT_DECOY_CATEGORY,
@@ -560,6 +618,14 @@ def build_state_dict(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
                           "mean_prompt_positions": float(np.linalg.norm(wpe[PROMPT_POSITIONS[0] : PROMPT_POSITIONS[1] + 1].mean(0))),
                           "category_token": float(np.sqrt(A_K**2 + A_U**2 + A_V**2 + A_N**2))},
     }
+    if twin == "positional":
+        truth["positional_key_logit"] = [float(v) for v in pos_key]  # per key position, designed
+        truth["logits"]["positional_std"] = LOGIT_POSITIONAL
+    if twin == "skew":
+        truth["skew_codes"] = skew_codes.tolist()  # logit LOGIT_SKEW * skew_codes[i, j], word i -> word j
+        truth["logits"]["skew_spectral"] = LOGIT_SKEW
+    if twin == "no-mlp0":
+        truth["category_read_from"] = "K"  # the token embedding (the plain model: "C", MLP0)
     tensors = {k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in sd.items()}
     return tensors, truth
 
@@ -574,11 +640,12 @@ def _generic_mlp(rng, layer: dict, space: np.ndarray, out: np.ndarray, out_norm:
     layer["b_out"] = _bias(rng, out, B_OUT_NORM)
 
 
-def write_folder(folder: Path, seed: int = 0) -> None:
-    """Write the planted model as a Hugging Face GPT-2 folder (config, safetensors, tokenizer)."""
+def write_folder(folder: Path, seed: int = 0, twin: str | None = None) -> None:
+    """Write the planted model (or a twin) as a Hugging Face GPT-2 folder (config, safetensors,
+    tokenizer, ground_truth.json)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tensors, truth = build_state_dict(seed)
+    tensors, truth = build_state_dict(seed, twin)
     cfg = GPT2Config(
         vocab_size=tensors["wte.weight"].shape[0], n_positions=N_CTX, n_embd=D_MODEL,
         n_layer=N_LAYERS, n_head=N_HEADS, activation_function="gelu_new", layer_norm_epsilon=LN_EPS,
@@ -600,19 +667,24 @@ def write_folder(folder: Path, seed: int = 0) -> None:
 
 def _source_fingerprint() -> str:
     """Rebuild the cached folder whenever this construction or the word lists change."""
-    src = Path(__file__).read_bytes() + (Path(__file__).parent / "prompts.py").read_bytes()
+    here = Path(__file__).parent
+    src = b"".join((here / f).read_bytes() for f in ("planted.py", "planted_names.py", "prompts.py"))
     return hashlib.sha256(src).hexdigest()[:12]
 
 
-def planted_folder(seed: int = 0) -> Path:
-    """The cached planted-model folder, built (atomically) on first use."""
-    folder = cache_dir() / f"{VERSION}-seed{seed}-{_source_fingerprint()}"
+def planted_folder(seed: int = 0, twin: str | None = None) -> Path:
+    """The cached planted-model folder (of ``twin``, None for the plain model), built (atomically)
+    on first use; each twin has its own folder."""
+    if twin is not None and twin not in TWINS:
+        planted_twin(f"planted:{twin}")  # SystemExit naming the twins
+    name = VERSION if twin is None else f"{VERSION}-{twin}"
+    folder = cache_dir() / f"{name}-seed{seed}-{_source_fingerprint()}"
     if (folder / "ground_truth.json").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        write_folder(tmp, seed)
+        write_folder(tmp, seed, twin)
         try:
             tmp.rename(folder)
         except OSError:  # another process won the race; its folder is identical
@@ -622,5 +694,6 @@ def planted_folder(seed: int = 0) -> Path:
     return folder
 
 
-def ground_truth(seed: int = 0) -> dict:
-    return json.loads((planted_folder(seed) / "ground_truth.json").read_text())
+def ground_truth(seed: int = 0, twin: str | None = None) -> dict:
+    """The ground truth of the plain planted model (``twin`` None) or of a twin."""
+    return json.loads((planted_folder(seed, twin) / "ground_truth.json").read_text())

@@ -17,13 +17,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 
 from common.claims import (DIFFERS, FAILS, HOLDS, INCONCLUSIVE, MEASURED, NOT_RUN, REPRODUCED, SHOWN, Claim,
                            model_kind, status)
 from common.genuine_weights import verdict_text
 from common.outputs import write_json, write_text
+from common.planted_names import is_planted
 
 RULES = [
     ("Semantic clustering", "a token attends to earlier tokens of the same category "
@@ -151,7 +151,7 @@ window.addEventListener('load', function () {
 
 
 def _page(root: Path, model: str, records: list[dict], metas: dict, runs: dict) -> str:
-    planted = model == "planted" or model.startswith("planted:")
+    planted = is_planted(model)
     any_meta = next(iter(metas.values()), {})
     verdict = verdict_text(any_meta) or ("planted (demo model built by common/planted.py)" if planted
                                          else "not checked")

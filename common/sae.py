@@ -28,6 +28,7 @@ from common.effective_embeddings import effective_embeddings, mean_prompt_tokens
 from common.errors import error_summary
 from common.outputs import cache_dir, model_fingerprint
 from common.planted import ground_truth
+from common.planted_names import is_planted
 
 DEFAULT_RELEASE = "gpt2-small-res-jb"
 DEFAULT_SAE_ID = "blocks.1.hook_resid_pre"
@@ -47,7 +48,7 @@ def add_sae_flags(p) -> None:
 
 def wants_demo_sae(args) -> bool:
     """True for ``--model planted`` without any SAE option (the offline demo)."""
-    return args.model == "planted" and not (args.sae_path or args.sae_release or args.sae_id)
+    return is_planted(args.model) and not (args.sae_path or args.sae_release or args.sae_id)
 
 
 def load_sae(release: str, sae_id: str, path: str | None, device: str = "cpu"):
