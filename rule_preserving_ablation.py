@@ -550,18 +550,23 @@ def main(argv: list[str] | None = None) -> int:
 # -- claims (common/claims.py): the saved explained.csv, a measurement -------------------------------
 
 
+RULES_EXPLAIN_MOST = 0.5  # planted shape: a head built on the three rules has most of its effect explained by them
+
+
 def check_rules_explained(out_dir) -> Evidence:
-    """How much of the mean-ablation KL the three rules' pattern recovers, with its bootstrap CI."""
+    """How much of the mean-ablation KL the three rules' pattern recovers, with its bootstrap CI
+    (no published number for L1H5; on a planted model: more than half, CI above 0.5)."""
     e = load_table(out_dir, "explained")
     r = e[(e.variant == "rules") & (e.baseline == "mean")].iloc[0]
     return Evidence(f"the rules explain {100 * r.explained:.1f}% [{100 * r.ci_lo:.1f}, {100 * r.ci_hi:.1f}] of the "
-                    "mean-ablation KL", {"explained": number(r.explained, (r.ci_lo, r.ci_hi))})
+                    "mean-ablation KL", {"explained": number(r.explained, (r.ci_lo, r.ci_hi))},
+                    holds=bool(r.ci_lo > RULES_EXPLAIN_MOST))
 
 
 CLAIMS = [Claim(
     "rules-explained", SCRIPT, "How much of the head's effect on the logits the three rules explain (anchor: copy "
     "suppression explains 76.9% of L10H7's)", NEW, "none for L1H5 (76.9% is L10H7's)", "explained.png", "explained.csv",
-    "none (a measurement)", check_rules_explained)]
+    f"none on gpt2-small (a measurement); planted: the CI lies above {RULES_EXPLAIN_MOST:.0%}", check_rules_explained)]
 
 
 if __name__ == "__main__":

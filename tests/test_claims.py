@@ -352,6 +352,10 @@ def test_measurements_are_shown(tmp_path):
                           {"variant": "rules", "baseline": "resample", "explained": 0.1, "ci_lo": 0.0, "ci_hi": 0.2}]}
     ev = rule_preserving_ablation.check_rules_explained(run_dir(tmp_path, expl))
     assert ev.numbers["explained"] == {"value": 0.9, "ci": [0.8, 0.95]} and C.status(ev, "genuine") == C.SHOWN
+    assert C.status(ev, "planted") == C.HOLDS and C.status(ev, "other") == C.SHOWN
+    for lo, holds in ((0.5, False), (0.51, True)):
+        expl["explained"][0]["ci_lo"] = lo
+        assert rule_preserving_ablation.check_rules_explained(run_dir(tmp_path, expl)).holds is holds
     summ = {"verdict": {"text": "Weak", "scope": "curated", "mean": 0.01, "ci_lo": -0.1, "ci_hi": 0.1, "label": "Weak"}}
     ev = succession_ablation.check_succession(run_dir(tmp_path, {"effect_summary": []}, summary=summ))
     assert ev.numbers["label"] == "Weak" and C.status(ev, "other") == C.SHOWN
