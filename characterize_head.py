@@ -10,6 +10,14 @@ every head of every layer (the published survey is all 12 x 12 of gpt2-small) is
 (lower is better), and its attention mass is split into self+copies, in-category, BOS and other.
 The original used a single prompt; here the mean and a 95% confidence interval over prompts are
 reported, with the target's rank among all heads and the next-lowest head anywhere in the model.
+Beside every score: ``bos_only``, the share of scored queries whose only allowed key is BOS, and
+the score over the other queries alone (``score_in_category_queries``).
+
+Protocols (``--protocol``, :mod:`common.protocol`): ``ours`` (default) as above; ``post`` is the
+published experiment: the original repository's 8 categories of 5-6 words, prompts of 255 words
+drawn with replacement, the score clamped at 1e-12 and averaged over every row (BOS's too), here
+over 16 such prompts for a CI. Only a ``post`` run at 255 words is compared with the published
+0.6 / 1.2 (claim ``head-survey``); it needs a context of 256 tokens.
 
 Several models at once (``--model gpt2-small gpt2-medium stanford-crfm/alias-gpt2-small-x21 ...``):
 each model's survey goes to its own sub-folder, and ``cross_model.csv`` / ``cross_model.png`` put
@@ -39,11 +47,13 @@ from rich.console import Console
 from rich.table import Table
 
 from common.claims import POST, Claim, Evidence, all_of, at_least, interval, near, number, protocol, target
-from common.cli import base_parser, start
+from common.cli import add_protocol_flag, apply_protocol, base_parser, start
 from common.outputs import FIGURES, prepare_out_dir
 from common.metrics import MASS_PARTS, all_head_patterns, head_survey, mean_ci
 from common.outputs import write_text
 from common.prompts import category_prompts
+from common.protocol import POST as POST_PROTOCOL
+from common.protocol import PROTOCOLS
 from common.results import Results, load_meta, load_summary, load_table, save_results
 
 SCRIPT = "characterize_head"
@@ -51,11 +61,16 @@ SCRIPT = "characterize_head"
 
 def parse_args(argv: list[str] | None):
     p = base_parser(__doc__, several_models=True)
-    p.add_argument("--n-prompts", type=int, default=64, help="number of seeded category prompts")
-    p.add_argument("--seq-len", type=int, default=48, help="category words per prompt (BOS not counted)")
-    p.add_argument("--repeat-prob", type=float, default=0.1, help="chance a word repeats an earlier one")
+    add_protocol_flag(p)
+    p.add_argument("--n-prompts", type=int, default=None,
+                   help="number of seeded category prompts (default: 64; --protocol post: 16)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="category words per prompt, BOS not counted (default: 48; --protocol post: 255)")
+    p.add_argument("--repeat-prob", type=float, default=None,
+                   help="extra chance a word repeats an earlier one (default: 0.1; --protocol post: 0)")
     p.add_argument("--batch-size", type=int, default=16)
-    args = p.parse_args(argv)
+    args = apply_protocol(p.parse_args(argv), n_prompts="survey_prompts", seq_len="survey_words",
+                          repeat_prob="repeat_prob")
     if args.n_prompts < 2:
         p.error("--n-prompts must be at least 2 (a confidence interval needs two prompts)")
     if args.seq_len < 2:
@@ -66,20 +81,28 @@ def parse_args(argv: list[str] | None):
 
 
 def prompts(model, args):
-    """The seeded category prompts every head is scored on."""
+    """The seeded category prompts every head is scored on (the protocol's word lists)."""
     if args.seq_len + 1 > model.cfg.n_ctx:
-        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
-    return category_prompts(model.tokenizer, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
+        raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}"
+                         + (" (the post's prompts are 255 words: pass a shorter --seq-len, and the run is then not "
+                            "the post's protocol)" if args.protocol == "post" else ""))
+    return category_prompts(model.tokenizer, args.n_prompts, args.seq_len, args.seed,
+                            PROTOCOLS[args.protocol].categories, repeat_prob=args.repeat_prob)
 
 
 def compute(model, args, batch) -> Results:
     """Score and mass split of every head of every layer; the target against the median head."""
     layer, head = args.layer, args.head
-    survey = head_survey(model, batch.tokens, batch.mask, batch_size=args.batch_size)
+    proto = PROTOCOLS[args.protocol]
+    survey = head_survey(model, batch.tokens, batch.mask, batch_size=args.batch_size, eps=proto.eps,
+                         bos_row=proto.bos_row)
     score = survey["score"].numpy()  # [layer, head, prompt]
     mean, half = mean_ci(score, axis=-1)
+    other, other_half = mean_ci(survey["score_in_category_queries"].numpy(), axis=-1)
     table = pd.DataFrame([
         {"layer": l, "head": h, "score_mean": mean[l, h], "score_ci95": half[l, h],
+         "score_in_category_queries": other[l, h], "score_in_category_queries_ci95": other_half[l, h],
+         "bos_only": survey["bos_only"],
          **{f"mass_{p}": float(survey["mass"][p][l, h]) for p in MASS_PARTS}}
         for l in range(mean.shape[0]) for h in range(mean.shape[1])
     ])
@@ -94,7 +117,8 @@ def compute(model, args, batch) -> Results:
     others = table[~((table.layer == layer) & (table["head"] == head))]
     nxt = others.sort_values("score_mean").iloc[0]
     summary = {
-        "model": args.model, "layer": layer, "head": head, "n_prompts": args.n_prompts,
+        "model": args.model, "layer": layer, "head": head, "n_prompts": args.n_prompts, "protocol": args.protocol,
+        "seq_len": args.seq_len, "bos_only": survey["bos_only"], "score_eps": proto.eps, "score_bos_row": proto.bos_row,
         "target_score": float(target_row.score_mean), "target_score_ci95": float(target_row.score_ci95),
         "target_rank": int((table.score_mean < target_row.score_mean).sum()) + 1, "n_heads_total": len(table),
         "next_lowest": {"layer": int(nxt.layer), "head": int(nxt["head"]),
@@ -244,6 +268,7 @@ def check_head_survey(out_dir) -> Evidence:
     t_ci, n_ci = interval(t.score_mean, t.score_ci95), interval(nxt.score_mean, nxt.score_ci95)
     rank = int((table.score_mean < t.score_mean).sum()) + 1
     proto = protocol(out_dir)
+    post = proto == "post" and load_meta(out_dir)["args"].get("seq_len") == POST_PROTOCOL.survey_words
     return Evidence(
         f"L{layer}H{head}: {t.score_mean:.3f} ± {t.score_ci95:.3f} (rank {rank} of {len(table)}); next lowest "
         f"L{int(nxt.layer)}H{int(nxt['head'])}: {nxt.score_mean:.3f} ± {nxt.score_ci95:.3f} (protocol: {proto})",
@@ -251,9 +276,9 @@ def check_head_survey(out_dir) -> Evidence:
          "target_rank": rank, "n_heads": len(table)},
         published=all_of(near(t_ci, POST_L1H5, POST_L1H5_TOL), at_least(n_ci, POST_FLOOR - POST_FLOOR_TOL)),
         holds=bool(rank == 1 and t_ci[1] < n_ci[0]),
-        protocol_matches=proto == "post",
-        note="" if proto == "post" else "not the post's prompts: the published 0.6 / 1.2 are not comparable "
-                                        "(run with --protocol post)")
+        protocol_matches=post,
+        note="" if post else "not the post's prompts (255 words of its 8 categories): the published 0.6 / 1.2 "
+                             "are not comparable (run with --protocol post)")
 
 
 CLAIMS = [Claim(

@@ -24,6 +24,13 @@ ablating positions lowers its small clean score (a ~0.003-nat leak) by ~30% thro
 alone (tests/test_component_ablation.py holds the LN scales fixed to show it).
 Forward passes stop after the target layer (``stop_at_layer``).
 
+Protocols (``--protocol``, :mod:`common.protocol`): ``ours`` (default) as above; ``post`` is the
+published experiment: 128 prompts of 63 words from the original repository's 8 categories, every
+position mean-ablated (BOS included) with the mean over the scored prompts themselves, the score
+clamped at 1e-12 over every row. Only that run is compared with the published 0.66 / 2.1 / 1.75
+(claim ``component-ablation``). ``bos_only`` (summary.csv, summary.json): the share of scored
+queries whose only allowed key is BOS.
+
 Position independence: the same prompts are re-run (a) with their words shuffled, (b) with the
 words' positions shifted by --shift (BOS stays at position 0; positional embeddings of positions
 p + shift are fed in through ``hook_pos_embed``), (c) left-padded with --pad <|endoftext|> tokens
@@ -56,6 +63,7 @@ Run: python component_ablation.py --model planted   (real gpt2-small: --model gp
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +76,12 @@ from tqdm import tqdm
 from common.claims import POST, Claim, Evidence, all_of, at_most, banded, interval, near, number, protocol, target
 from common.ablation import (COMPONENTS, collect_activations, keep_only_hooks, mean_ablation_hooks,
                              resample_ablation_hooks)
-from common.cli import base_parser, start
+from common.cli import add_protocol_flag, apply_protocol, base_parser, start
 from common.errors import require_absolute_positions
-from common.metrics import all_head_patterns, mean_ci, semantic_score
+from common.metrics import all_head_patterns, bos_only_share, mean_ci, semantic_score
 from common.prompts import category_prompts
+from common.protocol import POST as POST_PROTOCOL
+from common.protocol import PROTOCOLS
 from common.results import Results, load_meta, load_table, save_results
 
 SCRIPT = "component_ablation"
@@ -86,15 +96,22 @@ META_KEYS = ("mean_ablation_data", "resample_ablation_data", "target_means", "pu
 
 def parse_args(argv):
     p = base_parser(__doc__)
-    p.add_argument("--n-prompts", type=int, default=256, help="scored prompts (at least 128 recommended)")
-    p.add_argument("--n-reference", type=int, default=64, help="reference prompts the ablation values come from")
-    p.add_argument("--seq-len", type=int, default=20, help="category words per prompt (BOS not counted)")
-    p.add_argument("--repeat-prob", type=float, default=0.1, help="chance a word repeats an earlier one")
+    add_protocol_flag(p)
+    p.add_argument("--n-prompts", type=int, default=None,
+                   help="scored prompts, at least 128 recommended (default: 256; --protocol post: 128)")
+    p.add_argument("--n-reference", type=int, default=64,
+                   help="reference prompts the ablation values come from (--protocol post: the scored prompts)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="category words per prompt, BOS not counted (default: 20; --protocol post: 63)")
+    p.add_argument("--repeat-prob", type=float, default=None,
+                   help="extra chance a word repeats an earlier one (default: 0.1; --protocol post: 0)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--ablate-bos", action="store_true", help="also replace position 0 (BOS)")
+    p.add_argument("--ablate-bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="also replace position 0, BOS (default: no; --protocol post: yes)")
     p.add_argument("--shift", type=int, default=40, help="position offset of the words in the 'shifted' variant")
     p.add_argument("--pad", type=int, default=8, help="number of left-padding tokens in the 'padded' variant")
-    args = p.parse_args(argv)
+    args = apply_protocol(p.parse_args(argv), n_prompts="ablation_prompts", seq_len="ablation_words",
+                          repeat_prob="repeat_prob", ablate_bos="ablate_bos")
     if args.n_prompts < 2 or args.n_reference < 1:
         p.error("--n-prompts must be >= 2 and --n-reference >= 1")
     if args.seq_len < 2:
@@ -142,12 +159,14 @@ def layer_patterns(model, tokens, layer: int, batch_size: int, hooks=()) -> list
 
 
 def condition_scores(model, tokens, mask, layer: int, hooks, batch_size: int,
-                     patterns: list[torch.Tensor] | None = None) -> torch.Tensor:
+                     patterns: list[torch.Tensor] | None = None, protocol: str = "ours") -> torch.Tensor:
     """Semantic score [head, prompt] of every head of ``layer`` under ``hooks`` (or of the given
-    per-batch ``patterns``, see :func:`layer_patterns`)."""
+    per-batch ``patterns``, see :func:`layer_patterns`), scored the ``protocol``'s way."""
     if patterns is None:
         patterns = layer_patterns(model, tokens, layer, batch_size, hooks)
-    out = [semantic_score(pat, mask[i * batch_size : (i + 1) * batch_size]) for i, pat in enumerate(patterns)]
+    proto = PROTOCOLS[protocol]
+    out = [semantic_score(pat, mask[i * batch_size : (i + 1) * batch_size], proto.eps, proto.bos_row)
+           for i, pat in enumerate(patterns)]
     return torch.cat(out, -1)
 
 
@@ -158,7 +177,8 @@ def ablation_scores(model, batch, ref_tokens, args, clean: list[torch.Tensor] | 
     frames = []
     for (abl, meth), hooks in tqdm(conds.items(), desc="ablations", leave=False):
         pats = clean if (abl, meth) == (CLEAN, "-") else None
-        s = condition_scores(model, batch.tokens, batch.mask, args.layer, hooks, args.batch_size, pats).numpy()
+        s = condition_scores(model, batch.tokens, batch.mask, args.layer, hooks, args.batch_size, pats,
+                             args.protocol).numpy()
         hh, pp = np.meshgrid(np.arange(s.shape[0]), np.arange(s.shape[1]), indexing="ij")
         frames.append(pd.DataFrame({"ablation": abl, "method": meth, "head": hh.ravel(), "prompt": pp.ravel(),
                                     "score": s.ravel()}))
@@ -281,17 +301,21 @@ def position_independence(model, tokens, args, clean: list[torch.Tensor] | None 
 
 
 def compute(model, args) -> Results:
-    tok = model.tokenizer
-    batch = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, repeat_prob=args.repeat_prob)
-    ref = category_prompts(tok, args.n_reference, args.seq_len, args.seed + 1, repeat_prob=args.repeat_prob)
+    tok, proto = model.tokenizer, PROTOCOLS[args.protocol]
+    batch = category_prompts(tok, args.n_prompts, args.seq_len, args.seed, proto.categories, repeat_prob=args.repeat_prob)
+    # the post took the mean over its own scored prompts; ours a separate seeded reference batch
+    ref = batch if proto.reference_is_batch else category_prompts(tok, args.n_reference, args.seq_len, args.seed + 1,
+                                                                  proto.categories, repeat_prob=args.repeat_prob)
     clean = layer_patterns(model, batch.tokens, args.layer, args.batch_size)  # shared by both parts
     scores = ablation_scores(model, batch, ref.tokens, args, clean)
-    table = summarise(scores)
+    table = summarise(scores).assign(bos_only=float(bos_only_share(batch.mask)))
     target = table[table["head"] == args.head].set_index(["ablation", "method"])["mean"]
     summary = {
         "model": args.model, "layer": args.layer, "head": args.head, "n_prompts": int(scores.prompt.nunique()),
-        "mean_ablation_data": (f"mean over all {'' if args.ablate_bos else 'non-BOS '}positions of {args.n_reference} "
-                               f"reference prompts (seed {args.seed + 1}); "
+        "protocol": args.protocol, "seq_len": args.seq_len, "bos_only": float(bos_only_share(batch.mask)),
+        "mean_ablation_data": (f"mean over all {'' if args.ablate_bos else 'non-BOS '}positions of "
+                               + (f"the {len(ref.tokens)} scored prompts; " if ref is batch else
+                                  f"{args.n_reference} reference prompts (seed {args.seed + 1}); ") +
                                f"BOS position {'ablated' if args.ablate_bos else 'kept clean'}"),
         "resample_ablation_data": "a uniformly drawn (prompt, position) of the same reference batch per ablated "
                                   "position",
@@ -462,6 +486,8 @@ def check_component_ablation(out_dir) -> Evidence:
     keeps = all(abs(r["mean"] - clean["mean"]) < KEEPS_SHARE * abs(rise) for r in (pos, att))
     keep_out = [at_most(interval(abs(r["mean"] - clean["mean"]), r.ci95), KEEPS_SHARE * abs(rise)) for r in (pos, att)]
     proto = protocol(out_dir)
+    a = load_meta(out_dir)["args"]
+    post = proto == "post" and a.get("seq_len") == POST_PROTOCOL.ablation_words and a.get("ablate_bos") is True
     return Evidence(
         f"clean {clean['mean']:.3f} ± {clean.ci95:.3f}; embedding ablated {emb['mean']:.3f} ± {emb.ci95:.3f}, MLP0 "
         f"{mlp['mean']:.3f} ± {mlp.ci95:.3f}; positions {pos['mean']:.3f} ± {pos.ci95:.3f}, layer-0 attention "
@@ -470,8 +496,9 @@ def check_component_ablation(out_dir) -> Evidence:
          {"clean": clean, "embedding": emb, "mlp0": mlp, "positions": pos, "attention0": att}.items()},
         published=all_of(near(ci["clean"], POST_CLEAN, POST_ABLATION_TOL), near(ci["embedding"], POST_EMBEDDING, POST_ABLATION_TOL),
                          near(ci["mlp0"], POST_MLP0, POST_ABLATION_TOL), *keep_out),
-        holds=bool(breaks and keeps), protocol_matches=proto == "post",
-        note="" if proto == "post" else "not the post's prompts: the published scores are not comparable (--protocol post)")
+        holds=bool(breaks and keeps), protocol_matches=post,
+        note="" if post else "not the post's experiment (63-word prompts of its 8 categories, every position "
+                             "ablated): the published scores are not comparable (--protocol post)")
 
 
 def check_position_independence(out_dir) -> Evidence:

@@ -128,6 +128,28 @@ def start_head(args: argparse.Namespace, script: str) -> HeadStart:
     return HeadStart(model, out_dir, qk, E)
 
 
+def add_protocol_flag(p: argparse.ArgumentParser) -> None:
+    """``--protocol {post,ours}``: the one spelling of "build and score prompts as the published
+    experiment did, or our way" (:mod:`common.protocol`); size flags left unset take the protocol's
+    values (:func:`apply_protocol`). run_all.py passes its own ``--protocol`` to every script that
+    declares it this way."""
+    p.add_argument("--protocol", default="ours", choices=["post", "ours"],
+                   help="'post': the original repository's word lists, prompt lengths and counts, score and "
+                        "ablation (compare with the published numbers); 'ours': seeded, many prompts, CIs, BOS kept")
+
+
+def apply_protocol(args: argparse.Namespace, **fields: str) -> argparse.Namespace:
+    """Fill every flag left at None from the chosen protocol: ``fields`` maps a flag's dest to a
+    :class:`common.protocol.Protocol` field (e.g. ``n_prompts="survey_prompts"``)."""
+    from common.protocol import PROTOCOLS
+
+    proto = PROTOCOLS[args.protocol]
+    for dest, field_name in fields.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, getattr(proto, field_name))
+    return args
+
+
 def add_biases_flag(p: argparse.ArgumentParser, default: bool, what: str = "scores") -> None:
     """``--biases`` / ``--no-biases``: the one spelling of "include the b_Q/b_K cross-terms"."""
     p.add_argument("--biases", action=argparse.BooleanOptionalAction, default=default,

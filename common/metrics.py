@@ -3,6 +3,8 @@
 Semantic category score (the post's): L = mean over queries q >= 1 of -log(sum_k M[q,k] A[q,k]),
 with the attended mass clamped at ``EPS`` so one fully missed query costs -log(EPS) instead of
 infinity. Lower is better; 0 means every query puts all its mass where the ideal mask allows.
+The post's own experiment (:mod:`common.protocol`, ``post``) clamps at 1e-12 and averages over
+every row, BOS's included (which costs 0): ``semantic_score(..., eps=1e-12, bos_row=True)``.
 
 Attention mass split per query into four parts that sum to 1:
 self and earlier copies of the same token, other in-category tokens, BOS, and everything else.
@@ -22,13 +24,30 @@ EPS = 1e-6
 MASS_PARTS = ("self_and_copies", "in_category", "bos", "other")
 
 
-def semantic_score(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def semantic_score(pattern: torch.Tensor, mask: torch.Tensor, eps: float = EPS, bos_row: bool = False) -> torch.Tensor:
     """Per-prompt score [..., batch] for patterns [..., batch, q, k] and mask [batch, q, k].
 
-    Query 0 (BOS, which can only attend to itself) is left out.
+    Query 0 (BOS, which can only attend to itself) is left out unless ``bos_row`` (the post's
+    mean over all rows); ``eps`` clamps the attended mass.
     """
-    mass = (pattern * mask).sum(-1)[..., 1:]
-    return -torch.log(mass.clamp_min(EPS)).mean(-1)
+    return query_costs(pattern, mask, eps)[..., 0 if bos_row else 1 :].mean(-1)
+
+
+def query_costs(pattern: torch.Tensor, mask: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Each query's cost -log(max(eps, mass on its allowed keys)), [..., batch, q]."""
+    return -torch.log((pattern * mask).sum(-1).clamp_min(eps))
+
+
+def bos_only_rows(mask: torch.Tensor) -> torch.Tensor:
+    """[batch, q]: the query's only allowed key is BOS (rule 3's queries; BOS's own row included)."""
+    return mask[..., 0] & (mask.sum(-1) == 1)
+
+
+def bos_only_share(mask: torch.Tensor) -> torch.Tensor:
+    """Share of the scored queries (q >= 1) whose only allowed key is BOS: rule 3's queries. It
+    decides how much of the score is the BOS fallback (4% under the post's prompts, a third or more
+    under ours), so it is reported beside every category score."""
+    return bos_only_rows(mask)[:, 1:].float().mean()
 
 
 def mass_split(pattern: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -64,17 +83,21 @@ def all_head_patterns(model, tokens: torch.Tensor, layers: list[int] | None = No
 
 @torch.no_grad()
 def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int = 32, hooks=(),
-                layers: list[int] | None = None) -> dict:
+                layers: list[int] | None = None, eps: float = EPS, bos_row: bool = False) -> dict:
     """Score per (layer, head, prompt) and mean mass split per (layer, head), batched over prompts.
 
     ``layers`` defaults to every layer; the forward pass stops after the last one listed.
+    ``eps``, ``bos_row``: the score's clamp and rows (:func:`semantic_score`).
     """
-    scores, parts = [], {p: [] for p in MASS_PARTS}
+    scores, others, parts = [], [], {p: [] for p in MASS_PARTS}
     weights = []
     for i in range(0, len(tokens), batch_size):
         tb, mb = tokens[i : i + batch_size], mask[i : i + batch_size]
         pat = all_head_patterns(model, tb, layers=layers, hooks=hooks)
-        scores.append(semantic_score(pat, mb))
+        costs = query_costs(pat, mb, eps)
+        scores.append(costs[..., 0 if bos_row else 1 :].mean(-1))
+        other = ~bos_only_rows(mb)[:, 1:]  # [batch, q - 1]: queries with an in-category key
+        others.append((costs[..., 1:] * other).sum(-1) / other.sum(-1).clamp_min(1))
         split = mass_split(pat, tb, mb)
         for p in MASS_PARTS:
             parts[p].append(split[p])
@@ -82,6 +105,8 @@ def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int
     w = torch.tensor(weights, dtype=torch.float32)
     return {
         "score": torch.cat(scores, dim=-1),  # [layer, head, prompt]
+        "score_in_category_queries": torch.cat(others, dim=-1),  # the same over queries that are not BOS-only
+        "bos_only": float(bos_only_share(mask)),
         "mass": {p: (torch.stack(v, -1) * w).sum(-1) / w.sum() for p, v in parts.items()},
     }
 

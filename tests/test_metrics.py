@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 import torch
 
 from common.metrics import EPS, all_head_patterns, mass_split, semantic_score
@@ -75,3 +77,29 @@ def test_all_head_patterns_stop_after_the_last_pattern_equals_a_full_forward_pas
     assert torch.equal(ablated[0], cache["blocks.1.attn.hook_pattern"].transpose(0, 1))
     assert not torch.equal(ablated[0], clean1) and fired == []
     assert all(not hp._forward_hooks for hp in model.hook_dict.values())
+
+
+def test_post_protocol_score_by_hand():
+    """The post's score (src/metrics.py of the original repository): -log of the allowed mass clamped
+    at 1e-12, averaged over every row, BOS's included. Worked out by hand on BOS + 3 tokens."""
+    import torch
+
+    from common.metrics import bos_only_share, semantic_score
+    from common.protocol import POST
+
+    mask = torch.tensor([[[1, 0, 0, 0],    # BOS: itself
+                          [1, 0, 0, 0],    # token 1: nothing in-category before it -> BOS
+                          [0, 1, 0, 0],    # token 2: token 1 is in its category
+                          [0, 1, 1, 0]]],  # token 3: tokens 1 and 2
+                        dtype=torch.bool)
+    pattern = torch.tensor([[[1.0, 0.0, 0.0, 0.0],
+                             [0.5, 0.5, 0.0, 0.0],
+                             [0.7, 0.0, 0.3, 0.0],    # all its mass off the allowed key
+                             [0.2, 0.3, 0.1, 0.4]]])
+    post = (0.0 + math.log(2) - math.log(1e-12) - math.log(0.4)) / 4  # 4 rows, BOS's costs 0
+    ours = (math.log(2) - math.log(EPS) - math.log(0.4)) / 3  # rows 1..3, clamp 1e-6
+    assert semantic_score(pattern, mask, POST.eps, POST.bos_row).item() == pytest.approx(post, rel=1e-6)
+    assert semantic_score(pattern, mask).item() == pytest.approx(ours, rel=1e-6)
+    # by hand: (0 + 0.6931 + 27.6310 + 0.9163) / 4 and (0.6931 + 13.8155 + 0.9163) / 3
+    assert post == pytest.approx(7.3101, abs=1e-4) and ours == pytest.approx(5.1416, abs=1e-4)
+    assert bos_only_share(mask).item() == pytest.approx(1 / 3)  # token 1 of the 3 scored queries
