@@ -1,6 +1,7 @@
 # Entry points; see README.md.
 PYTHON ?= python
 export PYTHONPATH := $(CURDIR)
+POST_STEPS := characterize_head,component_ablation
 
 .PHONY: setup test demo figures bench
 setup:  ## install the pinned dependencies (torch CPU build first)
@@ -10,11 +11,15 @@ setup:  ## install the pinned dependencies (torch CPU build first)
 test:  ## the offline test suite on the planted model
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
 
+# The post-protocol runs (figures/*/post/) first: the report of the main run compares them with the
+# published numbers and shows our protocol's beside them (common/protocol.py).
 demo:  ## every script on the planted model, fully offline (figures/demo/)
+	HF_HUB_OFFLINE=1 $(PYTHON) run_all.py --model planted --protocol post --only $(POST_STEPS) $(ARGS)
 	HF_HUB_OFFLINE=1 $(PYTHON) run_all.py --model planted $(ARGS)
 
 # Offline with a populated HF cache: HF_HUB_OFFLINE=1 make figures ARGS="--text wiki.train.raw --sae-path sae_dir/"
 figures:  ## every script on real gpt2-small (figures/)
+	$(PYTHON) run_all.py --model gpt2-small --protocol post --only $(POST_STEPS) $(ARGS)
 	$(PYTHON) run_all.py --model gpt2-small $(ARGS)
 
 # Before/after profile at gpt2-small size (bench/RESULTS.md): make bench ARGS="--before <git ref>"

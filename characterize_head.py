@@ -286,7 +286,7 @@ CLAIMS = [Claim(
     "every other head 1.2 or more", POST, "L1H5 ~0.6; every other head >= 1.2", "head_scores.png", "head_scores.csv",
     f"L1H5's 95% CI within {POST_L1H5} ± {POST_L1H5_TOL} (one published decimal) and the next-lowest head's CI at "
     f"or above {POST_FLOOR - POST_FLOOR_TOL} ({POST_FLOOR} to one decimal), under the post's prompts; planted: the "
-    "target is the lowest head, CIs apart", check_head_survey)]
+    "target is the lowest head, CIs apart", check_head_survey, protocol_bound=True)]
 
 if __name__ == "__main__":
     raise SystemExit(main())

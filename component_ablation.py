@@ -522,7 +522,7 @@ CLAIMS = [
           f"each 95% CI within ± {POST_ABLATION_TOL} of the published score (read off a bar chart), and positions / "
           f"layer-0 attention change the score by under {KEEPS_SHARE:.0%} of the embedding ablation's change; under "
           "the post's prompts; planted: embedding and MLP0 raise the score 1.5x or more with CIs apart, positions "
-          "and layer-0 attention stay within that 10%", check_component_ablation),
+          "and layer-0 attention stay within that 10%", check_component_ablation, protocol_bound=True),
     Claim("position-independence", SCRIPT, "The same tokens at other positions give the same token-pair pattern", POST,
           "qualitative (the same pattern)", "position_independence.png", "position_independence.csv",
           f"the smallest pattern correlation over shuffled, shifted and padded positions: r >= {POSITION_R_GOOD} "

@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.outputs import default_out_dir, write_json, write_text  # noqa: E402
 from common.genuine_weights import verdict_text  # noqa: E402
-from common.report import build_report, read_claims, run_record  # noqa: E402
+from common.report import POST_ROOT, build_report, read_claims, run_record  # noqa: E402
 from common.planted_names import check_model_name, is_planted  # noqa: E402
 
 
@@ -103,13 +103,13 @@ FREQ_TABLE = Upstream("token_freq.py", "--freq-table", "{root}/token_freq/token_
                       "common.freq's fallback token order (category words, then ids ascending)")
 COMMUNITIES = Upstream("clustering.py", "--communities", "{root}/clustering/communities.csv", "lists",
                        "the category lists instead of clustering.py's communities")
-INPUT_OPTIONS = {"text": "--text", "sae": "--sae-path"}
+INPUT_OPTIONS = {"text": "--text", "sae": "--sae-path", "protocol": "--protocol"}
 NO_MODEL = {"token_freq.py"}  # steps that load no model (no need to fill the weights cache first)
 
 STEPS = [
     Step("token_freq.py", inputs=["text"], cost=15),
-    Step("characterize_head.py", cost=18),
-    Step("component_ablation.py", cost=35),
+    Step("characterize_head.py", inputs=["protocol"], cost=18),
+    Step("component_ablation.py", inputs=["protocol"], cost=35),
     Step("skew_analysis.py", cost=31),
     Step("self_suppression_survey.py", cost=44),
     Step("svd_sym_skew_heatmap.py", cost=12),
@@ -150,6 +150,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"({', '.join(s.script for s in STEPS if 'text' in s.inputs)}) instead of WikiText")
     p.add_argument("--sae-path", default=None, metavar="DIR",
                    help="local SAE folder (sae.save_model) for semantic_head.py instead of the hub's")
+    p.add_argument("--protocol", default="ours", choices=["post", "ours"],
+                   help="prompt protocol of the scripts that build category prompts (common/protocol.py); "
+                        "'post' runs go under <root>/post/ by default, where the report of <root> reads them")
     p.add_argument("--render-only", action="store_true",
                    help="run no analysis: redraw every figure from the saved results under the root")
     p.add_argument("--claims-table", action="store_true",
@@ -193,7 +196,9 @@ def step_command(step: Step, args: argparse.Namespace, root: Path, upstream_ok: 
             notes.append(f"{u.script} failed or has no results: {u.option} {u.fallback} ({u.fallback_means})")
     values = {"text": args.text, "sae": args.sae_path}
     for name in step.inputs:
-        if values[name] is not None:
+        if name == "protocol":
+            extra += [INPUT_OPTIONS[name], args.protocol]
+        elif values[name] is not None:
             extra += [INPUT_OPTIONS[name], str(Path(values[name]).expanduser().resolve())]
     cmd = [sys.executable, step.script, "--model", args.model, "--device", args.device, "--out", str(r / step.script.removesuffix(".py")), *extra]
     return cmd, notes
@@ -221,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     only = args.only_set
     root = Path(args.root) if args.root else default_out_dir("x", args.model).parent
+    if args.protocol == "post" and not args.root:
+        root = root / POST_ROOT
     root.mkdir(parents=True, exist_ok=True)
     console = Console()
     if args.render_only:

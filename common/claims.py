@@ -15,8 +15,9 @@ behind it, the criterion in words with its tolerance and the reason for that tol
 The status shown for a run depends on what was loaded (:func:`status`):
 
 * genuine gpt2-small (the genuine-weights verdict, :mod:`common.genuine_weights`): the
-  ``published`` outcome; a claim whose protocol must match the published experiment's and does
-  not (``protocol_matches`` False) is ``inconclusive`` with a note, never ``reproduced``;
+  ``published`` outcome; a claim whose protocol must match the published experiment's
+  (``protocol_bound``) is judged on the ``--protocol post`` run saved under ``<root>/post/``, and
+  without one (``protocol_matches`` False) it is ``inconclusive`` with a note, never ``reproduced``;
 * a planted model (``planted`` or a twin ``planted:<twin>``): ``planted: holds`` /
   ``planted: fails`` from ``holds``; the planted numbers are never compared with gpt2-small's;
 * any other model (gpt2-medium, a training seed, a checkpoint that is not gpt2-small): ``measured``,
@@ -84,6 +85,9 @@ class Claim:
     criterion: str  # the criterion in words, with the tolerance and why
     check: Callable[[Path], Evidence]
     token_space: bool = False  # measured on effective embeddings: show their fidelity beside it
+    # depends on the prompt protocol: judged on the ``--protocol post`` run under <root>/post/,
+    # with our protocol's run shown beside it (common/protocol.py)
+    protocol_bound: bool = False
 
 
 # -- interval criteria ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Why: real gpt2-small weights cannot be downloaded offline, and a test can only check that an
 analysis *recovers* a mechanism if the mechanism is known exactly. This model keeps the real GPT-2
 vocabulary and tokenizer and the GPT-2 architecture (3 layers, 8 heads of 40 dims, d_model 320,
-n_ctx 128), and is saved as an ordinary Hugging Face GPT-2 folder, so it is loaded through the same
+n_ctx 256, so the post's 255-word prompts fit), and is saved as an ordinary Hugging Face GPT-2 folder, so it is loaded through the same
 route as any local model.
 
 Version 3 keeps version 2's mechanism and adds what gpt2-small has and a simpler model hides
@@ -25,7 +25,7 @@ All writes live in orthonormal blocks of the zero-mean subspace of the residual 
 * P: positions. 20 sine/cosine pairs: a large slow pair (amplitude A_P_SLOW) that turns by only
   SLOW_ARC over positions 0..48, so the positions prompts use share most of their embedding (as
   gpt2-small's first positions do: mean pairwise cosine 0.83 over 1..48), while the later
-  positions spread around the opposite side so that the mean over all 128 positions is 0; and
+  positions spread around the opposite side so that the mean over all 256 positions is 0; and
   19 fast pairs (periods 2.5..40, total amplitude A_P_FAST) that tell neighbours apart.
   Per-position norm 1.48, comparable to a category token's 1.81 (gpt2-small: 3.4-5 against
   3-4). The mean over all positions has norm 0.02, the mean over positions 1..48 1.34: the
@@ -88,7 +88,7 @@ from common.planted_names import TWINS, planted_twin
 from common.prompts import CATEGORIES, category_prompts, category_token_ids, random_token_prompts
 
 VERSION = "planted-v3"
-D_MODEL, N_LAYERS, N_HEADS, N_CTX = 320, 3, 8, 128
+D_MODEL, N_LAYERS, N_HEADS, N_CTX = 320, 3, 8, 256  # 256: the post's 255-word prompt + BOS
 D_HEAD = D_MODEL // N_HEADS
 D_MLP = 4 * D_MODEL  # TransformerLens' GPT-2 conversion ignores n_inner
 LN_EPS = 1e-5

@@ -3,8 +3,9 @@
 Category names follow the published work: animals, colours, days, months, numbers, names, verbs
 and logical operators from the L1H5 post; fruits, emotions, weather, years, pronouns, countries
 and the 30 "group tokens" (6 weekdays, 6 colours, 6 years, 6 pronouns, 6 countries) from the
-original repository. The individual word choices are ours. Every word is a single GPT-2 token
-*with its leading space*; :func:`category_token_ids` enforces that.
+original repository. The lists hold every word of the original's lists and group tokens (cited
+below) plus our own choices. Every word is a single GPT-2 token *with its leading space*;
+:func:`category_token_ids` enforces that.
 
 The ideal mask M (rules 1-3 of the README): query q may attend to key k < q iff both are in the
 same category and are different tokens; a query with no such key should attend to BOS (k = 0).
@@ -22,30 +23,38 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# Every word of the original repository's word lists (its src/constants.py KEYWORDS, the post's
+# prompts: common/protocol.py) and its 30 group tokens is in these lists, so the planted model
+# plants every word either protocol uses; each category lists the group tokens first, in the
+# original's order (the planted identity code of a word is its index here). Near-duplicate
+# spellings share a category (" You" / " you", " He" / " he", " Blue" / " blue", " White" /
+# " white"), as they do for gpt2-small's L1H5. The other words are our own choices.
 CATEGORIES: dict[str, list[str]] = {
-    "animals": "cat dog horse cow pig sheep lion tiger bear wolf fox rabbit".split(),
-    "colours": "red blue green yellow black white orange purple pink brown grey violet".split(),
+    "animals": "cat dog horse cow pig sheep lion tiger bear mouse fox rabbit".split(),
+    "colours": "red blue Blue green silver White yellow purple black white pink brown".split(),
     "days": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split(),
     "months": "January February March April May June July August September October November December".split(),
-    "numbers": "one two three four five six seven eight nine ten eleven twelve".split(),
+    "numbers": "one two three four five six 24 69 42 22 32 50".split(),
     "names": "John Mary James David Michael Sarah Paul Peter Anna Emma Tom Jack".split(),
     "verbs": "run walk eat jump swim read write sing think speak drive sleep".split(),
     "logical": "and or not if then but nor else unless either neither only".split(),
     "fruits": "apple banana grape lemon cherry peach pear mango plum lime coconut pineapple".split(),
-    "emotions": "happy sad angry afraid proud calm excited nervous anxious jealous lonely bored".split(),
+    "emotions": "happy sad angry scared proud calm excited nervous anxious jealous lonely bored".split(),
     "weather": "rain snow wind storm sun cloud fog thunder hail frost ice heat".split(),
-    "years": "1990 1995 2000 2005 2010 2015 1980 1985 2008 2012 2016 2020".split(),
-    "pronouns": "he she they we you it I me him her them us".split(),
-    "countries": "France Germany Italy Spain China Japan Russia India Canada Brazil Mexico Egypt".split(),
+    "years": "1918 1920 1930 1943 1998 2000 1989 1999 1972 1963 1978 1990".split(),
+    "pronouns": "You He his she her their he they we you him them".split(),
+    "countries": "Italy Iceland Austria Mexico Spain France Germany China Japan Russia India Canada".split(),
 }
 
-# The original repository's 30 group tokens, in its order: used by every group heatmap.
+# The original repository's 30 group tokens, in its order (src/constants.py GROUP_TOKENS,
+# github.com/Mamiglia/deep-dive-L1H5 @ 6c45e47dbb0dc63b5a62ba7eb5bec3d152a6bdb8): used by every
+# group heatmap, so they are drawn on the post's tokens. Group names are ours.
 GROUP_TOKENS: dict[str, list[str]] = {
     "days": "Monday Tuesday Wednesday Thursday Friday Saturday".split(),
-    "colours": "red blue green yellow black white".split(),
-    "years": "1990 1995 2000 2005 2010 2015".split(),
-    "pronouns": "he she they we you it".split(),
-    "countries": "France Germany Italy Spain China Japan".split(),
+    "colours": "red blue Blue green silver White".split(),
+    "years": "1918 1920 1930 1943 1998 2000".split(),
+    "pronouns": "You He his she her their".split(),
+    "countries": "Italy Iceland Austria Mexico Spain France".split(),
 }
 
 

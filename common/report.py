@@ -71,10 +71,24 @@ def evaluate(root: str | Path, claims: list[Claim]) -> list[dict]:
             continue
         rec.update(measured=ev.numbers, text=ev.text, note=ev.note, status=status(ev, kind),
                    published_outcome=ev.published, holds=ev.holds, protocol_matches=ev.protocol_matches)
+        post_dir = root / POST_ROOT / c.script
+        if c.protocol_bound and (post_dir / "meta.json").exists() and (post_dir / c.table).exists():
+            try:
+                post = c.check(post_dir)
+            except Exception as exc:
+                rec["note"] = f"the post-protocol run could not be read: {type(exc).__name__}: {exc}"
+            else:  # the published numbers are compared with this run; ours is shown beside it
+                rec["post_protocol"] = {"text": post.text, "measured": post.numbers, "published_outcome": post.published,
+                                        "protocol_matches": post.protocol_matches}
+                if kind == "genuine" and model_kind(json.loads((post_dir / "meta.json").read_text())) == "genuine":
+                    rec.update(status=status(post, kind), note=post.note)
         if c.token_space:
             rec["effective_embeddings"] = _fidelity(d)
         records.append(rec)
     return records
+
+
+POST_ROOT = "post"  # <root>/post/<script>/: the --protocol post runs (make figures, make demo)
 
 
 def _fidelity(d: Path) -> dict | None:
@@ -175,6 +189,8 @@ def _page(root: Path, model: str, records: list[dict], metas: dict, runs: dict) 
         ran = r["status"] != NOT_RUN
         measured = e(r["text"]) if ran else f"<span class='none'>{e(r['error'] or 'not run')}</span>"
         extra = [r["note"]] if r.get("note") else []
+        if r.get("post_protocol"):
+            extra.insert(0, "under the post's protocol: " + r["post_protocol"]["text"])
         if r.get("effective_embeddings"):
             f = r["effective_embeddings"]
             extra.append("effective embeddings vs the head's true inputs: "
