@@ -42,7 +42,7 @@ CATEGORIES: dict[str, list[str]] = {
     "emotions": "happy sad angry scared proud calm excited nervous anxious jealous lonely bored".split(),
     "weather": "rain snow wind storm sun cloud fog thunder hail frost ice heat".split(),
     "years": "1918 1920 1930 1943 1998 2000 1989 1999 1972 1963 1978 1990".split(),
-    "pronouns": "You He his she her their he they we you him them".split(),
+    "pronouns": "You He his she her their he they we you it him".split(),
     "countries": "Italy Iceland Austria Mexico Spain France Germany China Japan Russia India Canada".split(),
 }
 

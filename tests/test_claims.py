@@ -8,6 +8,7 @@ statuses are then checked per model kind: genuine gpt2-small, planted, any other
 file catches it.
 """
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -36,11 +37,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def run_dir(tmp_path, tables: dict, summary: dict | None = None, model="gpt2-small", weights="genuine",
-            protocol="post", layer=1, head=5) -> Path:
+            protocol="post", layer=1, head=5, **more_args) -> Path:
     """A saved run: meta.json (args, genuine-weights verdict), tables as CSV, summary.json."""
     d = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
     d.mkdir()
-    args = {"model": model, "layer": layer, "head": head, **({"protocol": protocol} if protocol else {})}
+    args = {"model": model, "layer": layer, "head": head, **({"protocol": protocol} if protocol else {}), **more_args}
     (d / "meta.json").write_text(json.dumps({"args": args, "weights": {"status": weights, "verdict": weights}}))
     for name, rows in tables.items():
         pd.DataFrame(rows).to_csv(d / f"{name}.csv", index=False)
@@ -123,22 +124,24 @@ def head_scores(target=(0.6, 0.02), others=((1.3, 0.02), (1.5, 0.03))):
 
 def test_head_survey(tmp_path):
     check = characterize_head.check_head_survey
-    ok = check(run_dir(tmp_path, head_scores()))
+    post_run = functools.partial(run_dir, seq_len=255)  # the post's 255-word prompts
+    ok = check(post_run(tmp_path, head_scores()))
     assert (ok.published, ok.holds, ok.protocol_matches) == (REP, True, True)
-    assert check(run_dir(tmp_path, head_scores(target=(0.9, 0.02)))).published == DIF
-    assert check(run_dir(tmp_path, head_scores(target=(0.3, 0.02)))).published == DIF
-    assert check(run_dir(tmp_path, head_scores(target=(0.68, 0.05)))).published == INC
-    assert check(run_dir(tmp_path, head_scores(others=((1.0, 0.02), (1.5, 0.02))))).published == DIF
-    assert check(run_dir(tmp_path, head_scores(others=((1.15, 0.0), (1.5, 0.02))))).published == REP  # 1.2, one decimal
-    assert check(run_dir(tmp_path, head_scores(others=((1.14, 0.0), (1.5, 0.02))))).published == DIF
-    assert check(run_dir(tmp_path, head_scores(others=((1.15, 0.05), (1.5, 0.02))))).published == INC
+    assert check(post_run(tmp_path, head_scores(target=(0.9, 0.02)))).published == DIF
+    assert check(post_run(tmp_path, head_scores(target=(0.3, 0.02)))).published == DIF
+    assert check(post_run(tmp_path, head_scores(target=(0.68, 0.05)))).published == INC
+    assert check(post_run(tmp_path, head_scores(others=((1.0, 0.02), (1.5, 0.02))))).published == DIF
+    assert check(post_run(tmp_path, head_scores(others=((1.15, 0.0), (1.5, 0.02))))).published == REP  # 1.2, one decimal
+    assert check(post_run(tmp_path, head_scores(others=((1.14, 0.0), (1.5, 0.02))))).published == DIF
+    assert check(post_run(tmp_path, head_scores(others=((1.15, 0.05), (1.5, 0.02))))).published == INC
     # planted shape: lowest with CIs apart
-    assert check(run_dir(tmp_path, head_scores(target=(0.6, 0.1), others=((0.65, 0.1), (1.5, 0.1))))).holds is False
-    assert check(run_dir(tmp_path, head_scores(target=(0.6, 0.01), others=((0.3, 0.01), (1.5, 0.1))))).holds is False
+    assert check(post_run(tmp_path, head_scores(target=(0.6, 0.1), others=((0.65, 0.1), (1.5, 0.1))))).holds is False
+    assert check(post_run(tmp_path, head_scores(target=(0.6, 0.01), others=((0.3, 0.01), (1.5, 0.1))))).holds is False
     # our prompts: the numbers match but a genuine run cannot reproduce the post's experiment
-    ours = check(run_dir(tmp_path, head_scores(), protocol="ours"))
+    ours = check(post_run(tmp_path, head_scores(), protocol="ours"))
     assert ours.protocol_matches is False and C.status(ours, "genuine") == INC and "protocol" in ours.note
-    assert check(run_dir(tmp_path, head_scores(), protocol=None)).protocol_matches is False
+    assert check(post_run(tmp_path, head_scores(), protocol=None)).protocol_matches is False
+    assert check(post_run(tmp_path, head_scores(), seq_len=100)).protocol_matches is False  # shorter than the post's
 
 
 def ablation(clean=(0.66, 0.02), emb=(2.1, 0.05), mlp=(1.75, 0.05), pos=(0.67, 0.01), att=(0.65, 0.01)):
@@ -152,23 +155,26 @@ def ablation(clean=(0.66, 0.02), emb=(2.1, 0.05), mlp=(1.75, 0.05), pos=(0.67, 0
 
 def test_component_ablation(tmp_path):
     check = component_ablation.check_component_ablation
-    ok = check(run_dir(tmp_path, ablation()))
+    post_run = functools.partial(run_dir, seq_len=63, ablate_bos=True)  # the post's ablation experiment
+    ok = check(post_run(tmp_path, ablation()))
     assert (ok.published, ok.holds) == (REP, True)
-    assert check(run_dir(tmp_path, ablation(emb=(3.0, 0.05)))).published == DIF
-    assert check(run_dir(tmp_path, ablation(mlp=(1.2, 0.05)))).published == DIF
-    assert check(run_dir(tmp_path, ablation(clean=(1.0, 0.02)))).published == DIF
-    assert check(run_dir(tmp_path, ablation(emb=(2.2, 0.1)))).published == INC
+    assert check(post_run(tmp_path, ablation(emb=(3.0, 0.05)))).published == DIF
+    assert check(post_run(tmp_path, ablation(mlp=(1.2, 0.05)))).published == DIF
+    assert check(post_run(tmp_path, ablation(clean=(1.0, 0.02)))).published == DIF
+    assert check(post_run(tmp_path, ablation(emb=(2.2, 0.1)))).published == INC
     # "positions do not matter": a change over 10% of the embedding ablation's (0.144 here)
-    moved = check(run_dir(tmp_path, ablation(pos=(1.2, 0.01))))
+    moved = check(post_run(tmp_path, ablation(pos=(1.2, 0.01))))
     assert (moved.published, moved.holds) == (DIF, False)
-    assert check(run_dir(tmp_path, ablation(att=(0.9, 0.01)))).holds is False
-    assert check(run_dir(tmp_path, ablation(pos=(0.78, 0.05)))).published == INC  # |0.12| +- 0.05 spans 0.144
+    assert check(post_run(tmp_path, ablation(att=(0.9, 0.01)))).holds is False
+    assert check(post_run(tmp_path, ablation(pos=(0.78, 0.05)))).published == INC  # |0.12| +- 0.05 spans 0.144
     # "MLP0 breaks it": an ablated score that barely moves
-    assert check(run_dir(tmp_path, ablation(mlp=(0.7, 0.05)))).holds is False
-    assert check(run_dir(tmp_path, ablation(mlp=(0.9, 0.01)))).holds is False  # above clean, under 1.5x
-    assert check(run_dir(tmp_path, ablation(emb=(1.2, 0.6)))).holds is False  # CI reaches the clean CI
-    ours = check(run_dir(tmp_path, ablation(), protocol="ours"))
-    assert ours.protocol_matches is False and "protocol" in ours.note and ok.note == ""
+    assert check(post_run(tmp_path, ablation(mlp=(0.7, 0.05)))).holds is False
+    assert check(post_run(tmp_path, ablation(mlp=(0.9, 0.01)))).holds is False  # above clean, under 1.5x
+    assert check(post_run(tmp_path, ablation(emb=(1.2, 0.6)))).holds is False  # CI reaches the clean CI
+    ours = check(post_run(tmp_path, ablation(), protocol="ours"))
+    assert ours.protocol_matches is False and "protocol" in ours.note and ok.note == "" and ok.protocol_matches
+    assert check(post_run(tmp_path, ablation(), ablate_bos=False)).protocol_matches is False  # BOS kept: not the post's
+    assert check(post_run(tmp_path, ablation(), seq_len=20)).protocol_matches is False
     assert ok.numbers["embedding"]["value"] == 2.1 and ok.numbers["embedding"]["ci"] == pytest.approx([2.05, 2.15])
 
 
