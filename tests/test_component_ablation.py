@@ -273,7 +273,7 @@ def test_help(capsys):
     (["--n-prompts", "1"], "--n-prompts"),
     (["--shift", "-1"], "non-negative"),
     (["--layer", "0", "--head", "5"], "--layer must be >= 1"),
-    (["--seq-len", "200"], "exceeds the model's context"),
+    (["--seq-len", "300"], "exceeds the model's context"),
 ])
 def test_bad_input(tmp_path, capsys, args, message):
     """In-process (no interpreter start-up per case): SystemExit with a clear message, no outputs."""
