@@ -38,7 +38,11 @@ CLAIM_IDS = ("head-survey", "component-ablation", "position-independence", "spec
 TWINS: dict[str, Twin] = {
     "copying": Twin(
         "the identity-code term of L1H5 flipped: self and earlier copies attract (+w_U^2) instead of repel",
-        ("head-survey", "self-rank", "cosine-peak", "eigen-steering", "rules-explained"),
+        # self (38 logits) outweighs the category (12): ablating MLP0 changes nothing
+        # (component-ablation), and BOS gets no mass, so removing the skew (BOS) term cannot help
+        # (skew-downstream)
+        ("head-survey", "component-ablation", "skew-downstream", "self-rank", "eigen-steering", "cosine-peak",
+         "rules-explained"),
     ),
     "positional": Twin(
         "L1H5 also reads the positional embedding: a key-position logit (std LOGIT_POSITIONAL over the "
