@@ -121,8 +121,9 @@ LOGIT_READER_SELF = 12.0
 LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 8.0, 8.0
 LOGIT_BOS_HEADS = 8.5  # BOS logit of the BOS heads over their diffuse generic scores
 # Twins (common.planted_names): the one switch each flips in L1H5's planted part.
-LOGIT_POSITIONAL = 3.0  # positional: std over the prompt positions of L1H5's key-position logit
+LOGIT_POSITIONAL = 4.0  # positional: std over the prompt positions of L1H5's key-position logit
 LOGIT_SKEW = 16.0  # skew: spectral norm (in logits) of the skew identity-code term
+SKEW_BLOCK = 6  # skew: the skew term rotates codes 0-5 among themselves, and 6-11
 GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (positional heads, decoy)
 TARGET_GENERIC_COLUMN = 0.08  # the same for L1H5
 GENERIC_LOGIT_STD = {"layer0": 2.5, "diffuse": 1.2}  # std of random heads' attention logits
@@ -221,16 +222,21 @@ def _head_bias(rng, n: int, norm: float) -> np.ndarray:
     return v * norm / np.linalg.norm(v)
 
 
-def _orthogonal_skew(rng, n: int) -> np.ndarray:
-    """A random n x n (n even) skew matrix with every singular value 1: Q diag(J2, J2, ...) Q^T.
-    Equal singular values give the most Frobenius mass (hence score variance) for a given
-    spectral norm, so the skew twin's skew part is large in the scores yet smaller than W_sym's
-    largest eigenvalue."""
-    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+def _orthogonal_skew(rng, n: int, block: int = SKEW_BLOCK) -> np.ndarray:
+    """A random n x n skew matrix with every singular value 1, block diagonal over consecutive
+    code blocks of size ``block`` (even): Q_b diag(J2, J2, ...) Q_b^T in each. Equal singular
+    values give the most Frobenius mass (hence score variance) for a given spectral norm, so the
+    skew twin's skew part is large in the scores yet smaller than W_sym's largest eigenvalue; the
+    blocks keep that mass among nearby words (the six of each category that the group heatmaps
+    show share one block), where a single 12 x 12 rotation would spread it over all pairs."""
     j = np.zeros((n, n))
-    i = np.arange(0, n, 2)
-    j[i, i + 1], j[i + 1, i] = 1.0, -1.0
-    return q @ j @ q.T
+    for s in range(0, n, block):
+        q, _ = np.linalg.qr(rng.normal(size=(block, block)))
+        jb = np.zeros((block, block))
+        i = np.arange(0, block, 2)
+        jb[i, i + 1], jb[i + 1, i] = 1.0, -1.0
+        j[s : s + block, s : s + block] = q @ jb @ q.T
+    return j
 
 
 class _Build:

@@ -52,7 +52,9 @@ TWINS: dict[str, Twin] = {
     "skew": Twin(
         "L1H5's identity-code block gains a large skew part (word i -> word j attracts, j -> i repels, a "
         "different coefficient for every pair), so the symmetric part no longer reproduces the scores",
-        ("sym-reproduces",),
+        # the skew attraction (up to LOGIT_SKEW) outweighs self's identity margin (4 logits) once
+        # the negative eigenvalues are removed, so self does not become the top key (eigen-steering)
+        ("sym-reproduces", "eigen-steering"),
     ),
     "no-mlp0": Twin(
         "L1H5's category term reads the token embedding's category key K instead of MLP0's output C",
