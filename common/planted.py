@@ -121,8 +121,9 @@ LOGIT_READER_SELF = 12.0
 LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 8.0, 8.0
 LOGIT_BOS_HEADS = 8.5  # BOS logit of the BOS heads over their diffuse generic scores
 # Twins (common.planted_names): the one switch each flips in L1H5's planted part.
-LOGIT_POSITIONAL = 3.0  # positional: std over the prompt positions of L1H5's key-position logit
+LOGIT_POSITIONAL = 4.0  # positional: std over the prompt positions of L1H5's key-position logit
 LOGIT_SKEW = 16.0  # skew: spectral norm (in logits) of the skew identity-code term
+SKEW_BLOCK = 6  # skew: the skew term rotates codes 0-5 among themselves, and 6-11
 GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (positional heads, decoy)
 TARGET_GENERIC_COLUMN = 0.08  # the same for L1H5
 GENERIC_LOGIT_STD = {"layer0": 2.5, "diffuse": 1.2}  # std of random heads' attention logits
@@ -221,107 +222,59 @@ def _head_bias(rng, n: int, norm: float) -> np.ndarray:
     return v * norm / np.linalg.norm(v)
 
 
-def _orthogonal_skew(rng, n: int) -> np.ndarray:
-    """A random n x n (n even) skew matrix with every singular value 1: Q diag(J2, J2, ...) Q^T.
-    Equal singular values give the most Frobenius mass (hence score variance) for a given
-    spectral norm, so the skew twin's skew part is large in the scores yet smaller than W_sym's
-    largest eigenvalue."""
-    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+def _orthogonal_skew(rng, n: int, block: int = SKEW_BLOCK) -> np.ndarray:
+    """A random n x n skew matrix with every singular value 1, block diagonal over consecutive
+    code blocks of size ``block`` (even): Q_b diag(J2, J2, ...) Q_b^T in each. Equal singular
+    values give the most Frobenius mass (hence score variance) for a given spectral norm, so the
+    skew twin's skew part is large in the scores yet smaller than W_sym's largest eigenvalue; the
+    blocks keep that mass among nearby words (the six of each category that the group heatmaps
+    show share one block), where a single 12 x 12 rotation would spread it over all pairs."""
     j = np.zeros((n, n))
-    i = np.arange(0, n, 2)
-    j[i, i + 1], j[i + 1, i] = 1.0, -1.0
-    return q @ j @ q.T
+    for s in range(0, n, block):
+        q, _ = np.linalg.qr(rng.normal(size=(block, block)))
+        jb = np.zeros((block, block))
+        i = np.arange(0, block, 2)
+        jb[i, i + 1], jb[i + 1, i] = 1.0, -1.0
+        j[s : s + block, s : s + block] = q @ jb @ q.T
+    return j
 
 
-def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """The Hugging Face GPT-2 state dict (Conv1D [in, out] layout) and the ground truth.
+class _Build:
+    """What the per-layer builders of :func:`build_state_dict` share: the seeded random streams,
+    the tokenizer and category ids, the named residual blocks, the positional code, the
+    calibration residuals and the designed layers. Each builder reads what earlier ones set and
+    sets its own results here; the order of the builders (and so of the random draws) is part of
+    the construction."""
 
-    ``twin`` (a name of :data:`common.planted_names.TWINS`, None for the plain model) flips one
-    switch in L1H5's planted part; every other weight is drawn from the same random stream as the
-    plain model's (the twin's own random numbers come from a separate generator), so a twin differs
-    from the plain model in L1H5 (and in what later layers calibrate on its output) only."""
-    if twin is not None and twin not in TWINS:
-        raise ValueError(f"unknown planted twin {twin!r} (known: {', '.join(TWINS)})")
-    rng = np.random.default_rng(seed)
-    twin_rng = np.random.default_rng([seed, 22])  # the twins' own draws (issue 22)
-    tok = load_tokenizer()
-    vocab, bos = tok.vocab_size, tok.bos_token_id
-    cat_ids = category_token_ids(tok)
-    n_cat = len(cat_ids)
-    d, dh, H = D_MODEL, D_HEAD, N_HEADS
-    sqdh = np.sqrt(dh)
+    def __init__(self, seed: int, twin: str | None):
+        self.seed, self.twin = seed, twin
+        self.rng = np.random.default_rng(seed)
+        self.twin_rng = np.random.default_rng([seed, 22])  # the twins' own draws (issue 22)
+        self.tok = load_tokenizer()
+        self.vocab, self.bos = self.tok.vocab_size, self.tok.bos_token_id
+        self.cat_ids = category_token_ids(self.tok)
+        self.n_cat = len(self.cat_ids)
+        self.d, self.dh, self.H = D_MODEL, D_HEAD, N_HEADS
+        self.sqdh = np.sqrt(self.dh)
 
-    # Orthonormal basis of the zero-mean subspace, carved into named blocks.
-    g = rng.normal(size=(d, d))
-    g[:, 0] = 1.0
-    basis, _ = np.linalg.qr(g)
-    basis = basis[:, 1:]  # column 0 spans the all-ones direction
-    sizes = {"K": n_cat, "C": n_cat, "U": N_CODES, "V": N_CODES, "N": 1, "B": 1, "P": 2 * N_FREQ,
-             "A": N_A, "S": n_cat + N_CODES}
-    blocks, start = {}, 0
-    for name, size in sizes.items():
-        blocks[name] = basis[:, start : start + size]
-        start += size
-    O = basis[:, start:]
-    K, C, U, V, N, B, P, A, S = (blocks[k] for k in sizes)
-    TOKEN = np.concatenate([K, U, V, N, B, O], 1)  # what the token embedding can write
-    INPUT0 = np.concatenate([TOKEN, P], 1)  # layer 0's input space
-    BLIND = np.concatenate([K, C, U, V, N, B, O], 1)  # everything but P, A, S: L1H5's generic part
-
-    # Token embedding.
-    wte = (O @ rng.normal(size=(O.shape[1], vocab)).astype(np.float32) * (A_OTHER / np.sqrt(O.shape[1]))).T
-    wte += (A_N * N[:, 0]).astype(np.float32)
-    category_of = {}
-    for c, ids in enumerate(cat_ids.values()):
-        for j, t in enumerate(ids):
-            wte[t] = A_K * K[:, c] + A_U * U[:, j] + A_V * V[:, j] + A_N * N[:, 0]
-            category_of[t] = c
-    wte[bos] = A_B * B[:, 0]
-
-    # Positional embedding: pair 0 slow (see _slow_angles), pairs 1.. fast; constant norm.
-    omega = np.concatenate([[SLOW_ARC / PROMPT_POSITIONS[1]], 2 * np.pi / np.geomspace(2.5, 40.0, N_FREQ - 1)])
-    amp = np.concatenate([[A_P_SLOW], np.full(N_FREQ - 1, A_P_FAST / np.sqrt(N_FREQ - 1))])
-    ang = np.arange(N_CTX)[:, None] * omega[None, :]
-    ang[:, 0] = _slow_angles(N_CTX, PROMPT_POSITIONS[1], SLOW_ARC)
-    s_pos = np.concatenate([amp * np.cos(ang), amp * np.sin(ang)], 1)  # P coordinates [n_ctx, 40]
-    wpe = s_pos @ P.T
-    # rot: row vector s_p @ rot = s_{p-1} (each pair rotated back by one step)
-    rot = np.zeros((2 * N_FREQ, 2 * N_FREQ))
-    f = np.arange(N_FREQ)
-    c_, s_ = np.cos(omega), np.sin(omega)
-    rot[f, f], rot[f + N_FREQ, f] = c_, s_
-    rot[f, f + N_FREQ], rot[f + N_FREQ, f + N_FREQ] = -s_, c_
-    # per-pair weights of the positional heads: the slow pair barely counts (sharp peaks)
-    pair_w = np.concatenate([[0.1], np.ones(N_FREQ - 1)])
-    Dp = np.diag(np.concatenate([pair_w, pair_w]))
-
-    # Calibration prompts: the residual of the designed layers is measured on these.
-    cal_tokens = torch.cat([category_prompts(tok, 8, 48, seed=1000 + seed, repeat_prob=0.2).tokens,
-                            random_token_prompts(tok, 8, 48, n_inserted=12, seed=1000 + seed).tokens]).numpy()
-    x0 = wte[cal_tokens].astype(np.float64) + wpe[None, : cal_tokens.shape[1]]
-    is_cat = np.vectorize(lambda t: t in category_of)(cal_tokens)
-    cat_idx = np.vectorize(lambda t: category_of.get(t, 0))(cal_tokens)
-    is_bos = cal_tokens == bos
-
-    des = _Design(d)
-    L0, L1, L2 = des.layers
-
-    def generic_qk(layer, hh, space, logit_std):
+    # Head builders shared by the layers (every random draw comes from self.rng, in call order).
+    def generic_qk(self, layer, hh, space, logit_std):
         """Random W_Q, W_K columns in ``space``: attention logits of std about ``logit_std``
         (an LN output has norm sqrt(d) and, mostly, lies in ``space``)."""
-        sigma = np.sqrt(logit_std * space.shape[1] / d)
-        layer["W_Q"][hh] = _random_in(rng, space, dh, sigma)
-        layer["W_K"][hh] = _random_in(rng, space, dh, sigma)
+        sigma = np.sqrt(logit_std * space.shape[1] / self.d)
+        layer["W_Q"][hh] = _random_in(self.rng, space, self.dh, sigma)
+        layer["W_K"][hh] = _random_in(self.rng, space, self.dh, sigma)
 
-    def generic_ov(layer, hh, read, write, out_norm):
+    def generic_ov(self, layer, hh, read, write, out_norm):
         """Random OV: value coordinates about N(0, 1), output of norm about ``out_norm`` per key."""
-        layer["W_V"][hh] = _random_in(rng, read, dh, np.sqrt(read.shape[1] / d))
-        layer["W_O"][hh] = _random_in(rng, write, dh, out_norm / np.sqrt(dh)).T
+        layer["W_V"][hh] = _random_in(self.rng, read, self.dh, np.sqrt(read.shape[1] / self.d))
+        layer["W_O"][hh] = _random_in(self.rng, write, self.dh, out_norm / np.sqrt(self.dh)).T
 
-    def set_biases(layer, hh, v_norm=B_V_NORM, designed_bq=None, complete=False):
+    def set_biases(self, layer, hh, v_norm=B_V_NORM, designed_bq=None, complete=False):
         """gpt2-small-sized b_Q, b_K (relative to ||W||_F) and b_V. ``designed_bq`` (a part of
         b_Q the mechanism needs) is kept; a random part orthogonal to it fills b_Q's norm (unless
         ``complete``: then it is all of b_Q)."""
+        rng, dh = self.rng, self.dh
         nq = B_Q_RATIO * np.linalg.norm(layer["W_Q"][hh])
         bq = np.zeros(dh) if designed_bq is None else np.asarray(designed_bq, float)
         if complete:
@@ -335,11 +288,13 @@ def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, 
         layer["b_K"][hh] = _head_bias(rng, dh, B_K_RATIO * np.linalg.norm(layer["W_K"][hh]))
         layer["b_V"][hh] = _head_bias(rng, dh, v_norm)
 
-    def gauge(layer, hh, designed_bq=None, ov=False):
+    def gauge(self, layer, hh, designed_bq=None, ov=False):
         """A random change of the head's d_head basis, W_Q -> W_Q M, W_K -> W_K M^-T (and, with
         ``ov``, W_V -> W_V M', W_O -> M'^-1 W_O): W_Q W_K^T and W_V W_O are unchanged, but no
         column of the head is a planted direction any more (as in a trained head). Returns the
         designed b_Q part in the new basis."""
+        rng, dh = self.rng, self.dh
+
         def rand_m():
             q1, _ = np.linalg.qr(rng.normal(size=(dh, dh)))
             q2, _ = np.linalg.qr(rng.normal(size=(dh, dh)))
@@ -355,47 +310,119 @@ def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, 
             layer["b_V"][hh] = layer["b_V"][hh] @ Mv
         return None if designed_bq is None else designed_bq @ M
 
-    def bos_attraction(layer, hh, logit, b_coord):
+    def bos_attraction(self, layer, hh, logit, b_coord):
         """BOS logit ``logit`` from b_Q: returns a b_Q part bv u (0.7 of b_Q's gpt2-sized norm, u a
         random unit vector) and adds (logit sqrt(d_head) / bv) u to BOS's key only (reading B,
         whose coordinate after LN is ``b_coord``). Queries keep only 0.1 of their component
         along u, so the BOS logit is the same for every query (as in gpt2-small's BOS heads)."""
         bv = 0.7 * B_Q_RATIO * np.linalg.norm(layer["W_Q"][hh])
-        u = rng.normal(size=dh)
+        u = self.rng.normal(size=self.dh)
         u /= np.linalg.norm(u)
-        layer["W_Q"][hh] = layer["W_Q"][hh] @ (np.eye(dh) - 0.9 * np.outer(u, u))
-        layer["W_K"][hh] += np.outer((logit * sqdh / bv / b_coord) * B[:, 0], u)
+        layer["W_Q"][hh] = layer["W_Q"][hh] @ (np.eye(self.dh) - 0.9 * np.outer(u, u))
+        layer["W_K"][hh] += np.outer((logit * self.sqdh / bv / b_coord) * self.B[:, 0], u)
         return bv * u
 
-    # ---------------------------------------------------------------------------------------
-    # Layer 0: generic heads reading token and position, writing A.
-    for hh in range(H):
-        generic_qk(L0, hh, INPUT0, GENERIC_LOGIT_STD["layer0"])
-        generic_ov(L0, hh, INPUT0, A, 1.0)
-        set_biases(L0, hh)
+
+def _embeddings(b: _Build) -> None:
+    """The residual blocks, the token embedding (category words: K_c + U_j + V_j + N) and the
+    positional code (slow and fast sine/cosine pairs in P), with the rotation and pair weights the
+    positional heads use."""
+    rng, d, n_cat = b.rng, b.d, b.n_cat
+    # Orthonormal basis of the zero-mean subspace, carved into named blocks.
+    g = rng.normal(size=(d, d))
+    g[:, 0] = 1.0
+    basis, _ = np.linalg.qr(g)
+    basis = basis[:, 1:]  # column 0 spans the all-ones direction
+    sizes = {"K": n_cat, "C": n_cat, "U": N_CODES, "V": N_CODES, "N": 1, "B": 1, "P": 2 * N_FREQ,
+             "A": N_A, "S": n_cat + N_CODES}
+    blocks, start = {}, 0
+    for name, size in sizes.items():
+        blocks[name] = basis[:, start : start + size]
+        start += size
+    O = basis[:, start:]
+    K, C, U, V, N, B, P, A, S = (blocks[k] for k in sizes)
+    b.basis, b.O = basis, O
+    b.K, b.C, b.U, b.V, b.N, b.B, b.P, b.A, b.S = K, C, U, V, N, B, P, A, S
+    b.TOKEN = np.concatenate([K, U, V, N, B, O], 1)  # what the token embedding can write
+    b.INPUT0 = np.concatenate([b.TOKEN, P], 1)  # layer 0's input space
+    b.BLIND = np.concatenate([K, C, U, V, N, B, O], 1)  # everything but P, A, S: L1H5's generic part
+
+    # Token embedding.
+    wte = (O @ rng.normal(size=(O.shape[1], b.vocab)).astype(np.float32) * (A_OTHER / np.sqrt(O.shape[1]))).T
+    wte += (A_N * N[:, 0]).astype(np.float32)
+    category_of = {}
+    for c, ids in enumerate(b.cat_ids.values()):
+        for j, t in enumerate(ids):
+            wte[t] = A_K * K[:, c] + A_U * U[:, j] + A_V * V[:, j] + A_N * N[:, 0]
+            category_of[t] = c
+    wte[b.bos] = A_B * B[:, 0]
+    b.wte, b.category_of = wte, category_of
+
+    # Positional embedding: pair 0 slow (see _slow_angles), pairs 1.. fast; constant norm.
+    omega = np.concatenate([[SLOW_ARC / PROMPT_POSITIONS[1]], 2 * np.pi / np.geomspace(2.5, 40.0, N_FREQ - 1)])
+    amp = np.concatenate([[A_P_SLOW], np.full(N_FREQ - 1, A_P_FAST / np.sqrt(N_FREQ - 1))])
+    ang = np.arange(N_CTX)[:, None] * omega[None, :]
+    ang[:, 0] = _slow_angles(N_CTX, PROMPT_POSITIONS[1], SLOW_ARC)
+    b.s_pos = np.concatenate([amp * np.cos(ang), amp * np.sin(ang)], 1)  # P coordinates [n_ctx, 40]
+    b.wpe = b.s_pos @ P.T
+    # rot: row vector s_p @ rot = s_{p-1} (each pair rotated back by one step)
+    rot = np.zeros((2 * N_FREQ, 2 * N_FREQ))
+    f = np.arange(N_FREQ)
+    c_, s_ = np.cos(omega), np.sin(omega)
+    rot[f, f], rot[f + N_FREQ, f] = c_, s_
+    rot[f, f + N_FREQ], rot[f + N_FREQ, f + N_FREQ] = -s_, c_
+    b.rot = rot
+    # per-pair weights of the positional heads: the slow pair barely counts (sharp peaks)
+    pair_w = np.concatenate([[0.1], np.ones(N_FREQ - 1)])
+    b.Dp = np.diag(np.concatenate([pair_w, pair_w]))
+
+
+def _calibration(b: _Build) -> None:
+    """Calibration prompts: the residual of the designed layers is measured on these."""
+    tok, seed = b.tok, b.seed
+    cal_tokens = torch.cat([category_prompts(tok, 8, 48, seed=1000 + seed, repeat_prob=0.2).tokens,
+                            random_token_prompts(tok, 8, 48, n_inserted=12, seed=1000 + seed).tokens]).numpy()
+    b.x0 = b.wte[cal_tokens].astype(np.float64) + b.wpe[None, : cal_tokens.shape[1]]
+    b.is_cat = np.vectorize(lambda t: t in b.category_of)(cal_tokens)
+    b.cat_idx = np.vectorize(lambda t: b.category_of.get(t, 0))(cal_tokens)
+    b.is_bos = cal_tokens == b.bos
+    b.des = _Design(b.d)
+
+
+def _layer0(b: _Build) -> None:
+    """Layer 0: generic heads reading token and position, writing A; MLP0 writes the category C."""
+    rng, des, L0, n_cat, x0 = b.rng, b.des, b.des.layers[0], b.n_cat, b.x0
+    for hh in range(b.H):
+        b.generic_qk(L0, hh, b.INPUT0, GENERIC_LOGIT_STD["layer0"])
+        b.generic_ov(L0, hh, b.INPUT0, b.A, 1.0)
+        b.set_biases(L0, hh)
     out0 = des.attn(0, x0)
     L0["W_O"] *= A_ATTN0 / np.sqrt((out0[:, 1:] ** 2).sum(-1).mean())  # RMS output norm A_ATTN0
-    L0["b_O"] = _bias(rng, O, B_O_NORM)
+    L0["b_O"] = _bias(rng, b.O, B_O_NORM)
     # MLP0: neuron c reads K_c (gain/bias: active only for category words), writes C_c.
     s_mid = _scale(x0 + des.attn(0, x0))
-    k_ln = np.median(s_mid[is_cat]) * A_K  # K_c coordinate after LN2 for a category token
+    k_ln = np.median(s_mid[b.is_cat]) * A_K  # K_c coordinate after LN2 for a category token
     gain, bias = 0.6, -1.5
-    L0["W_in"][:, :n_cat] = gain * K
+    L0["W_in"][:, :n_cat] = gain * b.K
     L0["b_in"][:n_cat] = bias
     act = float(_gelu_new(gain * k_ln + bias))
-    L0["W_out"][:n_cat] = (A_C / act) * C.T
+    L0["W_out"][:n_cat] = (A_C / act) * b.C.T
     n_gen = D_MLP - n_cat  # generic neurons: read the layer input, write O, mostly inactive
-    L0["W_in"][:, n_cat:] = _random_in(rng, INPUT0, n_gen, np.sqrt(INPUT0.shape[1] / d))
+    L0["W_in"][:, n_cat:] = _random_in(rng, b.INPUT0, n_gen, np.sqrt(b.INPUT0.shape[1] / b.d))
     L0["b_in"][n_cat:] = rng.normal(-1.5, 0.3, size=n_gen)
-    L0["W_out"][n_cat:] = _random_in(rng, O, n_gen, 0.02).T
-    L0["b_out"] = _bias(rng, O, B_OUT_NORM)
-    x1 = des.block(0, x0)
+    L0["W_out"][n_cat:] = _random_in(rng, b.O, n_gen, 0.02).T
+    L0["b_out"] = _bias(rng, b.O, B_OUT_NORM)
+    b.x1 = des.block(0, x0)
 
-    # ---------------------------------------------------------------------------------------
-    # Layer 1.
-    s1 = _scale(x1)
+
+def _target_head(b: _Build) -> None:
+    """L1H5: the planted QK part (with the twin's switch), its OV and its biases."""
+    rng, twin, d, dh, sqdh, n_cat = b.rng, b.twin, b.d, b.dh, b.sqdh, b.n_cat
+    K, C, U, V, N, B, P, S = b.K, b.C, b.U, b.V, b.N, b.B, b.P, b.S
+    L1, x1, is_cat, cat_idx = b.des.layers[1], b.x1, b.is_cat, b.cat_idx
+    s1 = b.s1 = _scale(x1)
     ln1 = float(np.median(s1[is_cat]))  # LN1 scale of a category token
-    ln1_bos = float(np.median(s1[is_bos]))
+    ln1_bos = float(np.median(s1[b.is_bos]))
     # L1H5 planted part (columns: C | V | U | BOS | one free column). The twins' switches:
     # copying flips the sign of the U term; no-mlp0 reads the category from K (the token
     # embedding) instead of C (MLP0); skew adds a skew matrix to the V block; positional adds a
@@ -410,118 +437,136 @@ def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, 
     u_sign = 1.0 if twin == "copying" else -1.0
     # V block in code coordinates: query word i, key word j get (ln1 A_V)^2 M_V[i, j] / sqrt(d_head)
     M_V = w_v**2 * np.eye(N_CODES)
-    skew_codes = None
+    b.skew_codes = None
     if twin == "skew":
-        skew_codes = _orthogonal_skew(twin_rng, N_CODES)  # logit LOGIT_SKEW * skew_codes[i, j]
-        M_V = M_V + LOGIT_SKEW * sqdh / (ln1 * A_V) ** 2 * skew_codes
+        b.skew_codes = _orthogonal_skew(b.twin_rng, N_CODES)  # logit LOGIT_SKEW * skew_codes[i, j]
+        M_V = M_V + LOGIT_SKEW * sqdh / (ln1 * A_V) ** 2 * b.skew_codes
     cols = np.cumsum([0, n_cat, N_CODES, N_CODES, 1])
     PQ, PK = np.zeros((d, dh)), np.zeros((d, dh))
     PQ[:, : cols[1]], PK[:, : cols[1]] = w_c * CAT, w_c * CAT
     PQ[:, cols[1] : cols[2]], PK[:, cols[1] : cols[2]] = w_v * V, V @ M_V.T / w_v
     PQ[:, cols[2] : cols[3]], PK[:, cols[2] : cols[3]] = w_u * U, u_sign * w_u * U
     PQ[:, cols[3]], PK[:, cols[3]] = w_b * N[:, 0], w_b * B[:, 0]
-    pos_key = None
+    b.pos_key = None
     if twin == "positional":
         # A key-position logit f(p) = sum over the fast pairs of a_f sin(omega_f p): zero at BOS's
         # position 0 (sin 0 = 0, so BOS keeps its logit), mean about 0 over positions (so a mean
         # ablation of the positions removes it), std LOGIT_POSITIONAL over the prompt positions.
         # Every non-BOS query carries the BOS column's N coordinate, so every query sees it.
         a = np.zeros(2 * N_FREQ)
-        a[N_FREQ + 1 :] = twin_rng.normal(size=N_FREQ - 1)
-        f_raw = s_pos @ a
+        a[N_FREQ + 1 :] = b.twin_rng.normal(size=N_FREQ - 1)
+        f_raw = b.s_pos @ a
         q_b = ln1 * A_N * w_b + LOGIT_BOS_FROM_B_Q * sqdh / (ln1_bos * A_B * w_b)  # query coordinate
         sp_key = float(np.median(s1[:, 1:]))
         lo_p, hi_p = PROMPT_POSITIONS
         w_pos = LOGIT_POSITIONAL * sqdh / (q_b * sp_key * f_raw[lo_p : hi_p + 1].std())
         PK[:, cols[3]] += w_pos * (P @ a)
-        pos_key = (q_b * sp_key * w_pos / sqdh) * f_raw  # the designed logit per key position
-    L1["W_Q"][h] = PQ + _random_in(rng, BLIND, dh, TARGET_GENERIC_COLUMN)
-    L1["W_K"][h] = PK + _random_in(rng, BLIND, dh, TARGET_GENERIC_COLUMN)
+        b.pos_key = (q_b * sp_key * w_pos / sqdh) * f_raw  # the designed logit per key position
+    L1["W_Q"][h] = PQ + _random_in(rng, b.BLIND, dh, TARGET_GENERIC_COLUMN)
+    L1["W_K"][h] = PK + _random_in(rng, b.BLIND, dh, TARGET_GENERIC_COLUMN)
     bq = np.zeros(dh)  # b_Q against BOS's key coordinate in the BOS column
     bq[cols[3]] = LOGIT_BOS_FROM_B_Q * sqdh / (ln1_bos * A_B * w_b)
     # OV: copy the attended word's K and U coordinates into S (norm ~1 in the residual).
-    read = np.concatenate([K, U], 1)
-    n_ov = read.shape[1]
+    read = b.read = np.concatenate([K, U], 1)
+    n_ov = b.n_ov = read.shape[1]
     L1["W_V"][h][:, :n_ov] = read / np.sqrt(ln1)
     L1["W_O"][h][:n_ov] = S.T / np.sqrt(ln1)
-    L1["W_V"][h][:, n_ov:] = _random_in(rng, BLIND, dh - n_ov, 0.02)
+    L1["W_V"][h][:, n_ov:] = _random_in(rng, b.BLIND, dh - n_ov, 0.02)
     L1["W_O"][h][n_ov:] = _random_in(rng, S, dh - n_ov, 0.02).T
     # b_Q: the BOS part, and the rest of its gpt2-sized norm along the one column no planted key
     # uses (so b_Q prefers no token over another: every key but BOS gets only a generic bias).
-    M = gauge(L1, h, np.eye(dh), ov=True)  # the basis change; rows: canonical columns
+    M = b.gauge(L1, h, np.eye(dh), ov=True)  # the basis change; rows: canonical columns
     e_b, e_f = M[cols[3]], M[cols[4]]
     nq, beta_b = B_Q_RATIO * np.linalg.norm(L1["W_Q"][h]), bq[cols[3]]
     a2, a1, a0 = e_f @ e_f, 2 * beta_b * (e_b @ e_f), beta_b**2 * (e_b @ e_b) - nq**2
     beta_f = (-a1 + np.sqrt(a1**2 - 4 * a2 * a0)) / (2 * a2)
-    set_biases(L1, h, v_norm=0.05, designed_bq=beta_b * e_b + beta_f * e_f, complete=True)
+    b.set_biases(L1, h, v_norm=0.05, designed_bq=beta_b * e_b + beta_f * e_f, complete=True)
+    b.PQ, b.PK, b.w_u = PQ, PK, w_u
 
+
+def _layer1(b: _Build) -> None:
+    """Layer 1: the target L1H5 (:func:`_target_head`), the previous-token head L1H0, generic
+    diffuse heads and a generic MLP."""
+    rng, dh, sqdh, s_pos, Dp, P = b.rng, b.dh, b.sqdh, b.s_pos, b.Dp, b.P
+    L1 = b.des.layers[1]
+    _target_head(b)
+    h, s1 = TARGET[1], b.s1
     # L1H0: previous-token head. The query at p is rotated back one step, so it matches key p - 1.
     hp = POSITIONAL_HEAD[1]
     sp = float(np.median(s1[:, 1:]))
     peak = sp**2 * (s_pos[10] @ Dp @ Dp @ s_pos[10]) / sqdh
     g_p = np.sqrt(LOGIT_PREV_TOKEN / peak)
-    L1["W_Q"][hp] = g_p * P @ rot @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
-    L1["W_K"][hp] = g_p * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
-    gauge(L1, hp)
-    set_biases(L1, hp)
-    generic_ov(L1, hp, basis, O, 0.3)
+    L1["W_Q"][hp] = g_p * P @ b.rot @ Dp + _random_in(rng, b.BLIND, dh, GENERIC_COLUMN)
+    L1["W_K"][hp] = g_p * P @ Dp + _random_in(rng, b.BLIND, dh, GENERIC_COLUMN)
+    b.gauge(L1, hp)
+    b.set_biases(L1, hp)
+    b.generic_ov(L1, hp, b.basis, b.O, 0.3)
     # Other layer-1 heads: generic and diffuse.
-    for hh in range(H):
+    for hh in range(b.H):
         if hh not in (h, hp):
-            generic_qk(L1, hh, basis, GENERIC_LOGIT_STD["diffuse"])
-            generic_ov(L1, hh, basis, O, 0.3)
-            set_biases(L1, hh)
-    L1["b_O"] = _bias(rng, O, B_O_NORM)
-    _generic_mlp(rng, L1, basis, O, 0.4)
-    x2 = des.block(1, x1)
+            b.generic_qk(L1, hh, b.basis, GENERIC_LOGIT_STD["diffuse"])
+            b.generic_ov(L1, hh, b.basis, b.O, 0.3)
+            b.set_biases(L1, hh)
+    L1["b_O"] = _bias(rng, b.O, B_O_NORM)
+    _generic_mlp(rng, L1, b.basis, b.O, 0.4)
+    b.x2 = b.des.block(1, b.x1)
 
-    # ---------------------------------------------------------------------------------------
-    # Layer 2.
+
+def _layer2(b: _Build) -> None:
+    """Layer 2: BOS heads, the decoy (category attraction without self-suppression) and the reader
+    (V-composition with L1H5), a generic MLP."""
+    rng, dh, sqdh, n_cat, C, B, P, S, x2 = b.rng, b.dh, b.sqdh, b.n_cat, b.C, b.B, b.P, b.S, b.x2
+    L2, is_cat, cat_idx, Dp = b.des.layers[2], b.is_cat, b.cat_idx, b.Dp
     s2 = _scale(x2)
     ln2 = float(np.median(s2[:, 1:]))
     c2 = float(np.median((_ln(x2) @ C)[is_cat, cat_idx[is_cat]]))  # C_c coordinate after LN
-    b2 = float(np.median((_ln(x2) @ B[:, 0])[is_bos]))  # B coordinate of BOS after LN
+    b2 = float(np.median((_ln(x2) @ B[:, 0])[b.is_bos]))  # B coordinate of BOS after LN
     # BOS heads: diffuse generic scores, plus b_Q against a key column that reads B.
     for (_, hh) in BOS_HEADS:
-        generic_qk(L2, hh, basis, GENERIC_LOGIT_STD["diffuse"] / 2)
-        generic_ov(L2, hh, basis, O, 0.3)
-        set_biases(L2, hh, designed_bq=bos_attraction(L2, hh, LOGIT_BOS_HEADS, b2))
+        b.generic_qk(L2, hh, b.basis, GENERIC_LOGIT_STD["diffuse"] / 2)
+        b.generic_ov(L2, hh, b.basis, b.O, 0.3)
+        b.set_biases(L2, hh, designed_bq=b.bos_attraction(L2, hh, LOGIT_BOS_HEADS, b2))
         L2["W_V"][hh][:, 0] += 2.0 * B[:, 0] / b2  # BOS's value: about 2 in coordinate 0 ...
-        L2["W_O"][hh][0] = _bias(rng, O, 0.5)  # ... written as a BOS-specific vector in O
+        L2["W_O"][hh][0] = _bias(rng, b.O, 0.5)  # ... written as a BOS-specific vector in O
     # Decoy: same-category attraction through C (self and copies included) and an equal BOS logit.
     hd = DECOY_HEAD[1]
     w_d = np.sqrt(LOGIT_DECOY_CATEGORY * sqdh) / c2
-    L2["W_Q"][hd] = _random_in(rng, BLIND, dh, GENERIC_COLUMN)
-    L2["W_K"][hd] = _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    L2["W_Q"][hd] = _random_in(rng, b.BLIND, dh, GENERIC_COLUMN)
+    L2["W_K"][hd] = _random_in(rng, b.BLIND, dh, GENERIC_COLUMN)
     L2["W_Q"][hd][:, :n_cat] += w_d * C
     L2["W_K"][hd][:, :n_cat] += w_d * C
-    bq = bos_attraction(L2, hd, LOGIT_DECOY_BOS, b2)
-    set_biases(L2, hd, designed_bq=gauge(L2, hd, bq))
-    generic_ov(L2, hd, basis, O, 0.3)
+    bq = b.bos_attraction(L2, hd, LOGIT_DECOY_BOS, b2)
+    b.set_biases(L2, hd, designed_bq=b.gauge(L2, hd, bq))
+    b.generic_ov(L2, hd, b.basis, b.O, 0.3)
     # Reader: attends to its own position (P, no rotation); W_V reads S, W_O writes K and U.
     hr = READER_HEAD[1]
-    peak = ln2**2 * (s_pos[10] @ Dp @ Dp @ s_pos[10]) / sqdh
+    peak = ln2**2 * (b.s_pos[10] @ Dp @ Dp @ b.s_pos[10]) / sqdh
     g_r = np.sqrt(LOGIT_READER_SELF / peak)
-    L2["W_Q"][hr] = g_r * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
-    L2["W_K"][hr] = g_r * P @ Dp + _random_in(rng, BLIND, dh, GENERIC_COLUMN)
+    L2["W_Q"][hr] = g_r * P @ Dp + _random_in(rng, b.BLIND, dh, GENERIC_COLUMN)
+    L2["W_K"][hr] = g_r * P @ Dp + _random_in(rng, b.BLIND, dh, GENERIC_COLUMN)
+    n_ov = b.n_ov
     L2["W_V"][hr][:, :n_ov] = S / np.sqrt(ln2)
-    L2["W_O"][hr][:n_ov] = read.T / np.sqrt(ln2)
+    L2["W_O"][hr][:n_ov] = b.read.T / np.sqrt(ln2)
     L2["W_V"][hr][:, n_ov:] = _random_in(rng, S, dh - n_ov, 0.02)
-    L2["W_O"][hr][n_ov:] = _random_in(rng, O, dh - n_ov, 0.02).T
-    gauge(L2, hr, ov=True)
-    set_biases(L2, hr)
-    L2["b_O"] = _bias(rng, O, B_O_NORM)
-    _generic_mlp(rng, L2, basis, O, 0.4)
+    L2["W_O"][hr][n_ov:] = _random_in(rng, b.O, dh - n_ov, 0.02).T
+    b.gauge(L2, hr, ov=True)
+    b.set_biases(L2, hr)
+    L2["b_O"] = _bias(rng, b.O, B_O_NORM)
+    _generic_mlp(rng, L2, b.basis, b.O, 0.4)
 
-    # ---------------------------------------------------------------------------------------
-    # Ground truth of the target's spectrum, from the designed matrices (float64).
+
+def _spectrum_truth(b: _Build) -> dict:
+    """Ground truth of the target's spectrum, from the designed matrices (float64); raises when
+    the construction misses what it promises (the eigenvalue gap, full rank of every head)."""
+    h, w_u = TARGET[1], b.w_u
+    L1 = b.des.layers[1]
     W_Q, W_K = L1["W_Q"][h], L1["W_K"][h]
     sym = lambda M: (M + M.T) / 2  # noqa: E731
-    plant_sym = sym(PQ @ PK.T)
+    plant_sym = sym(b.PQ @ b.PK.T)
     perturb = sym(W_Q @ W_K.T) - plant_sym
     delta = float(np.linalg.norm(perturb, 2))  # Weyl: every eigenvalue moves by at most delta
     plant_eig = np.linalg.eigvalsh(plant_sym)
-    if twin == "copying":  # the identity codes are +w_U^2 now: no planted negative subspace
+    if b.twin == "copying":  # the identity codes are +w_U^2 now: no planted negative subspace
         planted_neg, lo, hi, threshold = None, None, None, None
     else:
         planted_neg = -(w_u**2)
@@ -535,25 +580,43 @@ def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, 
         threshold = float(np.sqrt(lo * hi))
     full_eig = np.linalg.eigvalsh(sym(W_Q @ W_K.T))
     # Full column rank of [W_Q, W_K] for every head -> Sylvester: d_head negative, d_head positive.
-    for l, layer in enumerate(des.layers):
-        for hh in range(H):
+    for l, layer in enumerate(b.des.layers):
+        for hh in range(b.H):
             sv = np.linalg.svd(np.concatenate([layer["W_Q"][hh], layer["W_K"][hh]], 1), compute_uv=False)
             if sv[-1] < 1e-3 * sv[0]:
                 raise RuntimeError(f"planted: head ({l}, {hh}) is not generic (rank-deficient [W_Q, W_K])")
-    min_nonzero = np.sort(np.abs(full_eig))[-2 * dh]  # 2 d_head non-zero eigenvalues
+    min_nonzero = np.sort(np.abs(full_eig))[-2 * b.dh]  # 2 d_head non-zero eigenvalues
     if min_nonzero < 1e-4 * np.abs(full_eig).max():
         raise RuntimeError(f"planted: target has a near-zero W_sym eigenvalue ({min_nonzero:.2e})")
+    return {
+        # Sylvester: [W_Q, W_K] has full column rank 2 d_head (checked above, float64), so W_sym
+        # has exactly d_head negative and d_head positive eigenvalues -- for every head.
+        "n_negative_eigenvalues": b.dh,
+        "n_positive_eigenvalues": b.dh,
+        # The planted subspace: N_CODES identity-code eigenvalues -w_U^2, moved by at most
+        # perturbation_bound (Weyl); every other negative eigenvalue lies above -gap[0].
+        # (copying: none; its identity codes are positive eigenvalues +w_U^2, fields None)
+        "n_large_negative_eigenvalues": 0 if planted_neg is None else N_CODES,
+        "planted_negative_eigenvalue": None if planted_neg is None else float(planted_neg),
+        "perturbation_bound": delta,
+        "negative_gap": None if lo is None else [float(lo), float(hi)],
+        "negative_threshold": threshold,
+        "min_abs_eigenvalue": float(min_nonzero),
+    }
 
-    # ---------------------------------------------------------------------------------------
-    # Unfold into raw GPT-2 tensors with random layer-norm parameters.
-    sd: dict[str, np.ndarray] = {"wte.weight": wte, "wpe.weight": wpe}
+
+def _unfold(b: _Build) -> dict[str, np.ndarray]:
+    """Unfold the design into raw GPT-2 tensors with random layer-norm parameters
+    (``W_raw = W / g``, ``b_raw = b - beta W_raw``)."""
+    rng, d = b.rng, b.d
+    sd: dict[str, np.ndarray] = {"wte.weight": b.wte, "wpe.weight": b.wpe}
     ln_params = []
     for i in range(N_LAYERS):
         (m1, sd1), (m2, sd2) = LN_GAIN[2 * i], LN_GAIN[2 * i + 1]
         g1 = np.clip(rng.normal(m1, sd1, d), 0.3 * m1, None)
         g2 = np.clip(rng.normal(m2, sd2, d), 0.3 * m2, None)
         ln_params.append((g1, _head_bias(rng, d, LN_BIAS_NORM), g2, _head_bias(rng, d, LN_BIAS_NORM)))
-    for i, p in enumerate(des.layers):
+    for i, p in enumerate(b.des.layers):
         g1, beta1, g2, beta2 = ln_params[i]
         raw = {}
         for name in ("Q", "K", "V"):
@@ -570,8 +633,13 @@ def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, 
         sd[f"h.{i}.mlp.c_proj.weight"], sd[f"h.{i}.mlp.c_proj.bias"] = p["W_out"], p["b_out"]
     sd["ln_f.weight"] = np.clip(rng.normal(1.0, 0.2, d), 0.3, None)  # ln_f: gain ~1, small bias
     sd["ln_f.bias"] = _head_bias(rng, d, 0.3)
+    return sd
 
-    # Measured on the designed layers (calibration prompts): the numbers the docstring quotes.
+
+def _truth(b: _Build, spectrum: dict) -> dict:
+    """The ground truth: design choices, and numbers measured on the designed layers."""
+    twin, L1, h, wpe = b.twin, b.des.layers[1], TARGET[1], b.wpe
+
     def planted_bias(layer, hh):
         return {"b_Q": float(np.linalg.norm(layer["b_Q"][hh])), "b_K": float(np.linalg.norm(layer["b_K"][hh])),
                 "W_Q_fro": float(np.linalg.norm(layer["W_Q"][hh])), "W_K_fro": float(np.linalg.norm(layer["W_K"][hh]))}
@@ -579,7 +647,7 @@ def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, 
     pos_norm = np.linalg.norm(wpe, axis=1)
     truth = {
         "version": VERSION,
-        "seed": seed,
+        "seed": b.seed,
         "twin": twin,
         "false_claims": list(TWINS[twin].false_claims) if twin else [],
         "n_layers": N_LAYERS,
@@ -590,20 +658,8 @@ def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, 
         "reader_composition": READER_COMPOSITION,
         "bos_heads": [list(x) for x in BOS_HEADS],
         "prompt_positions": list(PROMPT_POSITIONS),
-        "categories": {name: ids for name, ids in cat_ids.items()},
-        # Sylvester: [W_Q, W_K] has full column rank 2 d_head (checked above, float64), so W_sym
-        # has exactly d_head negative and d_head positive eigenvalues -- for every head.
-        "n_negative_eigenvalues": dh,
-        "n_positive_eigenvalues": dh,
-        # The planted subspace: N_CODES identity-code eigenvalues -w_U^2, moved by at most
-        # perturbation_bound (Weyl); every other negative eigenvalue lies above -gap[0].
-        # (copying: none; its identity codes are positive eigenvalues +w_U^2, fields None)
-        "n_large_negative_eigenvalues": 0 if planted_neg is None else N_CODES,
-        "planted_negative_eigenvalue": None if planted_neg is None else float(planted_neg),
-        "perturbation_bound": delta,
-        "negative_gap": None if lo is None else [float(lo), float(hi)],
-        "negative_threshold": threshold,
-        "min_abs_eigenvalue": float(min_nonzero),
+        "categories": {name: ids for name, ids in b.cat_ids.items()},
+        **spectrum,
         "logits": {"same_category": LOGIT_SAME_CATEGORY, "bos": LOGIT_BOS,
                    # copying: the U term adds instead of subtracting its (12 + 4 + 6) logits
                    "self": (2 * (LOGIT_SAME_CATEGORY + LOGIT_IDENTITY) - LOGIT_SELF if twin == "copying"
@@ -619,13 +675,38 @@ def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, 
                           "category_token": float(np.sqrt(A_K**2 + A_U**2 + A_V**2 + A_N**2))},
     }
     if twin == "positional":
-        truth["positional_key_logit"] = [float(v) for v in pos_key]  # per key position, designed
+        truth["positional_key_logit"] = [float(v) for v in b.pos_key]  # per key position, designed
         truth["logits"]["positional_std"] = LOGIT_POSITIONAL
     if twin == "skew":
-        truth["skew_codes"] = skew_codes.tolist()  # logit LOGIT_SKEW * skew_codes[i, j], word i -> word j
+        truth["skew_codes"] = b.skew_codes.tolist()  # logit LOGIT_SKEW * skew_codes[i, j], word i -> word j
         truth["logits"]["skew_spectral"] = LOGIT_SKEW
     if twin == "no-mlp0":
         truth["category_read_from"] = "K"  # the token embedding (the plain model: "C", MLP0)
+    return truth
+
+
+def build_state_dict(seed: int = 0, twin: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The Hugging Face GPT-2 state dict (Conv1D [in, out] layout) and the ground truth.
+
+    ``twin`` (a name of :data:`common.planted_names.TWINS`, None for the plain model) flips one
+    switch in L1H5's planted part; every other weight is drawn from the same random stream as the
+    plain model's (the twin's own random numbers come from a separate generator), so a twin differs
+    from the plain model in L1H5 (and in what later layers calibrate on its output) only.
+
+    The builders run in this order, each on the shared :class:`_Build` (the order of the random
+    draws is part of the construction: the plain model's weights are bit-identical to those of
+    the single-function builder before the split, tests/test_planted.py)."""
+    if twin is not None and twin not in TWINS:
+        raise ValueError(f"unknown planted twin {twin!r} (known: {', '.join(TWINS)})")
+    b = _Build(seed, twin)
+    _embeddings(b)
+    _calibration(b)
+    _layer0(b)
+    _layer1(b)
+    _layer2(b)
+    spectrum = _spectrum_truth(b)
+    sd = _unfold(b)
+    truth = _truth(b, spectrum)
     tensors = {k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in sd.items()}
     return tensors, truth
 

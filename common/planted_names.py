@@ -38,7 +38,11 @@ CLAIM_IDS = ("head-survey", "component-ablation", "position-independence", "spec
 TWINS: dict[str, Twin] = {
     "copying": Twin(
         "the identity-code term of L1H5 flipped: self and earlier copies attract (+w_U^2) instead of repel",
-        ("head-survey", "self-rank", "cosine-peak", "eigen-steering", "rules-explained"),
+        # self (38 logits) outweighs the category (12): ablating MLP0 changes nothing
+        # (component-ablation), and BOS gets no mass, so removing the skew (BOS) term cannot help
+        # (skew-downstream)
+        ("head-survey", "component-ablation", "skew-downstream", "self-rank", "eigen-steering", "cosine-peak",
+         "rules-explained"),
     ),
     "positional": Twin(
         "L1H5 also reads the positional embedding: a key-position logit (std LOGIT_POSITIONAL over the "
@@ -48,7 +52,9 @@ TWINS: dict[str, Twin] = {
     "skew": Twin(
         "L1H5's identity-code block gains a large skew part (word i -> word j attracts, j -> i repels, a "
         "different coefficient for every pair), so the symmetric part no longer reproduces the scores",
-        ("sym-reproduces",),
+        # the skew attraction (up to LOGIT_SKEW) outweighs self's identity margin (4 logits) once
+        # the negative eigenvalues are removed, so self does not become the top key (eigen-steering)
+        ("sym-reproduces", "eigen-steering"),
     ),
     "no-mlp0": Twin(
         "L1H5's category term reads the token embedding's category key K instead of MLP0's output C",

@@ -43,6 +43,27 @@ def test_deterministic_and_folder_is_the_construction(raw_state_dict, truth):
         assert torch.equal(raw_state_dict[k], v), k
 
 
+# sha256 over (name, float32 bytes) of every tensor of build_state_dict(seed=0), sorted by name, as
+# recorded from the single-function builder before it was split into per-layer builders (issue 22)
+# and unchanged since (planted-v3). Pins the weights bit for bit: a change means the construction
+# changed (bump VERSION and re-record) -- or, since the build runs QR/eigen/matmul through the
+# installed BLAS, that this machine's BLAS kernels round differently (recorded with numpy's
+# scipy-openblas 0.3.31, DYNAMIC_ARCH, on AMD EPYC).
+PLANTED_V3_SHA256 = "39be7f76b051cd3a963a28eae8eb4e3cfaf46f426ab3bd677d516b64568f04b3"
+
+
+def test_weights_are_bit_identical_to_the_recorded_build():
+    import hashlib
+
+    tensors, truth = P.build_state_dict(seed=0)
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].numpy().tobytes())
+    assert truth["version"] == "planted-v3"
+    assert h.hexdigest() == PLANTED_V3_SHA256
+
+
 def test_categories_are_realised_in_the_embedding(planted_model, truth, tokenizer):
     """truth["categories"] are the README's words (decoded independently), and the built W_E
     gives every pair of category words the cosine its blocks imply: shared K (same category),

@@ -81,7 +81,7 @@ def test_ground_truth_declares_twin_and_false_claims(twins, truth):
         assert set(t["false_claims"]) <= set(CLAIM_IDS)
     assert "head-survey" in twins["copying"][1]["false_claims"]
     assert "position-independence" in twins["positional"][1]["false_claims"]
-    assert twins["skew"][1]["false_claims"] == ["sym-reproduces"]
+    assert twins["skew"][1]["false_claims"] == ["sym-reproduces", "eigen-steering"]
     assert twins["no-mlp0"][1]["false_claims"] == ["component-ablation"]
 
 
@@ -223,7 +223,8 @@ def _group_scores(model, tokenizer):
 
 def test_skew_part_carries_the_group_scores(twins, planted_model, tokenizer):
     """The designed group-token logits: 12 per same-category pair, (4 - 22) per same-index pair
-    (self included), plus, in the twin only, LOGIT_SKEW * skew_codes[i, j] between word indices i, j.
+    (self included), plus, in the twin only, LOGIT_SKEW * skew_codes[i, j] between word indices i, j
+    (design value of corr(Base, Sym): 0.78 at seed 0).
     From those, corr(Base, Sym) is computed here (float64); the built twin's must match it and fall
     well below 0.95, the plain model's stay above it, and W_sym still has the larger spectral norm
     (LOGIT_SKEW < 22: the spectrum claim stays true)."""
@@ -243,3 +244,32 @@ def test_skew_part_carries_the_group_scores(twins, planted_model, tokenizer):
     assert design < 0.9 and abs(measured - design) < 0.05, (design, measured)
     assert plain > 0.95, plain
     assert np.linalg.norm((W + W.T) / 2, 2) > np.linalg.norm((W - W.T) / 2, 2)
+
+
+def _self_top_without_negative_eigenvalues(model, tokenizer):
+    """Share of the 30 group tokens whose own key is their top key once every negative eigenvalue
+    of L1H5's W_sym is set to 0 (skew part kept), weight-only scores on their layer-1 inputs."""
+    _, _, W = _group_scores(model, tokenizer)
+    ids, _, _ = group_token_ids(tokenizer)
+    tokens = torch.tensor([[tokenizer.bos_token_id, *ids]])
+    store = {}
+    model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{TARGET_L}.ln1.hook_normalized",
+                                             lambda t, hook: store.update(x=t))], stop_at_layer=TARGET_L + 1)
+    x = store["x"][0, 1:].double().numpy()
+    sym, skew = (W + W.T) / 2, (W - W.T) / 2
+    lam, vec = np.linalg.eigh(sym)
+    edited = (vec * np.clip(lam, 0, None)) @ vec.T + skew
+    s = x @ edited @ x.T
+    return float(np.mean(s.argmax(1) == np.arange(len(s))))
+
+
+def test_skew_twin_breaks_eigen_steering(twins, planted_model, tokenizer):
+    """Design: with the negative eigenvalues removed, self beats another word of its category by
+    LOGIT_IDENTITY (4) in the plain model, but the skew twin adds LOGIT_SKEW * skew_codes[i, j]
+    (16 x up to ~0.8) to some other word j of the same category: for every group token (indices
+    0-5 share one skew block) some j outscores self by design."""
+    J = np.array(twins["skew"][1]["skew_codes"])
+    beaten = [max(J[i, j] for j in range(6) if j != i) * P.LOGIT_SKEW > P.LOGIT_IDENTITY for i in range(6)]
+    assert all(beaten)
+    assert _self_top_without_negative_eigenvalues(planted_model, tokenizer) == 1.0
+    assert _self_top_without_negative_eigenvalues(twins["skew"][0], tokenizer) < 0.2
