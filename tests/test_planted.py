@@ -6,6 +6,9 @@ positions as large as tokens, a position- and content-dependent layer 0, a posit
 Expected numbers come from common/planted.py's construction (its constants and ground_truth()),
 or from linear algebra done here with numpy, never from the analysis code under test."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -43,25 +46,29 @@ def test_deterministic_and_folder_is_the_construction(raw_state_dict, truth):
         assert torch.equal(raw_state_dict[k], v), k
 
 
-# sha256 over (name, float32 bytes) of every tensor of build_state_dict(seed=0), sorted by name, as
-# recorded from the single-function builder before it was split into per-layer builders (issue 22)
-# and unchanged since (planted-v3). Pins the weights bit for bit: a change means the construction
-# changed (bump VERSION and re-record) -- or, since the build runs QR/eigen/matmul through the
-# installed BLAS, that this machine's BLAS kernels round differently (recorded with numpy's
-# scipy-openblas 0.3.31, DYNAMIC_ARCH, on AMD EPYC).
-PLANTED_V3_SHA256 = "39be7f76b051cd3a963a28eae8eb4e3cfaf46f426ab3bd677d516b64568f04b3"
+# Per tensor of build_state_dict(seed=0): (sum |x|, sqrt(sum x^2)) in float64, recorded from the
+# build on main after the split into per-layer builders (issue 22; that split was checked bit for bit
+# against the single-function builder on one machine: state-dict sha256 39be7f76... before and after)
+# and after the word lists gained the original's words and n_ctx became 256. Pins the construction
+# on any CPU: the build runs QR/eigen/matmul through the installed BLAS, whose low bits differ
+# between CPUs (a float32 ulp, 6e-8 relative), so the check is at rtol 1e-6, not bit for bit; any
+# change of the construction moves these far more. Re-record (after bumping VERSION) with
+# ``python tests/test_planted.py --record``.
+STATS_FILE = Path(__file__).parent / "data" / "planted_stats.json"
 
 
-def test_weights_are_bit_identical_to_the_recorded_build():
-    import hashlib
+def weight_stats(tensors) -> dict[str, list[float]]:
+    return {k: [float(v.double().abs().sum()), float(v.double().norm())] for k, v in sorted(tensors.items())}
 
+
+def test_weights_match_the_recorded_build():
     tensors, truth = P.build_state_dict(seed=0)
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        h.update(k.encode())
-        h.update(tensors[k].numpy().tobytes())
     assert truth["version"] == "planted-v3"
-    assert h.hexdigest() == PLANTED_V3_SHA256
+    recorded = json.loads(STATS_FILE.read_text())
+    stats = weight_stats(tensors)
+    assert list(stats) == list(recorded)
+    for k in stats:
+        assert stats[k] == pytest.approx(recorded[k], rel=1e-6), k
 
 
 def test_categories_are_realised_in_the_embedding(planted_model, truth, tokenizer):
@@ -333,3 +340,9 @@ def test_previous_token_head(planted_model, tokenizer, truth):
     tokens = category_prompts(tokenizer, 8, 48, seed=2).tokens
     pat = all_head_patterns(planted_model, tokens, layers=[PL])[0, PH]
     assert pat.diagonal(-1, -2, -1).mean() > 0.8
+
+
+if __name__ == "__main__" and "--record" in __import__("sys").argv:
+    STATS_FILE.parent.mkdir(exist_ok=True)
+    STATS_FILE.write_text(json.dumps(weight_stats(P.build_state_dict(seed=0)[0]), indent=1) + "\n")
+    print(f"recorded {STATS_FILE}")
