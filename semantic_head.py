@@ -166,7 +166,9 @@ def feature_qk_map(bilinear, X: torch.Tensor, k: int, chunk: int = 256, progress
     """Row statistics and top-k keys of S = X W X^T, streamed over query chunks.
 
     Every statistic is of one row, so the chunk size changes memory (a [chunk, n] score block and
-    a few temporaries of its size), not the numbers.
+    a few temporaries of its size), not the numbers beyond float32 round-off (the block's matmul
+    rounds as the BLAS kernel chosen for its shape does; a self-rank can move only by keys within
+    round-off of the diagonal).
 
     ``bilinear`` is a ``common.factored.Factored`` (scaled, bias-free). Returns tensors over features:
     diag, row_mean, row_std, diag_z, self_rank (keys scoring strictly above the diagonal),
