@@ -174,9 +174,13 @@ def test_composition_scores_equal_transformer_lens_all_pairs(planted_model):
         np.testing.assert_allclose(sub.score.to_numpy(), want, rtol=1e-4, atol=1e-6)
 
 
-def test_composition_scores_equal_transformer_lens_per_writer_exactly(planted_model):
-    """Reader layer by reader layer gives bit for bit TransformerLens' composition_scores of one
-    writer against every later layer at once (the previous writer-by-writer computation)."""
+def test_composition_scores_equal_transformer_lens_per_writer_to_round_off(planted_model):
+    """Reader layer by reader layer gives TransformerLens' composition_scores of one writer against
+    every later layer at once (the previous writer-by-writer computation) to float32 round-off:
+    rtol 1e-5, atol 5e-7 (each is within 1.3e-6 relative, 1.1e-7 absolute of the float64 scores
+    here). Not bit for bit: the two batch the SVDs and matmuls differently (one layer's heads vs
+    one writer against all later layers), and the kernels' round-off depends on the batch shape,
+    differently on different CPUs."""
     from transformer_lens.utilities import composition_scores
 
     from succession_ablation import composition_table
@@ -193,7 +197,7 @@ def test_composition_scores_equal_transformer_lens_per_writer_exactly(planted_mo
                 want = composition_scores(model.OV[l, h], rights[mode]).float().numpy()[rl > l]
                 got = pairs[(pairs["mode"] == mode) & (pairs.writer_layer == l) & (pairs.writer_head == h)]
                 assert (got.reader_layer.to_numpy() == rl[rl > l]).all() and (got.reader_head.to_numpy() == rh[rl > l]).all()
-                np.testing.assert_array_equal(got.score.to_numpy(), want)
+                np.testing.assert_allclose(got.score.to_numpy(), want, rtol=1e-5, atol=5e-7)
 
 
 def test_ablations_from_the_cached_residual_equal_whole_model_runs(planted_model, tokenizer, truth):
