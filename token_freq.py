@@ -2,7 +2,7 @@
 frequent tokens" for clustering.py and cosine_attention_analysis.py.
 
 Method: every line of the corpus (with its newline) is encoded with the GPT-2 tokenizer (the
-vendored copy, common.model.load_tokenizer; the same for every --model, because all supported
+vendored copy, common.gpt2_tokenizer.load_tokenizer; the same for every --model, because all supported
 models share GPT-2's vocabulary), exactly as the original repository's line-by-line loop did,
 so "\\n\\n" counts as two "\\n" tokens. Lines are sent in batches to the Rust fast tokenizer
 (encode_batch_fast) on --workers processes, with at most 2 x workers batches in flight, so memory
