@@ -135,7 +135,9 @@ def compute(args) -> Results:
     if unit == "rows":  # dataset rows are counted as they are read, bytes as they are counted
         batches = _count_rows(batches, bar)
     t0 = time.perf_counter()
-    counts = freq.count_tokens(batches, args.workers, tokenizer.vocab_size, on_batch=step, tokenizer=tokenizer)
+    # tokenizer=None: the vendored GPT-2 tokenizer, which tiktoken counts (no need to compare the
+    # one just loaded with it, which costs a second load and both vocabularies compared)
+    counts = freq.count_tokens(batches, args.workers, tokenizer.vocab_size, on_batch=step)
     seconds = time.perf_counter() - t0
     bar.close()
 
