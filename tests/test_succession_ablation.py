@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import check_help_and_common_errors, run_main, run_script
+from conftest import check_help_and_common_errors, run_script
+from script_run import run_then_render
 from shared_weights import requires_shared
 
 SCRIPT = "succession_ablation.py"
@@ -24,11 +25,18 @@ CATEGORIES = "days,months,digits"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, planted_model):
+def runs(tmp_path_factory, planted_model):
+    """One run, its figures drawn once, by render(out_dir) from the saved results (script_run)."""
     out = tmp_path_factory.mktemp("succession_ablation")
-    run_main(SCRIPT, "--model", "planted", "--out", out, "--categories", CATEGORIES, "--n-mined", "12",
-             "--min-mined", "5", "--n-reference", "8", "--reference-len", "32", "--n-boot", "200", "--threads", "1")
-    return out
+    drawn = run_then_render(SCRIPT, out, "--model", "planted", "--categories", CATEGORIES, "--n-mined", "12",
+                            "--min-mined", "5", "--n-reference", "8", "--reference-len", "32", "--n-boot", "200",
+                            "--threads", "1")
+    return out, drawn
+
+
+@pytest.fixture(scope="module")
+def run(runs):
+    return runs[0]
 
 
 def test_outputs_and_cases(run, tokenizer):
@@ -133,12 +141,9 @@ def test_verdict_bands():
     assert v["label"] == "Weak" and v["firm"] and "against" in v["text"]
 
 
-def test_render_redraws_from_saved_files(run):
-    from succession_ablation import render
-
-    for p in run.glob("*.png"):
-        p.unlink()
-    paths = render(run)
+def test_render_redraws_from_saved_files(runs):
+    """render(out_dir) drew every figure into a folder that held only the saved results."""
+    run, paths = runs
     assert [p.name for p in paths] == ["effects.png"] + (["composition.png"] if len(pd.read_csv(run / "composition.csv")) else [])
     assert all(p.stat().st_size > 0 for p in paths)
 
