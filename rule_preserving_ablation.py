@@ -98,7 +98,7 @@ MECHANISM = {
 }
 QUERY_TYPES = ("no category", "category, no partner", "category with partner")
 TOKEN_LEVEL = ("mean", "resample", "rules")  # variants whose per-token KL is kept (query types, failures)
-UNEMBED_MIN_ROWS = 64  # positions per unembedding: fewer than 16 change MKL's round-off (tests check 64)
+UNEMBED_MIN_ROWS = 64  # positions per unembedding (fewer than 16 moved MKL's round-off the most; equal to one unembedding to round-off)
 
 
 def parse_args(argv):
@@ -265,8 +265,8 @@ def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
     bar = tqdm(total=math.ceil(n / bs) * (len(variants) + 1), desc="forward passes (layers L..end)", unit="pass")
     # Memory: layers L..end run on the whole batch and keep only what the unembedding reads (a
     # d_model vector per position); the logits are made a few windows at a time (at least
-    # UNEMBED_MIN_ROWS positions: the same numbers as one unembedding of the batch, which the tests
-    # check), so at most two vocabulary-sized tensors of those windows exist at once (the clean
+    # UNEMBED_MIN_ROWS positions: the numbers of one unembedding of the batch to float32 round-off,
+    # which the tests check), so at most two vocabulary-sized tensors of those windows exist at once (the clean
     # log-probs, made in place, and one variant's logits), and the KL works on blocks of positions.
     group = max(1, math.ceil(UNEMBED_MIN_ROWS / pos))
     for s in range(0, n, bs):

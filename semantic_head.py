@@ -167,7 +167,9 @@ def feature_qk_map(bilinear, X: torch.Tensor, k: int, chunk: int = 256, progress
     """Row statistics and top-k keys of S = X W X^T, streamed over query chunks.
 
     Every statistic is of one row, so the chunk size changes memory (a [chunk, n] score block and
-    a few temporaries of its size), not the numbers.
+    a few temporaries of its size), not the numbers beyond float32 round-off (the block's matmul
+    rounds as the BLAS kernel chosen for its shape does; a self-rank can move only by keys within
+    round-off of the diagonal).
 
     ``bilinear`` is a ``common.factored.Factored`` (scaled, bias-free). Returns tensors over features:
     diag, row_mean, row_std, diag_z, self_rank (keys scoring strictly above the diagonal),
@@ -227,7 +229,8 @@ def run_prompts(model, sae, tokens, layer, head, hook_name, group_ids, batch_siz
     Memory: a batch's activations [positions, d_sae] once, encoded :data:`ENCODE_POSITIONS`
     positions at a time; firing counts, per-token maxima and the merge of the running top tokens go
     :data:`FEATURE_BLOCK` features at a time. Each position and each feature is handled on its own,
-    so neither block size changes the result.
+    so neither block size changes the result beyond float32 round-off (the encoder's matmul rounds
+    as the BLAS kernel chosen for its number of rows does; FEATURE_BLOCK changes nothing at all).
     """
     d_sae = sae.cfg.d_sae
     best_val = torch.full((d_sae, n_label), -math.inf)

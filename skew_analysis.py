@@ -96,7 +96,6 @@ from common.head_qk import FactoredQK
 from common.head_replacement import score_hooks, z_hooks
 from common.metrics import mean_ci
 from common.memory import release
-from common.model import forget_models
 from common.plotting import plt, save_figure
 from common.prompts import category_prompts, category_token_ids, group_token_ids
 from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
@@ -477,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = s.out_dir
     save_results(out_dir, results, args, SCRIPT)
     del s
+    from common.model import forget_models  # imports transformer_lens: not at module level (--help)
+
     forget_models()
     render(out_dir)
     report(results, out_dir, args.layer, args.head)

@@ -2,7 +2,7 @@
 frequent tokens" for clustering.py and cosine_attention_analysis.py.
 
 Method: every line of the corpus (with its newline) is encoded with the GPT-2 tokenizer (the
-vendored copy, common.model.load_tokenizer; the same for every --model, because all supported
+vendored copy, common.gpt2_tokenizer.load_tokenizer; the same for every --model, because all supported
 models share GPT-2's vocabulary), exactly as the original repository's line-by-line loop did,
 so "\\n\\n" counts as two "\\n" tokens. Lines are sent in batches to the Rust fast tokenizer
 (encode_batch_fast) on --workers processes, with at most 2 x workers batches in flight, so memory
@@ -136,7 +136,9 @@ def compute(args) -> Results:
     if unit == "rows":  # dataset rows are counted as they are read, bytes as they are counted
         batches = _count_rows(batches, bar)
     t0 = time.perf_counter()
-    counts = freq.count_tokens(batches, args.workers, tokenizer.vocab_size, on_batch=step, tokenizer=tokenizer)
+    # tokenizer=None: the vendored GPT-2 tokenizer, which tiktoken counts (no need to compare the
+    # one just loaded with it, which costs a second load and both vocabularies compared)
+    counts = freq.count_tokens(batches, args.workers, tokenizer.vocab_size, on_batch=step)
     seconds = time.perf_counter() - t0
     bar.close()
 

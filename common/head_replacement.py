@@ -359,9 +359,11 @@ def final_residual(model, resid_pre: torch.Tensor, layer: int, hooks: list) -> t
 
 
 def unembed(model, x: torch.Tensor) -> torch.Tensor:
-    """Logits of ``x`` [..., d_model]: TransformerLens' Unembed (F.linear with the bias fused, the
-    same numbers) without the transposed copy of W_U it makes on every call (twice the size of a
-    batch's logits at gpt2-small size)."""
+    """Logits of ``x`` [..., d_model]: TransformerLens' Unembed (F.linear with the bias fused)
+    without the transposed copy of W_U it makes on every call (twice the size of a batch's logits
+    at gpt2-small size). The same numbers to float32 round-off, not bit for bit: W_U is read in the
+    other memory layout, and the BLAS kernel (the order of its sums) may differ with the layout and
+    with the number of rows, differently on different CPUs."""
     from transformer_lens.utilities.activation_functions import apply_softcap
 
     return apply_softcap(F.linear(x, model.W_U.T, model.b_U), model.cfg.output_logits_soft_cap)
@@ -370,7 +372,7 @@ def unembed(model, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def run_from_layer(model, resid_pre: torch.Tensor, layer: int, hooks: list) -> torch.Tensor:
     """Logits of layers L..end on a cached residual, with ``hooks`` (:func:`final_residual`, then
-    :func:`unembed`: the model's logits, bit for bit; hooks on ``unembed.hook_in``/``hook_out``
+    :func:`unembed`: the model's logits to float32 round-off; hooks on ``unembed.hook_in``/``hook_out``
     do not fire)."""
     return unembed(model, final_residual(model, resid_pre, layer, hooks))
 

@@ -142,21 +142,34 @@ def git_version() -> str:
         return "unknown"
 
 
+def package_version(module: str, distribution: str | None = None) -> str:
+    """``module.__version__`` if the module is imported and has one, else the installed
+    distribution's version (without importing the module), else "unknown"."""
+    version = getattr(sys.modules.get(module), "__version__", None)
+    if version is None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version(distribution or module)
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+    return str(version)
+
+
 def write_meta(out_dir: Path, args, extra: dict | None = None, script: str | None = None) -> Path:
     """meta.json: the model, seed and every argument of the run, the code version and timing.
 
     ``script`` names the script when it runs in-process (tests, run_all --render-only); by default
-    the command line's."""
-    import torch
-    import transformer_lens
-
+    the command line's. Library versions come from the installed distributions when the library
+    is not imported yet (token_freq.py never imports torch's heavy users, nor transformer_lens:
+    importing it to read a version string would cost seconds)."""
     meta = {
         "script": f"{script}.py" if script else Path(sys.argv[0]).name,
         "argv": sys.argv[1:] if not script or Path(sys.argv[0]).stem == script else None,
         "args": vars(args) if hasattr(args, "__dict__") else dict(args),
         "version": git_version(),
-        "torch": torch.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "torch": package_version("torch"),
+        "transformer_lens": package_version("transformer_lens", "transformer-lens"),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if extra:

@@ -1,7 +1,11 @@
-"""Shared fixtures: the planted model, built once per session into a temporary cache."""
+"""Shared fixtures: the planted model, built once per test session into a temporary cache that
+every pytest-xdist worker of the session (and every script they start) shares."""
 
+import fcntl
+import gc
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,29 +16,86 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# torch intra-op threads in the test processes. One: `make test` runs two pytest workers on two
+# cores, so more threads per worker only oversubscribe the cores; and a fixed count keeps every
+# float result of a session computed the same way (a script's --threads changes it for the rest
+# of the process, so it is put back after every test). Scripts started as subprocesses keep their
+# own default.
+TEST_THREADS = 1
+
+
+@contextmanager
+def _session_lock(cache: Path, name: str):
+    """An exclusive lock on ``cache/.<name>.lock``, shared by the session's worker processes: the
+    first one builds, the others wait and then read what it built."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def planted_cache(tmp_path_factory):
-    """Scripts run as subprocesses inherit L1H5_CACHE, so the planted folder is built once."""
+    """The session's cache folder (L1H5_CACHE, inherited by scripts run as subprocesses). Under
+    pytest-xdist the workers share one folder beside their own temporary folders, so the planted
+    folder, its processed weights and its effective embeddings are built once per session, not
+    once per worker (every cache writer is atomic and race-safe; the locks below only save the
+    duplicate work)."""
     if "L1H5_CACHE" not in os.environ:
-        os.environ["L1H5_CACHE"] = str(tmp_path_factory.mktemp("l1h5-cache"))
+        base = tmp_path_factory.getbasetemp()
+        cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "l1h5-cache"
+        os.environ["L1H5_CACHE"] = str(cache)
     return Path(os.environ["L1H5_CACHE"])
+
+
+def _built_planted_folder(cache: Path) -> Path:
+    """The planted folder of ``cache``, built by the first worker that asks (the others wait)."""
+    from common.planted import planted_folder
+
+    with _session_lock(cache, "planted"):
+        return planted_folder()
+
+
+@pytest.fixture(autouse=True)
+def _fixed_torch_threads():
+    """Every test starts and ends at TEST_THREADS torch threads (see above)."""
+    import torch
+
+    torch.set_num_threads(TEST_THREADS)
+    yield
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")
 def planted_model(planted_cache):
+    """The planted model (common.model.load_model), with its layer-1 effective embeddings cached:
+    the first worker builds the processed-weights entry and the embeddings, the others map them."""
     import torch
 
+    from common.effective_embeddings import effective_embeddings
     from common.model import load_model
 
     torch.set_grad_enabled(False)
-    return load_model("planted")
+    _built_planted_folder(planted_cache)
+    with _session_lock(planted_cache, "planted-model"):
+        model = load_model("planted")
+        effective_embeddings(model, 1)
+    # The libraries and the model are about 0.5 million long-lived Python objects, which every full
+    # garbage collection would walk again (about 0.3-1 s each; scripts collect between phases,
+    # common.memory.release): frozen, later collections walk only what the tests make.
+    gc.collect()
+    gc.freeze()
+    return model
 
 
 @pytest.fixture(scope="session")
 def truth(planted_cache):
     from common.planted import ground_truth
 
+    _built_planted_folder(planted_cache)
     return ground_truth()
 
 

@@ -63,6 +63,39 @@ def test_file_route_with_crlf_equals_the_per_line_loop(tokenizer, lines, tmp_pat
     assert np.array_equal(got, want)
 
 
+# Pieces of text where encoding lines joined could differ from encoding them one by one: every
+# kind of whitespace GPT-2's pattern or str.split treat differently (newline, CR, CRLF, tab,
+# vertical tab, form feed, NEL, no-break, ideographic and line-separator spaces, and \x1c, which
+# Python calls a space and the pattern does not), runs of them, and what may follow them.
+PIECES = [" ", "  ", "\t", "\n", "\n", "\n", "\r\n", "\r", "\x0b", "\x0c", "\x85", "\u00a0", "\u2028",
+          "\u3000", "\x1c", "a", "Zq", "1", "23", "'s", "'", "!", ".,", "é", "東", "😀", "<|endoftext|>"]
+
+
+def test_batches_encode_to_exactly_the_per_line_ids(tokenizer):
+    """common.freq.batch_ids_tiktoken (one tiktoken call per batch, LINE_PAT_STR first in the
+    pattern) against each line encoded on its own, with the plain GPT-2 pattern and with the
+    Hugging Face tokenizer: seeded random text of PIECES, as a file blob (lines split on "\n",
+    CRLF read as LF) and as a list of strings (some without a final newline, some holding several
+    lines, each of which must be encoded on its own)."""
+    import random
+
+    rng = random.Random(0)
+    enc = freq.tiktoken_encoding()
+    for trial in range(400):
+        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 80)))
+        lines = freq.split_lines(text)
+        want = [i for line in lines for i in enc.encode(line, allowed_special="all")]
+        assert freq.batch_ids_tiktoken(text.encode()).tolist() == want, repr(text)
+        assert freq.batch_ids_tiktoken(lines).tolist() == want, repr(text)
+        if trial % 4 == 0:  # the independent reference, on a quarter of the texts (it is slow)
+            assert want == [i for line in lines for i in tokenizer.encode(line)], repr(text)
+        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, 4)))
+        strings = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]  # any number of "\n", anywhere
+        assert freq.batch_ids_tiktoken(strings).tolist() == [
+            i for s in strings for i in enc.encode(s, allowed_special="all")], repr(text)
+    assert freq.batch_ids_tiktoken([]).tolist() == freq.batch_ids_tiktoken(b"").tolist() == []
+
+
 def test_tiktoken_ids_equal_huggingface_for_every_code_point(tokenizer):
     """Every Unicode scalar value in runs of consecutive code points, and the first 12288 plus a
     seeded sample of the rest also after a space, between letters and digits and before a

@@ -178,7 +178,20 @@ def test_feature_map_streaming_equals_dense():
     res = feature_qk_map(f, X, k=4, chunk=40, progress=False)
     S = f.scores(X, X)
     assert torch.allclose(res["diag"], S.diagonal(), atol=1e-4)
-    assert torch.equal(res["self_rank"].long(), (S > S.diagonal()[:, None]).sum(-1))
+    # self-rank against float64 scores: keys more than a round-off band above the diagonal count,
+    # those more than it below do not, those inside it may count either way (the streamed
+    # [chunk, n] matmul rounds as the BLAS kernel chosen for its shape does, which differs between
+    # CPUs, so equal ranks are not guaranteed there). Band: 1e-6 |q| (|k_j| + |k_self|), the
+    # Cauchy-Schwarz bounds of the two scores compared (float32 is within 2.3e-7 of that here).
+    q64, k64 = X.double() @ f.left.double(), X.double() @ f.right.double()
+    S64 = q64 @ k64.T
+    kn = k64.norm(dim=-1)
+    band = 1e-6 * q64.norm(dim=-1)[:, None] * (kn[None, :] + kn[:, None])
+    others = S64.clone().fill_diagonal_(-float("inf"))
+    lo = (others > S64.diagonal()[:, None] + band).sum(-1)
+    hi = (others > S64.diagonal()[:, None] - band).sum(-1)
+    rank = res["self_rank"].long()
+    assert ((lo <= rank) & (rank <= hi)).all() and (hi > lo).sum() <= 0.05 * len(X)  # the band decides little
     off = S.clone()
     off.fill_diagonal_(-float("inf"))
     assert torch.allclose(res["top_score"], torch.topk(off, 4, -1).values, atol=1e-4)
@@ -187,7 +200,11 @@ def test_feature_map_streaming_equals_dense():
 
 def test_run_prompts_blocks_match_a_direct_computation(sae_run, planted_model, monkeypatch):
     """run_prompts encodes a few positions and merges a few features at a time: with tiny blocks
-    its firing rates and top tokens equal those of all positions encoded at once."""
+    its firing rates and top tokens equal those of all positions encoded at once. The batches and
+    encoder blocks differ from the reference's, so activations agree only to float32 round-off
+    (values: rel 1e-5); counts and token order are still exact here because the planted SAE keeps
+    every pre-activation >= 0.11 from its threshold and distinct top values >= 5e-4 apart
+    (relative), far beyond round-off (measured)."""
     from sae_lens import SAE
 
     import semantic_head as sh
