@@ -49,6 +49,7 @@ from rich.table import Table
 from common.claims import POST, Claim, Evidence, all_of, at_least, interval, near, number, protocol, target
 from common.cli import add_protocol_flag, apply_protocol, base_parser, start
 from common.outputs import FIGURES, prepare_out_dir
+from common.planted_names import check_model_name
 from common.metrics import MASS_PARTS, all_head_patterns, head_survey, mean_ci
 from common.outputs import write_text
 from common.prompts import category_prompts
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.model) == 1:
         run_one(argparse.Namespace(**{**vars(args), "model": args.model[0]}))
         return 0
+    check_model_name(args.model)  # every name before the first folder: planted:<unknown> stops here
     out_dir = prepare_out_dir(args.out or FIGURES / "cross_model" / SCRIPT, SCRIPT)
     summaries = []
     for name in args.model:

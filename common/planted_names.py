@@ -38,11 +38,15 @@ CLAIM_IDS = ("head-survey", "component-ablation", "position-independence", "spec
 TWINS: dict[str, Twin] = {
     "copying": Twin(
         "the identity-code term of L1H5 flipped: self and earlier copies attract (+w_U^2) instead of repel",
-        # self (38 logits) outweighs the category (12): ablating MLP0 changes nothing
-        # (component-ablation), and BOS gets no mass, so removing the skew (BOS) term cannot help
-        # (skew-downstream)
+        # self (38 logits) outweighs the category (12) and BOS (7): ablating MLP0 changes nothing
+        # (component-ablation); BOS gets no mass, so removing the skew (BOS) term cannot help
+        # (skew-downstream); self-attention is on from the start, so no edit "turns it back on"
+        # (eigen-steering, gradient-steering); nearly all mass is on self, so the attention graph
+        # has no category edges (clustering) and the head is the naive similarity head it was
+        # said to differ from (naive-similarity); the rules' pattern is not the head's
+        # (rules-explained)
         ("head-survey", "component-ablation", "skew-downstream", "self-rank", "eigen-steering", "cosine-peak",
-         "rules-explained"),
+         "clustering", "gradient-steering", "naive-similarity", "rules-explained"),
     ),
     "positional": Twin(
         "L1H5 also reads the positional embedding: a key-position logit (std LOGIT_POSITIONAL over the "

@@ -71,6 +71,11 @@ def test_unknown_twin_stops_before_anything_is_written(tmp_path):
     proc = run_script("run_all.py", "--model", "planted:nope", "--root", str(root), check=False)
     assert proc.returncode != 0 and "planted:copying" in proc.stderr and "Traceback" not in proc.stderr
     assert not root.exists()
+    import characterize_head  # several models (cross-model table): every name is checked first
+
+    with pytest.raises(SystemExit) as e:
+        characterize_head.main(["--model", "planted", "planted:nope", "--out", str(out)])
+    assert "planted:skew" in str(e.value.code) and not out.exists()
 
 
 def test_ground_truth_declares_twin_and_false_claims(twins, truth):
