@@ -33,18 +33,30 @@ queries whose only allowed key is BOS.
 
 Position independence: the same prompts are re-run (a) with their words shuffled, (b) with the
 words' positions shifted by --shift (BOS stays at position 0; positional embeddings of positions
-p + shift are fed in through ``hook_pos_embed``), (c) left-padded with --pad <|endoftext|> tokens
-(no attention mask, as a naive batch would). For each query word, its attention restricted to the
-keys it can see in both arrangements (always BOS and itself) and renormalised is its token-pair
-pattern; a position-independent head gives the same numbers. Reported per head: Pearson
-correlation, max and mean absolute difference over all (query, key) pairs.
+p + shift are fed in through ``hook_pos_embed``), (c) padded: --pad copies of a filler token
+(--pad-word, default " the": one token, not BOS, in no category) inserted between BOS and the
+words, so BOS keeps position 0 and the words move by --pad with real tokens before them. For each
+query word, its attention restricted to the keys it can see in both arrangements (always BOS and
+itself) and renormalised is its token-pair pattern; a position-independent head gives the same
+numbers. Reported per head: Pearson correlation, max and mean absolute difference over all
+(query, key) pairs, and, unrenormalised, the mean mass the word queries put on BOS, clean
+(``bos_mass_clean``) and rearranged (``bos_mass``), and on the inserted tokens (``pad_mass``).
+
+Until issue 20 (c) left-padded with <|endoftext|>, which is also BOS: the pad took position 0 and
+the real BOS moved to position --pad, with --pad more BOS-like keys in front of it, so a head's
+BOS mass (rule 3) was split between them and the renormalised pattern mixed that in. That old
+arrangement is kept as a diagnostic under its own name, ``BOS-padded (BOS moved)``, in its own
+table (position_bos_padded.csv, same columns), not among the position variants the claim reads.
 
 Outputs (``figures/component_ablation/`` by default):
   scores.csv                     per prompt, condition (ablation x method) and head: the score
   summary.csv                    mean, 95% CI, median and ratio to clean per condition and head
   ablation_boxplot.png           target head: score per prompt, clean vs every ablation
   ablation_heads.png             every head of the layer: log ratio of mean score to clean
-  position_independence.csv      per variant and head: correlation, max/mean |difference|
+  position_independence.csv      per variant and head: correlation, max/mean |difference|, BOS mass
+                                 clean and rearranged, mass on the inserted pads
+  position_bos_padded.csv        the same for the old <|endoftext|> left-padding (BOS moved), a
+                                 diagnostic, not a position variant
   position_independence.png      target head: token-pair pattern clean vs rearranged (one prompt)
                                  and all pairs as a scatter, per variant
   position_example.csv           the figure's top row: target head, first prompt, every (query, key)
@@ -87,7 +99,9 @@ from common.results import Results, load_meta, load_table, save_results
 SCRIPT = "component_ablation"
 CLEAN = "clean"
 MLP0_ONLY = "MLP0 output only"
-VARIANTS = ("shuffled", "shifted", "padded")
+VARIANTS = ("shuffled", "shifted", "padded")  # the position variants (claim position-independence)
+BOS_PADDED = "BOS-padded (BOS moved)"  # the old left-padding with <|endoftext|>: a diagnostic (docstring)
+PAD_WORD = " the"  # the default filler of the padded variant: one token, not BOS, in no category
 PUBLISHED = {"clean": 0.66, "token embedding": 2.1, "layer-0 MLP": 1.75,
              "positional embedding": "about unchanged", "layer-0 attention": "about unchanged"}
 PAIR_DECIMALS = 3  # the scatter's resolution (1/1000 of its axes): identical points are stored once, counted
@@ -109,7 +123,9 @@ def parse_args(argv):
     p.add_argument("--ablate-bos", action=argparse.BooleanOptionalAction, default=None,
                    help="also replace position 0, BOS (default: no; --protocol post: yes)")
     p.add_argument("--shift", type=int, default=40, help="position offset of the words in the 'shifted' variant")
-    p.add_argument("--pad", type=int, default=8, help="number of left-padding tokens in the 'padded' variant")
+    p.add_argument("--pad", type=int, default=8, help="number of filler tokens after BOS in the 'padded' variant")
+    p.add_argument("--pad-word", default=PAD_WORD,
+                   help="the filler token of the 'padded' variant (one GPT-2 token, not BOS, in no category)")
     args = apply_protocol(p.parse_args(argv), n_prompts="ablation_prompts", seq_len="ablation_words",
                           repeat_prob="repeat_prob", ablate_bos="ablate_bos")
     if args.n_prompts < 2 or args.n_reference < 1:
@@ -130,6 +146,19 @@ def check_args(model, args) -> None:
                          "feed layer 1 onwards")
     if args.seq_len + 1 > model.cfg.n_ctx:
         raise SystemExit(f"error: --seq-len {args.seq_len} + BOS exceeds the model's context of {model.cfg.n_ctx}")
+    pad_token_id(model.tokenizer, args.pad_word, PROTOCOLS[args.protocol].categories)  # fails with a reason
+
+
+def pad_token_id(tokenizer, word: str, categories: dict[str, list[str]]) -> int:
+    """The padded variant's filler token: ``word`` as one GPT-2 token, not BOS, in no category."""
+    ids = tokenizer.encode(word, add_special_tokens=False)  # the model's tokenizer prepends BOS otherwise
+    if len(ids) != 1:
+        raise SystemExit(f"error: --pad-word {word!r} is {len(ids)} GPT-2 tokens, not one")
+    if ids[0] == tokenizer.bos_token_id:
+        raise SystemExit(f"error: --pad-word {word!r} is BOS: padding with BOS moves the sink (use another token)")
+    if word.strip() in {w for ws in categories.values() for w in ws}:
+        raise SystemExit(f"error: --pad-word {word!r} is a category word: the pads would be keys of the rules")
+    return ids[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +230,10 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def rearrange(tokens: torch.Tensor, variant: str, seed: int, shift: int, pad: int, pad_token: int, w_pos: torch.Tensor):
-    """(new tokens, pos_map [batch, n] original position -> new position, extra forward hooks)."""
+    """(new tokens, pos_map [batch, n] original position -> new position, extra forward hooks).
+
+    ``padded``: BOS, ``pad`` copies of ``pad_token``, the words; :data:`BOS_PADDED`: ``pad`` copies
+    of ``pad_token`` (the caller passes BOS), then the prompt, BOS included."""
     b, n = tokens.shape
     n_ctx = w_pos.shape[0]
     ident = torch.arange(n).expand(b, n).clone()
@@ -223,11 +255,16 @@ def rearrange(tokens: torch.Tensor, variant: str, seed: int, shift: int, pad: in
             return t
 
         return tokens.clone(), ident, [("hook_pos_embed", shifted_pos)]
-    if variant == "padded":
+    if variant in ("padded", BOS_PADDED):
         if n + pad > n_ctx:
             raise SystemExit(f"error: --pad {pad} + {n} tokens exceeds the context of {n_ctx} positions")
-        new = torch.cat([torch.full((b, pad), pad_token, dtype=tokens.dtype), tokens], 1)
-        return new, ident + pad, []
+        pads = torch.full((b, pad), pad_token, dtype=tokens.dtype)
+        if variant == BOS_PADDED:
+            return torch.cat([pads, tokens], 1), ident + pad, []
+        new = torch.cat([tokens[:, :1], pads, tokens[:, 1:]], 1)
+        pos_map = ident + pad
+        pos_map[:, 0] = 0  # BOS stays at position 0
+        return new, pos_map, []
     raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -253,11 +290,51 @@ def renormalise(pattern: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
+def rearranged_patterns(model, tokens, variant: str, args, pad_token: int):
+    """The layer's patterns of ``variant`` (:func:`rearrange`) mapped back to original (q, k)
+    indexing, the mask of keys visible in both arrangements, and per head and prompt the mean mass
+    the word queries put on the inserted pads ([head, batch]; 0 without pads)."""
+    new, pos_map, hooks = rearrange(tokens, variant, args.seed + 2, args.shift, args.pad, pad_token,
+                                    model.W_pos.detach())
+    pats, common_all, pad_mass = [], [], []
+    for i in range(0, len(new), args.batch_size):
+        pat = all_head_patterns(model, new[i : i + args.batch_size], layers=[args.layer], hooks=hooks)[0]
+        pm = pos_map[i : i + args.batch_size]
+        mapped, common = pair_patterns(pat, pm)
+        pats.append(mapped)
+        common_all.append(common)
+        is_pad = torch.ones(pat.shape[1], pat.shape[-1], dtype=torch.bool)  # [batch, new position]
+        is_pad.scatter_(1, pm, False)  # every position a prompt token went to is not a pad
+        rows = torch.gather(pat, 2, pm[None, :, 1:, None].expand(pat.shape[0], -1, -1, pat.shape[-1]))
+        pad_mass.append((rows * is_pad[None, :, None, :]).sum(-1).mean(-1))  # word queries' mass on pads
+    return torch.cat(pats, 1), torch.cat(common_all, 0), torch.cat(pad_mass, 1)
+
+
+def agreement_rows(variant: str, clean, moved, common, pad_mass) -> tuple:
+    """Per head: the renormalised token-pair patterns' agreement, and (unrenormalised) the word
+    queries' mean mass on BOS, clean and rearranged, and on the pads."""
+    a, b = renormalise(clean, common), renormalise(moved, common)
+    sel = common.clone()
+    sel[:, 0] = False  # query BOS sees only itself
+    rows = []
+    for h in range(clean.shape[0]):
+        x, y = a[h][sel].double(), b[h][sel].double()
+        corr = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+        d = (x - y).abs()
+        rows.append({"variant": variant, "head": h, "pearson_r": corr, "max_abs_diff": float(d.max()),
+                     "mean_abs_diff": float(d.mean()), "n_pairs": int(sel.sum()),
+                     "bos_mass_clean": float(clean[h, :, 1:, 0].double().mean()),
+                     "bos_mass": float(moved[h, :, 1:, 0].double().mean()),
+                     "pad_mass": float(pad_mass[h].double().mean())})
+    return rows, a, b, sel
+
+
 def position_independence(model, tokens, args, clean: list[torch.Tensor] | None = None) -> dict[str, pd.DataFrame]:
     """Per variant and head: agreement of the token-pair pattern with the clean run
     (``position_independence``); for the target head, the first prompt's pattern per variant
-    (``position_example``) and every visible pair of every prompt (``position_pairs``). ``clean``:
-    the clean per-batch patterns when already computed (:func:`layer_patterns`)."""
+    (``position_example``) and every visible pair of every prompt (``position_pairs``); the old
+    BOS-padded arrangement's rows (``position_bos_padded``, a diagnostic). ``clean``: the clean
+    per-batch patterns when already computed (:func:`layer_patterns`)."""
     layer, head, bs = args.layer, args.head, args.batch_size
     rows, pairs = [], []
     clean = torch.cat(layer_patterns(model, tokens, layer, bs) if clean is None else clean, 1)
@@ -269,30 +346,19 @@ def position_independence(model, tokens, args, clean: list[torch.Tensor] | None 
                             "key_token": np.array(labels)[kk.ravel()],
                             CLEAN: np.where(causal, clean[head, 0].numpy(), np.nan).ravel()})
     bos = model.tokenizer.bos_token_id
+    filler = pad_token_id(model.tokenizer, args.pad_word, PROTOCOLS[args.protocol].categories)
     for variant in VARIANTS:
-        new, pos_map, hooks = rearrange(tokens, variant, args.seed + 2, args.shift, args.pad, bos, model.W_pos.detach())
-        pats, common_all = [], []
-        for i in range(0, len(new), bs):
-            pat = all_head_patterns(model, new[i : i + bs], layers=[layer], hooks=hooks)[0]
-            mapped, common = pair_patterns(pat, pos_map[i : i + bs])
-            pats.append(mapped)
-            common_all.append(common)
-        moved, common = torch.cat(pats, 1), torch.cat(common_all, 0)
-        a, b = renormalise(clean, common), renormalise(moved, common)
-        sel = common.clone()
-        sel[:, 0] = False  # query BOS sees only itself
-        for h in range(clean.shape[0]):
-            x, y = a[h][sel].double(), b[h][sel].double()
-            corr = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
-            d = (x - y).abs()
-            rows.append({"variant": variant, "head": h, "pearson_r": corr, "max_abs_diff": float(d.max()),
-                         "mean_abs_diff": float(d.mean()), "n_pairs": int(sel.sum())})
+        moved, common, pad_mass = rearranged_patterns(model, tokens, variant, args, filler)
+        new_rows, a, b, sel = agreement_rows(variant, clean, moved, common, pad_mass)
+        rows += new_rows
         example[variant] = np.where(common[0].numpy(), b[head, 0].numpy(), np.nan).ravel()
         pairs.append(pd.DataFrame({"variant": variant, "clean": a[head][sel].numpy().round(PAIR_DECIMALS),
                                    "rearranged": b[head][sel].numpy().round(PAIR_DECIMALS)}))
+    moved, common, pad_mass = rearranged_patterns(model, tokens, BOS_PADDED, args, bos)
+    bos_padded = agreement_rows(BOS_PADDED, clean, moved, common, pad_mass)[0]
     pairs = pd.concat(pairs).groupby(["variant", "clean", "rearranged"], sort=False).size()
     return {"position_independence": pd.DataFrame(rows), "position_example": example,
-            "position_pairs": pairs.reset_index(name="n_pairs")}
+            "position_pairs": pairs.reset_index(name="n_pairs"), "position_bos_padded": pd.DataFrame(bos_padded)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,10 +497,13 @@ def report(results: Results) -> None:
     c = Console()
     c.print(t)
     t2 = Table(title=f"L{layer}H{head}: same tokens at other positions (token-pair pattern)")
-    for col in ("variant", "pearson r", "max |diff|", "mean |diff|"):
+    for col in ("variant", "pearson r", "max |diff|", "mean |diff|", "BOS mass clean", "BOS mass", "pad mass"):
         t2.add_column(col)
-    for _, r in pos[pos["head"] == head].iterrows():
-        t2.add_row(r.variant, f"{r.pearson_r:.5f}", f"{r.max_abs_diff:.3g}", f"{r.mean_abs_diff:.3g}")
+    diag = results.tables["position_bos_padded"]
+    for _, r in pd.concat([pos[pos["head"] == head], diag[diag["head"] == head]]).iterrows():
+        t2.add_row(r.variant + (" (diagnostic)" if r.variant == BOS_PADDED else ""), f"{r.pearson_r:.5f}",
+                   f"{r.max_abs_diff:.3g}", f"{r.mean_abs_diff:.3g}", f"{r.bos_mass_clean:.3f}", f"{r.bos_mass:.3f}",
+                   f"{r.pad_mass:.3f}")
     c.print(t2)
 
 

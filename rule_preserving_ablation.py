@@ -17,10 +17,15 @@ Method.
   reference position). BOS is left alone in both (common.ablation).
 * Rule-preserving ablation: the head's ``hook_pattern`` replaced by the rules' pattern -- uniform
   over the earlier keys in the query's category that are a different token, BOS when there is
-  none (tokens in no category attend to BOS) -- keeping the head's values and W_O. Categories come
-  from clustering.py's communities (``--communities``; by default the clustering output beside
-  this script's output folder, or the clustering default for the model) when present, else from
-  the category lists of common.prompts; which one is printed and stored in summary.json.
+  none (tokens in no category attend to BOS) -- keeping the head's values and W_O. The categories
+  are the word lists of common.prompts (every single-token spelling, where it is a whole word):
+  fixed before the head is looked at, so "the rules explain x%" tests the rules, not the head
+  against itself. ``--communities PATH`` (clustering.py's communities.csv) adds a labelled
+  variant, ``rules_communities``: the same rules with the communities as categories. Those
+  communities are computed from this head's own QK scores, so that variant is circular by
+  construction (it measures how well the head's own clusters describe the head) and is never
+  the ``rules`` row. Both sources are printed, stored in summary.json and meta.json, and named
+  in explained.csv's labels. (Until issue 20 the communities were the default categories.)
 * Mechanism-preserving variants: the head's attention logits recomputed from its own
   LN-normalised input with an edited W_QK (common.head_qk; bias cross-terms and 1/sqrt(d_head) kept
   as in the model, causal mask as TransformerLens applies it): W_sym alone (skew part dropped);
@@ -47,8 +52,9 @@ Reference (anchor, not a claim about L1H5): the copy-suppression study of gpt2-s
 (McDougall et al., 2023) found that preserving only the hypothesised mechanism explains 76.9% of
 that head's effect. Neither the original L1H5 repository nor the L1H5 post reports this number.
 
-Run: python rule_preserving_ablation.py --model planted --communities figures/demo/clustering/communities.csv
-     (real gpt2-small: --model gpt2-small; the communities default to clustering.py's output)
+Run: python rule_preserving_ablation.py --model planted      (the word lists; real gpt2-small: --model gpt2-small)
+     python rule_preserving_ablation.py --model planted --communities figures/demo/clustering/communities.csv
+                                       (adds the circular communities variant)
 """
 
 from __future__ import annotations
@@ -84,18 +90,19 @@ from common.head_replacement import (
 )
 from common.memory import release
 from common.natural_text import sample_windows, script_text_ids
-from common.outputs import default_out_dir
 from common.results import Results, load_summary, load_table, save_results
 
 SCRIPT = "rule_preserving_ablation"
 ANCHOR = 0.769  # copy suppression, L10H7 (McDougall et al., 2023)
 BASELINES = ("mean", "resample")
 MECHANISM = {
-    "rules": "three rules (pattern replaced)",
+    "rules": "three rules, word-list categories (pattern replaced)",
     "sym": "W_sym only (skew dropped)",
     "neg_zeroed": "W_QK, negative eigenvalues zeroed",
     "sym_neg_zeroed": "W_sym, negative eigenvalues zeroed",
 }
+COMMUNITIES = "rules_communities"  # the rules on clustering.py's communities (--communities PATH)
+COMMUNITIES_LABEL = "three rules, clustering.py communities (from this head's QK: circular)"
 QUERY_TYPES = ("no category", "category, no partner", "category with partner")
 TOKEN_LEVEL = ("mean", "resample", "rules")  # variants whose per-token KL is kept (query types, failures)
 UNEMBED_MIN_ROWS = 64  # positions per unembedding (fewer than 16 moved MKL's round-off the most; equal to one unembedding to round-off)
@@ -108,9 +115,10 @@ def parse_args(argv):
     p.add_argument("--n-reference", type=int, default=16, help="separate windows for the ablation statistics")
     p.add_argument("--window-len", type=int, default=96, help="tokens per window, BOS included")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (memory: about 2 vocabulary-sized tensors of batch x window-len x 50257 floats)")
-    p.add_argument("--communities", default=None,
-                   help="clustering.py communities.csv (id, community), or 'lists' for the category lists "
-                        "(default: clustering output if present, else the lists)")
+    p.add_argument("--communities", default=None, metavar="PATH",
+                   help="clustering.py communities.csv (id, community): adds the labelled, circular variant "
+                        f"{COMMUNITIES!r} (the rules on the head's own communities); the 'rules' row always uses "
+                        "the word lists. 'lists' (or nothing): no communities variant")
     p.add_argument("--k-values", default="auto",
                    help="k for the top-k eigen-direction curve: 'auto' (12 evenly spaced k up to rank 32, else 1, 2, 4, ... "
                         "and the full rank; each k costs one forward pass), 'all', or a comma list")
@@ -165,16 +173,13 @@ def load_windows(args, tokenizer) -> Windows:
     return Windows(tokens[ev], tokens[ref], [starts[i] for i in ev], description, len(ids))
 
 
-def resolve_categories(arg: str | None, out_dir: Path, model_name: str, tokenizer, d_vocab: int):
-    if arg == "lists":
-        return categories_from_lists(tokenizer, d_vocab)
-    if arg is not None:
-        return categories_from_communities(arg, d_vocab)
-    for cand in (out_dir.parent / "clustering" / "communities.csv",
-                 default_out_dir("clustering", model_name) / "communities.csv"):
-        if cand.exists():
-            return categories_from_communities(cand, d_vocab)
-    return categories_from_lists(tokenizer, d_vocab)
+def resolve_categories(arg: str | None, tokenizer, d_vocab: int) -> dict:
+    """Variant -> categories of the rules' patterns: ``rules`` always from the word lists; with a
+    community table (``arg`` a path) also :data:`COMMUNITIES` from it ('lists' or None: none)."""
+    cats = {"rules": categories_from_lists(tokenizer, d_vocab)}
+    if arg not in (None, "lists"):
+        cats[COMMUNITIES] = categories_from_communities(arg, d_vocab)
+    return cats
 
 
 def parse_k_values(spec: str, rank: int) -> list[int]:
@@ -252,13 +257,14 @@ def variant_hooks(layer: int, head: int, scorers: dict, ref_z: torch.Tensor, see
     return hooks
 
 
-def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
+def variant_kls(model, args, tokens, resid_pre, rule_cats: dict, hooks: dict[str, list]):
     """KL(clean || variant) per window (every variant) and per token (:data:`TOKEN_LEVEL`), running
-    layers L..end from the cached residual."""
+    layers L..end from the cached residual. ``rule_cats``: rules variant -> its categories
+    (:func:`resolve_categories`)."""
     from tqdm import tqdm
 
     layer, bs = args.layer, args.batch_size
-    variants = ["mean", "resample", "rules", *[v for v in hooks if v not in ("mean", "resample")]]
+    variants = ["mean", "resample", *rule_cats, *[v for v in hooks if v not in ("mean", "resample")]]
     n, pos = tokens.shape
     window_kl = {v: np.zeros(n) for v in variants}
     kl_tok = {v: torch.zeros(n, pos - 1) for v in TOKEN_LEVEL}
@@ -275,7 +281,7 @@ def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
         x = {"clean": final_residual(model, resid_pre[sl], layer, [])}
         bar.update()
         for v in variants:
-            h = pattern_hooks(layer, args.head, rules_pattern(tokens[sl], cats)) if v == "rules" else hooks[v]
+            h = pattern_hooks(layer, args.head, rules_pattern(tokens[sl], rule_cats[v])) if v in rule_cats else hooks[v]
             x[v] = final_residual(model, resid_pre[sl], layer, h)
             bar.update()
         for g in range(0, len(x["clean"]), group):
@@ -291,14 +297,24 @@ def variant_kls(model, args, tokens, resid_pre, cats, hooks: dict[str, list]):
     return window_kl, kl_tok
 
 
+def variant_labels() -> dict[str, str]:
+    return {**MECHANISM, COMMUNITIES: COMMUNITIES_LABEL}
+
+
+def mechanism_variants(have) -> list[str]:
+    """The explained table's variants present in ``have`` (a dict or a list of names), in order:
+    the mechanism variants, then the communities variant when it was run."""
+    return [v for v in variant_labels() if v in have]
+
+
 def explained_tables(window_kl: dict, k_values: list[int], eig_info: dict, n_boot: int, seed: int):
     """(explained: every mechanism variant vs both baselines, k_curve: top-k eigen-directions vs mean ablation)."""
     idx = bootstrap_indices(len(window_kl["mean"]), n_boot, seed)
     rows = []
     for b in BASELINES:
-        for v in [*MECHANISM, *BASELINES]:
+        for v in [*mechanism_variants(window_kl), *BASELINES]:
             r = explained_fraction(window_kl[v], window_kl[b], idx)
-            rows.append({"variant": v, "label": MECHANISM.get(v, f"{v} ablation"), "baseline": b,
+            rows.append({"variant": v, "label": variant_labels().get(v, f"{v} ablation"), "baseline": b,
                          "mean_kl": float(window_kl[v].mean()), "mean_kl_baseline": float(window_kl[b].mean()), **r})
     lam = eig_info["eigenvalues_by_magnitude"]
     krows = []
@@ -372,8 +388,11 @@ def query_type_table(tokens, mask, pattern, kls: dict[str, torch.Tensor], cats) 
 # ----------------------------------------------------------------------------------------------
 
 
-def compute(model, args, windows: Windows, cats) -> Results:
+def compute(model, args, windows: Windows, rule_cats: dict) -> Results:
+    """``rule_cats``: :func:`resolve_categories` (``rules``: the word lists; optionally the
+    communities variant). The query-type and worst-failure tables use the word lists."""
     t0 = time.time()
+    cats = rule_cats["rules"]
     layer, head, ev = args.layer, args.head, windows.evaluated
     scorers, eig_info, k_values = mechanism_scorers(model, layer, head, args.k_values)
     # Layers 0..L once: the cached residual feeds every variant; the check pattern proves the
@@ -385,7 +404,7 @@ def compute(model, args, windows: Windows, cats) -> Results:
         print(f"warning: recomputed pattern differs from the model's by {exact_diff:.2e} (> 1e-4)")
     hooks = variant_hooks(layer, head, scorers, ref_cache["z"], args.seed)
     release()  # between phases, the heap's freed pages go back to the OS (common.memory)
-    window_kl, kl_tok = variant_kls(model, args, ev, cache["resid_pre"], cats, hooks)
+    window_kl, kl_tok = variant_kls(model, args, ev, cache["resid_pre"], rule_cats, hooks)
 
     explained, k_curve = explained_tables(window_kl, k_values, eig_info, args.n_boot, args.seed)
     mask = rules_mask(ev, cats)
@@ -401,10 +420,13 @@ def compute(model, args, windows: Windows, cats) -> Results:
         "text": windows.description, "n_windows": n, "n_reference_windows": len(windows.reference),
         "window_len": args.window_len, "n_tokens_evaluated": n * (pos - 1),
         "categories_source": cats.source, "n_categories": len(cats.names), "n_category_tokens": cats.n_tokens,
+        # the circular variant's categories (clustering.py's communities of this head), or None
+        "communities_source": rule_cats[COMMUNITIES].source if COMMUNITIES in rule_cats else None,
+        "n_communities": len(rule_cats[COMMUNITIES].names) if COMMUNITIES in rule_cats else 0,
         "kl_mean_ablation": float(window_kl["mean"].mean()),
         "kl_resample_ablation": float(window_kl["resample"].mean()),
         "explained": {b: {v: {k: float(ex.loc[(v, b), k]) for k in ("explained", "ci_lo", "ci_hi")}
-                          for v in MECHANISM} for b in BASELINES},
+                          for v in mechanism_variants(window_kl)} for b in BASELINES},
         "w_sym_rank": eig_info["rank"], "w_sym_n_negative": eig_info["n_negative"],
         "w_sym_n_positive": eig_info["n_positive"],
         "recomputed_pattern_max_abs_diff": exact_diff,
@@ -427,6 +449,8 @@ def render(out_dir) -> list[Path]:
     title = (f"L{s['layer']}H{s['head']} on {s['model']}: {s['n_windows']} windows x "
              f"{s['n_tokens_evaluated'] // s['n_windows']} tokens of {s['text'].split(' (')[0]}\n"
              f"categories: {s['categories_source']}")
+    if s.get("communities_source"):
+        title += f"\n{COMMUNITIES}: {s['communities_source']}"
     explained = load_table(out_dir, "explained")
     paths = [plot_explained(explained, title, out_dir / "explained.png")]
     k_curve = load_table(out_dir, "k_curve")
@@ -440,8 +464,8 @@ def render(out_dir) -> list[Path]:
 def plot_explained(df: pd.DataFrame, title: str, path: Path) -> Path:
     from common.plotting import plt, save_figure
 
-    names = list(MECHANISM)
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    names = mechanism_variants(list(df.variant))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6 + 0.45 * (len(names) - len(MECHANISM))))
     y = np.arange(len(names))
     colours = {"mean": "#3b6fb6", "resample": "#d08a2c"}
     for j, b in enumerate(BASELINES):
@@ -455,7 +479,7 @@ def plot_explained(df: pd.DataFrame, title: str, path: Path) -> Path:
     ax.axvline(ANCHOR, color="grey", ls=":", lw=1.2, label="copy suppression L10H7 (76.9%)")
     ax.axvline(1.0, color="k", lw=0.6)
     ax.axvline(0.0, color="k", lw=0.6)
-    ax.set_yticks(y, [MECHANISM[n] for n in names])
+    ax.set_yticks(y, [variant_labels()[n] for n in names])
     ax.invert_yaxis()
     lo = min(-0.1, float(df.ci_lo.min()) - 0.05)
     ax.set_xlim(max(lo, -2.0), 1.1)  # a variant worse than -1 is off the left edge; its number is printed
@@ -497,7 +521,8 @@ def report(results: Results, n_worst: int) -> None:
                     f"(KL mean ablation {summary['kl_mean_ablation']:.4g}, resample {summary['kl_resample_ablation']:.4g})")
     for c in ("variant", "vs mean ablation [95% CI]", "vs resample ablation [95% CI]"):
         t.add_column(c)
-    for v, label in MECHANISM.items():
+    for v in mechanism_variants(list(explained.variant)):
+        label = variant_labels()[v]
         cells = []
         for b in BASELINES:
             r = explained[(explained.variant == v) & (explained.baseline == b)].iloc[0]
@@ -533,11 +558,12 @@ def main(argv: list[str] | None = None) -> int:
     model, out_dir = start(args, SCRIPT)
     if args.window_len > model.cfg.n_ctx:
         raise SystemExit(f"error: --window-len {args.window_len} exceeds the model's context of {model.cfg.n_ctx} tokens")
-    cats = resolve_categories(args.communities, out_dir, args.model, model.tokenizer, model.cfg.d_vocab)
+    rule_cats = resolve_categories(args.communities, model.tokenizer, model.cfg.d_vocab)
     print(f"text: {windows.description} ({windows.n_text_tokens} tokens); {len(windows.evaluated)} evaluated + "
           f"{len(windows.reference)} reference windows of {args.window_len} tokens")
-    print(f"categories: {cats.source} ({len(cats.names)} categories, {cats.n_tokens} tokens)")
-    results = compute(model, args, windows, cats)
+    for v, cats in rule_cats.items():
+        print(f"categories{'' if v == 'rules' else f' ({v}, circular)'}: {cats.source} ({len(cats.names)} categories, {cats.n_tokens} tokens)")
+    results = compute(model, args, windows, rule_cats)
     save_results(out_dir, results, args, SCRIPT,
                  meta={"summary": results.summary, "k_values": [int(k) for k in results.tables["k_curve"].k]})
     release()

@@ -27,8 +27,13 @@ Upstream results: a step that reads another step's output (the frequency table, 
 gets that file only if the upstream step succeeded (in this run, or earlier with an up-to-date
 stamp). If it failed, the dependent runs on its documented fallback instead, never on a failed or
 stale file: ``--freq-table none`` (common.freq's fallback token order) for clustering.py and
-cosine_attention_analysis.py, ``--communities lists`` (the category lists) for
+cosine_attention_analysis.py, ``--communities lists`` (no communities variant) for
 rule_preserving_ablation.py. The summary table and INDEX.md say so.
+
+rule_preserving_ablation.py's headline number (the ``rules`` row, claim ``rules-explained``) uses
+the word lists of common.prompts whether or not clustering.py succeeded; the communities it is
+given only add a labelled ``rules_communities`` row, which is circular (the communities come from
+the same head's QK scores) and is shown beside the word-list number, never instead of it.
 
 Before the first analysis the model is loaded once in its own process, which fills the
 processed-weights cache (common.weights_cache), so every analysis memory-maps the processed
@@ -102,7 +107,7 @@ class Step:
 FREQ_TABLE = Upstream("token_freq.py", "--freq-table", "{root}/token_freq/token_freq.csv", "none",
                       "common.freq's fallback token order (category words, then ids ascending)")
 COMMUNITIES = Upstream("clustering.py", "--communities", "{root}/clustering/communities.csv", "lists",
-                       "the category lists instead of clustering.py's communities")
+                       "no communities variant (the rules row uses the word lists either way)")
 INPUT_OPTIONS = {"text": "--text", "sae": "--sae-path", "protocol": "--protocol"}
 NO_MODEL = {"token_freq.py"}  # steps that load no model (no need to fill the weights cache first)
 

@@ -8,8 +8,8 @@ statistics single L1H5 out: (a) from the attention weights alone, over every hea
 and (b) in token space, where self-suppression lives?
 
 Method.
-  (a) Weights only: W_Q, W_K of every head (TransformerLens-processed: LN1 folded, centred) and
-      W_pos; never the token embedding, so this part is exact on any checkpoint whose attention
+  (a) Weights only: W_Q, W_K, b_Q of every head (TransformerLens-processed: LN1 folded, centred)
+      and W_pos; never the token embedding, so this part is exact on any checkpoint whose attention
       weights are real (e.g. bench/build_model.py's model from ../shared). Per head:
       * rank of [W_Q W_K] and the inertia (negative, positive, zero counts) of W_sym
         (``common.factored``, eigenvalues below --rtol x the largest count as zero);
@@ -17,16 +17,26 @@ Method.
       * largest singular values of W_sym and W_skew and their ratio (weights only, unscaled);
       * trace(W_QK) = sum_i lambda_i(W_sym): the expected self-score x^T W_QK x of an isotropic
         input (E[x x^T] = I), weights only, before 1/sqrt(d_head);
-      * positional sensitivity: how much the position-position part of the attention score
+      * positional sensitivity: how much the position-dependent part of the attention score
         varies over the keys a query can attend to. With p_i = W_pos[i] (TransformerLens'
-        centred W_pos) and s(i, j) = (p_i W_Q)(p_j W_K)^T / sqrt(d_head) (attention-logit units,
-        no biases), it is the mean over query positions i = 1 .. N - 1 of the standard
-        deviation of s(i, j) over keys j = 0 .. i (N = --positions, default n_ctx: every
-        position the model has). LayerNorm's division by the residual's RMS is
-        not applied (it depends on the token embedding and earlier layers): the value is for a
-        residual stream of unit RMS per coordinate. That factor is shared by all heads of a layer,
-        so the ordering within a layer is exact; across layers the residual grows, so later
-        layers are overstated. Softmax ignores a per-query constant, so only this spread matters.
+        centred W_pos) as the input at position i, the score of query i on key j is
+          s(i, j) = (p_i W_Q + b_Q)(p_j W_K + b_K)^T / sqrt(d_head)
+                  = [p_i W_Q W_K^T p_j^T + b_Q W_K^T p_j^T + p_i W_Q b_K^T + b_Q b_K^T] / sqrt(d_head).
+        The last two terms are the same for every key j of query i: a per-query constant, which
+        the softmax over j ignores. Every term that varies across keys is kept:
+          s'(i, j) = (p_i W_Q + b_Q)(p_j W_K)^T / sqrt(d_head)
+        (position x position, and query bias x key position). ``positional_sensitivity`` is the
+        mean over query positions i = 1 .. N - 1 of the standard deviation of s'(i, j) over keys
+        j = 0 .. i (N = --positions, default n_ctx: every position the model has).
+        ``positional_sensitivity_pos_pos`` is the statistic without the b_Q term (position x
+        position only), kept under its own name: until issue 20 it was the only one, and it
+        misses a term that varies across keys (on gpt2-small it changes the order of layer 1,
+        below). LayerNorm's division by the residual's RMS is not applied (it depends on the
+        token embedding and earlier layers): the value is for a residual stream of unit RMS per
+        coordinate. That factor is shared by all heads of a layer, so the ordering within a layer
+        is exact for the position x position part; the b_Q term scales with 1/RMS, not 1/RMS^2,
+        so its weight against that part is the unit-RMS one. Across layers the residual grows,
+        so later layers are overstated.
   (b) Token space (heads of --layer; every layer with --token-space all): effective embeddings E
       of the layer (``common.effective_embeddings``); queries: a seeded sample of --n-sample
       vocabulary tokens (BOS and category words excluded) and the category words of
@@ -42,14 +52,17 @@ embedding is random, which (a) never reads): every one of the 144 heads has full
 and inertia (64, 64, 640). L1H5 among all 144 heads (1 = highest): negatives among the top 64,
 33: 75th (layer 1: 4 (H11) to 49); sv_max(W_sym) 1.86: 77th; sv_max(W_skew) 1.35: 116th; their
 ratio 1.38: 18th (the highest of layer 1, others 0.63-1.22); trace(W_QK) -7.1: 100th (layer 1:
--32.5 (H0) to 48.0 (H11)); positional sensitivity 0.0386: 58th (many heads of layers 3-11 are
-lower still; across layers the unit-RMS convention is only rough, see above). Within layer 1
-L1H5 has the lowest positional sensitivity (0.0386 against 0.0395 (H9) to
-0.278 (H0); H0 and H1 highest). That ordering depends on the window (--positions): over the
-first 256 or 512 positions L1H5 is lowest too (0.0238 vs 0.0241-0.197; 0.0314 vs 0.0389-0.239),
-over the first 64, 128 or 192 L1H6 is lower (e.g. 0.0251 vs L1H5's 0.0315 over 128), over the
-first 768 L1H9 is (0.0377 vs 0.0379). H0 and H1 are the two highest in every window. Read
-"least position-dependent head of layer 1" as "among the two or three least".
+-32.5 (H0) to 48.0 (H11)); positional sensitivity (every term that varies across keys) 0.103:
+55th (many heads of layers 3-11 are lower still; across layers the unit-RMS convention is only
+rough, see above). Within layer 1 L1H5 has the lowest positional sensitivity (0.103 against
+0.130 (H11) to 0.498 (H0); H0 and H1 highest), and L1H9 is 10th of 12 (0.432): without the b_Q
+term (``positional_sensitivity_pos_pos``) L1H5 is 0.0386 and L1H9 0.0395, a near tie for the
+lowest, which the query-bias x key-position term breaks. The ordering depends on the window
+(--positions): over the first 512 or 768 positions L1H5 is lowest too (0.061 vs 0.072-0.333;
+0.073 vs 0.098-0.396), over the first 256 L1H5 and L1H6 tie (0.05686 vs 0.05690), over the first
+128 or 192 L1H6 is lower (e.g. 0.0567 vs L1H5's 0.0619 over 128) and over the first 64 L1H11 and
+L1H6 are (0.035, 0.057 vs 0.072). Read "least position-dependent head of layer 1" as "among the
+two or three least".
 
 Outputs (figures/self_suppression_survey/ by default):
   weights_survey.csv            one row per head (every layer): (a)'s statistics
@@ -90,9 +103,10 @@ from common.results import Results, load_meta, load_summary, load_table, save_re
 from common.self_suppression import summarise_tokens, token_self_stats
 
 SCRIPT = "self_suppression_survey"
-# The gpt2-small tensors part (a) reads (TransformerLens folds ln_1's weight into W_Q/W_K and
-# centres W_pos): when all of them are verified, (a) is exact even if wte or the MLPs are not real.
-WEIGHTS_ONLY_INPUTS = ["wpe.weight"] + [f"h.{i}.{n}" for i in range(12) for n in ("ln_1.weight", "attn.c_attn.weight")]
+# The gpt2-small tensors part (a) reads (TransformerLens folds ln_1's weight into W_Q/W_K, its bias
+# into b_Q, and centres W_pos): when all of them are verified, (a) is exact even if wte or the MLPs are not real.
+WEIGHTS_ONLY_INPUTS = ["wpe.weight"] + [f"h.{i}.{n}" for i in range(12)
+                                         for n in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias")]
 # Weights-only statistics shown per head, with the direction that would mark L1H5 out
 # ("low": its value is lowest; "high": highest).
 WEIGHT_STATS = {
@@ -101,7 +115,8 @@ WEIGHT_STATS = {
     "sv_max_skew": "largest singular value of W_skew",
     "sym_skew_ratio": "sv_max(W_sym) / sv_max(W_skew)",
     "trace_qk": "trace(W_QK) (isotropic self-score)",
-    "positional_sensitivity": "positional sensitivity (logit std over earlier keys)",
+    "positional_sensitivity": "positional sensitivity (logit std over earlier keys, b_Q term included)",
+    "positional_sensitivity_pos_pos": "positional sensitivity, position x position only (no b_Q)",
 }
 
 
@@ -132,17 +147,22 @@ def parse_args(argv):
 
 
 @torch.no_grad()
-def positional_sensitivity(W_pos: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor, attn_scale: float) -> torch.Tensor:
-    """[n_heads] mean over query positions i >= 1 of std_{j <= i} of (p_i W_Q)(p_j W_K)^T / attn_scale.
+def positional_sensitivity(W_pos: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor, attn_scale: float,
+                           b_Q: torch.Tensor | None = None) -> torch.Tensor:
+    """[n_heads] mean over query positions i >= 1 of std_{j <= i} of (p_i W_Q + b_Q)(p_j W_K)^T / attn_scale:
+    every term of the score that varies across keys (module docstring; b_K only adds per-query
+    constants). ``b_Q`` None: the position x position part alone (``positional_sensitivity_pos_pos``).
 
-    ``W_Q``, ``W_K``: [n_heads, d_model, d_head] of one layer; ``W_pos``: [n_pos, d_model]."""
+    ``W_Q``, ``W_K``: [n_heads, d_model, d_head] of one layer; ``b_Q``: [n_heads, d_head];
+    ``W_pos``: [n_pos, d_model]."""
     P = W_pos.float()
     n = P.shape[0]
     mask = torch.ones(n, n, dtype=torch.bool).tril()
     cnt = mask.sum(1).double()
     out = torch.empty(W_Q.shape[0], dtype=torch.float64)
     for h in range(W_Q.shape[0]):  # one [n_pos, n_pos] score matrix at a time
-        S = ((P @ W_Q[h].float()) @ (P @ W_K[h].float()).T).double().div_(attn_scale)  # [i, j]
+        q = P @ W_Q[h].float() if b_Q is None else P @ W_Q[h].float() + b_Q[h].float()
+        S = (q @ (P @ W_K[h].float()).T).double().div_(attn_scale)  # [i, j]
         mean = S.tril().sum(-1) / cnt  # tril: the keys j <= i
         var = S.sub_(mean[:, None]).pow_(2).tril_().sum(-1) / cnt  # two passes: no cancellation
         out[h] = var[1:].sqrt().mean()
@@ -165,14 +185,16 @@ def layer_heads(model, layer: int) -> list[FactoredQK]:
 
 @torch.no_grad()
 def weights_only_survey(model, top: int, rtol: float, positions: int | None = None) -> pd.DataFrame:
-    """One row per head of every layer; reads W_Q, W_K and W_pos only (never the token embedding)."""
+    """One row per head of every layer; reads W_Q, W_K, b_Q and W_pos only (never the token embedding)."""
     rows = []
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     W_pos = model.W_pos.detach().cpu()[:positions]
     for layer in tqdm(range(n_layers), desc="weights-only survey", unit="layer"):
         heads = layer_heads(model, layer)
         attn = model.blocks[layer].attn
-        pos = positional_sensitivity(W_pos, attn.W_Q.detach().cpu(), attn.W_K.detach().cpu(), heads[0].attn_scale)
+        W_Q, W_K = attn.W_Q.detach().cpu(), attn.W_K.detach().cpu()
+        pos = positional_sensitivity(W_pos, W_Q, W_K, heads[0].attn_scale, b_Q=attn.b_Q.detach().cpu())
+        pos_pos = positional_sensitivity(W_pos, W_Q, W_K, heads[0].attn_scale)
         for head in range(n_heads):
             qk = heads[head]
             s = spectrum_summary(qk.weights(), top=top, rtol=rtol)
@@ -185,6 +207,7 @@ def weights_only_survey(model, top: int, rtol: float, positions: int | None = No
                 "sym_skew_ratio": s["sv_max_sym"] / max(s["sv_max_skew"], 1e-30),
                 "trace_qk": float((qk.W_Q.double() * qk.W_K.double()).sum()),
                 "positional_sensitivity": float(pos[head]),
+                "positional_sensitivity_pos_pos": float(pos_pos[head]),
                 "skew_share": s["skew_share"], "fro_full": s["fro_full"],
             })
     return pd.DataFrame(rows)
@@ -309,7 +332,9 @@ def compute(model, args) -> Results:
 
 
 def plot_weight_heatmaps(w: pd.DataFrame, layer: int, head: int, top: int, note: str):
-    fig, axes = plt.subplots(2, 3, figsize=(17, 10.5))
+    fig, axes = plt.subplots(2, 4, figsize=(22, 10.5))
+    for ax in axes.flat[len(WEIGHT_STATS):]:
+        ax.axis("off")
     for ax, (col, label) in zip(axes.flat, WEIGHT_STATS.items()):
         grid = w.pivot(index="layer", columns="head", values=col)
         fmt = "d" if col == "n_negative_top" else ".2g"
@@ -392,7 +417,7 @@ def render(out_dir) -> list:
     fig = plot_weight_heatmaps(w, layer, head, top, note)
     stamp_figure(fig, meta)
     if meta.get("weights_only_inputs_genuine"):
-        fig.text(0.5, -0.03, "every tensor these statistics read (W_Q, W_K, ln_1, W_pos of gpt2-small) is verified genuine",
+        fig.text(0.5, -0.03, "every tensor these statistics read (W_Q, W_K, b_Q, ln_1, W_pos of gpt2-small) is verified genuine",
                  ha="center", va="top", fontsize=8, color="0.35")
     paths.append(save_figure(fig, out_dir / "weights_survey_heatmaps.png"))
     if "token_space" in summary:

@@ -7,15 +7,21 @@ attention output is replaced by its mean and each MLP is applied to the running 
 "LN" is LNPre (centre, scale to unit RMS): ``model.blocks[L].ln1``, because the model is loaded
 with fold_ln.
 
+**BOS** is the exception: it always sits at position 0, whose positional embedding is an outlier
+(gpt2-small: norm 9.9 against 3.4-5.2 for the next positions), and position 0 attends only to
+itself in every layer, so its layer-L input is the same in every prompt. BOS's row is that input
+exactly: the model's ``blocks.L.ln1.hook_normalized`` for the one-token prompt [BOS] (W_E[BOS] +
+W_pos[0] and every earlier layer's actual output there), not the position and attention means the
+other rows use (until ``eff-v3`` it used them too: a BOS no prompt ever has).
+
 **Where the means are taken** (recorded by :func:`effective_spec`, part of the cache key):
 
 * W_pos over the positions given by ``positions``:
 
   - ``"prompt"`` (default): positions 1..48 (:data:`PROMPT_POSITIONS`), the positions the repo's
     prompts occupy (BOS + 48 tokens: the mean-attention prompt mix below and the scripts' seeded
-    prompts, at most 48 words). Position 0 is left out: it always holds BOS, never a token whose
-    effective embedding is asked for, and gpt2-small's W_pos[0] is an outlier (norm 9.9 against
-    3.4-5.2 for the next positions).
+    prompts, at most 48 words). Position 0 is left out: it always holds BOS (whose row uses
+    position 0, above), and gpt2-small's W_pos[0] is an outlier.
   - ``"all"``: all n_ctx positions, the original study's choice. On gpt2-small's real W_pos
     (1024 positions) that mean has norm 0.59 while a single position has norm 3.4-5 and the
     mean over 1..48 has norm 3.28, at cosine 0.03 to it: it describes no position a prompt uses
@@ -52,7 +58,8 @@ from common.errors import require_absolute_positions
 from common.outputs import atomic_path, cache_dir, model_fingerprint
 from common.prompts import category_prompts, random_token_prompts
 
-EFFECTIVE_VERSION = "eff-v2"  # bump when the definition of the effective embeddings changes
+EFFECTIVE_VERSION = "eff-v3"  # bump when the definition of the effective embeddings changes (v3: BOS at position 0)
+BOS_ROW = "BOS: the model's own layer-L input at position 0 (one-token prompt [BOS]), exact"
 PROMPT_LEN = 48  # tokens after BOS in the mean-attention prompt mix (and the scripts' prompts)
 PROMPT_POSITIONS = (1, PROMPT_LEN)
 MIX = {"category_prompts": {"n_prompts": 16, "seq_len": PROMPT_LEN},
@@ -102,6 +109,7 @@ def effective_spec(model, layer: int = 1, positions="prompt", seed: int = 0) -> 
         "attention_mean": ({"hook": "blocks.l.hook_attn_out", "over": "non-BOS positions",
                             "prompt_mix": MIX, "seed": int(seed)} if layer > 0 else None),
         "ln": f"blocks[{layer}].ln1 (LNPre)",
+        "bos_row": BOS_ROW,
     }
 
 
@@ -156,7 +164,25 @@ def compute_effective_embeddings(model, layer: int = 1, batch_size: int = 2048, 
             if not getattr(model.cfg, "attn_only", False):
                 x = x + blk.mlp(blk.ln2(x))
         out[s : s + batch_size] = model.blocks[layer].ln1(x)[0].float().cpu()
+    bos = model.tokenizer.bos_token_id
+    ids = torch.arange(W_E.shape[0]) if token_ids is None else torch.as_tensor(token_ids).cpu()
+    if (ids == bos).any():
+        out[ids == bos] = bos_input(model, layer)
     return out
+
+
+@torch.no_grad()
+def bos_input(model, layer: int = 1) -> torch.Tensor:
+    """BOS's layer-``layer`` attention input at position 0 ([d_model], float32): the same in every
+    prompt, since position 0 attends only to itself (module docstring)."""
+    store = {}
+
+    def save(t, hook):
+        store["x"] = t[0, 0].detach().float().cpu()
+
+    bos = torch.tensor([[model.tokenizer.bos_token_id]], device=model.cfg.device)
+    model.run_with_hooks(bos, stop_at_layer=layer + 1, fwd_hooks=[(f"blocks.{layer}.ln1.hook_normalized", save)])
+    return store["x"]
 
 
 def effective_cache_path(model, layer: int = 1, positions="prompt", seed: int = 0):

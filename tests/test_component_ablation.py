@@ -188,13 +188,17 @@ def test_position_variants_move_the_heads_that_read_position(run, truth):
       a relative offset of 1). Shifting the words' positions by --shift keeps the offsets between
       words but not the first word's offset to BOS (1 becomes 1 + shift), so that word's query
       moves its whole attention off BOS: max |difference| ~ 1.
-    * padded: left-padding moves BOS and every word together, so every relative offset -- all
-      the previous-token head reads -- is kept (planted positions: the fast pairs rotate
-      uniformly, the slow pair too up to position 48): the positional head must stay unchanged,
-      which checks that padding keeps BOS and the words contiguous and in order. What padding
-      does change is absolute position, which the generic heads of the layer read (their random
-      W_Q, W_K span the whole residual, the positional block included): each of them moves,
-      under both variants, by far more than the target.
+    * padded: --pad filler tokens between BOS and the words. The first word's previous token is
+      now a filler, so the previous-token head moves its first word's whole attention off BOS
+      onto it (BOS mass ~0, pad mass ~1/seq-len).
+    * the old left-padding with <|endoftext|> (the BOS-padded diagnostic) moves BOS and every word
+      together, so every relative offset -- all the previous-token head reads -- is kept (planted
+      positions: the fast pairs rotate uniformly, the slow pair too up to position 48): the
+      positional head stays unchanged there, which checks that that arrangement keeps BOS and the
+      words contiguous and in order.
+    What both position variants change is absolute position, which the generic heads of the layer
+    read (their random W_Q, W_K span the whole residual, the positional block included): each of
+    them moves, under both variants, by far more than the target.
     """
     p = pd.read_csv(run / "position_independence.csv").set_index(["variant", "head"])
     _, h = truth["target"]
@@ -203,7 +207,12 @@ def test_position_variants_move_the_heads_that_read_position(run, truth):
     shifted = p.loc[("shifted", hp)]
     assert shifted.max_abs_diff > 0.9
     assert shifted.mean_abs_diff > 10 * target["shifted"].mean_abs_diff
-    assert p.loc[("padded", hp)].pearson_r > 0.999
+    padded = p.loc[("padded", hp)]
+    assert padded.bos_mass_clean > 0.05 and padded.bos_mass < 0.01 * padded.bos_mass_clean
+    n_words = 10  # --seq-len: the first of the word queries attends to the filler before it
+    assert padded.pad_mass == pytest.approx(1 / n_words, abs=0.01)
+    diag = pd.read_csv(run / "position_bos_padded.csv").set_index("head")
+    assert diag.loc[hp].pearson_r > 0.999
     generic = [g for g in p.loc["padded"].index if g not in (h, hp)]
     assert len(generic) == 6
     for variant in ("shifted", "padded"):
@@ -212,15 +221,61 @@ def test_position_variants_move_the_heads_that_read_position(run, truth):
             assert row.pearson_r < 0.95 and row.mean_abs_diff > 10 * target[variant].mean_abs_diff, (variant, g)
 
 
+def test_padded_variant_keeps_bos_at_position_zero(run, planted_model, truth):
+    """The padded variant puts --pad filler tokens (not BOS) between BOS and the words: BOS keeps
+    position 0 and its role, so the target head's BOS mass (rule 3; planted: a token-based BOS
+    logit of 7 against ~0 for a filler, which is in no category) stays where the clean run has it
+    and the fillers get almost nothing. The old left-padding with <|endoftext|> (the BOS-padded
+    diagnostic) puts --pad more BOS tokens in front of the real one, which take most of that mass.
+    The clean and padded BOS masses are recomputed here from forward passes on prompts built by
+    hand (the script's documented seeds), to 1e-4 (float32 round-off of other batch shapes)."""
+    from common.metrics import all_head_patterns
+    from common.prompts import category_prompts
+
+    args = json.loads((run / "meta.json").read_text())["args"]
+    assert args["pad_word"] == " the" and args["pad"] == 8
+    layer, h = truth["target"]
+    tok = planted_model.tokenizer
+    batch = category_prompts(tok, args["n_prompts"], args["seq_len"], args["seed"], repeat_prob=args["repeat_prob"])
+    the = tok.encode(" the", add_special_tokens=False)[0]
+    t = batch.tokens
+    padded = torch.cat([t[:, :1], torch.full((len(t), args["pad"]), the), t[:, 1:]], 1)
+    clean_pat = all_head_patterns(planted_model, t, layers=[layer])[0][h]
+    pad_pat = all_head_patterns(planted_model, padded, layers=[layer])[0][h]
+    words = torch.arange(1, t.shape[1]) + args["pad"]  # the word queries' new positions
+    want_clean = float(clean_pat[:, 1:, 0].mean())
+    want_bos = float(pad_pat[:, words, 0].mean())
+    want_pads = float(pad_pat[:, words, 1 : 1 + args["pad"]].sum(-1).mean())
+
+    row = pd.read_csv(run / "position_independence.csv").set_index(["variant", "head"]).loc[("padded", h)]
+    assert row.bos_mass_clean == pytest.approx(want_clean, abs=1e-4)
+    assert row.bos_mass == pytest.approx(want_bos, abs=1e-4) and row.pad_mass == pytest.approx(want_pads, abs=1e-4)
+    assert want_clean > 0.5  # the planted head sends the queries with no partner to BOS
+    assert abs(row.bos_mass - row.bos_mass_clean) < 0.02 and row.pad_mass < 0.02
+    diag = pd.read_csv(run / "position_bos_padded.csv").set_index("head").loc[h]
+    assert diag.variant == "BOS-padded (BOS moved)" and diag.bos_mass_clean == pytest.approx(want_clean, abs=1e-4)
+    assert diag.bos_mass < 0.5 * diag.bos_mass_clean and diag.pad_mass > 0.5
+    # the diagnostic is not a position variant: the claim's table holds only the three
+    pos = pd.read_csv(run / "position_independence.csv")
+    assert sorted(set(pos.variant)) == ["padded", "shifted", "shuffled"]
+
+
 def test_rearrange_maps_positions_back():
     from component_ablation import rearrange
 
     tokens = torch.tensor([[50256, 11, 12, 13, 14, 15], [50256, 21, 22, 23, 24, 25]])
     w_pos = torch.zeros(16, 4)
-    for variant in ("shuffled", "padded", "shifted"):
-        new, pos_map, _ = rearrange(tokens, variant, seed=3, shift=2, pad=3, pad_token=50256, w_pos=w_pos)
+    from component_ablation import BOS_PADDED
+
+    for variant in ("shuffled", "padded", "shifted", BOS_PADDED):
+        new, pos_map, _ = rearrange(tokens, variant, seed=3, shift=2, pad=3, pad_token=262, w_pos=w_pos)
         assert torch.equal(torch.gather(new, 1, pos_map), tokens), variant
         assert (pos_map[:, 0] == pos_map[:, 0].min()).all()  # BOS stays first among the real tokens
+    new, pos_map, _ = rearrange(tokens, "padded", seed=3, shift=2, pad=3, pad_token=262, w_pos=w_pos)
+    assert new[0].tolist() == [50256, 262, 262, 262, 11, 12, 13, 14, 15]  # BOS at 0, fillers, the words
+    assert (pos_map[:, 0] == 0).all()
+    new, _, _ = rearrange(tokens, BOS_PADDED, seed=3, shift=2, pad=3, pad_token=50256, w_pos=w_pos)
+    assert new[0].tolist() == [50256] * 4 + [11, 12, 13, 14, 15]  # the old arrangement: pads first
     with pytest.raises(SystemExit, match="exceeds the context"):
         rearrange(tokens, "shifted", 0, shift=12, pad=0, pad_token=50256, w_pos=w_pos)
 
@@ -274,6 +329,9 @@ def test_help(capsys):
     (["--shift", "-1"], "non-negative"),
     (["--layer", "0", "--head", "5"], "--layer must be >= 1"),
     (["--seq-len", "300"], "exceeds the model's context"),
+    (["--pad-word", " red"], "category word"),
+    (["--pad-word", "<|endoftext|>"], "is BOS"),
+    (["--pad-word", " Redistribution"], "not one"),
 ])
 def test_bad_input(tmp_path, capsys, args, message):
     """In-process (no interpreter start-up per case): SystemExit with a clear message, no outputs."""

@@ -43,18 +43,54 @@ def test_position_choice_is_explicit_and_recorded(planted_model, truth):
 
 
 def test_layer0_effective_embedding_is_ln_of_token_plus_mean_position(planted_model):
-    """At layer 0 the definition is LN(W_E[t] + mean of the chosen W_pos rows): checked by hand."""
+    """At layer 0 the definition is LN(W_E[t] + mean of the chosen W_pos rows), and for BOS
+    LN(W_E[BOS] + W_pos[0]) whatever the choice (it always sits at position 0): checked by hand."""
     m = planted_model
     ids = torch.tensor([0, 262, 3797, 50256, 12345])
     got = {}
     for positions, (a, b) in (("prompt", (1, 48)), ("all", (0, m.cfg.n_ctx - 1)), ((5, 9), (5, 9))):
         E = compute_effective_embeddings(m, 0, positions=positions, token_ids=ids)
         ref = _lnpre(m.W_E[ids] + m.W_pos[a : b + 1].mean(0), m.cfg.eps)
+        ref[3] = _lnpre(m.W_E[50256] + m.W_pos[0], m.cfg.eps)
         torch.testing.assert_close(E, ref, atol=1e-5, rtol=1e-5)
         got[str(positions)] = E
     assert (got["prompt"] - got["all"]).norm() > 0.1 * got["prompt"].norm()
     full = compute_effective_embeddings(m, 0)
     torch.testing.assert_close(full[ids], got["prompt"])  # default: the prompt positions
+
+
+# -- issue 20: BOS's row is its input at position 0 ------------------------------------------------------------
+@pytest.mark.parametrize("layer", [1, 2])
+def test_bos_row_is_the_layer_input_at_position_zero(planted_model, layer):
+    """BOS always sits at position 0, which attends only to itself: its effective embedding is the
+    layer's LN'd input there (``blocks.L.ln1.hook_normalized`` at position 0 of ordinary prompts
+    of other lengths and contents; equal to float32 round-off, 1e-5), in the full table, for
+    ``token_ids`` and from the cache. The old definition (the means over positions 1..48 and the
+    mean attention outputs) misses it by far more."""
+    m = planted_model
+    bos = m.tokenizer.bos_token_id
+    prompts = [ee.fidelity_prompts(m.tokenizer, 4, 20), ee.fidelity_prompts(m.tokenizer, 2, 48, seed=5)]
+    true = []
+    for p in prompts:
+        _, cache = m.run_with_cache(p, stop_at_layer=layer + 1, names_filter=f"blocks.{layer}.ln1.hook_normalized")
+        true.append(cache[f"blocks.{layer}.ln1.hook_normalized"][:, 0])
+    true = torch.cat(true)
+    assert (true - true[0]).abs().max() < 1e-5  # the same in every prompt
+    rows = compute_effective_embeddings(m, layer, token_ids=[262, bos, 3797])
+    torch.testing.assert_close(rows[1].expand_as(true), true, atol=1e-5, rtol=1e-5)
+    E = effective_embeddings(m, layer)
+    assert "eff-v3" in effective_cache_path(m, layer).name and effective_cache_path(m, layer).exists()
+    torch.testing.assert_close(E[bos], rows[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(E[[262, 3797]], rows[[0, 2]], atol=1e-5, rtol=1e-5)  # other rows: the means
+    # the old BOS row: W_E[BOS] + the mean of W_pos[1..48], mean attention outputs, MLPs, LN
+    attn = ee.mean_attention_outputs(m, list(range(layer)))
+    x = (m.W_E[bos] + m.W_pos[1:49].mean(0))[None, None]
+    for l in range(layer):
+        x = x + attn[l]
+        x = x + m.blocks[l].mlp(m.blocks[l].ln2(x))
+    old = m.blocks[layer].ln1(x)[0, 0]
+    assert (old - true[0]).norm() > 100 * 1e-5 * true[0].norm()
+    assert effective_spec(m, layer)["bos_row"].startswith("BOS: the model's own layer-L input at position 0")
 
 
 # -- defect 7: the cache key includes the prompt mix and the position choice ---------------------------------

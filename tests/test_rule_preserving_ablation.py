@@ -35,9 +35,30 @@ def end_to_end(tmp_path_factory, truth, planted_model):
     rank = truth["n_negative_eigenvalues"] + truth["n_positive_eigenvalues"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        drawn = run_then_render(SCRIPT, out, "--model", "planted", "--text", "demo", "--communities", "lists",
+        # no --communities: the default categories are the word lists
+        drawn = run_then_render(SCRIPT, out, "--model", "planted", "--text", "demo",
                                 "--k-values", f"1,12,26,{rank}", *FAST, "--threads", "1")
     return out, stdout.getvalue(), rank, drawn
+
+
+def _truth_communities(truth, path):
+    """A clustering.py-style table whose communities are the planted categories (what clustering.py
+    recovers on the planted model, tests/test_clustering.py), community names of our own."""
+    rows = [(t, f"c{j}") for j, ids in enumerate(truth["categories"].values()) for t in ids]
+    pd.DataFrame({"token": ["x"] * len(rows), "id": [r[0] for r in rows],
+                  "community": [r[1] for r in rows]}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def with_communities(tmp_path_factory, truth, planted_model):
+    out = tmp_path_factory.mktemp("rpa-communities")
+    table = _truth_communities(truth, out.parent / "communities.csv")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        run_then_render(SCRIPT, out, "--model", "planted", "--text", "demo", "--communities", str(table),
+                        "--k-values", "1", *FAST, "--threads", "1")
+    return out, stdout.getvalue(), table
 
 
 def test_end_to_end_outputs(end_to_end, truth):
@@ -49,6 +70,9 @@ def test_end_to_end_outputs(end_to_end, truth):
     s = json.loads((out / "summary.json").read_text())
     assert s["categories_source"].startswith("category lists")
     assert "categories: category lists" in stdout
+    # the default run has no communities variant, and says so
+    assert s["communities_source"] is None and s["n_communities"] == 0
+    assert "rules_communities" not in set(pd.read_csv(out / "explained.csv").variant)
     assert s["recomputed_pattern_max_abs_diff"] < 1e-4
     assert s["w_sym_rank"] == rank and s["w_sym_n_negative"] == truth["n_negative_eigenvalues"]
     worst = pd.read_csv(out / "worst_failures.csv", keep_default_na=False)
@@ -296,18 +320,82 @@ def test_wikitext_unavailable_names_the_alternatives(monkeypatch):
     assert "--text demo" in str(e.value) and "ConnectionError" in str(e.value)
 
 
-def test_default_communities_come_from_the_clustering_output_beside_ours(tmp_path, tokenizer, truth):
+def test_default_categories_are_the_word_lists_even_beside_a_clustering_output(tmp_path, tokenizer, truth):
+    """The communities are computed from the head's own QK scores: by default (no --communities,
+    or 'lists') the rules use the word lists only, even with a clustering output beside ours;
+    a community table adds the rules_communities variant and leaves the rules' categories alone."""
     import rule_preserving_ablation as rpa
+    from common.prompts import CATEGORIES
 
-    out = tmp_path / "rule_preserving_ablation"
-    out.mkdir()
-    assert rpa.resolve_categories("lists", out, "planted", tokenizer, 50257).source.startswith("category lists")
     (tmp_path / "clustering").mkdir()
     days = truth["categories"]["days"]
-    pd.DataFrame({"id": days, "community": [0] * len(days)}).to_csv(tmp_path / "clustering" / "communities.csv", index=False)
-    cats = rpa.resolve_categories(None, out, "planted", tokenizer, 50257)
-    assert str(tmp_path / "clustering" / "communities.csv") in cats.source
-    assert cats.n_tokens == len(days)
+    table = tmp_path / "clustering" / "communities.csv"
+    pd.DataFrame({"id": days, "community": [0] * len(days)}).to_csv(table, index=False)
+    for arg in (None, "lists"):
+        cats = rpa.resolve_categories(arg, tokenizer, 50257)
+        assert list(cats) == ["rules"] and cats["rules"].source.startswith("category lists")
+        assert cats["rules"].names == list(CATEGORIES)
+    both = rpa.resolve_categories(str(table), tokenizer, 50257)
+    assert list(both) == ["rules", rpa.COMMUNITIES]
+    assert both["rules"].source.startswith("category lists")
+    assert str(table) in both[rpa.COMMUNITIES].source and both[rpa.COMMUNITIES].n_tokens == len(days)
+
+
+def test_communities_are_a_labelled_variant_beside_the_word_lists(end_to_end, with_communities, truth):
+    """--communities PATH: the word-list rules row is the default run's (same windows, same
+    bootstrap; equal to float round-off, 1e-9), and a labelled rules_communities row is added; with
+    communities equal to the planted categories it explains the planted head about as well."""
+    import rule_preserving_ablation as rpa
+
+    out0 = end_to_end[0]
+    out, stdout, table = with_communities
+    s = json.loads((out / "summary.json").read_text())
+    assert s["categories_source"].startswith("category lists")
+    assert s["communities_source"] == f"communities from {table}"
+    assert s["n_communities"] == len(truth["categories"])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["summary"]["communities_source"] == s["communities_source"]
+    assert f"categories ({rpa.COMMUNITIES}, circular): communities from {table}" in stdout
+    ex = pd.read_csv(out / "explained.csv").set_index(["variant", "baseline"])
+    ex0 = pd.read_csv(out0 / "explained.csv").set_index(["variant", "baseline"])
+    for b in ("mean", "resample"):
+        for col in ("mean_kl", "explained", "ci_lo", "ci_hi"):
+            assert ex.loc[("rules", b), col] == pytest.approx(ex0.loc[("rules", b), col], abs=1e-9), (b, col)
+        assert "word-list" in ex.loc[("rules", b), "label"]
+        label = ex.loc[(rpa.COMMUNITIES, b), "label"]
+        assert "communities" in label and "circular" in label
+        assert ex.loc[(rpa.COMMUNITIES, b), "explained"] >= 0.9
+        assert s["explained"][b][rpa.COMMUNITIES]["explained"] == pytest.approx(ex.loc[(rpa.COMMUNITIES, b), "explained"])
+    assert s["explained"]["mean"]["rules"]["explained"] == pytest.approx(ex.loc[("rules", "mean"), "explained"])
+    assert (out / "explained.png").stat().st_size > 0
+
+
+def test_communities_variant_follows_the_community_table(planted_model, tokenizer, truth, demo_windows, tmp_path):
+    """The rules_communities pattern is built from the table it is given: communities equal to the
+    planted categories reproduce the head's effect about as well as the word lists, while
+    communities that mix the categories (the i-th word of every category together, so no two
+    words of one community share a category) do far worse (the head never attends across
+    categories)."""
+    from argparse import Namespace
+
+    import rule_preserving_ablation as rpa
+    from common.head_replacement import cache_inputs, categories_from_communities
+
+    truthful = categories_from_communities(_truth_communities(truth, tmp_path / "t.csv"), 50257)
+    rows = [(t, f"m{i}") for ids in truth["categories"].values() for i, t in enumerate(ids)]
+    pd.DataFrame({"id": [r[0] for r in rows], "community": [r[1] for r in rows]}).to_csv(tmp_path / "m.csv", index=False)
+    mixed = categories_from_communities(tmp_path / "m.csv", 50257)
+    m = planted_model
+    ev, ref = demo_windows[:4], demo_windows[4:]
+    cache = cache_inputs(m, ev, 1, 5)
+    hooks = rpa.variant_hooks(1, 5, {}, cache_inputs(m, ref, 1, 5)["z"], seed=0)
+    args = Namespace(layer=1, head=5, batch_size=4)
+    rule_cats = {"rules": rpa.resolve_categories(None, tokenizer, 50257)["rules"], "truthful": truthful, "mixed": mixed}
+    kl, _ = rpa.variant_kls(m, args, ev, cache["resid_pre"], rule_cats, hooks)
+    ablated = kl["mean"].mean()
+    assert kl["rules"].mean() < 0.1 * ablated
+    assert kl["truthful"].mean() < max(2 * kl["rules"].mean(), 0.1 * ablated)
+    assert kl["mixed"].mean() > 0.5 * ablated and kl["mixed"].mean() > 5 * kl["rules"].mean()
 
 
 # "Monday" at a line start, " monday" (two tokens), a listed word inside a longer one, homographs.
@@ -341,7 +429,7 @@ def test_natural_text_categories_match_every_spelling(tmp_path, tokenizer):
     ids = tokenize(tokenizer, NATURAL)
     assert [tokenizer.decode([i]) for i in ids] == [t for t, _ in NATURAL_TRUTH]
     tokens = torch.tensor([[tokenizer.bos_token_id, *ids]])
-    cats = rpa.resolve_categories("lists", tmp_path / "rule_preserving_ablation", "planted", tokenizer, 50257)
+    cats = rpa.resolve_categories("lists", tokenizer, 50257)["rules"]
     names = list(CATEGORIES)
     truth = [None] + [c for _, c in NATURAL_TRUTH]
     expected = torch.zeros(len(truth), len(truth), dtype=torch.bool)

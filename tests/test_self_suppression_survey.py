@@ -18,7 +18,7 @@ from common.head_qk import FactoredQK
 from common.self_suppression import summarise_tokens, token_self_stats
 from conftest import check_help_and_common_errors, run_main
 from real_tensor_model import real_tensor_folder
-from shared_weights import requires_shared
+from shared_weights import load_shared_gpt2_state_dict, requires_shared
 
 SCRIPT = "self_suppression_survey.py"
 
@@ -184,17 +184,26 @@ def test_positional_sensitivity_brute_force_and_planted(run, truth):
 
     g = torch.Generator().manual_seed(2)
     P, W_Q, W_K = torch.randn(9, 6, generator=g), torch.randn(2, 6, 3, generator=g), torch.randn(2, 6, 3, generator=g)
-    got = survey.positional_sensitivity(P, W_Q, W_K, attn_scale=2.0)
+    b_Q, b_K = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    got_pp = survey.positional_sensitivity(P, W_Q, W_K, attn_scale=2.0)
+    got = survey.positional_sensitivity(P, W_Q, W_K, attn_scale=2.0, b_Q=b_Q)
     for h in range(2):
         S = (P @ W_Q[h]) @ (P @ W_K[h]).T / 2.0
         ref = np.mean([np.std(S[i, : i + 1].numpy()) for i in range(1, 9)])
-        assert float(got[h]) == pytest.approx(ref, rel=1e-5)
+        assert float(got_pp[h]) == pytest.approx(ref, rel=1e-5)
+        # the whole score, both biases in: b_K adds only per-query constants, which drop out
+        full = ((P @ W_Q[h] + b_Q[h]) @ (P @ W_K[h] + b_K[h]).T / 2.0).double().numpy()
+        ref_full = np.mean([np.std(full[i, : i + 1]) for i in range(1, 9)])
+        assert float(got[h]) == pytest.approx(ref_full, rel=1e-5)
+        assert abs(ref_full - ref) > 0.05 * ref  # the b_Q term matters on these weights
     w = pd.read_csv(run / "weights_survey.csv")
     layer, head = truth["target"]
     pl, ph = truth["positional_head"]
-    wl = w[w["layer"] == pl].set_index("head").positional_sensitivity
-    assert wl.idxmax() == ph  # the previous-token head reads only positions
-    assert w[(w["layer"] == layer) & (w["head"] == head)].positional_sensitivity.iloc[0] < 1e-6 * wl.max()
+    for col in ("positional_sensitivity", "positional_sensitivity_pos_pos"):
+        wl = w[w["layer"] == pl].set_index("head")[col]
+        assert wl.idxmax() == ph, col  # the previous-token head reads only positions
+        # the target's W_Q, W_K are orthogonal to the positional block: nothing varies with key position
+        assert w[(w["layer"] == layer) & (w["head"] == head)][col].iloc[0] < 1e-6 * wl.max(), col
 
 
 def test_weights_only_part_ignores_the_token_embedding(planted_model):
@@ -240,6 +249,35 @@ def test_real_gpt2_small_attention_weights_survey(tmp_path_factory):
     l1 = w[w["layer"] == 1].set_index("head")
     assert l1.positional_sensitivity.idxmin() == 5  # L1H5: least position-dependent head of layer 1
     assert set(l1.positional_sensitivity.nlargest(2).index) == {0, 1}
+    # issue 20: with the query-bias x key-position term (which varies across keys) L1H5 moves from
+    # 0.0386 to about 0.10, still the lowest of layer 1, and L1H9 from 0.0395 (second lowest) to
+    # about 0.43, 10th of 12 from the lowest
+    assert l1.loc[5, "positional_sensitivity_pos_pos"] == pytest.approx(0.0386, abs=5e-4)
+    assert l1.loc[9, "positional_sensitivity_pos_pos"] == pytest.approx(0.0395, abs=5e-4)
+    assert l1.positional_sensitivity_pos_pos.rank().loc[9] == 2
+    assert l1.loc[5, "positional_sensitivity"] == pytest.approx(0.103, abs=0.005)
+    assert l1.loc[9, "positional_sensitivity"] == pytest.approx(0.432, abs=0.005)
+    assert l1.positional_sensitivity.rank().loc[9] == 10
+    # both against an independent computation from the shared file itself (ln_1 folded by hand:
+    # W <- diag(ln_1.weight) W, b_Q <- b_Q + ln_1.bias W_Q; W_pos centred), every head of layer 1
+    sd = load_shared_gpt2_state_dict()
+    P = sd["wpe.weight"].double()
+    P = P - P.mean(1, keepdim=True)
+    W, b = sd["h.1.attn.c_attn.weight"].double(), sd["h.1.attn.c_attn.bias"].double()
+    g, beta = sd["h.1.ln_1.weight"].double(), sd["h.1.ln_1.bias"].double()
+    low = torch.ones(len(P), len(P), dtype=torch.bool).tril()
+
+    def spread(S):  # mean over queries i >= 1 of the std over keys j <= i
+        m = torch.where(low, S, 0.0).sum(1) / low.sum(1)
+        return float((torch.where(low, (S - m[:, None]) ** 2, 0.0).sum(1) / low.sum(1))[1:].sqrt().mean())
+
+    for h in range(12):
+        q_cols, k_cols = slice(64 * h, 64 * h + 64), slice(768 + 64 * h, 768 + 64 * h + 64)
+        q = P @ (g[:, None] * W[:, q_cols])
+        k = P @ (g[:, None] * W[:, k_cols])
+        b_q = b[q_cols] + beta @ W[:, q_cols]
+        assert l1.loc[h, "positional_sensitivity_pos_pos"] == pytest.approx(spread(q @ k.T / 8), rel=1e-4), h
+        assert l1.loc[h, "positional_sensitivity"] == pytest.approx(spread((q + b_q) @ k.T / 8), rel=1e-4), h
     # issue 11's reading of the count: layer 1's other heads have 35-49, L1H11 has 4
     assert l1.loc[11, "n_negative_top"] == 4 and l1.drop(index=[5, 11]).n_negative_top.between(35, 49).all()
     meta = json.loads((out / "meta.json").read_text())
