@@ -121,7 +121,7 @@ LOGIT_READER_SELF = 12.0
 LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 8.0, 8.0
 LOGIT_BOS_HEADS = 8.5  # BOS logit of the BOS heads over their diffuse generic scores
 # Twins (common.planted_names): the one switch each flips in L1H5's planted part.
-LOGIT_POSITIONAL = 4.0  # positional: std over the prompt positions of L1H5's key-position logit
+LOGIT_POSITIONAL = 8.0  # positional: std over the prompt positions of L1H5's key-position logit
 LOGIT_SKEW = 16.0  # skew: spectral norm (in logits) of the skew identity-code term
 SKEW_BLOCK = 6  # skew: the skew term rotates codes 0-5 among themselves, and 6-11
 GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (positional heads, decoy)
@@ -575,9 +575,12 @@ def _spectrum_truth(b: _Build) -> dict:
             raise RuntimeError("planted: identity-code eigenvalues are not the most negative ones")
         other_neg = max(0.0, float(-rest.min()))  # largest |negative| planted eigenvalue besides them
         lo, hi = other_neg + delta, w_u**2 - delta
-        if not hi > 2 * lo:
+        if hi > 2 * lo:
+            threshold = float(np.sqrt(lo * hi))
+        elif b.twin == "positional":  # its positional term's negative eigenvalue reaches the codes'
+            planted_neg, lo, hi, threshold = None, None, None, None
+        else:
             raise RuntimeError(f"planted: no clear eigenvalue gap ({lo:.3f} .. {hi:.3f})")
-        threshold = float(np.sqrt(lo * hi))
     full_eig = np.linalg.eigvalsh(sym(W_Q @ W_K.T))
     # Full column rank of [W_Q, W_K] for every head -> Sylvester: d_head negative, d_head positive.
     for l, layer in enumerate(b.des.layers):

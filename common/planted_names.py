@@ -50,7 +50,8 @@ TWINS: dict[str, Twin] = {
     ),
     "positional": Twin(
         "L1H5 also reads the positional embedding: a key-position logit (std LOGIT_POSITIONAL over the "
-        "prompt positions) in its QK circuit",
+        "prompt positions) in its QK circuit, strong enough that removing the positions changes its score by more "
+        "than a tenth of what removing the token embedding does",
         ("position-independence", "component-ablation"),
     ),
     "skew": Twin(
