@@ -176,7 +176,7 @@ def shown(path: Path) -> Path:
     """``path`` relative to the repository when inside it (commands and stamps stay portable)."""
     path = Path(path)
     resolved = path.resolve()
-    return resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path
+    return resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved  # steps run in ROOT
 
 
 def step_command(step: Step, args: argparse.Namespace, root: Path, upstream_ok: dict[str, bool]) -> tuple[list[str], list[str]]:

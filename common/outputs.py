@@ -26,7 +26,20 @@ from common.planted_names import check_model_name, is_planted, planted_twin
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FIGURES = REPO_ROOT / "figures"
+
+
+def figures_root() -> Path:
+    """Where outputs go by default: $L1H5_FIGURES; else ``figures/`` beside the scripts in a
+    checkout (also after ``pip install -e .``); else, installed with ``pip install .`` (the
+    scripts live in site-packages), ``figures/`` under the current folder."""
+    if os.environ.get("L1H5_FIGURES"):
+        return Path(os.environ["L1H5_FIGURES"]).expanduser().resolve()
+    if (REPO_ROOT / "pyproject.toml").exists():
+        return REPO_ROOT / "figures"
+    return Path.cwd().resolve() / "figures"
+
+
+FIGURES = figures_root()
 
 
 def cache_dir() -> Path:
@@ -137,8 +150,15 @@ def git_version() -> str:
             ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
             capture_output=True, text=True, timeout=5,
         )
-        return out.stdout.strip() or "unknown"
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        pass
+    try:  # installed with `pip install .`: no git checkout, the package's version instead
+        from importlib.metadata import PackageNotFoundError, version
+
+        return f"l1h5 {version('l1h5')} (installed)"
+    except PackageNotFoundError:
         return "unknown"
 
 
