@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.claims import POST, Claim, Evidence, all_of, at_least, interval, near, number, protocol, target
-from common.cli import base_parser, start
+from common.cli import base_parser, start, keeps_state
 from common.outputs import FIGURES, prepare_out_dir
 from common.metrics import MASS_PARTS, all_head_patterns, head_survey, mean_ci
 from common.outputs import write_text
@@ -200,6 +200,7 @@ def run_one(args) -> Results:
     return results
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     """Score every head on seeded category prompts; save the tables and the target head's
     interactive page (data for a viewer); draw from the saved files; report. With several models,

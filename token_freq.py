@@ -41,7 +41,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common import freq
-from common.cli import add_text_flag, base_parser, script_name
+from common.cli import add_text_flag, base_parser, script_name, keeps_state
 from common.errors import error_summary
 from common.outputs import prepare_out_dir
 from common.planted_names import is_planted
@@ -189,6 +189,7 @@ def report(results: Results, out_dir: Path) -> None:
           f"= {s['tokens_per_second']:,.0f} tokens/s -> {out_dir / freq.TABLE_NAME}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = prepare_out_dir(args.out, SCRIPT, args.model)
