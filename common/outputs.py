@@ -162,21 +162,44 @@ def git_version() -> str:
         return "unknown"
 
 
+# Every installed library that can change a number in an output (the model's weights and their
+# processing, the SAE, tokenisation and token counts, the clustering and its scores, the tables),
+# by its distribution name; meta.json records each one's installed version.
+NUMBER_LIBRARIES = ("torch", "numpy", "transformer-lens", "transformers", "sae-lens", "safetensors", "tokenizers",
+                    "huggingface-hub", "tiktoken", "datasets", "pandas", "scikit-learn", "scipy", "leidenalg",
+                    "igraph")
+
+
+def library_versions(names=NUMBER_LIBRARIES) -> dict[str, str]:
+    """The installed version of each distribution in ``names`` (importlib.metadata, so packages
+    without ``__version__``, such as transformer_lens, are named too); "not installed" otherwise.
+    Keys use the import names (transformer_lens, sae_lens, scikit_learn, huggingface_hub)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name.replace("-", "_")] = version(name)
+        except PackageNotFoundError:
+            out[name.replace("-", "_")] = "not installed"
+    return out
+
+
 def write_meta(out_dir: Path, args, extra: dict | None = None, script: str | None = None) -> Path:
-    """meta.json: the model, seed and every argument of the run, the code version and timing.
+    """meta.json: the model, seed and every argument of the run, the code version and timing, and
+    the installed version of every library that shapes a number (:func:`library_versions`).
 
     ``script`` names the script when it runs in-process (tests, run_all --render-only); by default
     the command line's."""
-    import torch
-    import transformer_lens
-
+    versions = library_versions()
     meta = {
         "script": f"{script}.py" if script else Path(sys.argv[0]).name,
         "argv": sys.argv[1:] if not script or Path(sys.argv[0]).stem == script else None,
         "args": vars(args) if hasattr(args, "__dict__") else dict(args),
         "version": git_version(),
-        "torch": torch.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "torch": versions["torch"],  # the two report.html's footer shows, also in "libraries"
+        "transformer_lens": versions["transformer_lens"],
+        "libraries": versions,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if extra:
