@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from common.outputs import prepare_out_dir
+from common.outputs import claim_out_dir, prepare_out_dir
 
 
 MODEL_HELP = ("'gpt2-small' (HF cache/hub), another GPT-2-family name (gpt2-medium, gpt2-large, gpt2-xl, "
@@ -115,7 +115,7 @@ def start(args: argparse.Namespace, script: str):
         raise SystemExit("error: --threads must be >= 0")
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    out_dir = prepare_out_dir(args.out, script, args.model)
+    out_dir = prepare_out_dir(args.out, script, args.model)  # checked now, created once start-up succeeded
     # transformer_lens takes seconds to import: not for --help, nor before the output folder is checked
     from common.model import ModelUnavailable, load_model
     seed_everything(args.seed)
@@ -129,6 +129,7 @@ def start(args: argparse.Namespace, script: str):
         raise SystemExit(2) from None
     if hasattr(args, "layer"):
         check_head(model, args.layer, args.head)
+    claim_out_dir(out_dir, args)
     return model, out_dir
 
 

@@ -7,6 +7,7 @@ writability before any computation starts.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -91,23 +92,96 @@ def default_out_dir(script: str, model: str = "gpt2-small") -> Path:
     return FIGURES / "local" / Path(model).name / script
 
 
-def prepare_out_dir(out: str | Path | None, script: str, model: str = "gpt2-small") -> Path:
-    """``out`` (default :func:`default_out_dir`), created and proven writable, or SystemExit (also,
-    before anything is made, for an unknown planted twin)."""
+def prepare_out_dir(out: str | Path | None, script: str, model: str = "gpt2-small", create: bool = False) -> Path:
+    """``out`` (default :func:`default_out_dir`), proven writable (a folder that does not exist
+    yet: its nearest existing parent), or SystemExit (also, before anything is checked, for an
+    unknown planted twin). Nothing is created unless ``create``: :func:`common.cli.start` makes the
+    folder (:func:`claim_out_dir`) only once the start-up has succeeded, so a run stopped by a bad
+    input leaves no empty folder behind."""
     check_model_name(model)
     path = Path(out) if out else default_out_dir(script, model)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-test-"):
             pass
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SystemExit(f"error: output directory {path} is not writable ({exc.strerror or exc})") from None
     return path
 
 
+def manifest_path(folder: str | Path) -> Path:
+    """The list of files written into ``folder`` since its current run identity began: kept in the
+    cache (:func:`cache_dir`), never in the output folder itself, which holds only results."""
+    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:20]
+    return cache_dir() / "outputs" / f"{key}.txt"
+
+
+def run_identity(args) -> dict:
+    """What makes a run's outputs belong to one study: the model and the studied head."""
+    return {k: getattr(args, k, None) for k in ("model", "layer", "head")}
+
+
+def claim_out_dir(path: str | Path, args, script: str | None = None) -> Path:
+    """Create the output folder for a run whose start-up succeeded, and clear a previous run's
+    outputs for another model or head from it: the files that run wrote (its manifest,
+    :func:`manifest_path`, kept by :func:`atomic_path`) are removed, and the removal is said in one line,
+    so ``attention_L1H5.html`` never stays silently beside a rerun's ``attention_L1H4.html``. A
+    folder whose earlier run predates the manifest has its files named as stale instead (nothing
+    unknown is ever deleted). The same model and head: outputs are overwritten as usual."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        return path
+    try:
+        before = run_identity(argparse.Namespace(**json.loads(meta_path.read_text()).get("args", {})))
+    except (ValueError, TypeError, AttributeError):
+        before = {}
+    now = run_identity(args)
+    if before == now:
+        return path
+    what = ", ".join(f"{k} {v}" for k, v in before.items() if v is not None) or "unknown"
+    manifest = manifest_path(path)
+    if manifest.exists():
+        names = sorted({n for n in manifest.read_text().splitlines()[1:] if n and "/" not in n})
+        removed = [n for n in names if (path / n).is_file()]
+        for n in removed:
+            (path / n).unlink()
+        manifest.unlink()
+        if removed:
+            print(f"note: {path} held the outputs of an earlier run ({what}); removed its {len(removed)} files "
+                  f"({', '.join(removed[:6])}{', ...' if len(removed) > 6 else ''})", file=sys.stderr)
+    else:
+        stale = sorted(f.name for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+        print(f"warning: {path} holds files of an earlier run ({what}) that may be stale beside this one's: "
+              f"{', '.join(stale[:8])}{', ...' if len(stale) > 8 else ''} (remove them, or use another --out)",
+              file=sys.stderr)
+    return path
+
+
+def _record_output(path: Path) -> None:
+    """Add ``path``'s name to its folder's manifest (once)."""
+    manifest = manifest_path(path.parent)
+    try:
+        names = manifest.read_text().splitlines() if manifest.exists() else []
+        if path.name not in names[1:]:
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            with open(manifest, "a") as f:
+                f.write(("" if names else f"{path.parent.resolve()}\n") + path.name + "\n")
+    except OSError:
+        pass  # the manifest only serves the stale-output clean-up; never fail a write for it
+
+
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path, record: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    ``record``: name it in its folder's manifest of outputs (:func:`claim_out_dir`); caches pass False."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
@@ -115,6 +189,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+        if record:
+            _record_output(path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
