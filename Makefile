@@ -2,13 +2,17 @@
 PYTHON ?= python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test demo figures bench
+.PHONY: setup test demo figures bench check-real
 setup:  ## install the pinned dependencies (torch CPU build first)
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -r requirements.txt
 
 test:  ## the offline test suite on the planted model
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
+
+# Needs genuine gpt2-small (HF cache, or L1H5_REAL_MODEL=/path/to/folder); skipped with the reason otherwise.
+check-real:  ## this install against numbers measured on genuine gpt2-small elsewhere (common/real_checks.py)
+	$(PYTHON) -m pytest -q -rs -m real_model tests/test_real_model.py
 
 demo:  ## every script on the planted model, fully offline (figures/demo/)
 	HF_HUB_OFFLINE=1 $(PYTHON) run_all.py --model planted $(ARGS)
