@@ -3,13 +3,18 @@ PYTHON ?= python
 export PYTHONPATH := $(CURDIR)
 POST_STEPS := characterize_head,component_ablation
 
-.PHONY: setup test demo figures bench
+.PHONY: setup test demo figures bench check-real
 setup:  ## install the pinned dependencies (torch CPU build first)
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -r requirements.txt
 
 test:  ## the offline test suite on the planted model
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
+
+# Needs genuine gpt2-small (HF cache, or L1H5_REAL_MODEL=/path/to/folder); skipped with the reason otherwise.
+check-real:  ## this install against numbers measured on genuine gpt2-small elsewhere (common/real_checks.py)
+	$(PYTHON) -m pytest -q -rs -m real_model tests/test_real_model.py
+
 
 # The post-protocol runs (figures/*/post/) first: the report of the main run compares them with the
 # published numbers and shows our protocol's beside them (common/protocol.py).

@@ -31,9 +31,15 @@ Outputs (``figures/characterize_head/`` by default):
   summary.json, meta.json
   cross_model.csv / cross_model.png  (several --model values) lowest head of each model
 
+Your own text (``--prompt "TEXT"``, :mod:`common.prompt_view`): the head's observed pattern on it
+beside the ideal mask of the three rules and each query's cost, words outside the categories shown
+as such, and a circuitsvis page of every head of the layer; into ``<out>/prompt/`` by default:
+  prompt_pattern.csv / prompt_pattern.png, prompt_summary.json, prompt_heads_L<layer>.html
+
 Published reference (the L1H5 post, gpt2-small): L1H5 about 0.6, the next-lowest heads 1.2 or more.
 
 Run: python characterize_head.py --model planted   (real gpt2-small: --model gpt2-small)
+     python characterize_head.py --model planted --prompt "<bos> cat horse blue sun apple 32 red snow sun"
      python characterize_head.py --model gpt2-small gpt2-medium distilgpt2 --out figures/cross_model
 """
 
@@ -42,13 +48,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from common.claims import POST, Claim, Evidence, all_of, at_least, interval, near, number, protocol, target
-from common.cli import add_protocol_flag, apply_protocol, base_parser, start
-from common.outputs import FIGURES, prepare_out_dir
+from common.cli import add_protocol_flag, apply_protocol, base_parser, keeps_state, start
+from common.outputs import FIGURES, claim_out_dir, prepare_out_dir
 from common.planted_names import check_model_name
 from common.metrics import MASS_PARTS, all_head_patterns, head_survey, mean_ci
 from common.outputs import write_text
@@ -70,8 +77,15 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--repeat-prob", type=float, default=None,
                    help="extra chance a word repeats an earlier one (default: 0.1; --protocol post: 0)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="instead of the survey: the head on this text (observed pattern, ideal mask, cost per query) "
+                        "and every head of its layer in a circuitsvis page; default output <out>/prompt/")
     args = apply_protocol(p.parse_args(argv), n_prompts="survey_prompts", seq_len="survey_words",
                           repeat_prob="repeat_prob")
+    if args.prompt is not None and len(args.model) > 1:
+        p.error("--prompt takes one --model")
+    if args.prompt is not None and not args.prompt.strip():
+        p.error("--prompt is empty")
     if args.n_prompts < 2:
         p.error("--n-prompts must be at least 2 (a confidence interval needs two prompts)")
     if args.seq_len < 2:
@@ -143,10 +157,15 @@ def attention_page(model, tokens, layer: int, head: int) -> str:
 
 
 def render(out_dir) -> list[Path]:
-    """head_scores.png and mass_split.png from the saved tables (title: prompts and model of the run)."""
+    """head_scores.png and mass_split.png from the saved tables (title: prompts and model of the run);
+    in a --prompt folder, prompt_pattern.png (:func:`common.prompt_view.render_prompt_view`)."""
     from common.plotting import heatmap, plt, save_figure
 
     out_dir = Path(out_dir)
+    if (out_dir / "prompt_pattern.csv").exists() and not (out_dir / "head_scores.csv").exists():
+        from common.prompt_view import render_prompt_view
+
+        return render_prompt_view(out_dir)
     table, summary = load_table(out_dir, "head_scores"), load_summary(out_dir)
     mean = table.pivot(index="layer", columns="head", values="score_mean").to_numpy()
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * mean.shape[1], 0.8 + 0.5 * mean.shape[0]))
@@ -225,11 +244,15 @@ def run_one(args) -> Results:
     return results
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     """Score every head on seeded category prompts; save the tables and the target head's
     interactive page (data for a viewer); draw from the saved files; report. With several models,
     one sub-folder each and the cross-model table."""
     args = parse_args(argv)
+    if args.prompt is not None:
+        run_prompt(argparse.Namespace(**{**vars(args), "model": args.model[0]}))
+        return 0
     if len(args.model) == 1:
         run_one(argparse.Namespace(**{**vars(args), "model": args.model[0]}))
         return 0
@@ -239,10 +262,34 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.model:
         sub = argparse.Namespace(**{**vars(args), "model": name, "out": str(out_dir / model_folder(name))})
         summaries.append(run_one(sub).summary)
+    claim_out_dir(out_dir, args)
     save_results(out_dir, Results({"cross_model": cross_model(summaries)}, {"models": args.model}), args, SCRIPT)
     render_cross_model(out_dir)
     Console().print(load_table(out_dir, "cross_model").to_string(index=False))
     return 0
+
+
+def run_prompt(args) -> None:
+    """--prompt: the head on the user's text (common.prompt_view), saved, then drawn by render."""
+    from common.outputs import default_out_dir
+    from common.prompt_view import prompt_view, save_prompt_view
+
+    args.out = args.out or str(default_out_dir(SCRIPT, args.model) / "prompt")
+    model, out_dir = start(args, SCRIPT)
+    try:
+        view = prompt_view(model, args.prompt, args.layer, args.head)
+    except ValueError as exc:
+        raise SystemExit(f"error: --prompt: {exc}") from None
+    save_prompt_view(out_dir, view, args.model)
+    from common.genuine_weights import weights_meta
+    from common.outputs import write_meta
+
+    write_meta(out_dir, args, weights_meta(args.model), script=SCRIPT)
+    render(out_dir)
+    none = ", ".join(map(repr, view.uncategorised)) or "none"
+    print(f"L{args.layer}H{args.head} on {len(view.tokens)} tokens: score {view.score:.3f} (0 = follows the three "
+          f"rules exactly); worst query {int(np.nanargmax(view.cost))} {view.labels[int(np.nanargmax(view.cost))]!r} "
+          f"cost {np.nanmax(view.cost):.3f}; outside the categories: {none} -> {out_dir}")
 
 
 def model_folder(name: str) -> str:

@@ -61,7 +61,7 @@ import torch
 
 from common.claims import DIFFERS, INCONCLUSIVE, ORIGINAL, REPRODUCED, Claim, Evidence
 from common.attention_graph import agreement, attention_topk, build_graph, choose_nodes, layout, leiden, strengths
-from common.cli import base_parser, script_name, start_head
+from common.cli import base_parser, script_name, start_head, keeps_state
 from common.outputs import atomic_path, write_json
 from common.plotting import plt, save_figure, token_heatmap
 from common.prompts import CATEGORIES, token_category_map
@@ -395,6 +395,7 @@ def report(results: Results, out_dir: Path, model_name: str) -> None:
           f"over {q['n_category_tokens']} category tokens; outputs in {out_dir}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     head_start = start_head(args, SCRIPT)

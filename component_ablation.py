@@ -88,7 +88,7 @@ from tqdm import tqdm
 from common.claims import POST, Claim, Evidence, all_of, at_most, banded, interval, near, number, protocol, target
 from common.ablation import (COMPONENTS, collect_activations, keep_only_hooks, mean_ablation_hooks,
                              resample_ablation_hooks)
-from common.cli import add_protocol_flag, apply_protocol, base_parser, start
+from common.cli import add_protocol_flag, apply_protocol, base_parser, keeps_state, start
 from common.errors import require_absolute_positions
 from common.metrics import all_head_patterns, bos_only_share, mean_ci, semantic_score
 from common.prompts import category_prompts
@@ -507,6 +507,7 @@ def report(results: Results) -> None:
     c.print(t2)
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     """Score every head of the layer on category prompts, clean and with each component ablated
     (reference statistics from a separate batch); re-run the prompts shuffled, shifted and padded;

@@ -58,7 +58,7 @@ import torch
 from tqdm import tqdm
 
 from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence, number
-from common.cli import base_parser, script_name, start_head
+from common.cli import base_parser, script_name, start_head, keeps_state
 from common.freq import resolve_top_tokens
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
@@ -323,6 +323,7 @@ def report(results: Results, out_dir: Path) -> None:
           f"logits; self (cosine 1) is 0 by definition -> {out_dir}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = start_head(args, SCRIPT)

@@ -73,7 +73,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from common.claims import DIFFERS, INCONCLUSIVE, ORIGINAL, REPRODUCED, Claim, Evidence
-from common.cli import base_parser, start
+from common.cli import base_parser, start, keeps_state
 from common.effective_embeddings import effective_embeddings, effective_record
 from common.factored import Factored, steer
 from common.head_qk import FactoredQK
@@ -616,6 +616,7 @@ def report(results: Results) -> None:
     c.print(t2)
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     """Optimise dW_Q, dW_K of the head on its cached layer input (per direction), evaluate every
     variant on held-out prompts, match eigenvalue steering to the gradient result, then view every

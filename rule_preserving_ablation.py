@@ -70,7 +70,7 @@ import torch
 
 from common.claims import NEW, Claim, Evidence, number
 from common.ablation import mean_ablation_hooks, resample_ablation_hooks
-from common.cli import add_text_flag, base_parser, start
+from common.cli import add_text_flag, base_parser, start, keeps_state
 from common.gpt2_tokenizer import load_tokenizer
 from common.head_replacement import (
     bootstrap_indices,
@@ -549,6 +549,7 @@ def report(results: Results, n_worst: int) -> None:
     con.print(w)
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     """Windows of text (checked before the model loads), categories, then per window: layers 0..L
     once, every variant from layer L on, KL against the clean run; explained fractions with a

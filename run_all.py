@@ -110,6 +110,8 @@ COMMUNITIES = Upstream("clustering.py", "--communities", "{root}/clustering/comm
                        "no communities variant (the rules row uses the word lists either way)")
 INPUT_OPTIONS = {"text": "--text", "sae": "--sae-path", "protocol": "--protocol"}
 NO_MODEL = {"token_freq.py"}  # steps that load no model (no need to fill the weights cache first)
+NO_HEAD = {"token_freq.py"}  # steps without --layer/--head (every step takes --seed)
+DEFAULT_HEAD = (1, 5)  # L1H5: its study goes to the model's root; another head's to <root>/L<layer>H<head>/
 
 STEPS = [
     Step("token_freq.py", inputs=["text"], cost=15),
@@ -146,10 +148,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="gpt2-small", help="'gpt2-small', 'planted', 'planted:<twin>' or a local HF GPT-2 folder")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--layer", type=int, default=DEFAULT_HEAD[0], help="layer of the head to study (every script's --layer)")
+    p.add_argument("--head", type=int, default=DEFAULT_HEAD[1], help="head to study (every script's --head); another "
+                   "head than L1H5 gets its own root, <root>/L<layer>H<head>/")
+    p.add_argument("--seed", type=int, default=0, help="every script's --seed")
     p.add_argument("--force", action="store_true", help="rerun steps even when up to date")
     p.add_argument("--only", default="", help="comma-separated script names to run (default: all)")
     p.add_argument("--root", default=None, help="output root (default figures/, figures/demo/ for planted, "
-                   "figures/demo-<twin>/ for planted:<twin>)")
+                   "figures/demo-<twin>/ for planted:<twin>; with another head than L1H5, L<layer>H<head>/ inside it)")
     p.add_argument("--text", default=None, metavar="PATH",
                    help="text file or folder for the scripts that read natural text "
                         f"({', '.join(s.script for s in STEPS if 'text' in s.inputs)}) instead of WikiText")
@@ -168,6 +174,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_model_name(args.model)  # planted:<unknown>: one line naming the twins, nothing made
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
+    if args.layer < 0 or args.head < 0:
+        p.error("--layer and --head must be >= 0")
     args.only_set = {s.strip().removesuffix(".py") + ".py" for s in args.only.split(",") if s.strip()}
     unknown = args.only_set - {s.script for s in STEPS}
     if unknown:
@@ -180,11 +188,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def default_root(model: str, layer: int = DEFAULT_HEAD[0], head: int = DEFAULT_HEAD[1]) -> Path:
+    """The model's figures root (common.outputs.default_out_dir's parent); for another head than
+    L1H5 its own folder inside it, ``L<layer>H<head>/`` (figures/L3H4/, figures/demo/L3H4/)."""
+    root = default_out_dir("x", model).parent
+    return root if (layer, head) == DEFAULT_HEAD else root / f"L{layer}H{head}"
+
+
 def shown(path: Path) -> Path:
     """``path`` relative to the repository when inside it (commands and stamps stay portable)."""
     path = Path(path)
     resolved = path.resolve()
-    return resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path
+    return resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved  # steps run in ROOT
 
 
 def step_command(step: Step, args: argparse.Namespace, root: Path, upstream_ok: dict[str, bool]) -> tuple[list[str], list[str]]:
@@ -205,7 +220,9 @@ def step_command(step: Step, args: argparse.Namespace, root: Path, upstream_ok: 
             extra += [INPUT_OPTIONS[name], args.protocol]
         elif values[name] is not None:
             extra += [INPUT_OPTIONS[name], str(Path(values[name]).expanduser().resolve())]
-    cmd = [sys.executable, step.script, "--model", args.model, "--device", args.device, "--out", str(r / step.script.removesuffix(".py")), *extra]
+    head = [] if step.script in NO_HEAD else ["--layer", str(args.layer), "--head", str(args.head)]
+    cmd = [sys.executable, step.script, "--model", args.model, "--device", args.device, *head, "--seed", str(args.seed),
+           "--out", str(r / step.script.removesuffix(".py")), *extra]
     return cmd, notes
 
 
@@ -230,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(all_claims()))
         return 0
     only = args.only_set
-    root = Path(args.root) if args.root else default_out_dir("x", args.model).parent
+    root = Path(args.root) if args.root else default_root(args.model, args.layer, args.head)
     if args.protocol == "post" and not args.root:
         root = root / POST_ROOT
     root.mkdir(parents=True, exist_ok=True)
@@ -308,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         runner.stop_all()
     wall = time.time() - t_run
 
-    write_json(root / "run_all.json", {"model": args.model, "jobs": args.jobs, "threads_per_job": threads,
+    write_json(root / "run_all.json", {"model": args.model, "layer": args.layer, "head": args.head, "seed": args.seed,
+                                       "jobs": args.jobs, "threads_per_job": threads,
                                        "wall_seconds": round(wall, 1), "steps": record,
                                        **({"prepare": prepared} if prepared else {})})
     build_report(root, all_claims(), args.model)
@@ -633,6 +651,10 @@ def write_index(root: Path, model: str) -> None:
     claims = read_claims(root) if (root / "claims.json").exists() else []
     lines = [f"# Figures ({('planted demo model' + ('' if model == 'planted' else f' twin {model}')) if is_planted(model) else model})", "",
              "Regenerate everything with `make demo` (planted, offline) or `make figures` (gpt2-small).", ""]
+    run = json.loads((root / "run_all.json").read_text()) if (root / "run_all.json").exists() else {}
+    if "head" in run:
+        flags = f"--layer {run['layer']} --head {run['head']} --seed {run['seed']}"
+        lines += [f"Head studied: L{run['layer']}H{run['head']}, seed {run['seed']} (`ARGS=\"{flags}\"`).", ""]
     for step in STEPS:
         out = root / step.script.removesuffix(".py")
         figs = sorted(f for f in out.glob("*") if f.suffix in (".png", ".html", ".svg")) if out.exists() else []

@@ -92,7 +92,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from common.claims import NEW, Claim, Evidence, target
-from common.cli import base_parser, script_name, start
+from common.cli import base_parser, script_name, start, keeps_state
 from common.errors import require_absolute_positions
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, spectrum_summary
 from common.genuine_weights import stamp_figure, verdict_text, weights_verdict
@@ -462,6 +462,7 @@ def report(results: Results, out_dir, verdict: str) -> None:
     console.print(f"outputs: {out_dir}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model, out_dir = start(args, script_name(__file__))

@@ -66,7 +66,7 @@ import pandas as pd
 import torch
 
 from common.claims import DIFFERS, ORIGINAL, REPRODUCED, Claim, Evidence
-from common.cli import base_parser, script_name, start_head
+from common.cli import base_parser, script_name, start_head, keeps_state
 from common.outputs import prepare_out_dir
 from common.plotting import plt, save_figure, token_heatmap
 from common.prompts import GROUP_TOKENS, category_prompts, group_token_ids, random_token_prompts, self_and_copies_mask
@@ -553,6 +553,7 @@ def report(results: Results, out_dir: Path) -> None:
     console.print(f"outputs in {out_dir}", markup=False, highlight=False, soft_wrap=True)
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     demo_sae = wants_demo_sae(args)

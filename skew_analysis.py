@@ -89,7 +89,7 @@ from tqdm import tqdm
 
 from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence, all_of, interval, near, number, sign, target
 from common.ablation import collect_activations, mean_ablation_hooks
-from common.cli import base_parser, script_name, start_head
+from common.cli import base_parser, script_name, start_head, keeps_state
 from common.effective_embeddings import embedding_gram
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_symmetric, spectrum_summary
 from common.head_qk import FactoredQK
@@ -464,6 +464,7 @@ def report(results: Results, out_dir: Path, layer: int, head: int) -> None:
     console.print(f"outputs: {out_dir}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = start_head(args, SCRIPT)

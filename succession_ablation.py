@@ -69,7 +69,7 @@ import pandas as pd
 import torch
 
 from common.claims import ORIGINAL, Claim, Evidence, number
-from common.cli import add_text_flag, base_parser, start
+from common.cli import add_text_flag, base_parser, start, keeps_state
 from common.memory import release
 from common.outputs import prepare_out_dir
 from common.results import Results, load_meta, load_summary, load_table, save_results
@@ -771,6 +771,7 @@ def report(results: Results, out_dir: Path) -> None:
     con.print(f"outputs in {out_dir}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Every input is checked before the model loads: output folder, then cases, text and windows.

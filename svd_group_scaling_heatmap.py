@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence
-from common.cli import add_biases_flag, base_parser, script_name, start_head
+from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
@@ -187,6 +187,7 @@ def report(results: Results, out_dir: Path) -> None:
     console.print(f"outputs: {out_dir}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = start_head(args, SCRIPT)

@@ -47,7 +47,7 @@ from rich.console import Console
 from scipy.stats import spearmanr
 
 from common.claims import ORIGINAL, Claim, Evidence
-from common.cli import add_biases_flag, base_parser, script_name, start_head
+from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
 from common.factored import steer
 from common.head_qk import FactoredQK
 from common.metrics import mean_ci
@@ -274,6 +274,7 @@ def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
     console.print(f"grid {results.summary['grid_seconds']:.1f} s, peak RSS {peak_mb:.0f} MB; outputs: {out_dir}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()

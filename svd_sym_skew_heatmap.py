@@ -43,7 +43,7 @@ import torch
 from rich.console import Console
 
 from common.claims import POST, Claim, Evidence, banded
-from common.cli import add_biases_flag, base_parser, script_name, start_head
+from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
@@ -174,6 +174,7 @@ def report(results: Results, out_dir: Path) -> None:
     console.print(f"outputs: {out_dir}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = start_head(args, SCRIPT)

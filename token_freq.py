@@ -41,9 +41,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common import freq
-from common.cli import add_text_flag, base_parser, script_name
+from common.cli import add_text_flag, base_parser, script_name, keeps_state
 from common.errors import error_summary
-from common.outputs import prepare_out_dir
+from common.outputs import claim_out_dir, prepare_out_dir
 from common.planted_names import is_planted
 from common.prompts import token_category_map
 from common.results import Results, load_summary, load_table, save_results
@@ -191,11 +191,13 @@ def report(results: Results, out_dir: Path) -> None:
           f"= {s['tokens_per_second']:,.0f} tokens/s -> {out_dir / freq.TABLE_NAME}")
 
 
+@keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = prepare_out_dir(args.out, SCRIPT, args.model)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     results = compute(args)
+    claim_out_dir(out_dir, args)  # created only now that the text has been read and counted
     meta = {k: v for k, v in results.summary.items() if k != "category_ids"}
     save_results(out_dir, results, args, SCRIPT, meta=meta)
     if not args.no_plot:

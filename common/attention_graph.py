@@ -143,12 +143,17 @@ def strengths(n: int, idx: torch.Tensor, prob: torch.Tensor) -> np.ndarray:
 
 
 def layout(g, iterations: int, seed: int) -> np.ndarray:
-    """Seeded force-directed 2-D layout in [-1, 1] (igraph draws its randomness from Python's ``random``)."""
-    random.seed(seed)
-    if g.vcount() > 20000:  # DrL scales to large graphs, Fruchterman-Reingold does not
-        pos = g.layout_drl(weights="weight")
-    else:
-        pos = g.layout_fruchterman_reingold(weights="weight", niter=iterations)
+    """Seeded force-directed 2-D layout in [-1, 1] (igraph draws its randomness from Python's
+    ``random``, which is seeded for the layout and then given back as it was)."""
+    saved = random.getstate()
+    try:
+        random.seed(seed)
+        if g.vcount() > 20000:  # DrL scales to large graphs, Fruchterman-Reingold does not
+            pos = g.layout_drl(weights="weight")
+        else:
+            pos = g.layout_fruchterman_reingold(weights="weight", niter=iterations)
+    finally:
+        random.setstate(saved)
     xy = np.asarray(pos.coords, dtype=float)
     xy -= xy.mean(0)
     return xy / (np.abs(xy).max() or 1.0)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from common.outputs import prepare_out_dir
+from common.outputs import claim_out_dir, prepare_out_dir
 
 
 MODEL_HELP = ("'gpt2-small' (HF cache/hub), another GPT-2-family name (gpt2-medium, gpt2-large, gpt2-xl, "
@@ -45,9 +48,49 @@ def base_parser(doc: str | None, head: bool = True, several_models: bool = False
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global stream and torch: call it inside :func:`script_state`
+    (as :func:`start` is), which gives the caller's streams back afterwards."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def script_state() -> Iterator[None]:
+    """Give back on exit, also on an error or SystemExit, the global state a run changes: torch's
+    grad mode and intra-op thread count, and the random streams (python ``random``, numpy's global
+    stream, torch's CPU generator and, where CUDA is initialised, its generators).
+
+    :func:`start` disables grad, sets ``--threads`` and seeds every stream for the run; every
+    script's ``main`` runs inside this context (:func:`keeps_state`), so calling it from a notebook
+    or a test leaves the caller's session as it was.
+    """
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(grad)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+
+
+def keeps_state(main: Callable) -> Callable:
+    """Decorator for a script's ``main``: the whole run inside :func:`script_state`."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        with script_state():
+            return main(*args, **kwargs)
+
+    wrapper.keeps_state = True
+    return wrapper
 
 
 def check_head(model, layer: int, head: int) -> None:
@@ -62,6 +105,8 @@ def check_head(model, layer: int, head: int) -> None:
 def start(args: argparse.Namespace, script: str):
     """Common start-up: output folder checked first, then seed, model, head range.
 
+    Disables grad, sets ``--threads`` and seeds every random stream: global state, which the
+    caller gets back by running inside :func:`script_state` (every script's ``main`` does).
     Returns (model, out_dir). Exits with a short message (no traceback) when the model cannot be
     loaded.
     """
@@ -70,7 +115,7 @@ def start(args: argparse.Namespace, script: str):
         raise SystemExit("error: --threads must be >= 0")
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    out_dir = prepare_out_dir(args.out, script, args.model)
+    out_dir = prepare_out_dir(args.out, script, args.model)  # checked now, created once start-up succeeded
     # transformer_lens takes seconds to import: not for --help, nor before the output folder is checked
     from common.model import ModelUnavailable, load_model
     seed_everything(args.seed)
@@ -84,6 +129,7 @@ def start(args: argparse.Namespace, script: str):
         raise SystemExit(2) from None
     if hasattr(args, "layer"):
         check_head(model, args.layer, args.head)
+    claim_out_dir(out_dir, args)
     return model, out_dir
 
 

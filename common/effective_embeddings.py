@@ -212,7 +212,7 @@ def effective_embeddings(model, layer: int = 1, batch_size: int = 2048, cache: b
             pass
     E = compute_effective_embeddings(model, layer, batch_size, positions, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, record=False) as tmp:
         torch.save(E, tmp)
     return E
 

@@ -246,7 +246,7 @@ def verify_checkpoint(path: str | Path, use_cache: bool = True) -> Verdict:
     if use_cache:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(cfile) as tmp:
+            with atomic_path(cfile, record=False) as tmp:
                 tmp.write_text(json.dumps({"identity": identity, "verdict": asdict(verdict)}, indent=1))
         except OSError:
             pass  # an unwritable cache folder: the verdict stands, uncached (not "could not be read")

@@ -114,6 +114,7 @@ def _load_folder(folder: Path, device: str) -> HookedTransformer:
     """A local folder through the processed-weights cache (built by :func:`load_local_folder`)."""
     folder = Path(folder)
     config, weights = _folder_files(folder)
+    _check_vocabulary(folder, config)
     model = load_processed(Source(
         route="local-folder", origin=str(folder.resolve()),
         files={"config.json": config, "weights": weights}, code=_LOADER_CODE,
@@ -233,6 +234,22 @@ def _folder_files(folder: Path) -> tuple[Path, Path]:
     return config_path, weights[0]
 
 
+def _check_vocabulary(folder: Path, config_path: Path) -> None:
+    """ModelUnavailable (one line) when the folder's vocabulary is smaller than the tokenizer it is
+    read with: the tokenizer's ids (BOS is 50256 in GPT-2's) would index past the embedding, which
+    otherwise surfaces as an IndexError deep inside a forward pass. A larger vocabulary (padded
+    to a multiple of 64, as some GPT-2 checkpoints are) is fine."""
+    n_vocab = json.loads(config_path.read_text()).get("vocab_size", 50257)
+    tok_dir = _tokenizer_dir(folder)
+    n_tok = len(load_tokenizer(tok_dir))
+    if n_vocab < n_tok:
+        which = "the folder's own tokenizer files" if tok_dir == folder else f"GPT-2's tokenizer in {TOKENIZER_DIR}"
+        raise ModelUnavailable(
+            f"{folder}: the model's vocabulary has {n_vocab:,} tokens (config.json vocab_size) but its tokenizer "
+            f"({which}) has {n_tok:,}, so token ids would index past the embedding; use a GPT-2-vocabulary "
+            f"model (vocab_size >= {n_tok:,}) or put the model's own tokenizer (vocab.json, merges.txt) in the folder")
+
+
 def _tokenizer_dir(folder: Path) -> Path:
     has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "vocab.json"))
     return folder if has_tokenizer else TOKENIZER_DIR
@@ -272,14 +289,19 @@ def gpt2_tl_config(hf_cfg, device: str = "cpu"):
 
 def _check_state_dict(weights_file: Path, hf_cfg) -> None:
     """Name every missing or mis-shaped tensor before transformers silently random-initialises it."""
-    if weights_file.suffix == ".safetensors":
-        from safetensors import safe_open
+    try:
+        if weights_file.suffix == ".safetensors":
+            from safetensors import safe_open
 
-        with safe_open(str(weights_file), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    else:
-        sd = torch.load(weights_file, map_location="cpu", weights_only=True)
-        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+            with safe_open(str(weights_file), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        else:
+            sd = torch.load(weights_file, map_location="cpu", weights_only=True)
+            shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    except Exception as exc:  # SafetensorError, UnpicklingError, EOFError, RuntimeError ...: all "unreadable"
+        raise ModelUnavailable(
+            f"{weights_file}: unreadable weights file, corrupt or truncated ({error_summary(exc)[:120]}); "
+            "save or download it again (e.g. model.save_pretrained(folder)), or use --model planted") from None
     shapes = {k.removeprefix("transformer."): v for k, v in shapes.items()}
     d, v, n = hf_cfg.n_embd, hf_cfg.vocab_size, hf_cfg.n_positions
     m = hf_cfg.n_inner or 4 * d

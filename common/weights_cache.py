@@ -132,20 +132,16 @@ def _load_processed(source: Source, device: str):
 
 
 def make_key(source: Source) -> dict:
-    import transformer_lens
-    import transformers
+    from common.outputs import library_versions
 
+    versions = library_versions(("torch", "transformers", "transformer-lens", "safetensors"))
     return {
         "format": FORMAT,
         "route": source.route,
         "files": {name: file_sha256(path) for name, path in sorted(source.files.items())},
         "processing": PROCESSING,
         "dtype": "float32",
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
-        },
+        "versions": versions,  # a new transformer_lens (or torch, ...) rebuilds the processed weights
         "loader": source.code,
         "fingerprint_code": hashlib.sha256(inspect.getsource(model_fingerprint).encode()).hexdigest()[:16],
     }
