@@ -71,7 +71,10 @@ SCRIPT = script_name(__file__)
 # Published examples and the companions that, per the post, share their community.
 EXAMPLES: dict[str, list[str]] = {
     " red": [" green", " blue", " yellow"],
-    " 69": [f" {i}" for i in range(10, 100) if i != 69],
+    # the other numbers of the original's own numbers category (its src/constants.py KEYWORDS), which
+    # is also what the planted model plants beside " 69"; every two-digit number would ask the planted
+    # model for a category it does not have
+    " 69": [" 24", " 42", " 22", " 32", " 50"],
     " Monday": [" Tuesday", " Wednesday", " Friday"],
     " Italy": [" France", " Germany", " Spain", " China", " Japan", " Russia", " India", " Canada", " Brazil"],
 }
@@ -505,7 +508,7 @@ def check_clustering(out_dir) -> Evidence:
 
 
 CLAIMS = [Claim(
-    "clustering", SCRIPT, "' red' clusters with colours, ' 69' with two-digit numbers, 'Monday' with weekdays, ' Italy' "
+    "clustering", SCRIPT, "' red' clusters with colours, ' 69' with the other numbers, 'Monday' with weekdays, ' Italy' "
     "with countries (Leiden communities of the head's attention graph)", ORIGINAL, "qualitative", "community_map.png",
     "examples.csv", f"every example present in the graph shares its community with >= {COMPANION_SHARE:.0%} of its "
     "companions; differs when none does (one graph, no CI)", check_clustering, token_space=True)]
