@@ -122,7 +122,7 @@ LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 8.0, 8.0
 LOGIT_BOS_HEADS = 8.5  # BOS logit of the BOS heads over their diffuse generic scores
 # Twins (common.planted_names): the one switch each flips in L1H5's planted part.
 LOGIT_POSITIONAL = 8.0  # positional: std over the prompt positions of L1H5's key-position logit
-LOGIT_SKEW = 16.0  # skew: spectral norm (in logits) of the skew identity-code term
+LOGIT_SKEW = 14.0  # skew: spectral norm (in logits) of the skew identity-code term
 SKEW_BLOCK = 6  # skew: the skew term rotates codes 0-5 among themselves, and 6-11
 GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (positional heads, decoy)
 TARGET_GENERIC_COLUMN = 0.08  # the same for L1H5

@@ -229,7 +229,7 @@ def _group_scores(model, tokenizer):
 def test_skew_part_carries_the_group_scores(twins, planted_model, tokenizer):
     """The designed group-token logits: 12 per same-category pair, (4 - 22) per same-index pair
     (self included), plus, in the twin only, LOGIT_SKEW * skew_codes[i, j] between word indices i, j
-    (design value of corr(Base, Sym): 0.78 at seed 0).
+    (design value of corr(Base, Sym): 0.82 at seed 0).
     From those, corr(Base, Sym) is computed here (float64); the built twin's must match it and fall
     well below 0.95, the plain model's stay above it, and W_sym still has the larger spectral norm
     (LOGIT_SKEW < 22: the spectrum claim stays true)."""
@@ -271,7 +271,7 @@ def _self_top_without_negative_eigenvalues(model, tokenizer):
 def test_skew_twin_breaks_eigen_steering(twins, planted_model, tokenizer):
     """Design: with the negative eigenvalues removed, self beats another word of its category by
     LOGIT_IDENTITY (4) in the plain model, but the skew twin adds LOGIT_SKEW * skew_codes[i, j]
-    (16 x up to ~0.8) to some other word j of the same category: for every group token (indices
+    (14 x up to ~0.8) to some other word j of the same category: for every group token (indices
     0-5 share one skew block) some j outscores self by design."""
     J = np.array(twins["skew"][1]["skew_codes"])
     beaten = [max(J[i, j] for j in range(6) if j != i) * P.LOGIT_SKEW > P.LOGIT_IDENTITY for i in range(6)]
