@@ -13,6 +13,14 @@ reported, with the target's rank among all heads and the next-lowest head anywhe
 Beside every score: ``bos_only``, the share of scored queries whose only allowed key is BOS, and
 the score over the other queries alone (``score_in_category_queries``).
 
+Category-overlap sensitivity: some categories overlap in meaning (months and days, names and
+pronouns, number words and years, and words that name a fruit and a colour: orange, lime, peach,
+plum, cherry, violet). The same patterns are re-scored with such categories merged (a merged
+pair is one category; a fruit/colour word belongs to both the fruits and the colours), each merge
+alone and all together, where the protocol's word lists hold both sides
+(``overlap_sensitivity.csv``): a head that treats them as one category scores lower merged, a head
+that keeps them apart scores higher. No second forward pass.
+
 Protocols (``--protocol``, :mod:`common.protocol`): ``ours`` (default) as above; ``post`` is the
 published experiment: the original repository's 8 categories of 5-6 words, prompts of 255 words
 drawn with replacement, the score clamped at 1e-12 and averaged over every row (BOS's too), here
@@ -27,6 +35,8 @@ the lowest-scoring head of every model (its score and CI) and the --layer/--head
 Outputs (``figures/characterize_head/`` by default):
   head_scores.csv / head_scores.png  score per head (mean, CI), target outlined
   mass_split.csv / mass_split.png    attention mass parts: target head vs the median head
+  overlap_sensitivity.csv            per merge of overlapping categories: the target's score (CI),
+                                     rank and bos_only, the best other head, beside the unmerged
   attention_<layer>_<head>.html      interactive circuitsvis page of the target head (offline)
   summary.json, meta.json
   cross_model.csv / cross_model.png  (several --model values) lowest head of each model
@@ -50,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -57,9 +68,9 @@ from common.claims import POST, Claim, Evidence, all_of, at_least, interval, nea
 from common.cli import add_protocol_flag, apply_protocol, base_parser, keeps_state, start
 from common.outputs import FIGURES, claim_out_dir, prepare_out_dir
 from common.planted_names import check_model_name
-from common.metrics import MASS_PARTS, all_head_patterns, head_survey, mean_ci
+from common.metrics import MASS_PARTS, all_head_patterns, bos_only_share, head_survey, mean_ci
 from common.outputs import write_text
-from common.prompts import category_prompts
+from common.prompts import category_token_ids, category_prompts
 from common.protocol import POST as POST_PROTOCOL
 from common.protocol import PROTOCOLS
 from common.results import Results, load_meta, load_summary, load_table, save_results
@@ -105,12 +116,88 @@ def prompts(model, args):
                             PROTOCOLS[args.protocol].categories, repeat_prob=args.repeat_prob)
 
 
+# Overlapping categories (module docstring): pairs merged into one, and words in both fruits and colours.
+OVERLAP_MERGES = {"months+days": ("months", "days"), "names+pronouns": ("names", "pronouns"),
+                  "numbers+years": ("numbers", "years")}
+FRUIT_COLOUR = "fruit/colour words"
+FRUIT_COLOUR_WORDS = ("orange", "lime", "peach", "plum", "cherry", "violet")
+FRUITS, COLOURS = ("fruits",), ("colours", "colors")  # our lists' name and the post's
+ALL_MERGED = "all merged"
+
+
+def overlap_groups(categories: dict[str, list[str]]) -> dict[str, list[tuple[str, str]]]:
+    """Merge name -> the (category, category) pairs it joins, for the merges whose two sides are
+    both in ``categories``; a fruit/colour word is a pair ('word:<w>', colour category). With two
+    or more merges, ``all merged`` holds them all."""
+    out = {name: [(a, b)] for name, (a, b) in OVERLAP_MERGES.items() if a in categories and b in categories}
+    fruit = next((c for c in FRUITS if c in categories), None)
+    colour = next((c for c in COLOURS if c in categories), None)
+    words = [w for w in FRUIT_COLOUR_WORDS if fruit and colour and (w in categories[fruit] or w in categories[colour])]
+    if words:
+        out[FRUIT_COLOUR] = [(f"word:{w}", colour if w in categories[fruit] else fruit) for w in words]
+    if len(out) > 1:
+        out[ALL_MERGED] = [pair for pairs in out.values() for pair in pairs]
+    return out
+
+
+def overlap_mask(tokens: torch.Tensor, tokenizer, categories: dict[str, list[str]], pairs) -> torch.Tensor:
+    """The ideal mask (common.prompts.ideal_mask) with the ``pairs`` of :func:`overlap_groups`
+    applied: k < q allowed iff k and q share a (merged) category and are different tokens; BOS
+    when no key is allowed. A token's categories are a set (a fruit/colour word has two)."""
+    names = list(categories)
+    ids = category_token_ids(tokenizer, categories)
+    member = torch.zeros(tokenizer.vocab_size + 1, len(names), dtype=torch.bool)
+    for c, toks in enumerate(ids.values()):
+        member[torch.tensor(toks), c] = True
+    for a, b in pairs:
+        if a.startswith("word:"):  # one word joins the other category
+            t = category_token_ids(tokenizer, {"w": [a[5:]]})["w"][0]
+            member[t, names.index(b)] = True
+        else:  # the two categories are one: each member joins the other
+            ia, ib = names.index(a), names.index(b)
+            both = member[:, ia] | member[:, ib]
+            member[:, ia] = member[:, ib] = both
+    g = member[tokens].float()  # [batch, pos, n_categories]
+    n = tokens.shape[1]
+    share = (g @ g.transpose(1, 2)) > 0
+    mask = share & (tokens[:, :, None] != tokens[:, None, :]) & torch.ones(n, n, dtype=torch.bool).tril(-1)
+    mask[:, 0, :] = False
+    mask[:, :, 0] = False
+    mask[:, :, 0] = ~mask.any(-1)
+    return mask
+
+
+def overlap_table(score: np.ndarray, extra: dict[str, np.ndarray], masks: dict, base_mask, groups: dict,
+                  layer: int, head: int) -> pd.DataFrame:
+    """One row per merge (``none``: unmerged): the target's score and CI, its rank among all heads,
+    the best other head and its score, bos_only, and how many scored queries' allowed keys change."""
+    rows = []
+    for name, sc in [("none", score), *extra.items()]:
+        mean, half = mean_ci(sc, axis=-1)
+        flat = mean.ravel()
+        t = flat[layer * mean.shape[1] + head]
+        others = np.delete(flat, layer * mean.shape[1] + head)
+        best = int(np.argmin(np.where(np.arange(flat.size) == layer * mean.shape[1] + head, np.inf, flat)))
+        m = base_mask if name == "none" else masks[name]
+        rows.append({
+            "merge": name, "pairs": "" if name == "none" else "; ".join(f"{a}+{b}" for a, b in groups[name]),
+            "target_score": float(t), "target_score_ci95": float(half[layer, head]),
+            "target_rank": int((flat < t).sum()) + 1, "best_other": f"L{best // mean.shape[1]}H{best % mean.shape[1]}",
+            "best_other_score": float(others.min()), "bos_only": float(bos_only_share(m)),
+            "changed_queries": float((m[:, 1:] != base_mask[:, 1:]).any(-1).float().mean()),
+        })
+    return pd.DataFrame(rows)
+
+
 def compute(model, args, batch) -> Results:
-    """Score and mass split of every head of every layer; the target against the median head."""
+    """Score and mass split of every head of every layer; the target against the median head;
+    the category-overlap sensitivity of the same patterns."""
     layer, head = args.layer, args.head
     proto = PROTOCOLS[args.protocol]
+    groups = overlap_groups(proto.categories)
+    masks = {name: overlap_mask(batch.tokens, model.tokenizer, proto.categories, pairs) for name, pairs in groups.items()}
     survey = head_survey(model, batch.tokens, batch.mask, batch_size=args.batch_size, eps=proto.eps,
-                         bos_row=proto.bos_row)
+                         bos_row=proto.bos_row, extra_masks=masks)
     score = survey["score"].numpy()  # [layer, head, prompt]
     mean, half = mean_ci(score, axis=-1)
     other, other_half = mean_ci(survey["score_in_category_queries"].numpy(), axis=-1)
@@ -144,7 +231,11 @@ def compute(model, args, batch) -> Results:
                    "next_score": float(order.iloc[1].score_mean)},
         "published_gpt2_small": {"L1H5": 0.6, "next_lowest_at_least": 1.2},
     }
-    return Results({"head_scores": table, "mass_split": mass}, summary)
+    overlap = overlap_table(score, {k: v.numpy() for k, v in survey["extra_scores"].items()}, masks, batch.mask,
+                            groups, layer, head)
+    summary["overlap_sensitivity"] = {r.merge: {"target_score": r.target_score, "target_rank": int(r.target_rank)}
+                                      for r in overlap.itertuples()}
+    return Results({"head_scores": table, "mass_split": mass, "overlap_sensitivity": overlap}, summary)
 
 
 def attention_page(model, tokens, layer: int, head: int) -> str:
@@ -201,6 +292,13 @@ def report(results: Results) -> None:
                   f"{r.mass_in_category:.3f}", f"{r.mass_bos:.3f}")
     Console().print(t)
     print(f"L{layer}H{head}: score {summary['target_score']:.3f}, rank {summary['target_rank']}")
+    o = Table(title=f"L{layer}H{head} with overlapping categories merged")
+    for c in ("merge", "score", "95% CI", "rank", "best other head", "bos_only", "queries changed"):
+        o.add_column(c)
+    for r in results.tables["overlap_sensitivity"].itertuples():
+        o.add_row(r.merge, f"{r.target_score:.3f}", f"±{r.target_score_ci95:.3f}", str(r.target_rank),
+                  f"{r.best_other} {r.best_other_score:.3f}", f"{r.bos_only:.3f}", f"{r.changed_queries:.3f}")
+    Console().print(o)
 
 
 def cross_model(summaries: list[dict]) -> pd.DataFrame:

@@ -83,12 +83,17 @@ def all_head_patterns(model, tokens: torch.Tensor, layers: list[int] | None = No
 
 @torch.no_grad()
 def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int = 32, hooks=(),
-                layers: list[int] | None = None, eps: float = EPS, bos_row: bool = False) -> dict:
+                layers: list[int] | None = None, eps: float = EPS, bos_row: bool = False,
+                extra_masks: dict[str, torch.Tensor] | None = None) -> dict:
     """Score per (layer, head, prompt) and mean mass split per (layer, head), batched over prompts.
 
     ``layers`` defaults to every layer; the forward pass stops after the last one listed.
-    ``eps``, ``bos_row``: the score's clamp and rows (:func:`semantic_score`).
+    ``eps``, ``bos_row``: the score's clamp and rows (:func:`semantic_score`). ``extra_masks``
+    (name -> [batch, q, k]): the same patterns also scored against other masks
+    (``extra_scores``, name -> [layer, head, prompt]), with no second forward pass.
     """
+    extra_masks = extra_masks or {}
+    extra = {name: [] for name in extra_masks}
     scores, others, parts = [], [], {p: [] for p in MASS_PARTS}
     weights = []
     for i in range(0, len(tokens), batch_size):
@@ -96,6 +101,8 @@ def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int
         pat = all_head_patterns(model, tb, layers=layers, hooks=hooks)
         costs = query_costs(pat, mb, eps)
         scores.append(costs[..., 0 if bos_row else 1 :].mean(-1))
+        for name, m in extra_masks.items():
+            extra[name].append(semantic_score(pat, m[i : i + batch_size], eps, bos_row))
         other = ~bos_only_rows(mb)[:, 1:]  # [batch, q - 1]: queries with an in-category key
         others.append((costs[..., 1:] * other).sum(-1) / other.sum(-1).clamp_min(1))
         split = mass_split(pat, tb, mb)
@@ -108,6 +115,7 @@ def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int
         "score_in_category_queries": torch.cat(others, dim=-1),  # the same over queries that are not BOS-only
         "bos_only": float(bos_only_share(mask)),
         "mass": {p: (torch.stack(v, -1) * w).sum(-1) / w.sum() for p, v in parts.items()},
+        "extra_scores": {name: torch.cat(v, dim=-1) for name, v in extra.items()},
     }
 
 

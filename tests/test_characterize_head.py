@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import check_help_and_common_errors
 from script_run import run_then_render
@@ -101,3 +102,72 @@ def test_several_models_give_one_cross_model_table(tmp_path, planted_model):
     assert (tmp_path / "cross_model.png").stat().st_size > 0
     for sub in ("planted", folder.name):
         assert (tmp_path / sub / "head_scores.csv").exists()
+
+
+def test_overlap_mask_against_a_readers_categories(tokenizer):
+    """overlap_mask on a prompt written by hand, against the rule applied to a reader's category
+    sets (earlier key, a shared category, another token; else BOS), for every merge."""
+    import characterize_head as ch
+    from common.prompts import CATEGORIES, ideal_mask, token_category_map
+
+    words = [" May", " Monday", " plum", " red", " John", " he", " one", " 1999", " Monday", " cherry", " Mary",
+             " lime", " June"]
+    reader = {"May": {"months"}, "Monday": {"days"}, "plum": {"fruits"}, "red": {"colours"}, "John": {"names"},
+              "he": {"pronouns"}, "one": {"numbers"}, "1999": {"years"}, "cherry": {"fruits"}, "Mary": {"names"},
+              "lime": {"fruits"}, "June": {"months"}}
+    ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+    assert all(len(i) == 1 for i in ids)
+    tokens = torch.tensor([[tokenizer.bos_token_id] + [i[0] for i in ids]])
+    groups = ch.overlap_groups(CATEGORIES)
+    assert set(groups) == {"months+days", "names+pronouns", "numbers+years", "fruit/colour words", "all merged"}
+    assert {a for a, _ in groups["fruit/colour words"]} == {"word:lime", "word:peach", "word:plum", "word:cherry"}
+    merged = {"months+days": [{"months", "days"}], "names+pronouns": [{"names", "pronouns"}],
+              "numbers+years": [{"numbers", "years"}], "fruit/colour words": [], "all merged": None}
+    colour_words = {"lime", "peach", "plum", "cherry"}
+    for name in groups:
+        joins = [s for v in merged.values() if v for s in v] if name == "all merged" else merged[name]
+        def cats(w):
+            c = set(reader[w])
+            for j in joins:
+                if c & j:
+                    c |= j
+            if name in ("fruit/colour words", "all merged") and w in colour_words:
+                c.add("colours")
+            return c
+        seq = [None] + [w.strip() for w in words]
+        n = len(seq)
+        want = torch.zeros(n, n, dtype=torch.bool)
+        for q in range(1, n):
+            for k in range(1, q):
+                want[q, k] = bool(cats(seq[q]) & cats(seq[k])) and seq[q] != seq[k]
+        want[:, 0] = ~want.any(-1)
+        got = ch.overlap_mask(tokens, tokenizer, CATEGORIES, groups[name])[0]
+        assert torch.equal(got, want), name
+    # no merge: exactly the ideal mask
+    assert torch.equal(ch.overlap_mask(tokens, tokenizer, CATEGORIES, []), ideal_mask(tokens, token_category_map(tokenizer)))
+
+
+def test_overlap_sensitivity_on_the_planted_model(run, truth):
+    """The planted head keeps every planted category apart (its same-category logit lives within a
+    category, common.planted), so every merge raises its score, CIs apart, while the unmerged
+    row is the survey's own score. Under the post's word lists only the merges whose two sides
+    are in its lists apply."""
+    import characterize_head as ch
+    from common.protocol import POST_KEYWORDS
+
+    layer, head = truth["target"]
+    o = pd.read_csv(run / "overlap_sensitivity.csv").set_index("merge")
+    scores = pd.read_csv(run / "head_scores.csv").set_index(["layer", "head"])
+    assert list(o.index) == ["none", "months+days", "names+pronouns", "numbers+years", "fruit/colour words", "all merged"]
+    assert o.loc["none", "target_score"] == pytest.approx(scores.loc[(layer, head), "score_mean"], abs=1e-9)
+    assert o.loc["none", "changed_queries"] == 0
+    for m in o.index[1:]:
+        r = o.loc[m]
+        assert r.changed_queries > 0, m
+        assert r.target_score - r.target_score_ci95 > o.loc["none", "target_score"] + o.loc["none", "target_score_ci95"], m
+    assert o.loc["all merged", "target_score"] > o.drop(index=["none", "all merged"]).target_score.max()
+    s = json.loads((run / "summary.json").read_text())["overlap_sensitivity"]
+    assert s["all merged"]["target_score"] == pytest.approx(o.loc["all merged", "target_score"])
+    post = ch.overlap_groups(POST_KEYWORDS)
+    assert set(post) == {"numbers+years", "fruit/colour words", "all merged"}
+    assert post["fruit/colour words"] == [("word:peach", "colors")]
