@@ -80,8 +80,9 @@ def evaluate(root: str | Path, claims: list[Claim]) -> list[dict]:
             else:  # the published numbers are compared with this run; ours is shown beside it
                 rec["post_protocol"] = {"text": post.text, "measured": post.numbers, "published_outcome": post.published,
                                         "protocol_matches": post.protocol_matches}
+                rec["note"] = post.note  # the ours run's "not the post's prompts" is answered by this run
                 if kind == "genuine" and model_kind(json.loads((post_dir / "meta.json").read_text())) == "genuine":
-                    rec.update(status=status(post, kind), note=post.note)
+                    rec["status"] = status(post, kind)
         if c.token_space:
             rec["effective_embeddings"] = _fidelity(d)
         records.append(rec)

@@ -71,7 +71,7 @@ def _relabel(root, tmp_path, model, weights):
     """A copy of the demo results as if another model had made them (meta.json's model and verdict)."""
     other = tmp_path / "relabelled"
     shutil.copytree(root, other)
-    for meta_path in other.glob("*/meta.json"):
+    for meta_path in other.rglob("meta.json"):
         meta = json.loads(meta_path.read_text())
         meta["args"]["model"] = model
         meta["weights"] = {**meta.get("weights", {}), "status": weights, "verdict": weights}
@@ -94,8 +94,14 @@ def test_genuine_weights_are_judged_against_the_published_numbers(root, tmp_path
     """The same saved numbers labelled genuine gpt2-small: judged against the published values (the
     planted model's are far from them), and the protocol-bound claims cannot be reproduced under
     our prompts."""
-    rows = {r["id"]: r for r in evaluate(_relabel(root, tmp_path, "gpt2-small", "genuine"), CLAIMS)}
-    assert rows["head-survey"]["status"] == "inconclusive"  # our prompts, not the post's
+    genuine = _relabel(root, tmp_path, "gpt2-small", "genuine")
+    rows = {r["id"]: r for r in evaluate(genuine, CLAIMS)}
+    # the protocol-bound claims are judged on the post-protocol runs (<root>/post/): 0.001 is not 0.6
+    assert rows["head-survey"]["status"] == "differs" and rows["head-survey"]["post_protocol"]["protocol_matches"]
+    assert rows["component-ablation"]["status"] == "differs"
+    shutil.rmtree(genuine / "post")  # without them, our prompts cannot reproduce (nor refute) the post's numbers
+    rows = {r["id"]: r for r in evaluate(genuine, CLAIMS)}
+    assert rows["head-survey"]["status"] == "inconclusive" and "protocol" in rows["head-survey"]["note"]
     assert rows["head-survey"]["published_outcome"] == "differs"  # 0.005 is not 0.6
     assert rows["component-ablation"]["status"] == "inconclusive"
     assert rows["spectrum"]["status"] == "differs"  # 29 of 64, 4.75 vs 0.27: not the post's 33, 1.86, 1.34
