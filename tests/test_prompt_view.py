@@ -2,7 +2,7 @@
 
 Ground truth, derived here independently of the library: the post's example prompt written out
 word by word with each word's category looked up by hand in ``common.prompts.CATEGORIES`` (" 32"
-is in none), the ideal keys of every query from the three rules applied to that list in plain
+is a number: the lists hold the original's numbers; " the" in a second text is in none), the ideal keys of every query from the three rules applied to that list in plain
 Python, and the planted model's L1H5 pattern from TransformerLens' own ``run_with_cache`` (the
 library stops its pass early through ``common.activations.capture``). The planted L1H5 follows
 the rules by construction, so its mean cost on the prompt is small, while a head that does not
@@ -23,7 +23,8 @@ from conftest import run_main
 TEXT = "<bos> cat horse blue sun apple 32 red snow sun rain happy 32 blue sun green"
 WORDS = "cat horse blue sun apple 32 red snow sun rain happy 32 blue sun green".split()
 BY_HAND = {"cat": "animals", "horse": "animals", "blue": "colours", "red": "colours", "green": "colours",
-           "sun": "weather", "snow": "weather", "rain": "weather", "apple": "fruits", "happy": "emotions"}
+           "sun": "weather", "snow": "weather", "rain": "weather", "apple": "fruits", "happy": "emotions",
+           "32": "numbers"}
 
 
 def ideal_keys(q: int) -> set[int]:
@@ -50,7 +51,9 @@ def test_prompt_view_against_the_rules_by_hand(planted_model, reference):
     view = prompt_view(planted_model, TEXT, 1, 5)
     assert view.tokens == tokens and len(tokens) == len(WORDS) + 1
     assert view.categories == ["BOS", *[BY_HAND.get(w, "none") for w in WORDS]]
-    assert view.uncategorised == [" 32", " 32"]
+    assert view.uncategorised == []
+    other = prompt_view(planted_model, "<bos> cat the dog", 1, 5)  # a word outside every category
+    assert other.uncategorised == [" the"] and other.categories == ["BOS", "animals", "none", "animals"]
     for q in range(len(tokens)):
         assert set(np.flatnonzero(view.ideal[q].numpy())) == ideal_keys(q), q
     assert np.allclose(view.patterns.numpy(), patterns, atol=1e-5)
@@ -83,7 +86,7 @@ def test_characterize_head_prompt_writes_pattern_page_and_figure(planted_model, 
     obs = np.zeros((n, n))
     obs[table["query"], table["key"]] = table["attention"]
     assert np.allclose(obs, np.tril(patterns[5]), atol=1e-5)
-    assert set(table[table.query_token == " 32"].query_category) == {"none"}
+    assert set(table[table.query_token == " 32"].query_category) == {"numbers"}
     html = (out / "prompt_heads_L1.html").read_text()
     assert "unpkg.com" not in html and "<script src=\"http" not in html  # self-contained (local_src)
     start = html.index("{", html.index("CircuitsVis.AttentionPatterns"))

@@ -1,6 +1,6 @@
 """notebooks/walkthrough.py runs as a plain script on the planted model, in well under a minute,
 and tells the planted ground truth (common.planted): L1H5 is the lowest-scoring head, follows
-the rules on the post's prompt (" 32" outside the categories), breaks under token-embedding and
+the rules on the post's prompt (every word in a category, " 32" among the numbers), breaks under token-embedding and
 MLP0 ablation but not positional, every head of layer 1 has d_head negative eigenvalues, and
 scaling the negative eigenvalues to 0 makes every group token its own top key (none at alpha 1).
 """
@@ -38,7 +38,7 @@ def test_walkthrough_tells_the_planted_truth(tmp_path, truth, planted_cache):
     d_head = truth["n_negative_eigenvalues"]  # = d_head: the planted heads have full column rank
     first = re.search(r"^L(\d+)H(\d+): ([\d.]+) ±", out, re.M)
     assert (int(first.group(1)), int(first.group(2))) == (layer, head)  # the lowest score
-    assert "outside the categories: [' 32', ' 32']" in out
+    assert "outside the categories: []" in out
     score = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(.+?)(?: mean-ablated)?: ([\d.]+)$", out, re.M)}
     assert score["token embedding"] > 1.5 * score["clean"] + 0.5 and score["layer-0 MLP"] > 1.5 * score["clean"] + 0.5
     assert abs(score["positional embedding"] - score["clean"]) < 0.1
