@@ -108,7 +108,7 @@ def test_rerun_for_another_head_clears_the_earlier_heads_outputs(tmp_path, plant
     assert (out / "attention_L1H4.html").exists() and (out / "my_notes.txt").read_text() == "mine"
     assert json.loads((out / "summary.json").read_text())["head"] == 4
     expected = {"attention_L1H4.html", "head_scores.csv", "head_scores.png", "mass_split.csv", "mass_split.png",
-                "meta.json", "summary.json", "my_notes.txt"}
+                "overlap_sensitivity.csv", "meta.json", "summary.json", "my_notes.txt"}
     assert {f.name for f in out.iterdir() if not f.name.startswith(".")} == expected
 
 
