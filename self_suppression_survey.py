@@ -332,10 +332,11 @@ def compute(model, args) -> Results:
 
 
 def plot_weight_heatmaps(w: pd.DataFrame, layer: int, head: int, top: int, note: str):
+    stats = {c: label for c, label in WEIGHT_STATS.items() if c in w.columns}  # results saved before a column existed
     fig, axes = plt.subplots(2, 4, figsize=(22, 10.5))
-    for ax in axes.flat[len(WEIGHT_STATS):]:
+    for ax in axes.flat[len(stats):]:
         ax.axis("off")
-    for ax, (col, label) in zip(axes.flat, WEIGHT_STATS.items()):
+    for ax, (col, label) in zip(axes.flat, stats.items()):
         grid = w.pivot(index="layer", columns="head", values=col)
         fmt = "d" if col == "n_negative_top" else ".2g"
         heatmap(grid, ax=ax, cmap="viridis", annot=grid.shape[0] * grid.shape[1] <= 160, fmt=fmt,
