@@ -71,18 +71,8 @@ def evaluate(root: str | Path, claims: list[Claim]) -> list[dict]:
             continue
         rec.update(measured=ev.numbers, text=ev.text, note=ev.note, status=status(ev, kind),
                    published_outcome=ev.published, holds=ev.holds, protocol_matches=ev.protocol_matches)
-        post_dir = root / POST_ROOT / c.script
-        if c.protocol_bound and (post_dir / "meta.json").exists() and (post_dir / c.table).exists():
-            try:
-                post = c.check(post_dir)
-            except Exception as exc:
-                rec["note"] = f"the post-protocol run could not be read: {type(exc).__name__}: {exc}"
-            else:  # the published numbers are compared with this run; ours is shown beside it
-                rec["post_protocol"] = {"text": post.text, "measured": post.numbers, "published_outcome": post.published,
-                                        "protocol_matches": post.protocol_matches}
-                rec["note"] = post.note  # the ours run's "not the post's prompts" is answered by this run
-                if kind == "genuine" and model_kind(json.loads((post_dir / "meta.json").read_text())) == "genuine":
-                    rec["status"] = status(post, kind)
+        if c.protocol_bound:
+            _judge_post_run(c, root / POST_ROOT / c.script, kind, rec)
         if c.token_space:
             rec["effective_embeddings"] = _fidelity(d)
         records.append(rec)
@@ -90,6 +80,23 @@ def evaluate(root: str | Path, claims: list[Claim]) -> list[dict]:
 
 
 POST_ROOT = "post"  # <root>/post/<script>/: the --protocol post runs (make figures, make demo)
+
+
+def _judge_post_run(c: Claim, post_dir: Path, kind: str, rec: dict) -> None:
+    """A protocol-bound claim: the ``--protocol post`` run, when saved, is the one compared with the
+    published numbers (a genuine run's status comes from it); ours stays beside it in ``rec``."""
+    if not ((post_dir / "meta.json").exists() and (post_dir / c.table).exists()):
+        return
+    try:
+        post = c.check(post_dir)
+    except Exception as exc:
+        rec["note"] = f"the post-protocol run could not be read: {type(exc).__name__}: {exc}"
+        return
+    rec["post_protocol"] = {"text": post.text, "measured": post.numbers, "published_outcome": post.published,
+                            "protocol_matches": post.protocol_matches}
+    rec["note"] = post.note  # the ours run's "not the post's prompts" is answered by this run
+    if kind == "genuine" and model_kind(json.loads((post_dir / "meta.json").read_text())) == "genuine":
+        rec["status"] = status(post, kind)
 
 
 def _fidelity(d: Path) -> dict | None:
