@@ -666,7 +666,9 @@ def write_index(root: Path, model: str) -> None:
         mine = [c for c in claims if c["script"] + ".py" == step.script]
         lines += [f"## {step.script}", ""]
         lines += [f"Claim `{c['id']}`: {c['claim']} ({c['source']}). Published: {c['published']}. Status: "
-                  f"**{c['status']}**" + (f" ({c['text']})" if c.get("text") else "") + "\n" for c in mine]
+                  f"**{c['status']}**" + (f" ({c['text']})" if c.get("text") else "")
+                  + (f"; under the post's protocol (`{POST_ROOT}/{c['script']}/`): {c['post_protocol']['text']}"
+                     if c.get("post_protocol") else "") + "\n" for c in mine]
         lines += ["", f"Command: `{cmd.strip()}`", "",
                   f"Weights: {verdict_text(meta) or 'not recorded'}", ""]
         for u in fallbacks_used(step, argv):
