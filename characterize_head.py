@@ -68,7 +68,8 @@ from common.claims import POST, Claim, Evidence, all_of, at_least, interval, nea
 from common.cli import add_protocol_flag, apply_protocol, base_parser, keeps_state, start
 from common.outputs import FIGURES, claim_out_dir, prepare_out_dir
 from common.planted_names import check_model_name
-from common.metrics import MASS_PARTS, all_head_patterns, bos_only_share, head_survey, mean_ci
+from common.metrics import MASS_PARTS, all_head_patterns, bos_only_share, head_survey
+from common.stats import mean_ci
 from common.outputs import write_text
 from common.prompts import category_token_ids, category_prompts
 from common.protocol import POST as POST_PROTOCOL

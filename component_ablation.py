@@ -90,7 +90,8 @@ from common.ablation import (COMPONENTS, collect_activations, keep_only_hooks, m
                              resample_ablation_hooks)
 from common.cli import add_protocol_flag, apply_protocol, base_parser, keeps_state, start
 from common.errors import require_absolute_positions
-from common.metrics import all_head_patterns, bos_only_share, mean_ci, semantic_score
+from common.metrics import all_head_patterns, bos_only_share, semantic_score
+from common.stats import mean_ci
 from common.prompts import category_prompts
 from common.protocol import POST as POST_PROTOCOL
 from common.protocol import PROTOCOLS

@@ -73,11 +73,9 @@ from common.ablation import mean_ablation_hooks, resample_ablation_hooks
 from common.cli import add_text_flag, base_parser, start, keeps_state
 from common.gpt2_tokenizer import load_tokenizer
 from common.head_replacement import (
-    bootstrap_indices,
     cache_inputs,
     categories_from_communities,
     categories_from_lists,
-    explained_fraction,
     final_residual,
     kl_per_token,
     log_softmax_,
@@ -91,6 +89,7 @@ from common.head_replacement import (
 from common.memory import release
 from common.natural_text import sample_windows, script_text_ids
 from common.results import Results, load_summary, load_table, save_results
+from common.stats import bootstrap_indices, explained_fraction
 
 SCRIPT = "rule_preserving_ablation"
 ANCHOR = 0.769  # copy suppression, L10H7 (McDougall et al., 2023)

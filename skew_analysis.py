@@ -94,7 +94,7 @@ from common.effective_embeddings import embedding_gram
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_symmetric, spectrum_summary
 from common.head_qk import FactoredQK
 from common.head_replacement import score_hooks, z_hooks
-from common.metrics import mean_ci
+from common.stats import mean_ci
 from common.memory import release
 from common.plotting import plt, save_figure
 from common.prompts import category_prompts, category_token_ids, group_token_ids

@@ -73,6 +73,7 @@ from common.cli import add_text_flag, base_parser, start, keeps_state
 from common.memory import release
 from common.outputs import prepare_out_dir
 from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.stats import bootstrap_ci, bootstrap_indices
 from common.successions import (CATEGORY_NAMES, MAX_GAP, ORIGINAL_SOURCE, SEPARATORS, curated_cases,
                                 successor_index)
 
@@ -435,13 +436,6 @@ def case_effects(model, inputs: Inputs, layer: int, heads: list[int], seed: int,
     return clean, pd.concat(frames, ignore_index=True)
 
 
-def bootstrap_ci(values: np.ndarray, idx: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean, with resample indices ``idx`` [n_boot, n]."""
-    means = values[idx].mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
 def summarise(cases: pd.DataFrame, effects: pd.DataFrame, clean_rank: np.ndarray, n_boot: int, seed: int) -> pd.DataFrame:
     """Per head, method and group (source x category, each source, everything): mean effect with a
     bootstrap CI (the same resamples of a group's cases for every head and method)."""
@@ -457,7 +451,7 @@ def summarise(cases: pd.DataFrame, effects: pd.DataFrame, clean_rank: np.ndarray
     rows = []
     by = {k: g.set_index("case_id") for k, g in effects.groupby(["head", "role", "method"], sort=False)}
     for src, cat, ids in groups:
-        idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+        idx = bootstrap_indices(len(ids), n_boot, rng=rng)
         for (h, role, method), g in by.items():
             e = g.effect.to_numpy()[ids]
             lo, hi = bootstrap_ci(e, idx)

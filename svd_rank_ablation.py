@@ -50,7 +50,7 @@ from common.claims import ORIGINAL, Claim, Evidence
 from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
 from common.factored import steer
 from common.head_qk import FactoredQK
-from common.metrics import mean_ci
+from common.stats import fisher_ci, mean_ci
 from common.outputs import atomic_path
 from common.plotting import heatmap, plt, save_figure
 from common.results import Results, load_meta, load_summary, load_table, save_results
@@ -138,14 +138,6 @@ def key_order_spearman(base, eig, E, q_ids, k_ids, ks, scales, eig_scale, keep_s
             order = argsort_rows(edited0 + (s - 1.0) * d)
             out[ik, js] = ((torch.gather(r0, -1, order) * centred).sum(-1) / denom).numpy()
     return out
-
-
-def fisher_ci(rho: float, n: int) -> float:
-    """Half-width (on the rho scale, symmetric approximation) of a 95% CI for a Spearman rho."""
-    if n <= 3 or not np.isfinite(rho) or abs(rho) >= 1:
-        return 0.0
-    z, se = np.arctanh(rho), 1.06 / np.sqrt(n - 3)
-    return float((np.tanh(z + 1.96 * se) - np.tanh(z - 1.96 * se)) / 2)
 
 
 def cell_metrics(r: np.ndarray, r0: np.ndarray) -> dict:

@@ -34,7 +34,7 @@ listed word counts (" Monday", "Monday" at a line start, " He" at a sentence sta
 
 The effect of a replacement is the per-token KL(clean || replaced) of next-token distributions,
 over every non-BOS position (position 0 is identical in every run: BOS can only attend to itself
-and the ablations leave it alone). :func:`explained_fraction` turns two such KLs into
+and the ablations leave it alone). :func:`common.stats.explained_fraction` turns two such KLs into
 1 - KL(clean, hypothesis) / KL(clean, ablated), with a bootstrap over windows.
 """
 
@@ -375,25 +375,3 @@ def run_from_layer(model, resid_pre: torch.Tensor, layer: int, hooks: list) -> t
     :func:`unembed`: the model's logits to float32 round-off; hooks on ``unembed.hook_in``/``hook_out``
     do not fire)."""
     return unembed(model, final_residual(model, resid_pre, layer, hooks))
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics
-# ----------------------------------------------------------------------------------------------
-
-
-def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """[n_boot, n] window indices drawn with replacement (shared by every ratio, so CIs of
-    different variants are comparable)."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def explained_fraction(kl_hyp: np.ndarray, kl_abl: np.ndarray, idx: np.ndarray, level: float = 0.95) -> dict:
-    """1 - mean KL(clean, hypothesis) / mean KL(clean, ablated), from per-window means [n],
-    with a percentile bootstrap CI over windows (``idx`` from :func:`bootstrap_indices`)."""
-    kl_hyp, kl_abl = np.asarray(kl_hyp, float), np.asarray(kl_abl, float)
-    point = 1.0 - kl_hyp.mean() / kl_abl.mean()
-    boots = 1.0 - kl_hyp[idx].mean(1) / np.maximum(kl_abl[idx].mean(1), 1e-30)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(boots, [a, 1 - a])
-    return {"explained": float(point), "ci_lo": float(lo), "ci_hi": float(hi)}

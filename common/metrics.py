@@ -12,9 +12,6 @@ self and earlier copies of the same token, other in-category tokens, BOS, and ev
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 
 from common.activations import capture
@@ -117,12 +114,3 @@ def head_survey(model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int
         "mass": {p: (torch.stack(v, -1) * w).sum(-1) / w.sum() for p, v in parts.items()},
         "extra_scores": {name: torch.cat(v, dim=-1) for name, v in extra.items()},
     }
-
-
-def mean_ci(values: np.ndarray, axis: int = -1, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and normal-approximation 95% half-width along ``axis``."""
-    values = np.asarray(values, dtype=float)
-    n = values.shape[axis]
-    mean = values.mean(axis)
-    half = z * values.std(axis, ddof=1) / math.sqrt(n) if n > 1 else np.zeros_like(mean)
-    return mean, half

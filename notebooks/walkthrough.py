@@ -86,7 +86,8 @@ print(render_prompt_view(OUT)[0])
 # perfect rule-follower; here over seeded prompts for every head, with a 95% CI.
 
 # %%
-from common.metrics import head_survey, mean_ci
+from common.metrics import head_survey
+from common.stats import mean_ci
 from common.prompts import category_prompts
 
 batch = category_prompts(model.tokenizer, 32, 48, seed=0, repeat_prob=0.1)
