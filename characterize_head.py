@@ -72,8 +72,7 @@ from common.metrics import MASS_PARTS, all_head_patterns, bos_only_share, head_s
 from common.stats import mean_ci
 from common.outputs import write_text
 from common.prompts import category_token_ids, category_prompts
-from common.protocol import POST as POST_PROTOCOL
-from common.protocol import PROTOCOLS
+from common.protocol import POST as POST_PROTOCOL, PROTOCOLS
 from common.results import Results, load_meta, load_summary, load_table, save_results
 
 SCRIPT = "characterize_head"
@@ -415,8 +414,9 @@ def check_head_survey(out_dir) -> Evidence:
     nxt = others.iloc[0]
     t_ci, n_ci = interval(t.score_mean, t.score_ci95), interval(nxt.score_mean, nxt.score_ci95)
     rank = int((table.score_mean < t.score_mean).sum()) + 1
-    proto = protocol(out_dir)
-    post = proto == "post" and load_meta(out_dir)["args"].get("seq_len") == POST_PROTOCOL.survey_words
+    args = load_meta(out_dir)["args"]
+    proto = protocol(args)
+    post = proto == "post" and args.get("seq_len") == POST_PROTOCOL.survey_words
     return Evidence(
         f"L{layer}H{head}: {t.score_mean:.3f} ± {t.score_ci95:.3f} (rank {rank} of {len(table)}); next lowest "
         f"L{int(nxt.layer)}H{int(nxt['head'])}: {nxt.score_mean:.3f} ± {nxt.score_ci95:.3f} (protocol: {proto})",

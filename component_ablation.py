@@ -93,8 +93,7 @@ from common.errors import require_absolute_positions
 from common.metrics import all_head_patterns, bos_only_share, semantic_score
 from common.stats import mean_ci
 from common.prompts import category_prompts
-from common.protocol import POST as POST_PROTOCOL
-from common.protocol import PROTOCOLS
+from common.protocol import POST as POST_PROTOCOL, PROTOCOLS
 from common.results import Results, load_meta, load_table, save_results
 
 SCRIPT = "component_ablation"
@@ -556,8 +555,8 @@ def check_component_ablation(out_dir) -> Evidence:
                  (("embedding", emb), ("mlp0", mlp)))
     keeps = all(abs(r["mean"] - clean["mean"]) < KEEPS_SHARE * abs(rise) for r in (pos, att))
     keep_out = [at_most(interval(abs(r["mean"] - clean["mean"]), r.ci95), KEEPS_SHARE * abs(rise)) for r in (pos, att)]
-    proto = protocol(out_dir)
     a = load_meta(out_dir)["args"]
+    proto = protocol(a)
     post = proto == "post" and a.get("seq_len") == POST_PROTOCOL.ablation_words and a.get("ablate_bos") is True
     return Evidence(
         f"clean {clean['mean']:.3f} ± {clean.ci95:.3f}; embedding ablated {emb['mean']:.3f} ± {emb.ci95:.3f}, MLP0 "

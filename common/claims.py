@@ -193,11 +193,10 @@ def target(out_dir: Path) -> tuple[int, int]:
     return int(a.get("layer", 1)), int(a.get("head", 5))
 
 
-def protocol(out_dir: Path) -> str:
-    """The prompt protocol of a run: ``post`` (the original experiment's prompts) or ``ours``
-    (the default; a run from before the flag existed is ``ours``)."""
-    a = json.loads((Path(out_dir) / "meta.json").read_text()).get("args", {})
-    return str(a.get("protocol", "ours"))
+def protocol(args: dict) -> str:
+    """The prompt protocol of a run, from its meta.json ``args``: ``post`` (the original
+    experiment's prompts) or ``ours`` (the default; a run from before the flag existed is ``ours``)."""
+    return str(args.get("protocol", "ours"))
 
 
 def markdown_table(claims: list[Claim]) -> str:
