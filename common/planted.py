@@ -6,8 +6,11 @@ vocabulary and tokenizer and the GPT-2 architecture (3 layers, 8 heads of 40 dim
 n_ctx 256, so the post's 255-word prompts fit), and is saved as an ordinary Hugging Face GPT-2 folder, so it is loaded through the same
 route as any local model.
 
-Version 3 keeps version 2's mechanism and adds what gpt2-small has and a simpler model hides
-(issue 10): later-layer heads that attend to BOS, non-zero biases and layer-norm parameters
+Version 4 (issue 22) makes L1H5 as imperfect as gpt2-small's where verdicts depend on it: modest
+logits and a large generic part, so that under the post's protocol it scores about 0.6 (mass leaks
+to BOS and to unrelated words) and the decoy about 1.3; no guaranteed eigenvalue gap; BOS heads
+with 75-90% of their mass on BOS. Version 3 kept version 2's mechanism and added what gpt2-small
+has and a simpler model hides (issue 10): later-layer heads that attend to BOS, non-zero biases and layer-norm parameters
 everywhere, full-rank generic heads, positions as large as tokens, a position- and
 content-dependent layer 0, a decoy head and a reader head.
 
@@ -47,10 +50,11 @@ Layers (head (l, h)):
   GENERIC_COLUMN per column) added to W_Q and W_K, then a random change of the head's d_head basis
   (W_Q -> W_Q M, W_K -> W_K M^-T, which leaves W_Q W_K^T unchanged), so no column is a planted
   direction and [W_Q, W_K] has full column rank 80: W_sym has exactly 40 negative and 40 positive
-  eigenvalues (Sylvester's law of inertia). The 12 identity-code eigenvalues -w_U^2 stay apart from
-  the other 28 negative ones by a gap that Weyl's inequality guarantees (every eigenvalue moves by
-  at most ||sym(generic part)||_2, computed here); ground_truth() states the planted spectrum in
-  those terms. W_Q, W_K are orthogonal to P and A: L1H5 reads token identity only. OV: copies the
+  eigenvalues (Sylvester's law of inertia). The generic part is large (version 4): it leaks
+  attention to unrelated words, and it moves every eigenvalue by up to ||sym(generic part)||_2,
+  more than Weyl's inequality needs to guarantee the 12 identity-code eigenvalues -w_U^2 a gap
+  to the other 28 negative ones, as in gpt2-small; ground_truth() states the designed spectrum
+  (float64) and how much of the code subspace its most negative eigenvectors span. W_Q, W_K are orthogonal to P and A: L1H5 reads token identity only. OV: copies the
   attended word's K and U coordinates into S.
 * L1H0: previous-token head reading P (the positional contrast for ablations); generic as L1H5.
 * layer 2: the DECOY (2, 2) attracts same-category keys through C but does not suppress itself or
@@ -85,9 +89,10 @@ import torch
 from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
 from common.outputs import cache_dir
 from common.planted_names import TWINS, planted_twin
-from common.prompts import CATEGORIES, category_prompts, category_token_ids, random_token_prompts
+from common.prompts import (CATEGORIES, category_prompts, category_token_ids, ideal_mask, random_token_prompts,
+                             token_category_map)
 
-VERSION = "planted-v3"
+VERSION = "planted-v4"
 D_MODEL, N_LAYERS, N_HEADS, N_CTX = 320, 3, 8, 256  # 256: the post's 255-word prompt + BOS
 D_HEAD = D_MODEL // N_HEADS
 D_MLP = 4 * D_MODEL  # TransformerLens' GPT-2 conversion ignores n_inner
@@ -110,22 +115,32 @@ A_C = 1.0  # MLP0 output for a category token
 A_P_SLOW, A_P_FAST = 1.35, 0.6  # |p| = sqrt(A_P_SLOW^2 + A_P_FAST^2) = 1.48
 SLOW_ARC = 0.5  # radians the slow pair turns over positions 0..48 (prompt positions stay alike)
 A_ATTN0 = 0.5  # RMS norm of layer-0 attention output
-# Target attention logits (after 1/sqrt(d_head)) for L1H5 on a typical category query.
-LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 12.0, -6.0, 7.0
+# Target attention logits (after 1/sqrt(d_head)) for L1H5 on a typical category query. Version 4
+# (issue 22): modest enough that L1H5 is as imperfect as gpt2-small's -- under the post's protocol
+# (255-word prompts) mass leaks to BOS and to other words and it scores about 0.6, as the post's
+# gpt2-small does (v3: 12 / -6 / 7 gave 0.001).
+LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 3.75, -6.0, 5.5
 LOGIT_BOS_FROM_B_Q = 2.0  # part of LOGIT_BOS carried by b_Q (the rest by the N B^T term)
 # Positive part of the identity signal: with the negative eigenvalues removed, self then beats
 # every other word of its category by this margin (as scaling them to 0 does in gpt2-small).
 LOGIT_IDENTITY = 4.0
 LOGIT_PREV_TOKEN = 16.0
 LOGIT_READER_SELF = 12.0
-LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 8.0, 8.0
-LOGIT_BOS_HEADS = 8.5  # BOS logit of the BOS heads over their diffuse generic scores
+# The decoy: a partial rule-follower above the post's floor for every other head (1.2 under the
+# post's protocol; v3's 8 / 8 scored 0.48).
+LOGIT_DECOY_CATEGORY, LOGIT_DECOY_BOS = 2.0, 4.0
+# BOS logit of the BOS heads over their diffuse generic scores: 75-90% of their mass on BOS, as
+# gpt2-small's later heads, not v3's 99% (8.5).
+LOGIT_BOS_HEADS = 5.0
 # Twins (common.planted_names): the one switch each flips in L1H5's planted part.
 LOGIT_POSITIONAL = 8.0  # positional: std over the prompt positions of L1H5's key-position logit
 LOGIT_SKEW = 14.0  # skew: spectral norm (in logits) of the skew identity-code term
 SKEW_BLOCK = 6  # skew: the skew term rotates codes 0-5 among themselves, and 6-11
 GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (positional heads, decoy)
-TARGET_GENERIC_COLUMN = 0.08  # the same for L1H5
+# The same for L1H5. Version 4: large enough (v3: 0.08) that Weyl's inequality no longer
+# guarantees a gap between the identity-code eigenvalues and the generic ones, and that the random
+# part leaks mass to unrelated words, as gpt2-small's L1H5 does.
+TARGET_GENERIC_COLUMN = 0.8
 GENERIC_LOGIT_STD = {"layer0": 2.5, "diffuse": 1.2}  # std of random heads' attention logits
 # Folded bias norms relative to ||W||_F (gpt2-small, mean over heads: b_Q 0.2-0.6, b_K 0.2-0.7;
 # L1H5 0.34 and 0.26).
@@ -386,6 +401,7 @@ def _calibration(b: _Build) -> None:
     b.is_cat = np.vectorize(lambda t: t in b.category_of)(cal_tokens)
     b.cat_idx = np.vectorize(lambda t: b.category_of.get(t, 0))(cal_tokens)
     b.is_bos = cal_tokens == b.bos
+    b.cal_tokens = cal_tokens
     b.des = _Design(b.d)
 
 
@@ -555,33 +571,52 @@ def _layer2(b: _Build) -> None:
     _generic_mlp(rng, L2, b.basis, b.O, 0.4)
 
 
+def _design_masses(b: _Build) -> dict:
+    """Attention masses of the designed layers (numpy) on the calibration prompts: what the
+    modest logits give once the generic parts are in (a construction measurement, never the
+    analysis code's). L1H5: its BOS mass on the queries with no allowed key but BOS (rule 3); the
+    BOS heads: their mean mass on BOS over every query q >= 1."""
+    tokens = torch.tensor(b.cal_tokens)
+    mask = ideal_mask(tokens, token_category_map(b.tok)).numpy()
+    no_key = mask[:, :, 0] & (mask.sum(-1) == 1)
+    no_key[:, 0] = False
+    _, a1 = b.des.attn(1, b.x1, return_pattern=True)
+    _, a2 = b.des.attn(2, b.x2, return_pattern=True)
+    bos_heads = [float(a2[:, hh, 1:, 0].mean()) for _, hh in BOS_HEADS]
+    return {"target_bos_on_bos_only_queries": float(a1[:, TARGET[1]][..., 0][no_key].mean()),
+            "bos_heads_bos_mass": bos_heads}
+
+
 def _spectrum_truth(b: _Build) -> dict:
     """Ground truth of the target's spectrum, from the designed matrices (float64); raises when
-    the construction misses what it promises (the eigenvalue gap, full rank of every head)."""
+    the construction misses what it promises (full rank of every head, no near-zero eigenvalue).
+
+    Version 4 promises no eigenvalue gap (issue 22: gpt2-small's L1H5 has none): the generic part
+    moves every eigenvalue by up to ``perturbation_bound`` (Weyl), and that bound may exceed the
+    distance between the identity codes' -w_U^2 and the other negative eigenvalues. What the
+    analyses are judged on is stated directly instead: the designed negative eigenvalues and how
+    much of the identity-code subspace U the k most negative eigenvectors span."""
     h, w_u = TARGET[1], b.w_u
     L1 = b.des.layers[1]
     W_Q, W_K = L1["W_Q"][h], L1["W_K"][h]
     sym = lambda M: (M + M.T) / 2  # noqa: E731
     plant_sym = sym(b.PQ @ b.PK.T)
-    perturb = sym(W_Q @ W_K.T) - plant_sym
-    delta = float(np.linalg.norm(perturb, 2))  # Weyl: every eigenvalue moves by at most delta
+    full_sym = sym(W_Q @ W_K.T)
+    delta = float(np.linalg.norm(full_sym - plant_sym, 2))  # Weyl: every eigenvalue moves by at most delta
     plant_eig = np.linalg.eigvalsh(plant_sym)
     if b.twin == "copying":  # the identity codes are +w_U^2 now: no planted negative subspace
-        planted_neg, lo, hi, threshold = None, None, None, None
+        planted_neg, weyl_gap = None, None
     else:
         planted_neg = -(w_u**2)
-        rest = plant_eig[plant_eig > planted_neg + 1e-9 * w_u**2]  # all but the N_CODES code eigenvalues
-        if (plant_eig <= planted_neg + 1e-9 * w_u**2).sum() != N_CODES:
-            raise RuntimeError("planted: identity-code eigenvalues are not the most negative ones")
-        other_neg = max(0.0, float(-rest.min()))  # largest |negative| planted eigenvalue besides them
+        is_code = np.abs(plant_eig - planted_neg) <= 1e-9 * w_u**2
+        if is_code.sum() != N_CODES:
+            raise RuntimeError("planted: the identity codes do not give N_CODES eigenvalues -w_U^2")
+        # the largest |negative| planted eigenvalue besides them (the positional twin's term can
+        # exceed w_U^2: then there is no gap, as there is none by Weyl in the plain model either)
+        other_neg = max(0.0, float(-plant_eig[~is_code].min()))
         lo, hi = other_neg + delta, w_u**2 - delta
-        if hi > 2 * lo:
-            threshold = float(np.sqrt(lo * hi))
-        elif b.twin == "positional":  # its positional term's negative eigenvalue reaches the codes'
-            planted_neg, lo, hi, threshold = None, None, None, None
-        else:
-            raise RuntimeError(f"planted: no clear eigenvalue gap ({lo:.3f} .. {hi:.3f})")
-    full_eig = np.linalg.eigvalsh(sym(W_Q @ W_K.T))
+        weyl_gap = [float(lo), float(hi)] if hi > lo else None  # a gap Weyl guarantees, if any
+    full_eig, vecs = np.linalg.eigh(full_sym)  # ascending: the most negative first
     # Full column rank of [W_Q, W_K] for every head -> Sylvester: d_head negative, d_head positive.
     for l, layer in enumerate(b.des.layers):
         for hh in range(b.H):
@@ -591,19 +626,26 @@ def _spectrum_truth(b: _Build) -> dict:
     min_nonzero = np.sort(np.abs(full_eig))[-2 * b.dh]  # 2 d_head non-zero eigenvalues
     if min_nonzero < 1e-4 * np.abs(full_eig).max():
         raise RuntimeError(f"planted: target has a near-zero W_sym eigenvalue ({min_nonzero:.2e})")
+    # Share of the identity-code subspace U spanned by the k most negative eigenvectors, k = 1..d_head.
+    code_energy = np.cumsum(((b.U.T @ vecs[:, : b.dh]) ** 2).sum(0)) / N_CODES
     return {
         # Sylvester: [W_Q, W_K] has full column rank 2 d_head (checked above, float64), so W_sym
         # has exactly d_head negative and d_head positive eigenvalues -- for every head.
         "n_negative_eigenvalues": b.dh,
         "n_positive_eigenvalues": b.dh,
-        # The planted subspace: N_CODES identity-code eigenvalues -w_U^2, moved by at most
-        # perturbation_bound (Weyl); every other negative eigenvalue lies above -gap[0].
+        # The planted subspace: N_CODES identity-code eigenvalues -w_U^2 of the planted part, each
+        # moved by at most perturbation_bound (Weyl); weyl_gap is the interval of |eigenvalue| that
+        # Weyl keeps free between them and every other negative one (None: no guaranteed gap).
         # (copying: none; its identity codes are positive eigenvalues +w_U^2, fields None)
         "n_large_negative_eigenvalues": 0 if planted_neg is None else N_CODES,
         "planted_negative_eigenvalue": None if planted_neg is None else float(planted_neg),
         "perturbation_bound": delta,
-        "negative_gap": None if lo is None else [float(lo), float(hi)],
-        "negative_threshold": threshold,
+        "weyl_gap": weyl_gap,
+        # The designed W_sym (float64): its d_head negative eigenvalues, ascending; the share of U
+        # in the span of the k most negative eigenvectors (entry k - 1; about 0.9 at k = N_CODES:
+        # the generic part turns the code eigenvectors partly out of U).
+        "negative_eigenvalues": [float(v) for v in full_eig[: b.dh]],
+        "code_energy_in_most_negative": [float(v) for v in code_energy],
         "min_abs_eigenvalue": float(min_nonzero),
     }
 
@@ -663,6 +705,7 @@ def _truth(b: _Build, spectrum: dict) -> dict:
         "prompt_positions": list(PROMPT_POSITIONS),
         "categories": {name: ids for name, ids in b.cat_ids.items()},
         **spectrum,
+        "design_masses": _design_masses(b),
         "logits": {"same_category": LOGIT_SAME_CATEGORY, "bos": LOGIT_BOS,
                    # copying: the U term adds instead of subtracting its (12 + 4 + 6) logits
                    "self": (2 * (LOGIT_SAME_CATEGORY + LOGIT_IDENTITY) - LOGIT_SELF if twin == "copying"
