@@ -67,9 +67,23 @@ def test_communities_recover_planted_categories(clustered, truth):
     quality = json.loads((clustered / "quality.json").read_text())
     assert quality["ari"] >= 0.9 and quality["nmi"] >= 0.9 and abs(quality["ari"] - ari) < 1e-9
     assert quality["n_category_tokens"] == len(cat_of) and quality["modularity"] > 0.5
-    # no ordinary token shares a community with category words (they carry no category signal)
-    cat_comms = set(sub["community"])
-    assert not table[~table["id"].isin(cat_of) & table["community"].isin(cat_comms)].shape[0]
+    # Ordinary tokens carry no category signal, so they cannot bind category words together: a
+    # category query's planted QK part (C, V, U columns) scores only category keys, and an ordinary
+    # key meets it only through the generic part, so category words send almost none of their
+    # top-k edges to ordinary tokens although these are most of the nodes. (v3 asserted that no
+    # ordinary token shares a community with category words. Planted v4's generic part
+    # (TARGET_GENERIC_COLUMN 0.8) reads the large planted key coordinates of category words, so an
+    # ordinary query's top keys are nearly all category words (99% of its edges, measured) and
+    # every ordinary token now joins some category's community: that edge direction is the
+    # construction's, the category words' own edges below are what decides the partition.)
+    edges = read_table(clustered / "edges.csv")
+    edges = edges[edges["in_graph"].astype(str) == "True"]  # the graph's edges (above --min-lift)
+    from_cat = edges[edges["query_id"].isin(cat_of)].reset_index(drop=True)
+    to_ordinary = float((~from_cat["key_id"].isin(cat_of)).mean())
+    ordinary_share = float((~table["id"].isin(cat_of)).mean())  # about 0.65 of the nodes
+    assert to_ordinary < 0.1 < 0.5 < ordinary_share, (to_ordinary, ordinary_share)
+    same = [cat_of[q] == cat_of.get(k) for q, k in zip(from_cat["query_id"], from_cat["key_id"])]
+    assert from_cat["prob"][same].sum() > 0.8 * from_cat["prob"].sum()  # most edge mass stays in-category
     # L1H5 gives almost no attention to the token itself
     assert table.loc[table["id"].isin(cat_of), "self_prob"].max() < 0.01
 
@@ -81,9 +95,14 @@ def test_tables_and_examples(clustered):
     table = read_table(clustered / "communities.csv")
     assert table["id"].is_unique and len(table) >= N_TOKENS
     ex = read_table(clustered / "examples.csv").set_index("example")
+    # The community must be a small part of the graph, or a companion fraction of 1 says nothing: a
+    # community of s of the n nodes holds a given companion by chance with probability s / n, all
+    # three or more with <= (s / n)^3, under 1/64 for s <= n / 4. (v3 asserted s <= 12, the
+    # category alone; planted v4's generic part attaches ordinary tokens to the category
+    # communities, see test_communities_recover_planted_categories: measured sizes 13-50 of 466.)
     for word in (" red", " Monday", " Italy"):
         assert float(ex.loc[word, "companion_fraction"]) == 1.0, word
-        assert int(float(ex.loc[word, "community_size"])) <= 12
+        assert int(float(ex.loc[word, "community_size"])) <= len(table) / 4
     assert len(list(clustered.glob("community_*_attention.csv"))) == 2
     quality = json.loads((clustered / "quality.json").read_text())
     assert quality == json.loads((clustered / "summary.json").read_text())
@@ -127,7 +146,17 @@ def test_html_map_renders_in_chromium(clustered):
     # plotly draws one SVG path per point: every node, plus the ring around the search hit
     assert len(re.findall(r'class="point[ "]', page.dom)) == n + 1
     status = re.search(r'<span id="status">(.*?)</span>', page.dom, re.S).group(1)
-    assert "community" in status and "Tuesday" in status and "Friday" in status
+    # the search names Monday's community as communities.csv has it, with its first 30 members in
+    # node order (v3 looked for Tuesday and Friday in the list: with planted v4's larger
+    # communities they may lie beyond the 30 shown; that they share Monday's community is
+    # examples.csv's companion_fraction, checked in test_tables_and_examples)
+    table = read_table(clustered / "communities.csv")
+    c = int(table.loc[table["token"] == " Monday", "community"].iloc[0])
+    members = table.loc[table["community"] == c, "token"].tolist()
+    assert f"is in community {c} ({len(members)} tokens): " in status, status
+    import html as html_lib
+
+    assert html_lib.unescape(status).split(" tokens): ", 1)[1].startswith(", ".join(members[:30]))
 
 
 def test_normalisation_equals_dense_softmax(planted_model):

@@ -10,6 +10,7 @@ attention mainly by not attending to itself.
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -53,13 +54,42 @@ def test_outputs(sae_run):
     assert not list(out.glob(".*"))
 
 
-def test_features_attend_to_their_category(sae_run):
+def test_features_attend_to_their_category(sae_run, planted_model, truth):
+    """A word feature's top keys among the features that carry a category (word and category
+    features) are its own category's. By construction (common.planted) the C term gives a
+    same-category key +LOGIT_SAME_CATEGORY (3.75 in v4; more at effective-embedding scale, where
+    MLP0 writes a larger C) over any other word, on top of the generic part, which scores word
+    pairs with a spread of a few logits (v4: TARGET_GENERIC_COLUMN 0.8; std about 3.6 over the
+    other-category word pairs, measured below). The demo SAE's random directions carry no category
+    and reach the top lists through the generic part alone (v4: about a third of the top-5 slots),
+    so they are left out of the share. (v3, generic part 0.08 and same-category logit 12: >= 95%
+    of the top-5 same-category and every score > 5.)"""
     out, words, kind, cat_of, _ = sae_run
     top = pd.read_csv(out / "feature_top_keys.csv")
-    top = top[(top["rank"] <= 5) & (top["query_feature"] < len(words))]
-    same = [cat_of[q] == cat_of[k] for q, k in zip(top["query_feature"], top["key_feature"])]
-    assert sum(same) / len(same) >= 0.95
-    assert (top["score"] > 5).mean() >= 0.95  # planted same-category logit is about +12
+    top = top[top["query_feature"] < len(words)]
+    # the listed scores are the head's bilinear map, recomputed here with plain torch (as in
+    # test_self_suppression_hits_word_features) over every SAE feature
+    from sae_lens import SAE
+
+    layer, head = truth["target"]
+    D = SAE.load_from_disk(str(sae_run[4])).W_dec.detach().float()
+    x = D / ((D**2).mean(-1, keepdim=True) + planted_model.cfg.eps).sqrt()
+    S = ((x @ planted_model.W_Q[layer, head]) @ (x @ planted_model.W_K[layer, head]).T
+         / planted_model.cfg.d_head**0.5).numpy()
+    assert abs(S[top["query_feature"], top["key_feature"]] - top["score"].to_numpy()).max() < 1e-3
+    has_cat = [kind[k] != "random" for k in top["key_feature"]]
+    first = top[has_cat].sort_values(["query_feature", "rank"]).groupby("query_feature").head(5)
+    same = [cat_of[q] == cat_of[k] for q, k in zip(first["query_feature"], first["key_feature"])]
+    # chance: a query's category holds about 12 of the 176 word and category features (7%)
+    assert sum(same) / len(same) >= 0.8  # measured 0.89
+    # the margin behind it, on the full map: every word's same-category words out-score the other
+    # categories' words on average by more than the planted LOGIT_SAME_CATEGORY
+    n = len(words)
+    cats = np.array(cat_of[:n])
+    W = S[:n, :n]
+    same_cat = (cats[:, None] == cats[None, :]) & ~np.eye(n, dtype=bool)
+    margin = np.array([W[i, same_cat[i]].mean() - W[i, cats != cats[i]].mean() for i in range(n)])
+    assert (margin > 0).all() and margin.mean() > truth["logits"]["same_category"]
 
 
 def test_self_suppression_hits_word_features(sae_run, planted_model, truth):
@@ -79,27 +109,38 @@ def test_self_suppression_hits_word_features(sae_run, planted_model, truth):
     q, k = x @ planted_model.W_Q[layer, head], x @ planted_model.W_K[layer, head]
     diag = (q * k).sum(-1) / planted_model.cfg.d_head**0.5
     assert abs(word["diag"].to_numpy() - diag.numpy()).max() < 1e-3  # the CSV keeps 4 decimals
-    # Rule 2 by construction (common.planted): self = same-category (12) + identity (+4) - code
-    # (22) = -6 < 0, so every word feature's self-score is negative and below a same-category
-    # word's by the identity-code gap LOGIT_SAME_CATEGORY - LOGIT_SELF = 18.
-    # Why not "diag < -4" (v2, where effective embeddings were exact): in v3 a word's effective
-    # embedding (mean position, mean layer-0 attention) has a smaller residual norm than a real
-    # position's, so MLP0's LN2 scales it up and its GELU writes a ~10% larger category
-    # coordinate C: the same-category term becomes ~14.4 instead of 12 and the self-score ~-4.4
-    # instead of -6 (on real prompts the bilinear self-score is -5.8). The identity-code gap
-    # involves only the token's own U, V coordinates, scaled by LN1: it stays 18 up to the LN1
-    # scale of an effective embedding against the calibration prompts' (a few %), hence 10%.
+    # Rule 2 by construction (common.planted, v4): self = same-category (3.75) + identity (+4) -
+    # code (13.75) = LOGIT_SELF = -6 < 0, below a same-category word by the identity-code gap
+    # LOGIT_SAME_CATEGORY - LOGIT_SELF = 9.75. The gap involves only the token's own U, V
+    # coordinates (the C term is the same for self and a same-category word), scaled by LN1: it
+    # stays 9.75 up to the LN1 scale of an effective embedding against the calibration prompts' (a
+    # few %). Per word the generic part (v4: TARGET_GENERIC_COLUMN 0.8) adds its own self-score and
+    # a category-dependent offset (measured: the per-word ratio spreads with std 0.15), which the
+    # mean over the words averages out: hence the mean within 10%, and per word only the sign
+    # (self below every same-category word: 9.75 against that spread). The same-category scores
+    # come from the full map recomputed here (v3 used the listed top keys, which the larger generic
+    # spread now biases upwards by selection).
     gap = truth["logits"]["same_category"] - truth["logits"]["self"]
-    top = pd.read_csv(out / "feature_top_keys.csv")
-    top = top[(top["query_feature"] < len(words)) & (top["key_feature"] < len(words))]
-    top = top[[cat_of[q] == cat_of[k] for q, k in zip(top["query_feature"], top["key_feature"])]]
-    same = top.groupby("query_feature")["score"].mean()
-    assert len(same) == len(words)
+    n = len(words)
+    S = ((q @ k.T) / planted_model.cfg.d_head**0.5).numpy()  # the word features' block of the map
+    assert np.allclose(np.diag(S), diag.numpy(), atol=1e-4)
+    cats = np.array(cat_of[:n])
+    same_cat = (cats[:, None] == cats[None, :]) & ~np.eye(n, dtype=bool)
+    same = np.array([S[i, same_cat[i]].mean() for i in range(n)])
     assert (word["diag"] < 0).all()
-    assert ((same - word["diag"].to_numpy()[same.index]) / gap - 1).abs().max() < 0.10
-    assert (word["self_rank_frac"] > 0.85).all()  # nearly every feature out-scores self
+    assert abs((same - word["diag"].to_numpy()).mean() / gap - 1) < 0.10  # measured 1.055
+    assert all((S[i, same_cat[i]] > S[i, i]).all() for i in range(n))
+    # Self ranks low in its row: LOGIT_SELF = -6 lies below every word feature's row mean (the
+    # generic part is zero-mean over keys; measured diag_z <= -0.46), and below most keys, against
+    # a row spread of about 3.5 logits that the generic part gives every feature (v3, nearly no
+    # generic part: every self-rank fraction > 0.85; v4 measured median 0.92, min 0.71).
+    assert (word["diag_z"] < 0).all() and word["self_rank_frac"].median() > 0.85
+    # A category direction alone attends to itself: it holds each identity code at 1/12 weight, so
+    # its code penalty is about 13.75 / 12 instead of 13.75 and its self-score keeps the
+    # same-category term (v3: > 4 with a 12-logit term; v4: positive, above every word's).
     category = table.iloc[len(words) : len(words) + 14]
-    assert (category["diag"] > 4).all()  # a category direction alone attends to itself: no identity code
+    assert (category["diag"] > 0).all() and category["diag"].min() > word["diag"].max()
+    assert category["self_rank_frac"].max() < word["self_rank_frac"].min()
     sup = pd.read_csv(out / "self_suppression.csv", keep_default_na=False)
     assert all(kind[f] == "word" for f in sup["feature"].head(20))
 
@@ -134,10 +175,15 @@ def test_features_fire_selectively(sae_run, tokenizer):
     assert sum(freq[t] > 0 for t in words) > 0.9 * len(words)  # the prompts hold nearly every word
 
 
-def test_group_map_block_structure(sae_run, tokenizer):
+def test_group_map_block_structure(sae_run, tokenizer, truth):
     """Each of the 30 group tokens is represented by its own word feature (the one that fires
-    most on it), so the map is the word features' block: negative diagonal (self, planted -6)
-    and large same-group scores (planted +12). No NaN: every group token has a firing feature."""
+    most on it), so the map is the word features' block: negative diagonal (self, planted
+    LOGIT_SELF -6), self below every same-group word (the identity-code gap, 9.75 logits in v4),
+    and same-group pairs above other-group pairs by the planted same-category term. No NaN: every
+    group token has a firing feature. (v3, same-category logit 12 and almost no generic part:
+    every same-group score > 5. v4's generic part spreads word-pair scores by about 3.6 logits,
+    so single same-group pairs reach down to 1.6 while other-group pairs reach 6.9: the block
+    shows per row, as the block mean against the off-block mean.)"""
     out, words = sae_run[0], sae_run[1]
     table = pd.read_csv(out / "group_feature_qk.csv").set_index("query")
     G = table.to_numpy()
@@ -150,21 +196,40 @@ def test_group_map_block_structure(sae_run, tokenizer):
         assert tokenizer.decode([words[int(f[:-1])]]).strip() == w.strip(), tick
     diag = np.diag(G)
     block = np.kron(np.eye(5), np.ones((6, 6))).astype(bool) & ~np.eye(30, dtype=bool)
-    assert (diag < 0).all() and (G[block] > 5).all()
+    assert (diag < 0).all()
+    assert all(diag[i] < G[i, block[i]].min() for i in range(30))
+    off = ~np.kron(np.eye(5), np.ones((6, 6))).astype(bool)
+    margin = np.array([G[i, block[i]].mean() - G[i, off[i]].mean() for i in range(30)])
+    # every row: its group above the rest (measured 4.1-8.8); on average by more than the planted
+    # same-category logit (the generic part has no group structure on average; measured 6.2)
+    assert (margin > 0).all() and margin.mean() > truth["logits"]["same_category"]
 
 
 def test_naive_similarity_differs_by_self_attention(sae_run):
     out = sae_run[0]
     s = json.loads((out / "summary.json").read_text())["naive"]
     naive, no_self = s["naive_cosine/all"], s["naive_cosine_no_self/all"]
-    assert naive["naive_self_mass"] > naive["head_self_mass"] + 0.1
-    assert no_self["kl"] < 0.5 * naive["kl"]
+    # The head gives self and copies almost nothing (LOGIT_SELF -6 against BOS 5.5 and a
+    # same-category 3.75), while naive cosine gives self the largest similarity of every word key
+    # (cos = 1): at least 10x the head's mass (the naive-similarity claim's own bar; measured 31x).
+    # (v3 asserted a margin of 0.1 and a halved KL: its head put nearly all of a category query's
+    # mass on a few in-category keys, so the fitted naive temperature was low and self took much of
+    # the naive mass. v4's head leaks half its mass to BOS and a quarter to unrelated words, the
+    # fitted naive pattern is flat (T about 0.8) and self gets 0.04 of it.)
+    assert naive["naive_self_mass"] > 10 * naive["head_self_mass"]
+    # Masking self and copies removes that mass: for the same (T, BOS level) the mean KL drops by
+    # E[-(1 - a) log(1 - s)] - E[a log(N_self / 1e-9)] (s: naive self mass, a: head's), > 0 here;
+    # the refitted variant does at least about as well (measured 0.56 -> 0.45).
+    assert no_self["kl"] < naive["kl"]
     # Masking self makes naive similarity track the head (pooled correlation of the patterns);
     # top-1 agreement is not used as the bar: the head splits its mass evenly among in-category
-    # keys, so its top-1 among near-ties is arbitrary.
-    assert no_self["pooled_corr"] > naive["pooled_corr"] + 0.1
+    # keys, so its top-1 among near-ties is arbitrary. The masked entries are few and carried
+    # 0.04 of the naive mass, so the gain is small in v4 (0.888 -> 0.898; v3 asked for +0.1).
+    assert no_self["pooled_corr"] > naive["pooled_corr"]
     assert no_self["pooled_corr"] > 0.8
-    assert s["uniform_causal/all"]["kl"] > no_self["kl"]
+    # against the uniform causal pattern: the fitted similarity is far closer to the head
+    uniform = s["uniform_causal/all"]
+    assert uniform["kl"] > 2 * no_self["kl"] and uniform["pooled_corr"] < 0.5 < no_self["pooled_corr"]
 
 
 def test_feature_map_streaming_equals_dense():
