@@ -20,8 +20,8 @@ A mean ablation also changes the residual's norm wherever the mean vector is sho
 vectors it replaces (the mean of the positional embedding over positions is shorter than any one
 position), and LayerNorm turns that into a rescaling of everything the head reads downstream; a
 resample ablation keeps the norm. On the planted model the head reads no position, yet mean-
-ablating positions lowers its small clean score (a ~0.003-nat leak) by ~30% through LN scale
-alone (tests/test_component_ablation.py holds the LN scales fixed to show it).
+ablating positions lowers its clean score by a few percent (planted v4, our protocol: ~6%)
+through LN scale alone (tests/test_component_ablation.py holds the LN scales fixed to show it).
 Forward passes stop after the target layer (``stop_at_layer``).
 
 Protocols (``--protocol``, :mod:`common.protocol`): ``ours`` (default) as above; ``post`` is the

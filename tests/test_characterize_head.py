@@ -27,6 +27,12 @@ def run(runs):
 
 
 def test_end_to_end(run, truth):
+    """The survey ranks the planted target first and the decoy second, CIs apart (the claim's
+    criterion for a planted model), and every generic head scores at least twice the target (the
+    post's separation: L1H5 0.6, every other head 1.2 or more). v4 (modest logits, a large generic
+    part) leaks mass to BOS and unrelated words: the target scores ~1.1 on our prompts (0.6 under
+    the post's), the decoy (category logit 2, BOS logit 4) ~1.5, the generic heads 2.7 or more.
+    v3's "target < 0.3, next-lowest > 2 x target + 0.5" held only for its perfect head."""
     out = run
     for f in ("head_scores.csv", *FIGURES, "mass_split.csv", "attention_L1H5.html", "summary.json", "meta.json"):
         assert (out / f).stat().st_size > 0, f
@@ -35,12 +41,17 @@ def test_end_to_end(run, truth):
     assert len(table) == truth["n_layers"] * 8 and table.layer.max() == truth["n_layers"] - 1
     order = table.sort_values("score_mean").reset_index(drop=True)
     assert [tuple(order.loc[i, ["layer", "head"]]) for i in range(2)] == [tuple(truth["target"]), tuple(truth["decoy_head"])]
-    assert order.score_mean[0] < 0.3
+    hi = order.score_mean + order.score_ci95
+    lo = order.score_mean - order.score_ci95
+    assert hi[0] < lo[1]  # target and decoy: CIs apart
+    generic = order.iloc[2:]
+    assert (generic.score_mean - generic.score_ci95 > hi[1]).all()  # the decoy is apart from every generic head
+    assert generic.score_mean.min() > 2 * order.score_mean[0]
     summary = json.loads((out / "summary.json").read_text())
     # the planted decoy (a later-layer partial rule-follower) is the next-lowest head anywhere
     assert summary["target_rank"] == 1 and summary["n_heads_total"] == len(table)
     assert [summary["next_lowest"][k] for k in ("layer", "head")] == truth["decoy_head"]
-    assert summary["next_lowest"]["score"] > 2 * order.score_mean[0] + 0.5
+    assert summary["next_lowest"]["score"] == pytest.approx(order.score_mean[1])
     html = (out / "attention_L1H5.html").read_text()
     assert "<script src=\"http" not in html and "unpkg.com" not in html  # local_src, not the CDN
     meta = json.loads((out / "meta.json").read_text())
@@ -147,12 +158,25 @@ def test_overlap_mask_against_a_readers_categories(tokenizer):
     assert torch.equal(ch.overlap_mask(tokens, tokenizer, CATEGORIES, []), ideal_mask(tokens, token_category_map(tokenizer)))
 
 
-def test_overlap_sensitivity_on_the_planted_model(run, truth):
-    """The planted head keeps every planted category apart (its same-category logit lives within a
-    category, common.planted), so every merge raises its score, CIs apart, while the unmerged
-    row is the survey's own score. Under the post's word lists only the merges whose two sides
-    are in its lists apply."""
+def test_overlap_sensitivity_on_the_planted_model(run, truth, planted_model):
+    """The planted head keeps every planted category apart (its same-category logit, 3.75, lives
+    within a category: a key of the merged-in category gets only the generic part), so every merge
+    raises its score, while the unmerged row is the survey's own score. A query the merge changes
+    either loses BOS (its BOS logit 5.5) for keys the head does not prefer -- its cost rises by
+    nats -- or gains some such keys beside its own category's (its cost falls a little).
+
+    The rise is judged paired, on the same prompts: the target's per-prompt scores are recomputed
+    here from its attention patterns (common.metrics) with each merge's mask (overlap_mask, checked
+    against the rules by hand above), reproduce the table, and the mean per-prompt rise has its 95%
+    CI above 0. (v3 asserted the merged and unmerged CIs apart over prompts; that needed its
+    perfect head, whose unmerged score had no spread. v4's spread between prompts, ~0.09, is as
+    large as one merge's rise, ~0.1, and shared by both rows.) All merges together still raise the
+    score with CIs apart."""
     import characterize_head as ch
+    from scipy import stats
+
+    from common.metrics import all_head_patterns, query_costs
+    from common.prompts import CATEGORIES, category_prompts
     from common.protocol import POST_KEYWORDS
 
     layer, head = truth["target"]
@@ -161,10 +185,23 @@ def test_overlap_sensitivity_on_the_planted_model(run, truth):
     assert list(o.index) == ["none", "months+days", "names+pronouns", "numbers+years", "fruit/colour words", "all merged"]
     assert o.loc["none", "target_score"] == pytest.approx(scores.loc[(layer, head), "score_mean"], abs=1e-9)
     assert o.loc["none", "changed_queries"] == 0
+    args = json.loads((run / "meta.json").read_text())["args"]
+    tok = planted_model.tokenizer
+    batch = category_prompts(tok, args["n_prompts"], args["seq_len"], args["seed"], repeat_prob=args["repeat_prob"])
+    pattern = all_head_patterns(planted_model, batch.tokens, layers=[layer])[0][head]
+    base = query_costs(pattern, batch.mask)[:, 1:].mean(-1)
+    assert float(base.mean()) == pytest.approx(o.loc["none", "target_score"], abs=1e-4)
+    groups = ch.overlap_groups(CATEGORIES)
     for m in o.index[1:]:
         r = o.loc[m]
         assert r.changed_queries > 0, m
-        assert r.target_score - r.target_score_ci95 > o.loc["none", "target_score"] + o.loc["none", "target_score_ci95"], m
+        merged = query_costs(pattern, ch.overlap_mask(batch.tokens, tok, CATEGORIES, groups[m]))[:, 1:].mean(-1)
+        assert float(merged.mean()) == pytest.approx(r.target_score, abs=1e-4), m
+        rise = (merged - base).double().numpy()
+        half = stats.t.ppf(0.975, len(rise) - 1) * rise.std(ddof=1) / len(rise) ** 0.5
+        assert rise.mean() - half > 0, (m, rise.mean(), half)
+    assert o.loc["all merged", "target_score"] - o.loc["all merged", "target_score_ci95"] > \
+        o.loc["none", "target_score"] + o.loc["none", "target_score_ci95"]
     assert o.loc["all merged", "target_score"] > o.drop(index=["none", "all merged"]).target_score.max()
     s = json.loads((run / "summary.json").read_text())["overlap_sensitivity"]
     assert s["all merged"]["target_score"] == pytest.approx(o.loc["all merged", "target_score"])

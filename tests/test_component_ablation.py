@@ -72,20 +72,70 @@ def test_render_draws_every_figure_from_saved_files(runs):
         assert (out / f).stat().st_size > 0, f
 
 
-def test_embedding_and_mlp0_carry_the_signal(run, truth):
+def _category_blind_floor(tokens, mask) -> float:
+    """The lowest semantic score a head that cannot tell categories apart reaches on these prompts
+    (computed from the prompts alone, not by the script). Such a head's pattern on a query depends
+    only on its position (and, at most, on which earlier keys are copies of it): the cost is convex
+    and symmetric in the earlier non-copy words, so its best choice spreads the word mass evenly
+    over them, and puts on BOS, per position, the share of that position's queries whose only
+    allowed key is BOS (the minimiser of the binary cross-entropy). Its score is then that share's
+    entropy (mean over positions) plus -log(n_allowed / n_earlier_non_copy_words) over the
+    in-category queries."""
+    n = tokens.shape[1]
+    keys = torch.ones(n, n, dtype=torch.bool).tril(-1)[None] & (tokens[:, :, None] != tokens[:, None, :])
+    keys[:, :, 0] = False
+    bos_only = mask[:, :, 0] & (mask.sum(-1) == 1)
+    n_allowed = mask[:, :, 1:].sum(-1).float().clamp_min(1)
+    words = torch.where(bos_only, torch.zeros(()), -torch.log(n_allowed / keys.sum(-1).float().clamp_min(1)))
+    p = bos_only.float().mean(0)
+    entropy = -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+    return float(entropy[1:].mean() + words[:, 1:].mean())
+
+
+def _row(summary, ablation, method, head):
+    row = summary[(summary.ablation == ablation) & (summary.method == method) & (summary["head"] == head)]
+    assert len(row) == 1, (ablation, method, head)
+    return row.iloc[0]
+
+
+def test_embedding_and_mlp0_carry_the_signal(run, truth, tokenizer):
+    """Construction (common.planted): L1H5 reads the category from MLP0's output C (written from
+    the token embedding's category key) and token identity from the embedding's codes; it reads
+    neither position nor layer-0 attention. Mean-ablating the token embedding makes every word the
+    same vector, so everything up to L1H5 depends on position only: the head cannot do better than
+    the category-blind floor F of the prompts (_category_blind_floor, computed here from the mask
+    alone); resampling draws tokens independent of the prompt, so it stays above F on average.
+    Mean- or resample-ablating MLP0 removes C (the head keeps identity, which the floor allows
+    for). With MLP0's output alone as its input the head loses the identity codes and the BOS cue
+    (LOGIT_BOS lives in the embedding), so BOS-only queries lose BOS.
+
+    v4 (modest logits, a large generic part) leaks mass to BOS and unrelated words, so the clean
+    score is ~0.46 here, not v3's 0.003: the test asserts the contrast that carries the claim --
+    clean below F (the head reads categories), every ablation above F with its CI above clean's
+    (the claim's criterion for the planted model, common/claims) -- instead of v3's "clean < 0.05,
+    ablated > 20 x clean", which only a perfect head meets."""
+    from common.prompts import category_prompts
+
     s = pd.read_csv(run / "summary.csv")
     _, h = truth["target"]
-    clean = _mean(s, "clean", "-", h)
-    assert clean < 0.05  # the planted head follows the rules almost perfectly
+    args = json.loads((run / "meta.json").read_text())["args"]
+    batch = category_prompts(tokenizer, args["n_prompts"], args["seq_len"], args["seed"],
+                             repeat_prob=args["repeat_prob"])
+    floor = _category_blind_floor(batch.tokens, batch.mask)
+    clean = _row(s, "clean", "-", h)
+    assert clean["mean"] + clean.ci95 < floor  # the clean head reads the categories
     for ablation in ("token embedding", "layer-0 MLP"):
         for method in ("mean", "resample"):
-            assert _mean(s, ablation, method, h) > max(1.0, 20 * clean), (ablation, method)
-    assert _mean(s, "MLP0 output only", "replace", h) > 1.0  # identity codes and BOS cue live in the embedding
+            r = _row(s, ablation, method, h)
+            assert r["mean"] - r.ci95 > max(floor, clean["mean"] + clean.ci95), (ablation, method)
+    only = _row(s, "MLP0 output only", "replace", h)
+    assert only["mean"] - only.ci95 > max(floor, clean["mean"] + clean.ci95)  # identity codes and BOS cue live in the embedding
 
 
 def test_position_and_layer0_attention_do_not(run, truth):
     """The post: ablating the positional embedding or layer-0 attention leaves L1H5's score "about
-    unchanged" (gpt2-small: 0.66, while the token embedding takes it to 2.1).
+    unchanged" (gpt2-small: 0.66, while the token embedding takes it to 2.1); the claim reads that
+    as a change under KEEPS_SHARE (a tenth) of the token embedding's change.
 
     Construction (common.planted): L1H5's W_Q, W_K are orthogonal to the positional block P and
     to layer-0 attention's output block A, and MLP0's category neurons read only the token's K
@@ -95,27 +145,31 @@ def test_position_and_layer0_attention_do_not(run, truth):
     numbers this means:
 
     * resample ablation draws another position's vector, of the same norm (every planted position
-      has norm 1.48), so the residual's scale and L1H5's score stay put: within 10% of clean;
+      has norm 1.48), so the residual's scale stays put and only MLP0's generic neurons (output
+      weights 0.02) still carry position -- the route the LN-frozen test bounds at 1%: within 2%
+      of clean (v3 allowed 10%);
     * mean ablation replaces every position by the mean over the reference positions, which is
       shorter (the fast pairs average out: planted |mean of positions 1..10| 1.38 against 1.48 per
-      position), so the residual shrinks by ~2%, LN scales the logits up, and the score -- a leak of order
-      e^-(logit gap), 0.003 nats on clean prompts -- falls by ~30%. A ratio to so small a clean
-      score measures that leak's tail, not whether the head reads position (v2, whose positions
-      were small, kept it within 10%). "About unchanged" is therefore asserted as the post means
-      it, against the signal: the change is below 1% of the change that ablating the token
-      embedding causes, and the head still follows the rules (score < 0.05, as clean).
+      position), so the residual shrinks by ~2% and LN scales the logits up: the score moves by a
+      share of the *clean* score (v4: ~6% of 0.46), not of the signal. v3 asserted 1% of the
+      signal, which held only because its clean score (0.003) was a thousandth of the signal; v4's
+      clean score is a third of it, so the bound is the claim's own: under a tenth of the token
+      embedding's change (the LN-frozen test shows the change is LN scale), while the positional
+      twin moves by far more than a tenth (tests/test_twin_verdicts.py).
     """
+    from component_ablation import KEEPS_SHARE
+
     s = pd.read_csv(run / "summary.csv")
     _, h = truth["target"]
     _, hp = truth["positional_head"]
     clean = _mean(s, "clean", "-", h)
     signal = _mean(s, "token embedding", "mean", h) - clean
-    assert signal > 1.0
+    assert signal > 0.5 * clean  # the claim's "breaks": 1.5x clean or more
     for ablation in ("positional embedding", "layer-0 attention"):
-        assert abs(_mean(s, ablation, "resample", h) / clean - 1) < 0.10, ablation
+        assert abs(_mean(s, ablation, "resample", h) / clean - 1) < 0.02, ablation
         for method in ("mean", "resample"):
             ablated = _mean(s, ablation, method, h)
-            assert abs(ablated - clean) < 0.01 * signal and ablated < 0.05, (ablation, method)
+            assert abs(ablated - clean) < KEEPS_SHARE * signal, (ablation, method)
     # the previous-token head, which reads only position, moves far more under the same ablation
     pos_clean = _mean(s, "clean", "-", hp)
     assert abs(_mean(s, "positional embedding", "mean", hp) / pos_clean - 1) > 0.5
@@ -126,7 +180,7 @@ def test_position_reaches_the_target_only_through_layernorm_scale(run, planted_m
     positional embedding or layer-0 attention leaves L1H5's score unchanged (construction: the
     head reads neither P nor A; what is left is MLP0's generic neurons, output weights 0.02,
     reading P), while the positional head still moves. Without the freeze the same hooks
-    reproduce the script's mean-ablation numbers: the script's ~30% shift is LN scale alone."""
+    reproduce the script's mean-ablation numbers: the script's shift (v4: ~6% of clean) is LN scale alone."""
     from common.ablation import COMPONENTS, collect_activations, mean_ablation_hooks
     from common.metrics import all_head_patterns, semantic_score
     from common.prompts import category_prompts
@@ -223,10 +277,16 @@ def test_position_variants_move_the_heads_that_read_position(run, truth):
 
 def test_padded_variant_keeps_bos_at_position_zero(run, planted_model, truth):
     """The padded variant puts --pad filler tokens (not BOS) between BOS and the words: BOS keeps
-    position 0 and its role, so the target head's BOS mass (rule 3; planted: a token-based BOS
-    logit of 7 against ~0 for a filler, which is in no category) stays where the clean run has it
-    and the fillers get almost nothing. The old left-padding with <|endoftext|> (the BOS-padded
-    diagnostic) puts --pad more BOS tokens in front of the real one, which take most of that mass.
+    position 0 and its role (rule 3; planted: a token-based BOS logit LOGIT_BOS = 5.5, which a
+    filler, in no category, lacks). The head reads no position, so the fillers change no other
+    key's logit: they only add their own weight to the softmax's denominator, which scales every
+    other key's mass -- BOS's included -- by (1 - pad_mass): bos_mass = bos_mass_clean (1 - pad_mass),
+    to 0.02 (layer 0's content-dependent heads see the fillers too). Each filler carries only the
+    head's generic logits (a few units, v4's TARGET_GENERIC_COLUMN 0.8) and not BOS's 5.5, so it
+    gets under a tenth of BOS's mass. (v3, whose generic part was tiny, gave the fillers ~0 and
+    asserted |bos_mass - bos_mass_clean| < 0.02; v4's eight fillers take ~0.18 in all.) The old
+    left-padding with <|endoftext|> (the BOS-padded diagnostic) puts --pad more BOS tokens in front
+    of the real one, which take most of that mass.
     The clean and padded BOS masses are recomputed here from forward passes on prompts built by
     hand (the script's documented seeds), to 1e-4 (float32 round-off of other batch shapes)."""
     from common.metrics import all_head_patterns
@@ -251,7 +311,8 @@ def test_padded_variant_keeps_bos_at_position_zero(run, planted_model, truth):
     assert row.bos_mass_clean == pytest.approx(want_clean, abs=1e-4)
     assert row.bos_mass == pytest.approx(want_bos, abs=1e-4) and row.pad_mass == pytest.approx(want_pads, abs=1e-4)
     assert want_clean > 0.5  # the planted head sends the queries with no partner to BOS
-    assert abs(row.bos_mass - row.bos_mass_clean) < 0.02 and row.pad_mass < 0.02
+    assert row.bos_mass == pytest.approx(row.bos_mass_clean * (1 - row.pad_mass), abs=0.02)
+    assert row.pad_mass / args["pad"] < 0.1 * row.bos_mass  # a filler is not BOS
     diag = pd.read_csv(run / "position_bos_padded.csv").set_index("head").loc[h]
     assert diag.variant == "BOS-padded (BOS moved)" and diag.bos_mass_clean == pytest.approx(want_clean, abs=1e-4)
     assert diag.bos_mass < 0.5 * diag.bos_mass_clean and diag.pad_mass > 0.5
