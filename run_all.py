@@ -128,6 +128,7 @@ STEPS = [
     Step("semantic_head.py", inputs=["sae"], cost=37),
     Step("rule_preserving_ablation.py", upstream=[COMMUNITIES], inputs=["text"], cost=109),
     Step("succession_ablation.py", inputs=["text"], cost=156),
+    Step("composition.py", cost=10),
 ]
 
 
