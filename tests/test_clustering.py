@@ -99,7 +99,7 @@ def _embedded_graph(html: str) -> dict:
 
 
 def test_html_map_is_self_contained_and_complete(clustered):
-    from common.browser import network_references
+    from browser import network_references
 
     html = (clustered / "community_map.html").read_text()
     assert network_references(html) == []
@@ -115,7 +115,7 @@ def test_html_map_is_self_contained_and_complete(clustered):
 
 
 def test_html_map_renders_in_chromium(clustered):
-    from common.browser import check_page, find_chromium
+    from browser import check_page, find_chromium
 
     if find_chromium() is None:
         pytest.skip("chromium not installed (apt-get install -y chromium)")

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from common.browser import check_page, find_chromium, network_references
+from browser import check_page, find_chromium, network_references
 from common.outputs import FIGURES
 from common.report import build_report, evaluate, read_claims
 from run_all import all_claims
