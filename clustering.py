@@ -62,10 +62,11 @@ import torch
 from common.claims import DIFFERS, INCONCLUSIVE, ORIGINAL, REPRODUCED, Claim, Evidence
 from common.attention_graph import agreement, attention_topk, build_graph, choose_nodes, layout, leiden, strengths
 from common.cli import base_parser, script_name, start_head, keeps_state
+from common.genuine_weights import weights_verdict
 from common.outputs import atomic_path, write_json
 from common.plotting import plt, save_figure, token_heatmap
 from common.prompts import CATEGORIES, token_category_map
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = script_name(__file__)
 # Published examples and the companions that, per the post, share their community.
@@ -250,14 +251,16 @@ def community_attention(scorer, E, node_ids, labels, membership, strength, lse, 
 def render(out_dir) -> list[Path]:
     """community_map.png, community_heatmaps.png and community_map.html from the saved files only."""
     out_dir = Path(out_dir)
-    args, quality = load_meta(out_dir)["args"], load_summary(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    args, quality = meta["args"], load_summary(out_dir)
     nodes = load_table(out_dir, "communities")
     edges = load_table(out_dir, "edges")
     xy = load_table(out_dir, "layout").set_index("id").loc[nodes["id"], ["x", "y"]].to_numpy()
     n, k = len(nodes), len(edges) // len(nodes)
     title = f"L{args['layer']}H{args['head']} attention communities ({args['model']}, {n} tokens, top-{k})"
     shown = map_edges(edges, nodes["id"], args["map_edges"])
-    paths = [save_figure(static_map(xy, nodes, shown, title), out_dir / "community_map.png")]
+    paths = [save_figure(static_map(xy, nodes, shown, title), out_dir / "community_map.png", weights)]
     panels = []
     for c in quality["heatmap_communities"]:
         att = load_table(out_dir, f"community_{c}_attention")
@@ -265,7 +268,7 @@ def render(out_dir) -> list[Path]:
         panels.append((f"community {c} ({size} tokens): P(key | query), softmax over {n} nodes",
                        att.iloc[:, 1:].to_numpy(dtype=float), [_hover_label(str(s)) for s in att["query"]]))
     if panels:
-        paths.append(save_figure(heatmap_figure(panels), out_dir / "community_heatmaps.png"))
+        paths.append(save_figure(heatmap_figure(panels), out_dir / "community_heatmaps.png", weights))
     paths.append(write_html_map(out_dir / "community_map.html", xy, nodes, edges, shown, title))
     return paths
 
@@ -404,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     head_start = start_head(args, SCRIPT)
     results = compute(head_start.model, args, head_start.qk, head_start.E)
     out_dir = head_start.out_dir
-    save_results(out_dir, results, args, SCRIPT, meta={"quality": results.summary})
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={"quality": results.summary})
     write_json(out_dir / "quality.json", results.summary)  # the summary, under the name it has always had
     render(out_dir)
     report(results, out_dir, args.model)

@@ -35,8 +35,9 @@ import torch
 
 from common.claims import NEW, Claim, Evidence, number
 from common.cli import base_parser, keeps_state, start
+from common.genuine_weights import weights_verdict
 from common.memory import release
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = "composition"
 MODES = ("Q", "K", "V")
@@ -204,7 +205,7 @@ def plot_composition(readers: pd.DataFrame, pairs: pd.DataFrame, summary: dict, 
         axes[1, j].set_title(f"{mode}: z-score of L{L}H{H} -> each later head", fontsize=9)
     fig.suptitle(f"Which later heads read L{L}H{H}? ({meta['args']['model']}; weights only: TransformerLens "
                  "composition scores of the processed weights)", fontsize=10)
-    return save_figure(fig, path)
+    return save_figure(fig, path, verdict_text(meta))  # the weights' verdict, under the figure
 
 
 def report(results: Results, out_dir: Path) -> None:
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model, out_dir = start(args, SCRIPT)
     results = compute(model, args)
-    save_results(out_dir, results, args, SCRIPT)
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     release()
     render(out_dir)
     report(results, out_dir)

@@ -60,10 +60,11 @@ from tqdm import tqdm
 from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence, number
 from common.cli import base_parser, script_name, start_head, keeps_state
 from common.freq import resolve_top_tokens
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import CATEGORIES, token_category_map
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = script_name(__file__)
 
@@ -286,7 +287,9 @@ def category_pairs(tokenizer, ids, q_feat, k_feat, unit) -> pd.DataFrame:
 def render(out_dir) -> list[Path]:
     """cosine_attention.png from cosine_attention.csv, category_pairs.csv and summary.json."""
     out_dir = Path(out_dir)
-    args = argparse.Namespace(**load_meta(out_dir)["args"])
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    args = argparse.Namespace(**meta["args"])
     summary, pairs = load_summary(out_dir), load_table(out_dir, "category_pairs")
     table = every_window(load_table(out_dir, "cosine_attention"), args)
     fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1]})
@@ -313,7 +316,7 @@ def render(out_dir) -> list[Path]:
     axes[2].set_xlabel("cosine similarity of effective embeddings E_i, E_j")
     populated = table[table["n_pairs"] > 0]
     axes[2].set_xlim(min(populated["lo"].min(), 0) - 0.02, 1.03)
-    return [save_figure(fig, out_dir / "cosine_attention.png")]
+    return [save_figure(fig, out_dir / "cosine_attention.png", weights)]
 
 
 def report(results: Results, out_dir: Path) -> None:
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = start_head(args, SCRIPT)
     results = compute(s.model, s.qk, s.E, args)
-    save_results(s.out_dir, results, args, SCRIPT, meta={
+    save_results(s.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "token_source": results.summary["token_source"], "n_tokens": results.summary["n_tokens"]})
     render(s.out_dir)
     report(results, s.out_dir)

@@ -76,13 +76,14 @@ from common.claims import DIFFERS, INCONCLUSIVE, ORIGINAL, REPRODUCED, Claim, Ev
 from common.cli import base_parser, start, keeps_state
 from common.effective_embeddings import effective_embeddings, effective_record
 from common.factored import Factored, steer
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.head_replacement import head_scores, layer_input, qk_scores
 from common.metrics import mass_split, semantic_score
 from common.prompts import (GROUP_TOKENS, TokenizationError, category_prompts, category_token_ids, group_token_ids,
                             self_and_copies_mask, single_token_id)
 from common.outputs import write_json
-from common.results import Results, load_table, save_results
+from common.results import Results, load_meta, load_table, save_results, verdict_text
 from common.token_scores import query_row, rank_metrics, self_rank
 
 SCRIPT = "gradient_steering"
@@ -536,6 +537,8 @@ def render(out_dir) -> list[Path]:
     from common.plotting import plt, save_figure, token_heatmap
 
     out_dir, paths = Path(out_dir), []
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
     labels_of = variant_labels(load_table(out_dir, "variants"))
     curve = load_table(out_dir, "loss_curve")
     dirs = list(dict.fromkeys(curve.direction))
@@ -551,7 +554,7 @@ def render(out_dir) -> list[Path]:
             ax.set_yscale("log")
         ax.set_title(f"{d} self-attention")
         ax.legend()
-    paths.append(save_figure(fig, out_dir / "loss_curve.png"))
+    paths.append(save_figure(fig, out_dir / "loss_curve.png", weights))
 
     groups = load_table(out_dir, "group_attention")
     group_of = {w: g for g, words in GROUP_TOKENS.items() for w in words}
@@ -567,7 +570,7 @@ def render(out_dir) -> list[Path]:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle(f"Attention among the {n} group tokens (softmax over these keys, effective embeddings)")
-    paths.append(save_figure(fig, out_dir / "group_heatmaps.png"))
+    paths.append(save_figure(fig, out_dir / "group_heatmaps.png", weights))
 
     ranks = load_table(out_dir, "self_ranks")
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -579,7 +582,7 @@ def render(out_dir) -> list[Path]:
     ax.set_ylabel("fraction of query tokens")
     ax.legend(fontsize=7)
     ax.set_title("Where each category word's own key ranks")
-    paths.append(save_figure(fig, out_dir / "self_rank.png"))
+    paths.append(save_figure(fig, out_dir / "self_rank.png", weights))
     return paths
 
 
@@ -625,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     model, out_dir = start(args, SCRIPT)
     word_id = check_args(model, args)
     results = compute(model, args, word_id)
-    save_results(out_dir, results, args, SCRIPT, meta={
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "matching": "eigen alpha matched on held-out mean log self-mass",
         "n_rank_queries_total": int(results.tables["self_ranks"].token_id.nunique())})
     write_json(out_dir / "effective_embeddings.json", effective_record(model, args.layer, args.head))

@@ -71,8 +71,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from common.outputs import default_out_dir, write_json, write_text  # noqa: E402
-from common.genuine_weights import verdict_text  # noqa: E402
 from common.report import POST_ROOT, build_report, read_claims, run_record  # noqa: E402
+from common.results import verdict_text  # noqa: E402
 from common.planted_names import check_model_name, is_planted  # noqa: E402
 
 

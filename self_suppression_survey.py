@@ -95,11 +95,11 @@ from common.claims import NEW, Claim, Evidence, target
 from common.cli import base_parser, script_name, start, keeps_state
 from common.errors import require_absolute_positions
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, spectrum_summary
-from common.genuine_weights import stamp_figure, verdict_text, weights_verdict
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.plotting import heatmap, plt, save_figure
 from common.prompts import category_token_ids
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.self_suppression import summarise_tokens, token_self_stats
 
 SCRIPT = "self_suppression_survey"
@@ -415,21 +415,19 @@ def render(out_dir) -> list:
     top, note = summary["top"], summary["inertia_note"]
     w = load_table(out_dir, "weights_survey")
     paths = []
+    weights = verdict_text(meta)
     fig = plot_weight_heatmaps(w, layer, head, top, note)
-    stamp_figure(fig, meta)
     if meta.get("weights_only_inputs_genuine"):
         fig.text(0.5, -0.03, "every tensor these statistics read (W_Q, W_K, b_Q, ln_1, W_pos of gpt2-small) is verified genuine",
                  ha="center", va="top", fontsize=8, color="0.35")
-    paths.append(save_figure(fig, out_dir / "weights_survey_heatmaps.png"))
+    paths.append(save_figure(fig, out_dir / "weights_survey_heatmaps.png", weights))
     if "token_space" in summary:
         tok = load_table(out_dir, "token_self_suppression")
         fig = plot_self_suppression(tok, w, layer, head, top, note)
-        stamp_figure(fig, meta)
-        paths.append(save_figure(fig, out_dir / "self_suppression.png"))
+        paths.append(save_figure(fig, out_dir / "self_suppression.png", weights))
         if tok["layer"].nunique() > 1:
             fig = plot_all_heads(tok, w, layer, head, top, note)
-            stamp_figure(fig, meta)
-            paths.append(save_figure(fig, out_dir / "self_suppression_all_heads.png"))
+            paths.append(save_figure(fig, out_dir / "self_suppression_all_heads.png", weights))
     return paths
 
 
@@ -470,12 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     require_absolute_positions(model, "self_suppression_survey (positional sensitivity of W_pos, effective embeddings)")
     verdict = weights_verdict(args.model)  # is this checkpoint genuine gpt2-small? (cached by file identity)
     results = compute(model, args)
-    save_results(out_dir, results, args, SCRIPT, meta={
-        "weights": verdict.to_meta(),  # (save_results adds it itself once common/results.py calls weights_meta)
+    save_results(out_dir, results, args, SCRIPT, weights=verdict, meta={
         "weights_only_inputs_genuine": verdict.verifies(WEIGHTS_ONLY_INPUTS),
     })
     render(out_dir)
-    report(results, out_dir, verdict_text(load_meta(out_dir)))
+    report(results, out_dir, verdict.text)
     return 0
 
 

@@ -92,6 +92,7 @@ from common.ablation import collect_activations, mean_ablation_hooks
 from common.cli import base_parser, script_name, start_head, keeps_state
 from common.effective_embeddings import embedding_gram
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_symmetric, spectrum_summary
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.head_replacement import score_hooks, z_hooks
 from common.stats import mean_ci
@@ -99,7 +100,7 @@ from common.memory import release
 from common.plotting import plt, save_figure
 from common.prompts import category_prompts, category_token_ids, group_token_ids
 from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = script_name(__file__)
 
@@ -431,20 +432,22 @@ def compute(model, qk: FactoredQK, weights: dict, args) -> Results:
 def render(out_dir) -> list[Path]:
     """The four figures from the saved tables (layer and head from meta.json, top from summary.json)."""
     out_dir = Path(out_dir)
-    args, s = load_meta(out_dir)["args"], load_summary(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    args, s = meta["args"], load_summary(out_dir)
     layer, head, top = args["layer"], args["head"], s["top_eigenvalues"]
     summary = load_table(out_dir, "spectrum_summary")
     paths = [save_figure(plot_target_spectrum(load_table(out_dir, "eigenvalues"), summary, head, top, layer),
-                         out_dir / "spectrum_target.png"),
-             save_figure(plot_heads(summary, head, top, layer, s["d_head"]), out_dir / "spectrum_heads.png")]
+                         out_dir / "spectrum_target.png", weights),
+             save_figure(plot_heads(summary, head, top, layer, s["d_head"]), out_dir / "spectrum_heads.png", weights)]
     att = {n: softmax_rows(v) for n, v in panels_from_long(load_table(out_dir, "controls_scores"),
                                                            name="control", value="score").items()}
     fig = group_panels(att, s["group_tokens"], s["groups"], suptitle="attention over the 30 group tokens (softmax "
                        "of scaled scores; every control has the target's Frobenius norm)", cmap="viridis",
                        center=None, vmin=0.0, vmax=1.0, ncols=3)
-    paths.append(save_figure(fig, out_dir / "controls_heatmaps.png"))
+    paths.append(save_figure(fig, out_dir / "controls_heatmaps.png", weights))
     paths.append(save_figure(plot_downstream(load_table(out_dir, "downstream_summary"), layer, head, args["prompts"]),
-                             out_dir / "downstream.png"))
+                             out_dir / "downstream.png", weights))
     return paths
 
 
@@ -475,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     release()  # and the heap's freed pages (common.memory)
     results = compute(s.model, s.qk, weights, args)
     out_dir = s.out_dir
-    save_results(out_dir, results, args, SCRIPT)
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     del s
     from common.model import forget_models  # imports transformer_lens: not at module level (--help)
 

@@ -62,9 +62,10 @@ import torch
 
 from common.claims import ORIGINAL, Claim, Evidence, number
 from common.cli import add_text_flag, base_parser, start, keeps_state
+from common.genuine_weights import weights_verdict
 from common.memory import release
 from common.outputs import prepare_out_dir
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.stats import bootstrap_ci, bootstrap_indices
 from common.successions import (CATEGORY_NAMES, MAX_GAP, ORIGINAL_SOURCE, SEPARATORS, curated_cases,
                                 successor_index)
@@ -569,7 +570,7 @@ def plot_effects(stats: pd.DataFrame, summary: dict, meta: dict, path: Path) -> 
     v = summary["verdict"]
     fig.suptitle(f"L{L}H{H} on {meta['args']['model']}: succession effect (95% bootstrap CIs)\n"
                  f"verdict on {v['scope']}:\n{v['text']}", fontsize=9)
-    return save_figure(fig, path)
+    return save_figure(fig, path, verdict_text(meta))  # the weights' verdict, under the figure
 
 
 def report(results: Results, out_dir: Path) -> None:
@@ -609,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = load_inputs(args, load_tokenizer())
     model, out_dir = start(args, SCRIPT)
     results = compute(model, args, inputs)
-    save_results(out_dir, results, args, SCRIPT)
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     release()
     render(out_dir)
     report(results, out_dir)

@@ -42,11 +42,12 @@ from rich.table import Table
 
 from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence
 from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
 from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.token_scores import self_rank_grid
 
 SCRIPT = script_name(__file__)
@@ -139,15 +140,17 @@ def title(out_dir: Path) -> str:
 def render(out_dir) -> list[Path]:
     """scaling_scores.png, scaling_patterns.png (scores.csv) and self_vs_alpha.png (curves.csv)."""
     out_dir = Path(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
     summary, head_title = load_summary(out_dir), title(out_dir)
     labels, groups = summary["group_tokens"], summary["groups"]
     panels = panels_from_long(load_table(out_dir, "scores"), value="score")
     paths = [save_figure(group_panels(panels, labels, groups, suptitle=head_title + " (attention logits)",
-                                      ncols=min(4, len(panels)), cbar_label="score"), out_dir / "scaling_scores.png")]
+                                      ncols=min(4, len(panels)), cbar_label="score"), out_dir / "scaling_scores.png", weights)]
     pats = {k: softmax_rows(v) for k, v in panels.items()}
     paths.append(save_figure(group_panels(pats, labels, groups, suptitle=head_title + " (softmax over the group tokens)",
                                           cmap="viridis", center=None, vmin=0, vmax=1, ncols=min(4, len(pats))),
-                             out_dir / "scaling_patterns.png"))
+                             out_dir / "scaling_patterns.png", weights))
 
     curves = load_table(out_dir, "curves")
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
@@ -171,7 +174,7 @@ def render(out_dir) -> list[Path]:
     axes[0].legend(fontsize=7)
     fig.suptitle(head_title)
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir / "self_vs_alpha.png"))
+    paths.append(save_figure(fig, out_dir / "self_vs_alpha.png", weights))
     return paths
 
 
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = start_head(args, SCRIPT)
     results = compute(s.model, s.qk, s.E, args)
-    save_results(s.out_dir, results, args, SCRIPT)
+    save_results(s.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     render(s.out_dir)
     report(results, s.out_dir)
     return 0

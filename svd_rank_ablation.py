@@ -49,11 +49,12 @@ from scipy.stats import spearmanr
 from common.claims import ORIGINAL, Claim, Evidence
 from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
 from common.factored import steer
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.stats import fisher_ci, mean_ci
 from common.outputs import atomic_path
 from common.plotting import heatmap, plt, save_figure
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.token_scores import self_rank_grid
 
 SCRIPT = script_name(__file__)
@@ -233,7 +234,9 @@ def save_ranks(out_dir: Path, ranks: dict[str, np.ndarray]) -> None:
 def render(out_dir) -> list[Path]:
     """grid_heatmaps.png from grid.csv; the title from summary.json."""
     out_dir = Path(out_dir)
-    df, summary, args = load_table(out_dir, "grid"), load_summary(out_dir), load_meta(out_dir)["args"]
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    df, summary, args = load_table(out_dir, "grid"), load_summary(out_dir), meta["args"]
     title = (f"L{args['layer']}H{args['head']}: self-rank over {summary['n_vocab']} keys ({summary['queries']}); "
              f"k most negative of {summary['n_negative_eigenvalues']} negative eigenvalues scaled"
              + ("" if summary["keep_skew"] else ", W_skew dropped"))
@@ -253,7 +256,7 @@ def render(out_dir) -> list[Path]:
         ax.tick_params(axis="x", labelsize=7, rotation=90)
     fig.suptitle(title)
     fig.tight_layout()
-    return [save_figure(fig, out_dir / "grid_heatmaps.png")]
+    return [save_figure(fig, out_dir / "grid_heatmaps.png", weights)]
 
 
 def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     s = start_head(args, SCRIPT)
     results = compute(s.model, s.qk, s.E, args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    save_results(s.out_dir, results, args, SCRIPT, meta={
+    save_results(s.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "total_seconds": round(time.time() - t0, 2), "peak_rss_mb": round(peak_mb, 1)})
     save_ranks(s.out_dir, results.ranks)
     render(s.out_dir)

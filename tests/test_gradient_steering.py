@@ -134,7 +134,7 @@ def test_an_unmatched_alpha_is_flagged_in_the_csv_report_and_figures(tmp_path, m
     real = gs.match_alpha
     monkeypatch.setattr(gs, "match_alpha", lambda qk, held, target, **kw: real(qk, held, 0.5, **kw))
     drawn = {}
-    monkeypatch.setattr(common.plotting, "save_figure", lambda fig, path: drawn.setdefault(
+    monkeypatch.setattr(common.plotting, "save_figure", lambda fig, path, weights: drawn.setdefault(
         path.name, " ".join(" ".join(t.get_text().split()) for t in fig.findobj(matplotlib.text.Text))) and path)
     run_main("gradient_steering.py", "--model", "planted", "--out", str(tmp_path), "--steps", "3", "--n-prompts", "8",
              "--n-heldout", "4", "--n-rank-queries", "5", "--threads", "1")
