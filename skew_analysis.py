@@ -470,16 +470,16 @@ def report(results: Results, out_dir: Path, layer: int, head: int) -> None:
 @keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    s = start_head(args, SCRIPT)
-    weights = compute_weights(s.model, s.qk, s.E, args)
+    head = start_head(args, SCRIPT)
+    weights = compute_weights(head.model, head.qk, head.E, args)
     # Done with the effective embeddings (154 MB at gpt2-small size) before the downstream check's
     # forward passes bring in the rest of the model, and with the model before drawing.
-    s.E = None
+    head.E = None
     release()  # and the heap's freed pages (common.memory)
-    results = compute(s.model, s.qk, weights, args)
-    out_dir = s.out_dir
+    results = compute(head.model, head.qk, weights, args)
+    out_dir = head.out_dir
     save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
-    del s
+    del head
     from common.model import forget_models  # imports transformer_lens: not at module level (--help)
 
     forget_models()

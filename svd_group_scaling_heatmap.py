@@ -193,11 +193,11 @@ def report(results: Results, out_dir: Path) -> None:
 @keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    s = start_head(args, SCRIPT)
-    results = compute(s.model, s.qk, s.E, args)
-    save_results(s.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
-    render(s.out_dir)
-    report(results, s.out_dir)
+    head = start_head(args, SCRIPT)
+    results = compute(head.model, head.qk, head.E, args)
+    save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
+    render(head.out_dir)
+    report(results, head.out_dir)
     return 0
 
 

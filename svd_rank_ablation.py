@@ -273,14 +273,14 @@ def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    s = start_head(args, SCRIPT)
-    results = compute(s.model, s.qk, s.E, args)
+    head = start_head(args, SCRIPT)
+    results = compute(head.model, head.qk, head.E, args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    save_results(s.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
+    save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "total_seconds": round(time.time() - t0, 2), "peak_rss_mb": round(peak_mb, 1)})
-    save_ranks(s.out_dir, results.ranks)
-    render(s.out_dir)
-    report(results, s.out_dir, peak_mb)
+    save_ranks(head.out_dir, results.ranks)
+    render(head.out_dir)
+    report(results, head.out_dir, peak_mb)
     return 0
 
 
