@@ -91,6 +91,7 @@ from common.ablation import (COMPONENTS, collect_activations, keep_only_hooks, m
 from common.cli import add_protocol_flag, apply_protocol, base_parser, keeps_state, start
 from common.errors import require_absolute_positions
 from common.genuine_weights import weights_verdict
+from common.hook_names import act_name
 from common.metrics import all_head_patterns, bos_only_share, semantic_score
 from common.stats import mean_ci
 from common.prompts import category_prompts
@@ -177,7 +178,7 @@ def ablation_conditions(model, ref_tokens: torch.Tensor, layer: int, seed: int,
     for label, name in COMPONENTS.items():
         conds[(label, "mean")] = means[name]
         conds[(label, "resample")] = resamples[name]
-    conds[(MLP0_ONLY, "replace")] = keep_only_hooks("blocks.0.hook_mlp_out", f"blocks.{layer}.hook_resid_pre",
+    conds[(MLP0_ONLY, "replace")] = keep_only_hooks(act_name("mlp_out", 0), act_name("resid_pre", layer),
                                                     ablate_bos)
     return conds
 
@@ -255,7 +256,7 @@ def rearrange(tokens: torch.Tensor, variant: str, seed: int, shift: int, pad: in
             t[:, 1:] = w_pos[1 + shift : n + shift].to(t.device, t.dtype)
             return t
 
-        return tokens.clone(), ident, [("hook_pos_embed", shifted_pos)]
+        return tokens.clone(), ident, [(act_name("pos_embed"), shifted_pos)]
     if variant in ("padded", BOS_PADDED):
         if n + pad > n_ctx:
             raise SystemExit(f"error: --pad {pad} + {n} tokens exceeds the context of {n_ctx} positions")

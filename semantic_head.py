@@ -68,6 +68,7 @@ import torch
 from common.claims import DIFFERS, ORIGINAL, REPRODUCED, Claim, Evidence
 from common.cli import base_parser, script_name, start_head, keeps_state
 from common.genuine_weights import weights_verdict
+from common.hook_names import act_name
 from common.outputs import prepare_out_dir
 from common.plotting import plt, save_figure, token_heatmap
 from common.prompts import GROUP_TOKENS, category_prompts, group_token_ids, random_token_prompts, self_and_copies_mask
@@ -251,7 +252,7 @@ def run_prompts(model, sae, tokens, layer, head, hook_name, group_ids, batch_siz
     def save(t, hook):
         store[hook.name] = t.detach()
 
-    pat_name = f"blocks.{layer}.attn.hook_pattern"
+    pat_name = act_name("pattern", layer)
     stop = max(layer, int(hook_name.split(".")[1]) if hook_name.startswith("blocks.") else layer) + 1
     for s in it:
         tb = tokens[s : s + batch_size].to(model.cfg.device)

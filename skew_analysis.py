@@ -95,6 +95,7 @@ from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_
 from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.head_replacement import score_hooks, z_hooks
+from common.hook_names import act_name
 from common.stats import mean_ci
 from common.memory import release
 from common.plotting import plt, save_figure
@@ -300,7 +301,7 @@ def ablation_hooks(model, f: FactoredQK, ref_tokens: torch.Tensor, batch_size: i
     1/sqrt(d_head) kept. Control: the logits recomputed from the full W_QK (must change nothing).
     """
     layer, head = f.layer, f.head
-    name = f"blocks.{layer}.attn.hook_z"
+    name = act_name("z", layer)
     ref_z = collect_activations(model, ref_tokens, [name], batch_size)[name][:, :, head]
     mean_z = mean_ablation_hooks({"z": ref_z})["z"][0][1]
 

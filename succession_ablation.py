@@ -63,6 +63,7 @@ import torch
 from common.claims import ORIGINAL, Claim, Evidence, number
 from common.cli import add_text_flag, base_parser, start, keeps_state
 from common.genuine_weights import weights_verdict
+from common.hook_names import act_name
 from common.memory import release
 from common.outputs import prepare_out_dir
 from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
@@ -333,7 +334,7 @@ def ablation_conditions(model, reference: torch.Tensor, layer: int, heads: list[
     from common.ablation import collect_activations, mean_ablation_hooks, resample_ablation_hooks
     from common.head_replacement import z_hooks
 
-    name = f"blocks.{layer}.attn.hook_z"
+    name = act_name("z", layer)
     z = collect_activations(model, reference, [name])[name]  # [n, pos, head, d_head]
     conds = {}
     for h in heads:
@@ -377,7 +378,7 @@ def last_logits(model, batches: list, hooks: list, layer: int = 0, resid: list |
             model.run_with_hooks(resid[i], start_at_layer=layer, return_type=None, fwd_hooks=fwd)
         else:
             if record is not None:
-                fwd.append((f"blocks.{layer}.hook_resid_pre", lambda t, hook: record.append(t)))
+                fwd.append((act_name("resid_pre", layer), lambda t, hook: record.append(t)))
             model.run_with_hooks(batch, return_type=None, fwd_hooks=fwd)
         yield s, (seen["x"] @ model.W_U + model.b_U).float()
         s += len(last)

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from common.errors import require_absolute_positions
+from common.hook_names import act_name
 from common.outputs import atomic_path, cache_dir, model_fingerprint
 from common.prompts import category_prompts, random_token_prompts
 
@@ -139,7 +140,7 @@ def mean_attention_outputs(model, layers: list[int], seed: int = 0) -> dict[int,
         store[int(hook.name.split(".")[1])] = t[:, 1:].reshape(-1, t.shape[-1]).mean(0).detach().cpu()
 
     model.run_with_hooks(tokens, stop_at_layer=max(layers) + 1,
-                         fwd_hooks=[(f"blocks.{l}.hook_attn_out", save) for l in layers])
+                         fwd_hooks=[(act_name("attn_out", l), save) for l in layers])
     return store
 
 
@@ -181,7 +182,7 @@ def bos_input(model, layer: int = 1) -> torch.Tensor:
         store["x"] = t[0, 0].detach().float().cpu()
 
     bos = torch.tensor([[model.tokenizer.bos_token_id]], device=model.cfg.device)
-    model.run_with_hooks(bos, stop_at_layer=layer + 1, fwd_hooks=[(f"blocks.{layer}.ln1.hook_normalized", save)])
+    model.run_with_hooks(bos, stop_at_layer=layer + 1, fwd_hooks=[(act_name("normalized", layer), save)])
     return store["x"]
 
 
@@ -256,7 +257,7 @@ def effective_fidelity(model, layer: int = 1, head: int = 5, positions="prompt",
     def save(t, hook):
         store[hook.name] = t.detach().float().cpu()
 
-    norm_name, score_name = f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.attn.hook_attn_scores"
+    norm_name, score_name = act_name("normalized", layer), act_name("attn_scores", layer)
     model.run_with_hooks(tokens.to(model.cfg.device), stop_at_layer=layer + 1,
                          fwd_hooks=[(norm_name, save), (score_name, save)])
     true_x, true_s = store[norm_name][:, 1:], store[score_name][:, head, 1:, 1:]  # drop BOS
