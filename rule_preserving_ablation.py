@@ -88,9 +88,10 @@ from common.head_replacement import (
     z_hooks,
 )
 from common.memory import release
-from common.natural_text import sample_windows, script_text_ids
+from common.natural_text import sample_windows
 from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.stats import bootstrap_indices, explained_fraction
+from common.text_ids_cache import script_text_ids
 
 SCRIPT = "rule_preserving_ablation"
 ANCHOR = 0.769  # copy suppression, L10H7 (McDougall et al., 2023)

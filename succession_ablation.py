@@ -279,7 +279,7 @@ def reference_windows(ids, avoid: list[tuple[int, int]], n: int, length: int, bo
 def load_inputs(args, tokenizer) -> Inputs:
     """Cases and reference windows, from the tokenizer and the text alone (checked before the model
     loads, so bad input stops the run before any work)."""
-    from common.natural_text import script_text_ids
+    from common.text_ids_cache import script_text_ids
 
     base = read_case_file(args.cases) if args.cases else curated_cases(args.categories)
     rows, tokens, dropped = tokenize_curated(tokenizer, base)
