@@ -190,7 +190,7 @@ def context_numbers(out_dir) -> dict:
     return out
 
 
-def context_text(out_dir, fmt: str = ".3g") -> str:
+def context_text(out_dir, fmt: str = ".4g") -> str:
     """One line: every statistic's in-context value beside the effective one (empty without a table)."""
     parts = []
     for stat, d in context_numbers(out_dir).items():
