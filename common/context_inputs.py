@@ -196,7 +196,9 @@ def context_text(out_dir, fmt: str = ".4g") -> str:
     for stat, d in context_numbers(out_dir).items():
         v = d.get(IN_CONTEXT)
         if v is None:
-            parts.append(f"{stat}: no token occurs in the text windows")
+            n = d[f"n_tokens {IN_CONTEXT}"]
+            parts.append(f"{stat}: " + (f"not measurable in context over {n} tokens" if n
+                                        else "no token occurs in the text windows"))
             continue
         same = d.get(EFFECTIVE_SAME)
         parts.append(f"{stat} {format(v, fmt)} in context over {d[f'n_tokens {IN_CONTEXT}']} tokens "
