@@ -190,7 +190,11 @@ def context_numbers(out_dir) -> dict:
     return out
 
 
-def context_text(out_dir, fmt: str = ".4g") -> str:
+def _fmt(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def context_text(out_dir) -> str:
     """One line: every statistic's in-context value beside the effective one (empty without a table)."""
     parts = []
     for stat, d in context_numbers(out_dir).items():
@@ -201,9 +205,9 @@ def context_text(out_dir, fmt: str = ".4g") -> str:
                                         else "no token occurs in the text windows"))
             continue
         same = d.get(EFFECTIVE_SAME)
-        parts.append(f"{stat} {format(v, fmt)} in context over {d[f'n_tokens {IN_CONTEXT}']} tokens "
-                     f"(effective {format(d[EFFECTIVE], fmt)} over {d[f'n_tokens {EFFECTIVE}']}"
-                     + (f"; {format(same, fmt)} on the same tokens" if same is not None else "") + ")")
+        parts.append(f"{stat} {_fmt(v)} in context over {d[f'n_tokens {IN_CONTEXT}']} tokens "
+                     f"(effective {_fmt(d[EFFECTIVE])} over {d[f'n_tokens {EFFECTIVE}']}"
+                     + (f"; {_fmt(same)} on the same tokens" if same is not None else "") + ")")
     return ("true layer inputs in natural text: " + "; ".join(parts)) if parts else ""
 
 
