@@ -132,13 +132,22 @@ def collect(model, tokens: torch.Tensor, layer: int, token_ids=None, batch_size:
 def context_inputs(model, args, token_ids=None, layer: int | None = None) -> ContextInputs | None:
     """:func:`collect` over the script's natural text (``args.text``, ``args.model``), a seeded
     (``args.seed``) sample of ``args.context_windows`` windows; None when that is 0."""
-    from common.natural_text import sample_windows, script_text_ids
+    from common.natural_text import DEMO, TextUnavailable, sample_windows, text_ids
+    from common.planted_names import is_planted
 
     n = int(getattr(args, "context_windows", DEFAULT_WINDOWS))
     if n <= 0:
         return None
     layer = args.layer if layer is None else layer
-    ids, description = script_text_ids(getattr(args, "text", None), args.model, model.tokenizer)
+    text = getattr(args, "text", None)
+    try:  # script_text_ids' choice of text, but a missing default text only skips this measurement
+        ids, description = text_ids(text if text is not None else (DEMO if is_planted(args.model) else None),
+                                    model.tokenizer)
+    except TextUnavailable as exc:
+        if text is not None:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"in context: not measured ({str(exc).splitlines()[0]}); give --text PATH")
+        return None
     tokens, _ = sample_windows(ids, min(WINDOW_LEN, model.cfg.n_ctx), n, model.tokenizer.bos_token_id, args.seed)
     ctx = collect(model, tokens, layer, token_ids)
     ctx.n_windows, ctx.window_len, ctx.text = len(tokens), tokens.shape[1], description
