@@ -23,6 +23,9 @@ Outputs (figures/svd_rank_ablation/ by default; the figure is drawn from the sav
                       [W_Q, W_K] has full column rank)
   grid_heatmaps.png   mean rank (log), MRR, acc@1, acc@1024, both Spearman correlations
   ranks.npz           the self-rank of every query in every cell, with the query ids
+  in_context.csv      unedited mean self-rank and best acc@1 over the queries that occur in
+                      --context-windows natural-text windows, on their true layer inputs there, beside
+                      the effective-embedding numbers (common/context_inputs.py)
   summary.json        negative eigenvalues, query set, the unmodified head's numbers, grid time
   meta.json           arguments, versions, total wall time and peak memory
 
@@ -48,6 +51,8 @@ from scipy.stats import spearmanr
 
 from common.claims import ORIGINAL, Claim, Evidence
 from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
+from common.context_inputs import (add_context_flags, comparison, comparison_table, context_inputs, context_text,
+                                   with_context)
 from common.factored import steer
 from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
@@ -78,6 +83,7 @@ def parse_args(argv):
     p.add_argument("--spearman-keys", type=int, default=2048)
     p.add_argument("--query-chunk", type=int, default=512)
     p.add_argument("--key-chunk", type=int, default=8192)
+    add_context_flags(p)
     args = p.parse_args(argv)
     if any(k < 1 for k in args.ks):
         p.error("--ks must be positive integers")
@@ -222,7 +228,38 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> RankResults:
     }
     ranks = {"ranks": grid.astype(np.int32), "ks": np.array(args.ks), "scales": np.array(scales),
              "queries": queries.numpy(), "unmodified": r0.astype(np.int32)}
-    return RankResults(tables={"grid": pd.DataFrame(rows)}, summary=summary, ranks=ranks)
+    tables = {"grid": pd.DataFrame(rows)}
+    ctx = context_inputs(model, args, queries)
+    if ctx is not None:
+        tables["in_context"] = in_context_grid(base, eig, E, queries, grid, r0, ctx, args, scales, eig_scale, keep_skew)
+    return RankResults(tables=tables, summary=summary, ranks=ranks)
+
+
+def grid_stats(grid: np.ndarray, r0: np.ndarray, ks, scales, shown) -> tuple[float, float]:
+    """(unedited mean self-rank, best acc@1 over the (k, scale) cells of ``shown`` scales)."""
+    acc = [(grid[ik, js] == 0).mean() for ik in range(len(ks)) for js, s in enumerate(scales) if s in shown]
+    return float(r0.mean()), float(max(acc))
+
+
+def in_context_grid(base, eig, E, queries, grid, r0, ctx, args, scales, eig_scale, keep_skew) -> pd.DataFrame:
+    """The unedited mean self-rank and the best acc@1 of the grid over the queries that occur in
+    the text windows, on their true layer inputs there (common.context_inputs; every other key keeps
+    its effective row) and, for the same queries, on effective embeddings; beside them the
+    effective numbers over every query."""
+    covered = ctx.covered(queries)
+    eff = grid_stats(grid, r0, args.ks, scales, args.scales)
+    same = inctx = (None, None)
+    if len(covered):
+        pick = torch.isin(queries, covered).numpy()
+        same = grid_stats(grid[:, :, pick], r0[pick], args.ks, scales, args.scales)
+        Ex = ctx.substitute(E)
+        g = self_rank_grid(base, eig, Ex, covered, args.ks, scales, eig_scale=eig_scale, keep_skew=keep_skew).numpy()
+        u = self_rank_grid(base, eig, Ex, covered, [args.ks[0]], [1.0], eig_scale=eig_scale, keep_skew=True)[0, 0]
+        inctx = grid_stats(g, u.numpy(), args.ks, scales, args.scales)
+    note = f"{ctx.n_windows} windows of {ctx.text}"
+    return comparison_table(
+        comparison("unedited mean self-rank", eff[0], len(queries), inctx[0], len(covered), same[0], note)
+        + comparison("best acc@1 over the grid", eff[1], len(queries), inctx[1], len(covered), same[1], note))
 
 
 def save_ranks(out_dir: Path, ranks: dict[str, np.ndarray]) -> None:
@@ -266,6 +303,8 @@ def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
     console.print(f"unmodified: mean self-rank {u['mean_rank']:.1f}, acc@1 {u['acc@1']:.3f}")
     console.print(f"best acc@1 {best['acc@1']:.3f} at k = {int(best.k)}, scale = {best.scale:g} "
                   f"(mean rank {best.mean_rank:.1f})")
+    if line := context_text(out_dir):
+        console.print(line)
     console.print(f"grid {results.summary['grid_seconds']:.1f} s, peak RSS {peak_mb:.0f} MB; outputs: {out_dir}")
 
 
@@ -295,7 +334,8 @@ def check_rank_grid(out_dir) -> Evidence:
             f"{int(best.n_queries)} queries")
     if not base.empty:
         text = f"unedited mean self-rank {base.mean_rank.iloc[0]:.0f}; " + text
-    return Evidence(text, {"best_k": int(best.k), "best_scale": float(best.scale), "best_acc@1": float(best["acc@1"])})
+    return with_context(Evidence(text, {"best_k": int(best.k), "best_scale": float(best.scale),
+                                        "best_acc@1": float(best["acc@1"])}), out_dir)
 
 
 CLAIMS = [Claim(
