@@ -10,7 +10,8 @@ import torch
 
 @pytest.fixture(scope="module")
 def windows(tokenizer):
-    from common.natural_text import sample_windows, script_text_ids
+    from common.natural_text import sample_windows
+    from common.text_ids_cache import script_text_ids
 
     ids, _ = script_text_ids(None, "planted", tokenizer)
     return sample_windows(ids, 49, 12, tokenizer.bos_token_id, seed=5)[0]
