@@ -66,6 +66,7 @@ from rich.table import Table
 
 from common.claims import POST, Claim, Evidence, all_of, at_least, interval, near, number, protocol, target
 from common.cli import add_protocol_flag, apply_protocol, base_parser, keeps_state, start
+from common.genuine_weights import weights_verdict
 from common.outputs import FIGURES, claim_out_dir, prepare_out_dir
 from common.planted_names import check_model_name
 from common.metrics import MASS_PARTS, all_head_patterns, bos_only_share, head_survey
@@ -73,7 +74,7 @@ from common.stats import mean_ci
 from common.outputs import write_text
 from common.prompts import category_token_ids, category_prompts
 from common.protocol import POST as POST_PROTOCOL, PROTOCOLS
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = "characterize_head"
 
@@ -253,10 +254,12 @@ def render(out_dir) -> list[Path]:
     from common.plotting import heatmap, plt, save_figure
 
     out_dir = Path(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
     if (out_dir / "prompt_pattern.csv").exists() and not (out_dir / "head_scores.csv").exists():
         from common.prompt_view import render_prompt_view
 
-        return render_prompt_view(out_dir)
+        return render_prompt_view(out_dir, weights)
     table, summary = load_table(out_dir, "head_scores"), load_summary(out_dir)
     mean = table.pivot(index="layer", columns="head", values="score_mean").to_numpy()
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * mean.shape[1], 0.8 + 0.5 * mean.shape[0]))
@@ -265,8 +268,8 @@ def render(out_dir) -> list[Path]:
     ax.add_patch(plt.Rectangle((summary["head"], summary["layer"]), 1, 1, fill=False, edgecolor="red", lw=2.5))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"Semantic category score per head, {summary['n_prompts']} prompts ({load_meta(out_dir)['args']['model']})")
-    paths = [save_figure(fig, out_dir / "head_scores.png")]
+    ax.set_title(f"Semantic category score per head, {summary['n_prompts']} prompts ({meta['args']['model']})")
+    paths = [save_figure(fig, out_dir / "head_scores.png", weights)]
 
     mass = load_table(out_dir, "mass_split")
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -275,7 +278,7 @@ def render(out_dir) -> list[Path]:
     ax.set_xlim(0, 1)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, frameon=False)
     ax.set_title("Where the attention goes")
-    paths.append(save_figure(fig, out_dir / "mass_split.png"))
+    paths.append(save_figure(fig, out_dir / "mass_split.png", weights))
     return paths
 
 
@@ -318,6 +321,7 @@ def render_cross_model(out_dir) -> list[Path]:
     from common.plotting import plt, save_figure
 
     t = load_table(out_dir, "cross_model")
+    weights = verdict_text(load_meta(out_dir))  # several models: none recorded for the whole table
     fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(t), 3.6))
     x = range(len(t))
     ax.bar([i - 0.2 for i in x], t.lowest_score, 0.4, yerr=t.lowest_score_ci95, label="lowest head")
@@ -326,7 +330,7 @@ def render_cross_model(out_dir) -> list[Path]:
     ax.set_ylabel("semantic category score (lower = follows the rules)")
     ax.set_title("Does every model grow an L1H5? Lowest-scoring head per model")
     ax.legend(fontsize=8)
-    return [save_figure(fig, Path(out_dir) / "cross_model.png")]
+    return [save_figure(fig, Path(out_dir) / "cross_model.png", weights)]
 
 
 def run_one(args) -> Results:
@@ -334,7 +338,7 @@ def run_one(args) -> Results:
     model, out_dir = start(args, SCRIPT)
     batch = prompts(model, args)
     results = compute(model, args, batch)
-    save_results(out_dir, results, args, SCRIPT)
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     write_text(out_dir / f"attention_L{args.layer}H{args.head}.html",
                attention_page(model, batch.tokens[0], args.layer, args.head))
     render(out_dir)
@@ -361,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         sub = argparse.Namespace(**{**vars(args), "model": name, "out": str(out_dir / model_folder(name))})
         summaries.append(run_one(sub).summary)
     claim_out_dir(out_dir, args)
-    save_results(out_dir, Results({"cross_model": cross_model(summaries)}, {"models": args.model}), args, SCRIPT)
+    save_results(out_dir, Results({"cross_model": cross_model(summaries)}, {"models": args.model}), args, SCRIPT,
+                 weights=None)  # several models: each sub-folder has its own verdict
     render_cross_model(out_dir)
     Console().print(load_table(out_dir, "cross_model").to_string(index=False))
     return 0

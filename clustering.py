@@ -39,6 +39,10 @@ Outputs (``figures/clustering/`` by default):
   community_map.html    interactive map (plotly, bundled inline: opens offline): pan, zoom, hover
                         labels, colour by community, search box (or open ``...html#q=Monday``),
                         click a node to list its community
+  in_context.csv        the examples' mean companion fraction and the ARI, on the full graph, and on
+                        the graph of the nodes that occur in --context-windows natural-text windows
+                        with their true layer inputs there and with effective embeddings
+                        (common/context_inputs.py)
   quality.json (= summary.json), meta.json
 Figures and the HTML map are drawn from these files only (``render``).
 
@@ -62,10 +66,12 @@ import torch
 from common.claims import DIFFERS, INCONCLUSIVE, ORIGINAL, REPRODUCED, Claim, Evidence
 from common.attention_graph import agreement, attention_topk, build_graph, choose_nodes, layout, leiden, strengths
 from common.cli import base_parser, script_name, start_head, keeps_state
+from common.context_inputs import add_context_flags, comparison, comparison_table, context_inputs, context_text, with_context
+from common.genuine_weights import weights_verdict
 from common.outputs import atomic_path, write_json
 from common.plotting import plt, save_figure, token_heatmap
 from common.prompts import CATEGORIES, token_category_map
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = script_name(__file__)
 # Published examples and the companions that, per the post, share their community.
@@ -99,6 +105,7 @@ def parse_args(argv):
     p.add_argument("--map-edges", type=int, default=2, help="strongest out-edges per node drawn in the maps")
     p.add_argument("--layout-iterations", type=int, default=300)
     p.add_argument("--n-heatmaps", type=int, default=4, help="communities shown as heatmaps")
+    add_context_flags(p)
     args = p.parse_args(argv)
     if args.n_tokens < 10:
         p.error("--n-tokens must be at least 10")
@@ -157,7 +164,45 @@ def compute(model, args, qk, E: torch.Tensor) -> Results:
         "html_nodes": n,  # the HTML map embeds every node
         "heatmap_communities": chosen,
     }
+    ctx = context_inputs(model, args, node_ids)
+    if ctx is not None:
+        tables["in_context"] = in_context_clusters(model, args, scorer, E, node_ids, ctx, example_list, quality)
     return Results(tables=tables, summary=quality)
+
+
+def graph_stats(tok, args, scorer, E, node_ids) -> tuple[float | None, float]:
+    """(mean companion fraction of the published examples in the graph, ARI against the categories)
+    of the Leiden communities of ``node_ids``'s top-k attention graph on token vectors ``E``."""
+    idx, prob, _, _ = attention_topk(scorer, E, node_ids, min(args.top_k, len(node_ids) - 1), args.chunk,
+                                     progress=False)
+    membership, _ = leiden(build_graph(idx, prob, args.min_lift / len(node_ids)), args.resolution, args.seed)
+    ex = example_rows(EXAMPLES, tok, node_ids, membership, [tok.decode([t]) for t in node_ids],
+                      strengths(len(node_ids), idx, prob))
+    return companion_mean(ex), agreement(membership, node_ids, token_category_map(tok))["ari"]
+
+
+def companion_mean(example_list: list[dict]) -> float | None:
+    f = [r["companion_fraction"] for r in example_list if r["in_graph"] and not math.isnan(r["companion_fraction"])]
+    return float(np.mean(f)) if f else None
+
+
+def in_context_clusters(model, args, scorer, E, node_ids, ctx, example_list, quality) -> pd.DataFrame:
+    """The graph rebuilt on the nodes that occur in the text windows, with their true layer inputs
+    there (common.context_inputs) and, for the same nodes, with effective embeddings: the published
+    examples' mean companion fraction and the ARI, beside the full graph's (in_context.csv rows)."""
+    tok = model.tokenizer
+    covered = ctx.covered(node_ids).tolist()
+    same = inctx = (None, None)
+    if len(covered) >= 2:
+        same = graph_stats(tok, args, scorer, E, covered)
+        inctx = graph_stats(tok, args, scorer, ctx.substitute(E), covered)
+    note = f"{ctx.n_windows} windows of {ctx.text}; the graph rebuilt on the nodes that occur"
+    eff = companion_mean(example_list)
+    return comparison_table(
+        (comparison("mean companion fraction of the published examples", eff, len(node_ids), inctx[0], len(covered),
+                    same[0], note) if eff is not None else [])
+        + comparison("ARI of the communities against the categories", quality["ari"], len(node_ids), inctx[1],
+                     len(covered), same[1], note))
 
 
 def community_table(labels, node_ids, membership, freq_rank, strength, self_prob, cat_of, idx, prob) -> pd.DataFrame:
@@ -250,14 +295,16 @@ def community_attention(scorer, E, node_ids, labels, membership, strength, lse, 
 def render(out_dir) -> list[Path]:
     """community_map.png, community_heatmaps.png and community_map.html from the saved files only."""
     out_dir = Path(out_dir)
-    args, quality = load_meta(out_dir)["args"], load_summary(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    args, quality = meta["args"], load_summary(out_dir)
     nodes = load_table(out_dir, "communities")
     edges = load_table(out_dir, "edges")
     xy = load_table(out_dir, "layout").set_index("id").loc[nodes["id"], ["x", "y"]].to_numpy()
     n, k = len(nodes), len(edges) // len(nodes)
     title = f"L{args['layer']}H{args['head']} attention communities ({args['model']}, {n} tokens, top-{k})"
     shown = map_edges(edges, nodes["id"], args["map_edges"])
-    paths = [save_figure(static_map(xy, nodes, shown, title), out_dir / "community_map.png")]
+    paths = [save_figure(static_map(xy, nodes, shown, title), out_dir / "community_map.png", weights)]
     panels = []
     for c in quality["heatmap_communities"]:
         att = load_table(out_dir, f"community_{c}_attention")
@@ -265,7 +312,7 @@ def render(out_dir) -> list[Path]:
         panels.append((f"community {c} ({size} tokens): P(key | query), softmax over {n} nodes",
                        att.iloc[:, 1:].to_numpy(dtype=float), [_hover_label(str(s)) for s in att["query"]]))
     if panels:
-        paths.append(save_figure(heatmap_figure(panels), out_dir / "community_heatmaps.png"))
+        paths.append(save_figure(heatmap_figure(panels), out_dir / "community_heatmaps.png", weights))
     paths.append(write_html_map(out_dir / "community_map.html", xy, nodes, edges, shown, title))
     return paths
 
@@ -396,6 +443,8 @@ def report(results: Results, out_dir: Path, model_name: str) -> None:
     q = results.summary
     print(f"modularity {q['modularity']:.3f}, {q['n_communities']} communities; ARI {q['ari']:.3f}, NMI {q['nmi']:.3f} "
           f"over {q['n_category_tokens']} category tokens; outputs in {out_dir}")
+    if line := context_text(out_dir):
+        print(line)
 
 
 @keeps_state
@@ -404,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     head_start = start_head(args, SCRIPT)
     results = compute(head_start.model, args, head_start.qk, head_start.E)
     out_dir = head_start.out_dir
-    save_results(out_dir, results, args, SCRIPT, meta={"quality": results.summary})
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={"quality": results.summary})
     write_json(out_dir / "quality.json", results.summary)  # the summary, under the name it has always had
     render(out_dir)
     report(results, out_dir, args.model)
@@ -501,10 +550,10 @@ def check_clustering(out_dir) -> Evidence:
              for e in ex.itertuples()]
     share = found.companion_fraction >= COMPANION_SHARE
     ok = bool(len(found)) and bool(share.all())
-    return Evidence("companions in the same community: " + ", ".join(parts),
+    return with_context(Evidence("companions in the same community: " + ", ".join(parts),
                     {e.example.strip(): (float(e.companion_fraction) if e.in_graph else None) for e in ex.itertuples()},
                     published=REPRODUCED if ok else DIFFERS if len(found) and not share.any() else INCONCLUSIVE,
-                    holds=ok)
+                    holds=ok), out_dir)
 
 
 CLAIMS = [Claim(

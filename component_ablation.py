@@ -90,11 +90,13 @@ from common.ablation import (COMPONENTS, collect_activations, keep_only_hooks, m
                              resample_ablation_hooks)
 from common.cli import add_protocol_flag, apply_protocol, base_parser, keeps_state, start
 from common.errors import require_absolute_positions
+from common.genuine_weights import weights_verdict
+from common.hook_names import act_name
 from common.metrics import all_head_patterns, bos_only_share, semantic_score
 from common.stats import mean_ci
 from common.prompts import category_prompts
 from common.protocol import POST as POST_PROTOCOL, PROTOCOLS
-from common.results import Results, load_meta, load_table, save_results
+from common.results import Results, load_meta, load_table, save_results, verdict_text
 
 SCRIPT = "component_ablation"
 CLEAN = "clean"
@@ -176,7 +178,7 @@ def ablation_conditions(model, ref_tokens: torch.Tensor, layer: int, seed: int,
     for label, name in COMPONENTS.items():
         conds[(label, "mean")] = means[name]
         conds[(label, "resample")] = resamples[name]
-    conds[(MLP0_ONLY, "replace")] = keep_only_hooks("blocks.0.hook_mlp_out", f"blocks.{layer}.hook_resid_pre",
+    conds[(MLP0_ONLY, "replace")] = keep_only_hooks(act_name("mlp_out", 0), act_name("resid_pre", layer),
                                                     ablate_bos)
     return conds
 
@@ -254,7 +256,7 @@ def rearrange(tokens: torch.Tensor, variant: str, seed: int, shift: int, pad: in
             t[:, 1:] = w_pos[1 + shift : n + shift].to(t.device, t.dtype)
             return t
 
-        return tokens.clone(), ident, [("hook_pos_embed", shifted_pos)]
+        return tokens.clone(), ident, [(act_name("pos_embed"), shifted_pos)]
     if variant in ("padded", BOS_PADDED):
         if n + pad > n_ctx:
             raise SystemExit(f"error: --pad {pad} + {n} tokens exceeds the context of {n_ctx} positions")
@@ -399,20 +401,21 @@ def compute(model, args) -> Results:
 
 def render(out_dir) -> list[Path]:
     out_dir = Path(out_dir)
-    args = load_meta(out_dir)["args"]
+    meta = load_meta(out_dir)
+    args, weights = meta["args"], verdict_text(meta)  # weights: the verdict under every figure
     layer, head = args["layer"], args["head"]
     scores, summary = load_table(out_dir, "scores"), load_table(out_dir, "summary")
     return [
         boxplot(scores, summary, head, f"L{layer}H{head}: score per prompt, {scores.prompt.nunique()} prompts "
-                f"({args['model']})", out_dir / "ablation_boxplot.png"),
-        heads_figure(summary, layer, head, out_dir / "ablation_heads.png"),
+                f"({args['model']})", out_dir / "ablation_boxplot.png", weights),
+        heads_figure(summary, layer, head, out_dir / "ablation_heads.png", weights),
         position_figure(load_table(out_dir, "position_example"), load_table(out_dir, "position_pairs"),
                         load_table(out_dir, "position_independence"), layer, head,
-                        out_dir / "position_independence.png"),
+                        out_dir / "position_independence.png", weights),
     ]
 
 
-def boxplot(scores: pd.DataFrame, summary: pd.DataFrame, head: int, title: str, path) -> Path:
+def boxplot(scores: pd.DataFrame, summary: pd.DataFrame, head: int, title: str, path, weights: str | None) -> Path:
     import seaborn as sns
 
     from common.plotting import plt, save_figure
@@ -433,10 +436,10 @@ def boxplot(scores: pd.DataFrame, summary: pd.DataFrame, head: int, title: str, 
     ax.tick_params(axis="x", rotation=20)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
-    return save_figure(fig, path)
+    return save_figure(fig, path, weights)
 
 
-def heads_figure(summary: pd.DataFrame, layer: int, target: int, path) -> Path:
+def heads_figure(summary: pd.DataFrame, layer: int, target: int, path, weights: str | None) -> Path:
     from common.plotting import heatmap, plt, save_figure
 
     df = summary[summary.ablation != CLEAN].copy()
@@ -450,11 +453,11 @@ def heads_figure(summary: pd.DataFrame, layer: int, target: int, path) -> Path:
     ax.set_xlabel(f"head of layer {layer} (annotated: ratio to clean)")
     ax.set_ylabel("")
     ax.set_title("Which heads depend on which component")
-    return save_figure(fig, path)
+    return save_figure(fig, path, weights)
 
 
 def position_figure(example: pd.DataFrame, pairs: pd.DataFrame, table: pd.DataFrame, layer: int, head: int,
-                    path) -> Path:
+                    path, weights: str | None) -> Path:
     """Top: one prompt's token-pair pattern, clean and (mapped back, renormalised on the common keys)
     rearranged; bottom: every (query, key) pair of every prompt, clean vs rearranged."""
     from common.plotting import heatmap, plt, save_figure
@@ -482,7 +485,7 @@ def position_figure(example: pd.DataFrame, pairs: pd.DataFrame, table: pd.DataFr
         ax.tick_params(labelsize=5)
     fig.suptitle(f"L{layer}H{head}: attention of each query word to each key word, renormalised on the keys "
                  "visible in both arrangements")
-    return save_figure(fig, path)
+    return save_figure(fig, path, weights)
 
 
 def report(results: Results) -> None:
@@ -517,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     require_absolute_positions(model, "component_ablation (ablating hook_pos_embed, shifting positions)")
     check_args(model, args)
     results = compute(model, args)
-    save_results(out_dir, results, args, SCRIPT, meta={k: results.summary[k] for k in META_KEYS})
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={k: results.summary[k] for k in META_KEYS})
     render(out_dir)
     report(results)
     return 0

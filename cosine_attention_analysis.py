@@ -41,6 +41,9 @@ the saved files):
                          share_above_self
   category_pairs.csv     same-category pairs of the category words among the N (cosine, d),
                          drawn as points in the figure
+  in_context.csv         peak cosine and height over the N tokens on effective embeddings, and over
+                         those that occur in --context-windows natural-text windows on their true
+                         layer inputs there and on their effective embeddings (common/context_inputs.py)
   summary.json, meta.json  peak cosine and height, the value near 1, token source
 
 Run: python token_freq.py --model planted   (its table chooses the tokens), then
@@ -59,11 +62,14 @@ from tqdm import tqdm
 
 from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence, number
 from common.cli import base_parser, script_name, start_head, keeps_state
+from common.context_inputs import (add_context_flags, comparison, comparison_table, context_inputs, context_text,
+                                   with_context)
 from common.freq import resolve_top_tokens
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import CATEGORIES, token_category_map
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = script_name(__file__)
 
@@ -82,6 +88,7 @@ def parse_args(argv):
     p.add_argument("--bin-width", type=float, default=0.0025, help="fine cosine bin width (window/step are rounded to it)")
     p.add_argument("--min-pairs", type=int, default=200, help="windows with fewer pairs are not considered for the peak")
     p.add_argument("--min-queries", type=int, default=10, help="... or with pairs from fewer query tokens")
+    add_context_flags(p)
     args = p.parse_args(argv)
     if args.n_tokens < 2:
         p.error("--n-tokens must be at least 2")
@@ -209,22 +216,15 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
     ids, source = resolve_top_tokens(args.model, min(args.n_tokens, vocab - 1), args.freq_table, vocab)
     N = len(ids)
     print(f"{N} tokens from {source}")
-    E = E[torch.tensor(ids)]
-    q_feat, k_feat = qk.scorer().project(E, E)
-    unit = E / E.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
+    E_all, E = E, E[torch.tensor(ids)]
+    q_feat, k_feat, unit = features(qk, E)
     n_fine, window_bins, step_bins = bins(args)
     if window_bins > n_fine:
         raise SystemExit("error: --window is wider than the cosine range [-1, 1]")
-    acc = windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine)
-    full = window_table(acc, window_bins, step_bins, n_fine)
-    table = full[full["n_pairs"] > 0].reset_index(drop=True)
-    ok = table[(table["n_pairs"] >= args.min_pairs) & (table["n_queries"] >= args.min_queries)]
-    if ok.empty:
+    acc, table, peak, top = peak_window(q_feat, k_feat, unit, args)  # top: the most similar well-populated window
+    if peak is None:
         raise SystemExit(f"error: no cosine window has >= {args.min_pairs} pairs from >= {args.min_queries} "
                          "queries; use more --n-tokens, a wider --window or a smaller --min-pairs")
-    peak = ok.loc[ok["mean_diff"].idxmax()]
-    top = ok.iloc[-1]  # the most similar well-populated window
     pairs = category_pairs(model.tokenizer, ids, q_feat, k_feat, unit)
 
     fine_centre = -1 + (np.arange(n_fine) + 0.5) * 2 / n_fine
@@ -243,7 +243,52 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
         "same_category_mean_cosine": float(pairs["cosine"].mean()) if len(pairs) else None,
         "same_category_mean_diff": float(pairs["diff"].mean()) if len(pairs) else None,
     }
-    return Results(tables={"cosine_attention": table, "category_pairs": pairs}, summary=summary)
+    tables = {"cosine_attention": table, "category_pairs": pairs}
+    ctx = context_inputs(model, args, ids)
+    if ctx is not None:
+        tables["in_context"] = in_context_peak(qk, E_all, ids, ctx, peak, N, args)
+        summary["in_context"] = {**ctx.record(), "rows": tables["in_context"].to_dict("records")}
+    return Results(tables=tables, summary=summary)
+
+
+def features(qk: FactoredQK, E: torch.Tensor):
+    """Projected queries and keys (s = q_feat @ k_feat.T) and the unit-norm rows of ``E``."""
+    q_feat, k_feat = qk.scorer().project(E, E)
+    return q_feat, k_feat, E / E.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def peak_window(q_feat, k_feat, unit, args, progress=True):
+    """(accumulators, populated windows, peak window, most similar well-populated window); the
+    peak is None when no window has --min-pairs pairs from --min-queries queries."""
+    n_fine, window_bins, step_bins = bins(args)
+    acc = windowed_difference(q_feat, k_feat, unit, window_bins, step_bins, n_fine, progress=progress)
+    full = window_table(acc, window_bins, step_bins, n_fine)
+    table = full[full["n_pairs"] > 0].reset_index(drop=True)
+    ok = table[(table["n_pairs"] >= args.min_pairs) & (table["n_queries"] >= args.min_queries)]
+    if ok.empty:
+        return acc, table, None, None
+    return acc, table, ok.loc[ok["mean_diff"].idxmax()], ok.iloc[-1]
+
+
+def in_context_peak(qk: FactoredQK, E_all: torch.Tensor, ids, ctx, peak, N: int, args) -> pd.DataFrame:
+    """The peak window's cosine and height over the tokens of ``ids`` that occur in the text
+    windows: on their true layer inputs there (common.context_inputs) and, for the same tokens,
+    on their effective embeddings (in_context.csv rows)."""
+    covered = ctx.covered(ids)
+    found = {}
+    if len(covered) >= 2:
+        for name, E in (("same", E_all), ("context", ctx.substitute(E_all))):
+            found[name] = peak_window(*features(qk, E[covered]), args, progress=False)[2]
+
+    def get(name, col):
+        p = found.get(name)
+        return None if p is None else float(p[col])
+
+    note = f"{ctx.n_windows} windows of {ctx.text}; the peak among windows with >= {args.min_pairs} pairs"
+    return comparison_table(
+        comparison("peak cosine", peak["centre"], N, get("context", "centre"), len(covered), get("same", "centre"), note)
+        + comparison("peak mean s[i,j]-s[i,i]", peak["mean_diff"], N, get("context", "mean_diff"), len(covered),
+                     get("same", "mean_diff"), note))
 
 
 def every_window(table: pd.DataFrame, args) -> pd.DataFrame:
@@ -286,7 +331,9 @@ def category_pairs(tokenizer, ids, q_feat, k_feat, unit) -> pd.DataFrame:
 def render(out_dir) -> list[Path]:
     """cosine_attention.png from cosine_attention.csv, category_pairs.csv and summary.json."""
     out_dir = Path(out_dir)
-    args = argparse.Namespace(**load_meta(out_dir)["args"])
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    args = argparse.Namespace(**meta["args"])
     summary, pairs = load_summary(out_dir), load_table(out_dir, "category_pairs")
     table = every_window(load_table(out_dir, "cosine_attention"), args)
     fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1]})
@@ -313,7 +360,7 @@ def render(out_dir) -> list[Path]:
     axes[2].set_xlabel("cosine similarity of effective embeddings E_i, E_j")
     populated = table[table["n_pairs"] > 0]
     axes[2].set_xlim(min(populated["lo"].min(), 0) - 0.02, 1.03)
-    return [save_figure(fig, out_dir / "cosine_attention.png")]
+    return [save_figure(fig, out_dir / "cosine_attention.png", weights)]
 
 
 def report(results: Results, out_dir: Path) -> None:
@@ -321,17 +368,19 @@ def report(results: Results, out_dir: Path) -> None:
     print(f"peak of mean s[i,j]-s[i,i] at cosine {s['peak_cosine']:.3f} (window {s['peak_window'][0]:.3f}.."
           f"{s['peak_window'][1]:.3f}): {s['peak_mean_diff']:+.2f} [{s['peak_ci'][0]:+.2f}, {s['peak_ci'][1]:+.2f}] "
           f"logits; self (cosine 1) is 0 by definition -> {out_dir}")
+    if line := context_text(out_dir):
+        print(line)
 
 
 @keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    s = start_head(args, SCRIPT)
-    results = compute(s.model, s.qk, s.E, args)
-    save_results(s.out_dir, results, args, SCRIPT, meta={
+    head = start_head(args, SCRIPT)
+    results = compute(head.model, head.qk, head.E, args)
+    save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "token_source": results.summary["token_source"], "n_tokens": results.summary["n_tokens"]})
-    render(s.out_dir)
-    report(results, s.out_dir)
+    render(head.out_dir)
+    report(results, head.out_dir)
     return 0
 
 
@@ -353,13 +402,13 @@ def check_cosine_peak(out_dir) -> Evidence:
     at_top = bool(peak.lo >= TOP_WINDOWS)  # the peak itself lies at cosine >= 0.99: "at 1"
     top_lower = not at_top and bool((top.ci_hi < peak.ci_lo).all())
     published = (DIFFERS if at_top or not in_range else REPRODUCED if top_lower else INCONCLUSIVE)
-    return Evidence(
+    return with_context(Evidence(
         f"peak of (score - self-score) at cosine {peak.centre:.3f} (mean difference {peak.mean_diff:.3g}, 95% CI "
         f"[{peak.ci_lo:.3g}, {peak.ci_hi:.3g}]); {len(top)} window(s) at cosine >= {TOP_WINDOWS}"
         + (f", highest {top.mean_diff.max():.3g}" if len(top) else ""),
         {"peak_cosine": float(peak.centre), "peak_mean_diff": number(peak.mean_diff, (peak.ci_lo, peak.ci_hi)),
          "n_top_windows": len(top)},
-        published=published, holds=bool(peak.ci_lo > 0 and peak.hi < 1.0 and top_lower))
+        published=published, holds=bool(peak.ci_lo > 0 and peak.hi < 1.0 and top_lower)), out_dir)
 
 
 CLAIMS = [Claim(

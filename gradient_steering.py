@@ -50,6 +50,9 @@ Outputs (``figures/gradient_steering/`` by default):
                                eigen rows: alpha, alpha_matched, match_target, match_achieved
   group_attention.csv / group_heatmaps.png   softmax over the 30 group tokens, per variant
   self_ranks.csv / self_rank.png             self-rank per query token, per variant (CDF)
+  in_context.csv               the category words' median self-rank (original, promoted) on effective
+                               embeddings and on their true layer inputs in --context-windows
+                               natural-text windows (common/context_inputs.py)
   monday_top10.csv             the 10 most attended vocabulary tokens for " Monday" per variant
   summary.json, meta.json
 
@@ -74,15 +77,17 @@ from tqdm import tqdm
 
 from common.claims import DIFFERS, INCONCLUSIVE, ORIGINAL, REPRODUCED, Claim, Evidence
 from common.cli import base_parser, start, keeps_state
+from common.context_inputs import add_context_flags, comparison, comparison_table, context_inputs, context_text, with_context
 from common.effective_embeddings import effective_embeddings, effective_record
 from common.factored import Factored, steer
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.head_replacement import head_scores, layer_input, qk_scores
 from common.metrics import mass_split, semantic_score
 from common.prompts import (GROUP_TOKENS, TokenizationError, category_prompts, category_token_ids, group_token_ids,
                             self_and_copies_mask, single_token_id)
 from common.outputs import write_json
-from common.results import Results, load_table, save_results
+from common.results import Results, load_meta, load_table, save_results, verdict_text
 from common.token_scores import query_row, rank_metrics, self_rank
 
 SCRIPT = "gradient_steering"
@@ -112,6 +117,7 @@ def parse_args(argv):
     p.add_argument("--n-rank-queries", type=int, default=1000,
                    help="random vocabulary tokens whose self-rank is measured (category and group tokens always are)")
     p.add_argument("--query-word", default="Monday", help="the word whose 10 most attended tokens are listed")
+    add_context_flags(p)
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
@@ -507,7 +513,31 @@ def compute(model, args, word_id: int) -> Results:
                                 float(curve[curve.direction == d].train_loss.iloc[-1])]
                             for d in DIRECTIONS[args.direction]},
     }
+    ctx = context_inputs(model, args, rank_queries(tok, model.cfg.d_vocab, 0, args.seed)[0])
+    if ctx is not None:
+        views["in_context"] = in_context_ranks(model, args, variants, views["self_ranks"], ctx)
     return Results({"loss_curve": curve, "variants": table, **views}, summary)
+
+
+def in_context_ranks(model, args, variants: dict[str, Variant], ranks: pd.DataFrame, ctx) -> pd.DataFrame:
+    """Per variant (original, promoting update): the category words' median self-rank over the
+    vocabulary on effective embeddings (self_ranks.csv), and over the words that occur in the
+    text windows on their true layer inputs there (common.context_inputs; every other key keeps
+    its effective row) and on their effective embeddings. (The claim's self+copies mass is
+    measured on the head's true inputs in prompts already.)"""
+    E = effective_embeddings(model, args.layer)
+    Ex = ctx.substitute(E)
+    cat = ranks[ranks.kind == "category"]
+    covered = ctx.covered(sorted(cat.token_id.unique()))
+    note = f"{ctx.n_windows} windows of {ctx.text}"
+    rows = []
+    for name in [n for n in ("original", "gradient promote") if n in variants]:
+        mine = cat[cat.variant == name]
+        same = mine[mine.token_id.isin(covered.numpy())]["rank"]
+        inctx = self_rank(variants[name].scorer, Ex, covered).double().median().item() if len(covered) else None
+        rows += comparison(f"median self-rank of category words, {name}", float(mine["rank"].median()), len(mine),
+                           inctx, len(covered), float(same.median()) if len(same) else None, note)
+    return comparison_table(rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,6 +566,8 @@ def render(out_dir) -> list[Path]:
     from common.plotting import plt, save_figure, token_heatmap
 
     out_dir, paths = Path(out_dir), []
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
     labels_of = variant_labels(load_table(out_dir, "variants"))
     curve = load_table(out_dir, "loss_curve")
     dirs = list(dict.fromkeys(curve.direction))
@@ -551,7 +583,7 @@ def render(out_dir) -> list[Path]:
             ax.set_yscale("log")
         ax.set_title(f"{d} self-attention")
         ax.legend()
-    paths.append(save_figure(fig, out_dir / "loss_curve.png"))
+    paths.append(save_figure(fig, out_dir / "loss_curve.png", weights))
 
     groups = load_table(out_dir, "group_attention")
     group_of = {w: g for g, words in GROUP_TOKENS.items() for w in words}
@@ -567,7 +599,7 @@ def render(out_dir) -> list[Path]:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle(f"Attention among the {n} group tokens (softmax over these keys, effective embeddings)")
-    paths.append(save_figure(fig, out_dir / "group_heatmaps.png"))
+    paths.append(save_figure(fig, out_dir / "group_heatmaps.png", weights))
 
     ranks = load_table(out_dir, "self_ranks")
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -579,11 +611,11 @@ def render(out_dir) -> list[Path]:
     ax.set_ylabel("fraction of query tokens")
     ax.legend(fontsize=7)
     ax.set_title("Where each category word's own key ranks")
-    paths.append(save_figure(fig, out_dir / "self_rank.png"))
+    paths.append(save_figure(fig, out_dir / "self_rank.png", weights))
     return paths
 
 
-def report(results: Results) -> None:
+def report(results: Results, out_dir: Path) -> None:
     variants, top, word = results.tables["variants"], results.tables["monday_top10"], results.summary["query_word"]
     c = Console(width=max(Console().width, 150))
     t = Table(title="Held-out attention per variant")
@@ -614,6 +646,8 @@ def report(results: Results) -> None:
             row.append(f"[bold]{tok}[/]" if r.is_query else tok)
         t2.add_row(*row)
     c.print(t2)
+    if line := context_text(out_dir):
+        c.print(line)
 
 
 @keeps_state
@@ -625,12 +659,12 @@ def main(argv: list[str] | None = None) -> int:
     model, out_dir = start(args, SCRIPT)
     word_id = check_args(model, args)
     results = compute(model, args, word_id)
-    save_results(out_dir, results, args, SCRIPT, meta={
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "matching": "eigen alpha matched on held-out mean log self-mass",
         "n_rank_queries_total": int(results.tables["self_ranks"].token_id.nunique())})
     write_json(out_dir / "effective_embeddings.json", effective_record(model, args.layer, args.head))
     render(out_dir)
-    report(results)
+    report(results, out_dir)
     return 0
 
 
@@ -647,9 +681,9 @@ def check_gradient_steering(out_dir) -> Evidence:
     o, p = float(v.loc["original", "mass_self_and_copies"]), float(v.loc["gradient promote", "mass_self_and_copies"])
     good = o < SELF_MASS_BEFORE and p > SELF_MASS_AFTER
     bad = o > SELF_MASS_AFTER or p < SELF_MASS_BEFORE
-    return Evidence(f"mass on self+copies: original {o:.3g}, after the gradient update {p:.3g}",
+    return with_context(Evidence(f"mass on self+copies: original {o:.3g}, after the gradient update {p:.3g}",
                     {"self_mass_original": o, "self_mass_promoted": p},
-                    published=REPRODUCED if good else DIFFERS if bad else INCONCLUSIVE, holds=bool(good))
+                    published=REPRODUCED if good else DIFFERS if bad else INCONCLUSIVE, holds=bool(good)), out_dir)
 
 
 CLAIMS = [Claim(

@@ -71,6 +71,7 @@ import torch
 from common.claims import NEW, Claim, Evidence, number
 from common.ablation import mean_ablation_hooks, resample_ablation_hooks
 from common.cli import add_text_flag, base_parser, start, keeps_state
+from common.genuine_weights import weights_verdict
 from common.gpt2_tokenizer import load_tokenizer
 from common.head_replacement import (
     cache_inputs,
@@ -87,9 +88,10 @@ from common.head_replacement import (
     z_hooks,
 )
 from common.memory import release
-from common.natural_text import sample_windows, script_text_ids
-from common.results import Results, load_summary, load_table, save_results
+from common.natural_text import sample_windows
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.stats import bootstrap_indices, explained_fraction
+from common.text_ids_cache import script_text_ids
 
 SCRIPT = "rule_preserving_ablation"
 ANCHOR = 0.769  # copy suppression, L10H7 (McDougall et al., 2023)
@@ -450,17 +452,18 @@ def render(out_dir) -> list[Path]:
              f"categories: {s['categories_source']}")
     if s.get("communities_source"):
         title += f"\n{COMMUNITIES}: {s['communities_source']}"
+    weights = verdict_text(load_meta(out_dir))  # the weights' verdict, under every figure
     explained = load_table(out_dir, "explained")
-    paths = [plot_explained(explained, title, out_dir / "explained.png")]
+    paths = [plot_explained(explained, title, out_dir / "explained.png", weights)]
     k_curve = load_table(out_dir, "k_curve")
     if len(k_curve):
         mean = explained[explained.baseline == "mean"].set_index("variant").explained
         paths.append(plot_k_curve(k_curve, float(mean["rules"]), float(mean["neg_zeroed"]), title,
-                                  out_dir / "k_curve.png"))
+                                  out_dir / "k_curve.png", weights))
     return paths
 
 
-def plot_explained(df: pd.DataFrame, title: str, path: Path) -> Path:
+def plot_explained(df: pd.DataFrame, title: str, path: Path, weights: str | None) -> Path:
     from common.plotting import plt, save_figure
 
     names = mechanism_variants(list(df.variant))
@@ -485,10 +488,10 @@ def plot_explained(df: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set_xlabel("explained fraction 1 - KL(clean, variant) / KL(clean, ablated)  (95% CI)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
-    return save_figure(fig, path)
+    return save_figure(fig, path, weights)
 
 
-def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: Path) -> Path:
+def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: Path, weights: str | None) -> Path:
     from common.plotting import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -507,7 +510,7 @@ def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: 
     ax.set_ylim(max(min(float(df.ci_lo.min()), neg0, 0.0) - 0.05, -2.0), 1.1)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    return save_figure(fig, path)
+    return save_figure(fig, path, weights)
 
 
 def report(results: Results, n_worst: int) -> None:
@@ -564,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     for v, cats in rule_cats.items():
         print(f"categories{'' if v == 'rules' else f' ({v}, circular)'}: {cats.source} ({len(cats.names)} categories, {cats.n_tokens} tokens)")
     results = compute(model, args, windows, rule_cats)
-    save_results(out_dir, results, args, SCRIPT,
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model),
                  meta={"summary": results.summary, "k_values": [int(k) for k in results.tables["k_curve"].k]})
     release()
     render(out_dir)

@@ -71,8 +71,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from common.outputs import default_out_dir, write_json, write_text  # noqa: E402
-from common.genuine_weights import verdict_text  # noqa: E402
 from common.report import POST_ROOT, build_report, read_claims, run_record  # noqa: E402
+from common.results import verdict_text  # noqa: E402
 from common.planted_names import check_model_name, is_planted  # noqa: E402
 
 
@@ -104,6 +104,23 @@ class Step:
         return [u.script for u in self.upstream]
 
 
+@dataclass
+class Row:
+    """One line of the summary table run_all prints at the end: a step (or the model load) and how it went."""
+
+    script: str
+    seconds: float = 0.0
+    cpu_seconds: float | None = None
+    peak_gb: float | None = None
+    outputs: int = 0  # files in the step's output folder
+    status: str = ""  # "ok", "up to date", "FAILED (exit n)" or "missing"
+    note: str = ""  # the fallbacks the step used
+
+    @property
+    def failed(self) -> bool:
+        return self.status.startswith(("FAILED", "missing"))
+
+
 FREQ_TABLE = Upstream("token_freq.py", "--freq-table", "{root}/token_freq/token_freq.csv", "none",
                       "common.freq's fallback token order (category words, then ids ascending)")
 COMMUNITIES = Upstream("clustering.py", "--communities", "{root}/clustering/communities.csv", "lists",
@@ -128,6 +145,7 @@ STEPS = [
     Step("semantic_head.py", inputs=["sae"], cost=37),
     Step("rule_preserving_ablation.py", upstream=[COMMUNITIES], inputs=["text"], cost=109),
     Step("succession_ablation.py", inputs=["text"], cost=156),
+    Step("composition.py", cost=10),
 ]
 
 
@@ -257,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     t_run = time.time()
     record = run_record(root)  # per script: status, seconds, first error line (report.html reads it)
     steps = [s for s in STEPS if not only or s.script in only]
-    rows = {s.script: (s.script, 0.0, None, None, 0, "missing", "") for s in steps if not (ROOT / s.script).exists()}
+    rows = {s.script: Row(s.script, status="missing") for s in steps if not (ROOT / s.script).exists()}
     todo = [s for s in steps if s.script not in rows]
     priority = critical_path(todo, record)
     threads = max(1, usable_cores() // args.jobs)
@@ -287,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 if (not args.force and (out / ".run_all.stamp").exists()
                         and (out / ".run_all.stamp").read_text() == stamp and (out / "meta.json").exists()):
                     stamps[step.script], ok[step.script] = stamp, True
-                    rows[step.script] = (step.script, 0.0, None, None, n_outputs(out), "up to date", note)
+                    rows[step.script] = Row(step.script, outputs=n_outputs(out), status="up to date", note=note)
                     todo.remove(step)
                     continue
                 if step.script not in NO_MODEL and prepare != "done":
@@ -308,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             done = runner.wait_one()
             if done.script == PREPARE:  # if it failed, every analysis still runs and says why it cannot load
                 prepare = "done"
-                rows[PREPARE] = (PREPARE, done.seconds, done.cpu_seconds, done.peak_gb, 0, done.status, "")
+                rows[PREPARE] = Row(PREPARE, done.seconds, done.cpu_seconds, done.peak_gb, status=done.status)
                 prepared = done.usage()
                 continue
             stamp, note = done.context
@@ -319,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_text(out / ".run_all.stamp", stamp)
             elif (out / ".run_all.stamp").exists():
                 (out / ".run_all.stamp").unlink()
-            rows[done.script] = (done.script, done.seconds, done.cpu_seconds, done.peak_gb, n_outputs(out), done.status,
-                                 note)
+            rows[done.script] = Row(done.script, done.seconds, done.cpu_seconds, done.peak_gb, n_outputs(out),
+                                    done.status, note)
     finally:
         runner.stop_all()
     wall = time.time() - t_run
@@ -335,12 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     for c in ("script", "seconds", "cpu s", "peak GB", "outputs", "status", "notes"):
         table.add_column(c)
     order = [PREPARE] + [s.script for s in steps]
-    for script, dt, cpu, peak, n, status, note in (rows[k] for k in order if k in rows):
-        style = "red" if status.startswith(("FAILED", "missing")) else ("yellow" if note else None)
-        table.add_row(script, f"{dt:.1f}", "" if cpu is None else f"{cpu:.1f}", "" if peak is None else f"{peak:.2f}",
-                      str(n), status, note, style=style)
+    for row in (rows[k] for k in order if k in rows):
+        style = "red" if row.failed else ("yellow" if row.note else None)
+        table.add_row(row.script, f"{row.seconds:.1f}", "" if row.cpu_seconds is None else f"{row.cpu_seconds:.1f}",
+                      "" if row.peak_gb is None else f"{row.peak_gb:.2f}", str(row.outputs), row.status, row.note,
+                      style=style)
     console.print(table)
-    failed = [k for k in order if k in rows and rows[k][5].startswith(("FAILED", "missing"))]
+    failed = [k for k in order if k in rows and rows[k].failed]
     if failed:
         console.print(f"[red]failed or missing: {', '.join(failed)}")
         return 1

@@ -71,6 +71,10 @@ Outputs (figures/self_suppression_survey/ by default):
   token_self_scores.csv         per head and query token: self-ranks, percentiles, centred
                                 self-score, negative-eigen share
   token_self_suppression.csv    per head and query subset (category words / sample): means
+  in_context.csv                the category words' mean self-rank percentile (target, best other
+                                head) on effective embeddings and on the words' true layer inputs
+                                in --context-windows natural-text windows (common/context_inputs.py;
+                                words that never occur are left out, n_tokens says how many remain)
   self_suppression.png          the target layer's heads on the token-space statistic, next to
                                 the negative-eigenvalue count that cannot tell them apart
   self_suppression_all_heads.png  (--token-space all) the same for every head, as heatmaps
@@ -93,13 +97,15 @@ from tqdm import tqdm
 
 from common.claims import NEW, Claim, Evidence, target
 from common.cli import base_parser, script_name, start, keeps_state
+from common.context_inputs import (add_context_flags, comparison, comparison_table, context_inputs, context_text,
+                                   with_context)
 from common.errors import require_absolute_positions
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, spectrum_summary
-from common.genuine_weights import stamp_figure, verdict_text, weights_verdict
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.plotting import heatmap, plt, save_figure
 from common.prompts import category_token_ids
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.self_suppression import summarise_tokens, token_self_stats
 
 SCRIPT = "self_suppression_survey"
@@ -129,6 +135,7 @@ def parse_args(argv):
     p.add_argument("--n-sample", type=int, default=2000, help="seeded sample of vocabulary query tokens (besides the category words)")
     p.add_argument("--positions", type=int, default=None,
                    help="positional sensitivity over the first N positions (default: all n_ctx)")
+    add_context_flags(p)
     args = p.parse_args(argv)
     if args.top is not None and args.top < 1:
         p.error("--top must be >= 1")
@@ -266,6 +273,37 @@ def token_space_survey(model, layers: list[int], queries: pd.DataFrame) -> pd.Da
     return pd.concat(parts, ignore_index=True)
 
 
+@torch.no_grad()
+def in_context_survey(model, layer: int, head: int, queries: pd.DataFrame, tok: pd.DataFrame, args) -> pd.DataFrame | None:
+    """The category words' mean self-rank percentile for the target and the best other head of
+    ``layer``, on effective embeddings (all words; the words that occur) and on their true layer
+    inputs in natural text (common.context_inputs), as in_context.csv rows; None without windows."""
+    from common.effective_embeddings import effective_embeddings
+
+    cat = queries.token_id[queries.subset == "category"].to_numpy()
+    ctx = context_inputs(model, args, cat, layer=layer)
+    if ctx is None:
+        return None
+    covered = ctx.covered(cat)
+    E = effective_embeddings(model, layer)
+    lay = tok[(tok.layer == layer) & (tok.subset == "category")].set_index("head").mean_self_rank_pct
+    per_head = {"effective": lay.to_dict(), "same": {}, "context": {}}
+    if len(covered):
+        Ex = ctx.substitute(E)
+        Exc = Ex - Ex.mean(0, keepdim=True)
+        Ec = E - E.mean(0, keepdim=True)
+        for h, f in enumerate(layer_heads(model, layer)):
+            per_head["context"][h] = float(token_self_stats(f, Ex, covered, E_centred=Exc).self_rank_pct.mean())
+            per_head["same"][h] = float(token_self_stats(f, E, covered, E_centred=Ec).self_rank_pct.mean())
+    rows = []
+    for stat, pick in ((f"mean self-rank percentile L{layer}H{head} (category words)", lambda d: d.get(head)),
+                       ("best other head of the layer", lambda d: max((v for h, v in d.items() if h != head),
+                                                                       default=None))):
+        rows += comparison(stat, pick(per_head["effective"]), len(cat), pick(per_head["context"]), len(covered),
+                           pick(per_head["same"]), note=f"{ctx.n_windows} windows of {ctx.text}")
+    return comparison_table(rows)
+
+
 def token_summary(per_token: pd.DataFrame) -> pd.DataFrame:
     both = per_token.assign(subset="all")
     return summarise_tokens(pd.concat([per_token, both], ignore_index=True), ["layer", "head", "subset"])
@@ -320,6 +358,10 @@ def compute(model, args) -> Results:
         per_token = token_space_survey(model, layers, queries)
         tok = token_summary(per_token)
         tables |= {"token_self_scores": per_token, "token_self_suppression": tok}
+        in_ctx = in_context_survey(model, args.layer, args.head, queries, tok, args)
+        if in_ctx is not None:
+            tables["in_context"] = in_ctx
+            summary["in_context"] = in_ctx.to_dict("records")
         summary["token_space"] = {"layers": layers, "n_sample": int((queries.subset == "sample").sum()),
                                   "n_category": int((queries.subset == "category").sum()),
                                   "standout": standout(tok, weights, args.layer, args.head)}
@@ -415,21 +457,19 @@ def render(out_dir) -> list:
     top, note = summary["top"], summary["inertia_note"]
     w = load_table(out_dir, "weights_survey")
     paths = []
+    weights = verdict_text(meta)
     fig = plot_weight_heatmaps(w, layer, head, top, note)
-    stamp_figure(fig, meta)
     if meta.get("weights_only_inputs_genuine"):
         fig.text(0.5, -0.03, "every tensor these statistics read (W_Q, W_K, b_Q, ln_1, W_pos of gpt2-small) is verified genuine",
                  ha="center", va="top", fontsize=8, color="0.35")
-    paths.append(save_figure(fig, out_dir / "weights_survey_heatmaps.png"))
+    paths.append(save_figure(fig, out_dir / "weights_survey_heatmaps.png", weights))
     if "token_space" in summary:
         tok = load_table(out_dir, "token_self_suppression")
         fig = plot_self_suppression(tok, w, layer, head, top, note)
-        stamp_figure(fig, meta)
-        paths.append(save_figure(fig, out_dir / "self_suppression.png"))
+        paths.append(save_figure(fig, out_dir / "self_suppression.png", weights))
         if tok["layer"].nunique() > 1:
             fig = plot_all_heads(tok, w, layer, head, top, note)
-            stamp_figure(fig, meta)
-            paths.append(save_figure(fig, out_dir / "self_suppression_all_heads.png"))
+            paths.append(save_figure(fig, out_dir / "self_suppression_all_heads.png", weights))
     return paths
 
 
@@ -460,6 +500,8 @@ def report(results: Results, out_dir, verdict: str) -> None:
                        f"{r.loc['sample', 'mean_self_rank_pct']:.3f}" if "sample" in r.index else "-",
                        f"{r.loc['category', 'mean_self_rank_pct_raw']:.3f}", f"{r.loc['category', 'mean_neg_share']:.3f}")
         console.print(t2)
+    if line := context_text(out_dir):
+        console.print(line)
     console.print(f"outputs: {out_dir}")
 
 
@@ -470,12 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     require_absolute_positions(model, "self_suppression_survey (positional sensitivity of W_pos, effective embeddings)")
     verdict = weights_verdict(args.model)  # is this checkpoint genuine gpt2-small? (cached by file identity)
     results = compute(model, args)
-    save_results(out_dir, results, args, SCRIPT, meta={
-        "weights": verdict.to_meta(),  # (save_results adds it itself once common/results.py calls weights_meta)
+    save_results(out_dir, results, args, SCRIPT, weights=verdict, meta={
         "weights_only_inputs_genuine": verdict.verifies(WEIGHTS_ONLY_INPUTS),
     })
     render(out_dir)
-    report(results, out_dir, verdict_text(load_meta(out_dir)))
+    report(results, out_dir, verdict.text)
     return 0
 
 
@@ -494,7 +535,7 @@ def check_self_rank(out_dir) -> Evidence:
     best_other = float(cat[cat["head"] != head].mean_self_rank_pct.max())
     wt = w[(w.layer == layer) & (w["head"] == head)].iloc[0]
     rank = int((w.n_negative_top > wt.n_negative_top).sum()) + 1
-    return Evidence(
+    ev = Evidence(
         f"own key's mean percentile among all vocabulary keys (category words; 1 = last): L{layer}H{head} "
         f"{me.mean_self_rank_pct:.3f}, best other head of the layer {best_other:.3f}; negatives among the top "
         f"{int(wt.top_k)} eigenvalues: {int(wt.n_negative_top)} (rank {rank} of {len(w)} heads); "
@@ -502,6 +543,7 @@ def check_self_rank(out_dir) -> Evidence:
         {"self_rank_pct": float(me.mean_self_rank_pct), "best_other_head_pct": best_other,
          "n_negative_top": int(wt.n_negative_top), "n_negative_top_rank": rank, "n_heads": len(w)},
         holds=bool(me.mean_self_rank_pct > best_other))
+    return with_context(ev, out_dir)
 
 
 CLAIMS = [Claim(

@@ -67,10 +67,12 @@ import torch
 
 from common.claims import DIFFERS, ORIGINAL, REPRODUCED, Claim, Evidence
 from common.cli import base_parser, script_name, start_head, keeps_state
+from common.genuine_weights import weights_verdict
+from common.hook_names import act_name
 from common.outputs import prepare_out_dir
 from common.plotting import plt, save_figure, token_heatmap
 from common.prompts import GROUP_TOKENS, category_prompts, group_token_ids, random_token_prompts, self_and_copies_mask
-from common.results import Results, load_meta, load_table, save_results
+from common.results import Results, load_meta, load_table, save_results, verdict_text
 from common.sae import (
     DEFAULT_RELEASE,
     DEFAULT_SAE_ID,
@@ -250,7 +252,7 @@ def run_prompts(model, sae, tokens, layer, head, hook_name, group_ids, batch_siz
     def save(t, hook):
         store[hook.name] = t.detach()
 
-    pat_name = f"blocks.{layer}.attn.hook_pattern"
+    pat_name = act_name("pattern", layer)
     stop = max(layer, int(hook_name.split(".")[1]) if hook_name.startswith("blocks.") else layer) + 1
     for s in it:
         tb = tokens[s : s + batch_size].to(model.cfg.device)
@@ -467,12 +469,13 @@ def example_table(examples: dict, tokens: list[str]) -> pd.DataFrame:
 def render(out_dir) -> list[Path]:
     """Every figure, from the saved tables and meta.json only."""
     out_dir = Path(out_dir)
-    args = load_meta(out_dir)["args"]
-    name = f"L{args['layer']}H{args['head']}"
-    return [draw_group_map(out_dir, name), draw_self_suppression(out_dir), draw_naive_vs_head(out_dir, name)]
+    meta = load_meta(out_dir)
+    name, weights = f"L{meta['args']['layer']}H{meta['args']['head']}", verdict_text(meta)  # weights: under every figure
+    return [draw_group_map(out_dir, name, weights), draw_self_suppression(out_dir, weights),
+            draw_naive_vs_head(out_dir, name, weights)]
 
 
-def draw_group_map(out_dir: Path, name: str) -> Path:
+def draw_group_map(out_dir: Path, name: str, weights: str | None) -> Path:
     table = load_table(out_dir, "group_feature_qk").set_index("query")
     G, ticks = table.to_numpy(dtype=float), list(table.columns)
     groups = [g for g, words in GROUP_TOKENS.items() for _ in words]  # the order of group_token_ids
@@ -481,10 +484,10 @@ def draw_group_map(out_dir: Path, name: str) -> Path:
     token_heatmap(ax, G, ticks, title=f"{name} QK map between the features of the 30 group tokens\n"
                   "(score of LN(decoder direction) pairs; diagonal = self)", vmin=-lim, vmax=lim,
                   groups=groups if len(groups) == len(ticks) else None)
-    return save_figure(fig, out_dir / "group_feature_qk.png")
+    return save_figure(fig, out_dir / "group_feature_qk.png", weights)
 
 
-def draw_self_suppression(out_dir: Path) -> Path:
+def draw_self_suppression(out_dir: Path, weights: str | None) -> Path:
     table = load_table(out_dir, "feature_qk")
     top = load_table(out_dir, "self_suppression").head(20)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1, 1.3]})
@@ -504,10 +507,10 @@ def draw_self_suppression(out_dir: Path) -> Path:
     a2.invert_yaxis()
     a2.set_xlabel("self-score S[f, f] (most negative = hit hardest by self-suppression)")
     a2.set_title("Most self-suppressed firing features")
-    return save_figure(fig, out_dir / "self_suppression.png")
+    return save_figure(fig, out_dir / "self_suppression.png", weights)
 
 
-def draw_naive_vs_head(out_dir: Path, name: str) -> Path:
+def draw_naive_vs_head(out_dir: Path, name: str, weights: str | None) -> Path:
     metrics = load_table(out_dir, "naive_vs_head")
     ex = load_table(out_dir, "naive_example")
     temps = metrics.groupby("variant", sort=False)["temperature"].first()
@@ -531,7 +534,7 @@ def draw_naive_vs_head(out_dir: Path, name: str) -> Path:
     axes[3].set_xticks(x, [v.replace("_", "\n") for v in m.index], fontsize=8)
     axes[3].legend(fontsize=8)
     axes[3].set_title("held-out prompts")
-    return save_figure(fig, out_dir / "naive_vs_head.png")
+    return save_figure(fig, out_dir / "naive_vs_head.png", weights)
 
 
 def report(results: Results, out_dir: Path) -> None:
@@ -575,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     hook = check_sae(sae, model, args.layer, args.hook)
 
     results = compute(model, args, qk, sae, hook)
-    save_results(out_dir, results, args, SCRIPT,
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model),
                  meta={"summary": {k: v for k, v in results.summary.items() if k != "most_suppressed"}})
     render(out_dir)
     report(results, out_dir)

@@ -92,14 +92,16 @@ from common.ablation import collect_activations, mean_ablation_hooks
 from common.cli import base_parser, script_name, start_head, keeps_state
 from common.effective_embeddings import embedding_gram
 from common.factored import DEFAULT_EIG_RTOL, inertia_note, random_skew, random_symmetric, spectrum_summary
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.head_replacement import score_hooks, z_hooks
+from common.hook_names import act_name
 from common.stats import mean_ci
 from common.memory import release
 from common.plotting import plt, save_figure
 from common.prompts import category_prompts, category_token_ids, group_token_ids
 from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = script_name(__file__)
 
@@ -299,7 +301,7 @@ def ablation_hooks(model, f: FactoredQK, ref_tokens: torch.Tensor, batch_size: i
     1/sqrt(d_head) kept. Control: the logits recomputed from the full W_QK (must change nothing).
     """
     layer, head = f.layer, f.head
-    name = f"blocks.{layer}.attn.hook_z"
+    name = act_name("z", layer)
     ref_z = collect_activations(model, ref_tokens, [name], batch_size)[name][:, :, head]
     mean_z = mean_ablation_hooks({"z": ref_z})["z"][0][1]
 
@@ -431,20 +433,22 @@ def compute(model, qk: FactoredQK, weights: dict, args) -> Results:
 def render(out_dir) -> list[Path]:
     """The four figures from the saved tables (layer and head from meta.json, top from summary.json)."""
     out_dir = Path(out_dir)
-    args, s = load_meta(out_dir)["args"], load_summary(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    args, s = meta["args"], load_summary(out_dir)
     layer, head, top = args["layer"], args["head"], s["top_eigenvalues"]
     summary = load_table(out_dir, "spectrum_summary")
     paths = [save_figure(plot_target_spectrum(load_table(out_dir, "eigenvalues"), summary, head, top, layer),
-                         out_dir / "spectrum_target.png"),
-             save_figure(plot_heads(summary, head, top, layer, s["d_head"]), out_dir / "spectrum_heads.png")]
+                         out_dir / "spectrum_target.png", weights),
+             save_figure(plot_heads(summary, head, top, layer, s["d_head"]), out_dir / "spectrum_heads.png", weights)]
     att = {n: softmax_rows(v) for n, v in panels_from_long(load_table(out_dir, "controls_scores"),
                                                            name="control", value="score").items()}
     fig = group_panels(att, s["group_tokens"], s["groups"], suptitle="attention over the 30 group tokens (softmax "
                        "of scaled scores; every control has the target's Frobenius norm)", cmap="viridis",
                        center=None, vmin=0.0, vmax=1.0, ncols=3)
-    paths.append(save_figure(fig, out_dir / "controls_heatmaps.png"))
+    paths.append(save_figure(fig, out_dir / "controls_heatmaps.png", weights))
     paths.append(save_figure(plot_downstream(load_table(out_dir, "downstream_summary"), layer, head, args["prompts"]),
-                             out_dir / "downstream.png"))
+                             out_dir / "downstream.png", weights))
     return paths
 
 
@@ -467,16 +471,16 @@ def report(results: Results, out_dir: Path, layer: int, head: int) -> None:
 @keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    s = start_head(args, SCRIPT)
-    weights = compute_weights(s.model, s.qk, s.E, args)
+    head = start_head(args, SCRIPT)
+    weights = compute_weights(head.model, head.qk, head.E, args)
     # Done with the effective embeddings (154 MB at gpt2-small size) before the downstream check's
     # forward passes bring in the rest of the model, and with the model before drawing.
-    s.E = None
+    head.E = None
     release()  # and the heap's freed pages (common.memory)
-    results = compute(s.model, s.qk, weights, args)
-    out_dir = s.out_dir
-    save_results(out_dir, results, args, SCRIPT)
-    del s
+    results = compute(head.model, head.qk, weights, args)
+    out_dir = head.out_dir
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
+    del head
     from common.model import forget_models  # imports transformer_lens: not at module level (--help)
 
     forget_models()

@@ -1,10 +1,11 @@
-"""What is L1H5 for? Its effect on succession (Monday -> Tuesday), and the later heads that read it.
+"""What is L1H5 for? Its effect on succession (Monday -> Tuesday).
 
 Question. L1H5 attends to earlier tokens of the same category (the L1H5 post explains how); an
 earlier survey of gpt2-small's heads described it only as "succession or pairs related behaviour",
 and the original repository's ``skew_ablation.py`` tested succession by ablation but never
-reported the result. Does the model use L1H5 to predict the next element of a sequence, how
-strongly compared with other heads of its layer, and which later heads read what it writes?
+reported the result. Does the model use L1H5 to predict the next element of a sequence, and how
+strongly compared with other heads of its layer? (Which later heads read what it writes is
+``composition.py``'s question.)
 
 Method.
 * Cases. Curated successor prompts in six categories (days, months, numbers as words, ordinals,
@@ -31,12 +32,6 @@ Method.
 * Verdict, with the original's thresholds on the mean effect of the curated cases under mean
   ablation: STRONG > 0.5, Moderate > 0.1, else Weak; the CI says whether the verdict is firm
   (the whole CI in one band) or not.
-* Readers. Q-, K- and V-composition scores (Elhage et al., 2021; TransformerLens'
-  ``composition_scores`` on ``model.OV`` / ``model.QK``, processed weights) of L1H5's OV circuit
-  with every head of the later layers, against the distribution over all head pairs (writer
-  layer < reader layer): z-score and percentile. This needs attention weights only, so
-  ``--composition-only`` runs it alone, e.g. on the gpt2-small-shaped model of
-  ``bench/build_model.py``, whose attention weights are gpt2-small's real ones.
 
 Outputs (``figures/succession_ablation/``; ``figures/demo/succession_ablation/`` for planted):
   cases.csv              every case: source, category, prompt, answer, clean logit difference,
@@ -49,18 +44,15 @@ Outputs (``figures/succession_ablation/``; ``figures/demo/succession_ablation/``
   effect_summary.csv     per head, method, source and category: mean effect [95% CI], mean rank
                          and probability change, clean and ablated top-1 accuracy
   effects.png            mean effect per category, target vs control heads, both methods
-  composition.csv        L1H5 -> every later head: Q/K/V score, z-score and percentile vs all pairs
-  composition_pairs.csv  every head pair's Q/K/V score (the reference distribution)
-  composition.png        all-pair distributions with L1H5's readers marked; L1H5's z-scores per head
   summary.json, meta.json
 
 Run: python succession_ablation.py --model planted
      python succession_ablation.py --model gpt2-small --text wikitext.txt
-     python bench/build_model.py && python succession_ablation.py --model bench/model --composition-only
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,16 +62,17 @@ import torch
 
 from common.claims import ORIGINAL, Claim, Evidence, number
 from common.cli import add_text_flag, base_parser, start, keeps_state
+from common.genuine_weights import weights_verdict
+from common.hook_names import act_name
 from common.memory import release
 from common.outputs import prepare_out_dir
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.stats import bootstrap_ci, bootstrap_indices
 from common.successions import (CATEGORY_NAMES, MAX_GAP, ORIGINAL_SOURCE, SEPARATORS, curated_cases,
                                 successor_index)
 
 SCRIPT = "succession_ablation"
 METHODS = ("mean", "resample")
-MODES = ("Q", "K", "V")
 # The original's verdict thresholds on the mean logit-difference effect (skew_ablation.py).
 BANDS = (("STRONG", 0.5), ("Moderate", 0.1))
 WEAK = "Weak"
@@ -100,9 +93,12 @@ def parse_args(argv):
     p.add_argument("--control-heads", default=None, help="comma list of control heads instead of a seeded choice")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of cases")
-    p.add_argument("--composition-only", action="store_true",
-                   help="only the Q/K/V composition scores (weights only; no text, no ablation)")
+    # moved: a clear error for the old spelling, hidden from --help
+    p.add_argument("--composition-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.composition_only:
+        raise SystemExit("error: --composition-only is gone: the composition scores are their own script now, "
+                         f"python composition.py --model {args.model}")
     for name, low in (("n_mined", 0), ("min_mined", 1), ("context", 1), ("n_reference", 1), ("reference_len", 2),
                       ("n_controls", 0), ("batch_size", 1), ("n_boot", 100)):
         if getattr(args, name) < low:
@@ -283,7 +279,7 @@ def reference_windows(ids, avoid: list[tuple[int, int]], n: int, length: int, bo
 def load_inputs(args, tokenizer) -> Inputs:
     """Cases and reference windows, from the tokenizer and the text alone (checked before the model
     loads, so bad input stops the run before any work)."""
-    from common.natural_text import script_text_ids
+    from common.text_ids_cache import script_text_ids
 
     base = read_case_file(args.cases) if args.cases else curated_cases(args.categories)
     rows, tokens, dropped = tokenize_curated(tokenizer, base)
@@ -338,7 +334,7 @@ def ablation_conditions(model, reference: torch.Tensor, layer: int, heads: list[
     from common.ablation import collect_activations, mean_ablation_hooks, resample_ablation_hooks
     from common.head_replacement import z_hooks
 
-    name = f"blocks.{layer}.attn.hook_z"
+    name = act_name("z", layer)
     z = collect_activations(model, reference, [name])[name]  # [n, pos, head, d_head]
     conds = {}
     for h in heads:
@@ -382,7 +378,7 @@ def last_logits(model, batches: list, hooks: list, layer: int = 0, resid: list |
             model.run_with_hooks(resid[i], start_at_layer=layer, return_type=None, fwd_hooks=fwd)
         else:
             if record is not None:
-                fwd.append((f"blocks.{layer}.hook_resid_pre", lambda t, hook: record.append(t)))
+                fwd.append((act_name("resid_pre", layer), lambda t, hook: record.append(t)))
             model.run_with_hooks(batch, return_type=None, fwd_hooks=fwd)
         yield s, (seen["x"] @ model.W_U + model.b_U).float()
         s += len(last)
@@ -482,156 +478,56 @@ def verdict(mean: float, lo: float, hi: float) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Readers: composition scores
-# ----------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def composition_table(model, writers: list[tuple[int, int]] | None = None) -> pd.DataFrame:
-    """Q-, K- and V-composition scores of every writer head's OV circuit with every head of a later
-    layer: TransformerLens' ``composition_scores`` (what ``model.all_composition_scores`` computes),
-    term by term: ||C_l(OV) C_r(R)||_F / ||C_r(R)||_F / ||C_l(OV)||_F with C_l, C_r its
-    FactoredMatrix collapse_l / collapse_r (the factors' SVD cores, d_head x d_model and d_model x
-    d_head) and R the reader's W_Q W_K^T (Q), its transpose (K) or W_V W_O (V). Memory stays small:
-    each writer's C_l(OV) is made once, and the readers' SVDs one reader layer at a time (all pairs
-    at once would hold ~9 GB for gpt2-small; TransformerLens per writer against all later layers
-    holds several hundred MB). ``writers``: the (layer, head) writers to score (default all).
-    Returns one row per (mode, writer, reader): modes, then writers in order, then readers by layer
-    and head."""
-    from transformer_lens import FactoredMatrix
-
-    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
-    writers = writers if writers is not None else [(l, h) for l in range(n_l - 1) for h in range(n_h)]
-    writers = [(l, h) for l, h in writers if l < n_l - 1]
-    first = min((l for l, _ in writers), default=n_l - 1) + 1  # the earliest layer any writer can be read by
-    attn = [b.attn for b in model.blocks]
-    # composition_scores broadcasts the writer against the readers' leading (head) axis: unsqueeze(0)
-    lefts = {}
-    for l in sorted({l for l, _ in writers}):  # one batched SVD per writer layer, not one per head
-        c = FactoredMatrix(attn[l].W_V, attn[l].W_O).collapse_l()  # [head, d_head, d_model]
-        norms = c.norm(dim=[-2, -1])
-        for h in (h for wl, h in writers if wl == l):
-            lefts[(l, h)] = (c[h].unsqueeze(0), norms[h])
-    # Scores go straight into numpy arrays: thousands of small result tensors kept alive would pin
-    # the heap's freed pages (about 0.3 GB resident at gpt2-small size, measured).
-    scores = {(mode, w): np.empty((n_l - 1 - w[0]) * n_h, dtype=np.float32) for mode in MODES for w in writers}
-    for rl in range(first, n_l):
-        qk = FactoredMatrix(attn[rl].W_Q, attn[rl].W_K.transpose(-2, -1))
-        for mode, right in (("Q", qk), ("K", qk.T), ("V", FactoredMatrix(attn[rl].W_V, attn[rl].W_O))):
-            c_r = right.collapse_r()
-            r_norms = c_r.norm(dim=[-2, -1])
-            for w in writers:
-                if w[0] < rl:
-                    c_l, l_norm = lefts[w]
-                    at = (rl - w[0] - 1) * n_h
-                    scores[(mode, w)][at : at + n_h] = (c_l @ c_r).norm(dim=[-2, -1]) / r_norms / l_norm
-    frames = []
-    for mode in MODES:
-        for l, h in writers:
-            rl = np.repeat(np.arange(l + 1, n_l), n_h)
-            frames.append(pd.DataFrame({"mode": mode, "writer_layer": l, "writer_head": h, "reader_layer": rl,
-                                        "reader_head": np.tile(np.arange(n_h), n_l - 1 - l),
-                                        "score": scores[(mode, (l, h))]}))
-    cols = ["mode", "writer_layer", "writer_head", "reader_layer", "reader_head", "score"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-
-
-def readers_of(pairs: pd.DataFrame, layer: int, head: int) -> pd.DataFrame:
-    """The writer's rows of ``pairs``, each with z-score and percentile against all pairs of the
-    same mode, the percentile against the pairs whose writer is in the same layer (a layer-matched
-    scale), and its rank among the writer's readers (1 = strongest)."""
-    rows = []
-    for mode in MODES:
-        in_mode = pairs[pairs["mode"] == mode]
-        all_s = in_mode.score.to_numpy()
-        same_layer = in_mode.score[in_mode.writer_layer == layer].to_numpy()
-        mine = in_mode[(in_mode.writer_layer == layer) & (in_mode.writer_head == head)]
-        if not len(mine):
-            continue
-        mu, sd = all_s.mean(), all_s.std(ddof=1) if len(all_s) > 1 else 0.0
-        s = mine.score.to_numpy()
-        rows.append(pd.DataFrame({
-            "mode": mode, "reader_layer": mine.reader_layer.to_numpy(), "reader_head": mine.reader_head.to_numpy(),
-            "score": s, "z": (s - mu) / sd if sd > 0 else np.zeros_like(s),
-            "percentile": (all_s[None, :] < s[:, None]).mean(1) * 100,
-            "percentile_writer_layer": (same_layer[None, :] < s[:, None]).mean(1) * 100,
-            "rank": pd.Series(-s).rank(method="min").astype(int).to_numpy(),
-            "n_pairs": len(all_s), "all_pairs_mean": mu, "all_pairs_std": sd}).sort_values("rank", kind="stable"))
-    cols = ["mode", "reader_layer", "reader_head", "score", "z", "percentile", "percentile_writer_layer", "rank",
-            "n_pairs", "all_pairs_mean", "all_pairs_std"]
-    if not rows:
-        return pd.DataFrame(columns=cols)
-    return pd.concat(rows, ignore_index=True)
-
-
-def top_readers(readers: pd.DataFrame, k: int = 5) -> dict:
-    return {mode: [{"layer": int(r.reader_layer), "head": int(r.reader_head), "score": float(r.score),
-                    "z": float(r.z), "percentile": float(r.percentile),
-                    "percentile_writer_layer": float(r.percentile_writer_layer)}
-                   for r in readers[readers["mode"] == mode].head(k).itertuples()] for mode in MODES}
-
-
-# ----------------------------------------------------------------------------------------------
 # Compute
 # ----------------------------------------------------------------------------------------------
 
 
-def compute(model, args, inputs: Inputs | None) -> Results:
+def compute(model, args, inputs: Inputs) -> Results:
     L, H = args.layer, args.head
-    summary = {"model": args.model, "layer": L, "head": H, "composition_only": bool(args.composition_only)}
-    tables = {}
-    if inputs is not None:
-        longest = max(max(len(t) for t in inputs.tokens), args.reference_len)
-        if longest > model.cfg.n_ctx:
-            raise SystemExit(f"error: a prompt or reference window of {longest} tokens exceeds the model's context of "
-                             f"{model.cfg.n_ctx} (lower --context or --reference-len)")
-        controls = control_heads(args, model.cfg.n_heads)
-        heads = [H, *controls]
-        clean, effects = case_effects(model, inputs, L, heads, args.seed, args.batch_size)
-        tok = model.tokenizer
-        cases = inputs.cases.assign(clean_logit_diff=clean["logit_diff"].numpy(),
-                                    top_wrong=[tok.decode([int(t)]) for t in clean["wrong"]],
-                                    top_wrong_id=clean["wrong"].numpy(), clean_rank=clean["rank"].numpy(),
-                                    clean_prob=clean["prob"].numpy())
-        stats = summarise(cases, effects, cases.clean_rank.to_numpy(), args.n_boot, args.seed)
-        tables |= {"cases": cases, "dropped_cases": inputs.dropped, "effects": effects, "effect_summary": stats}
+    summary = {"model": args.model, "layer": L, "head": H}
+    longest = max(max(len(t) for t in inputs.tokens), args.reference_len)
+    if longest > model.cfg.n_ctx:
+        raise SystemExit(f"error: a prompt or reference window of {longest} tokens exceeds the model's context of "
+                         f"{model.cfg.n_ctx} (lower --context or --reference-len)")
+    controls = control_heads(args, model.cfg.n_heads)
+    heads = [H, *controls]
+    clean, effects = case_effects(model, inputs, L, heads, args.seed, args.batch_size)
+    tok = model.tokenizer
+    cases = inputs.cases.assign(clean_logit_diff=clean["logit_diff"].numpy(),
+                                top_wrong=[tok.decode([int(t)]) for t in clean["wrong"]],
+                                top_wrong_id=clean["wrong"].numpy(), clean_rank=clean["rank"].numpy(),
+                                clean_prob=clean["prob"].numpy())
+    stats = summarise(cases, effects, cases.clean_rank.to_numpy(), args.n_boot, args.seed)
+    tables = {"cases": cases, "dropped_cases": inputs.dropped, "effects": effects, "effect_summary": stats}
 
-        def get(src, method, head=H):
-            r = stats[(stats["head"] == head) & (stats.method == method) & (stats.source == src) & (stats.category == "all")]
-            return r.iloc[0] if len(r) else None
+    def get(src, method, head=H):
+        r = stats[(stats["head"] == head) & (stats.method == method) & (stats.source == src) & (stats.category == "all")]
+        return r.iloc[0] if len(r) else None
 
-        verdicts = {}
-        for src in ("curated", "mined", "all"):
-            for method in METHODS:
-                r = get(src, method)
-                if r is not None:
-                    verdicts[f"{src}/{method}"] = verdict(r.mean_effect, r.ci_lo, r.ci_hi) | {"n": int(r.n)}
-        summary |= {
-            "verdict": verdicts["curated/mean"] | {"scope": "curated cases, mean ablation (the original's setting)"},
-            "verdicts": verdicts,
-            "thresholds": {name: t for name, t in BANDS} | {WEAK: "otherwise"},
-            "controls": controls,
-            "control_choice": ("fixed list (--control-heads)" if args.control_heads else
-                               f"seeded choice of {len(controls)} other heads of layer {L} (seed {args.seed})"),
-            "control_effects": {f"L{L}H{h}": {m: {k: float(get("curated", m, h)[k]) for k in ("mean_effect", "ci_lo", "ci_hi")}
-                                               for m in METHODS} for h in controls},
-            "n_cases": {"curated": int((cases.source == "curated").sum()), "mined": int((cases.source == "mined").sum())},
-            "n_dropped": len(inputs.dropped), "n_mined_found": inputs.n_mined_found,
-            "text": inputs.text, "n_text_tokens": inputs.n_text_tokens,
-            "reference_offsets": inputs.reference_offsets,
-            "reference": f"{len(inputs.reference)} windows of {args.reference_len} tokens of the same text (seed "
-                         f"{args.seed + 1}) overlapping no mined case; mean over all non-BOS positions; BOS never ablated",
-            "clean_top1_curated": float(get("curated", "mean").clean_top1),
-            "curated_source": ORIGINAL_SOURCE if not args.cases else f"--cases {args.cases}",
-        }
-    release()
-    pairs = composition_table(model)
-    release()
-    readers = readers_of(pairs, L, H)
-    tables |= {"composition": readers, "composition_pairs": pairs}
-    summary["readers"] = top_readers(readers) if len(readers) else None
-    if not len(readers):
-        summary["readers_note"] = f"the model has no layer after {L}: no head can read L{L}H{H}"
+    verdicts = {}
+    for src in ("curated", "mined", "all"):
+        for method in METHODS:
+            r = get(src, method)
+            if r is not None:
+                verdicts[f"{src}/{method}"] = verdict(r.mean_effect, r.ci_lo, r.ci_hi) | {"n": int(r.n)}
+    summary |= {
+        "verdict": verdicts["curated/mean"] | {"scope": "curated cases, mean ablation (the original's setting)"},
+        "verdicts": verdicts,
+        "thresholds": {name: t for name, t in BANDS} | {WEAK: "otherwise"},
+        "controls": controls,
+        "control_choice": ("fixed list (--control-heads)" if args.control_heads else
+                           f"seeded choice of {len(controls)} other heads of layer {L} (seed {args.seed})"),
+        "control_effects": {f"L{L}H{h}": {m: {k: float(get("curated", m, h)[k]) for k in ("mean_effect", "ci_lo", "ci_hi")}
+                                           for m in METHODS} for h in controls},
+        "n_cases": {"curated": int((cases.source == "curated").sum()), "mined": int((cases.source == "mined").sum())},
+        "n_dropped": len(inputs.dropped), "n_mined_found": inputs.n_mined_found,
+        "text": inputs.text, "n_text_tokens": inputs.n_text_tokens,
+        "reference_offsets": inputs.reference_offsets,
+        "reference": f"{len(inputs.reference)} windows of {args.reference_len} tokens of the same text (seed "
+                     f"{args.seed + 1}) overlapping no mined case; mean over all non-BOS positions; BOS never ablated",
+        "clean_top1_curated": float(get("curated", "mean").clean_top1),
+        "curated_source": ORIGINAL_SOURCE if not args.cases else f"--cases {args.cases}",
+    }
     return Results(tables, summary)
 
 
@@ -643,14 +539,7 @@ def compute(model, args, inputs: Inputs | None) -> Results:
 def render(out_dir) -> list[Path]:
     out_dir = Path(out_dir)
     summary, meta = load_summary(out_dir), load_meta(out_dir)
-    paths = []
-    if not summary.get("composition_only"):
-        paths.append(plot_effects(load_table(out_dir, "effect_summary"), summary, meta, out_dir / "effects.png"))
-    readers = load_table(out_dir, "composition")
-    if len(readers):
-        paths.append(plot_composition(readers, load_table(out_dir, "composition_pairs"), summary, meta,
-                                      out_dir / "composition.png"))
-    return paths
+    return [plot_effects(load_table(out_dir, "effect_summary"), summary, meta, out_dir / "effects.png")]
 
 
 def plot_effects(stats: pd.DataFrame, summary: dict, meta: dict, path: Path) -> Path:
@@ -682,47 +571,7 @@ def plot_effects(stats: pd.DataFrame, summary: dict, meta: dict, path: Path) -> 
     v = summary["verdict"]
     fig.suptitle(f"L{L}H{H} on {meta['args']['model']}: succession effect (95% bootstrap CIs)\n"
                  f"verdict on {v['scope']}:\n{v['text']}", fontsize=9)
-    return save_figure(fig, path)
-
-
-def plot_composition(readers: pd.DataFrame, pairs: pd.DataFrame, summary: dict, meta: dict, path: Path) -> Path:
-    from common.plotting import heatmap, plt, save_figure
-
-    L, H = summary["layer"], summary["head"]
-    n_h = int(max(pairs.reader_head.max(), readers.reader_head.max())) + 1
-    layers = sorted(readers.reader_layer.unique())
-    fig, axes = plt.subplots(2, 3, figsize=(15, 4.5 + 0.35 * len(layers) + 1),
-                             gridspec_kw={"height_ratios": [1, 0.25 + 0.1 * len(layers)], "hspace": 0.45})
-    zmax = float(np.abs(readers.z).max()) or 1.0
-    for j, mode in enumerate(MODES):
-        ax = axes[0, j]
-        all_s = pairs.score[pairs["mode"] == mode]
-        mine = readers[readers["mode"] == mode]
-        ax.hist(all_s, bins=60, color="#9bb7d4", label=f"all {len(all_s)} head pairs")
-        ax.plot(mine.score, np.full(len(mine), 0.5), "|", color="#c0392b", ms=14, mew=1.2,
-                label=f"L{L}H{H} -> its {len(mine)} readers")
-        ax.set_yscale("log")
-        ax.set_ylim(0.3, None)
-        top = "\n".join(f"L{r.reader_layer}H{r.reader_head}: {r.score:.3f} (z {r.z:.1f}, {r.percentile:.0f}th pct)"
-                        for r in mine.head(3).itertuples())
-        ax.text(0.98, 0.62, "top readers\n" + top, transform=ax.transAxes, ha="right", va="top", fontsize=7,
-                color="#c0392b", bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
-        ax.set_xlabel(f"{mode}-composition score")
-        ax.set_ylabel("head pairs")
-        ax.set_title(f"{mode}-composition: L{L}H{H}'s readers vs all pairs", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
-        grid = np.full((len(layers), n_h), np.nan)
-        for r in mine.itertuples():
-            grid[layers.index(r.reader_layer), r.reader_head] = r.z
-        heatmap(grid, ax=axes[1, j], cmap="RdBu_r", center=0, vmin=-zmax, vmax=zmax, annot=n_h <= 12,
-                    fmt=".1f", annot_kws={"fontsize": 6}, yticklabels=[str(l) for l in layers],
-                    cbar=j == len(MODES) - 1, cbar_kws={"label": "z vs all pairs"})
-        axes[1, j].set_xlabel("reader head")
-        axes[1, j].set_ylabel("reader layer")
-        axes[1, j].set_title(f"{mode}: z-score of L{L}H{H} -> each later head", fontsize=9)
-    fig.suptitle(f"Which later heads read L{L}H{H}? ({meta['args']['model']}; weights only: TransformerLens "
-                 "composition scores of the processed weights)", fontsize=10)
-    return save_figure(fig, path)
+    return save_figure(fig, path, verdict_text(meta))  # the weights' verdict, under the figure
 
 
 def report(results: Results, out_dir: Path) -> None:
@@ -732,36 +581,23 @@ def report(results: Results, out_dir: Path) -> None:
     con = Console(width=160)
     s = results.summary
     L, H = s["layer"], s["head"]
-    if "effect_summary" in results.tables:
-        st = results.tables["effect_summary"]
-        t = Table(title=f"effect of ablating L{L}H{H} vs control heads on succession (clean - ablated logit diff, "
-                        "mean ablation) [95% CI]")
-        heads = [H, *s["controls"]]
-        for c in ("source", "category", "n", *[f"L{L}H{h}" for h in heads], "clean top-1", "rank change (target)"):
-            t.add_column(c)
-        for (src, cat), g in st[st.method == "mean"].groupby(["source", "category"], sort=False):
-            g = g.set_index("head")
-            cells = [f"{g.loc[h].mean_effect:.3f} [{g.loc[h].ci_lo:.3f}, {g.loc[h].ci_hi:.3f}]" for h in heads]
-            t.add_row(src, cat, str(int(g.loc[H].n)), *cells, f"{g.loc[H].clean_top1:.2f}", f"{g.loc[H].mean_rank_change:+.1f}")
-        con.print(t)
-        con.print(f"text: {s['text']} ({s['n_text_tokens']} tokens); {s['n_cases']['curated']} curated + "
-                  f"{s['n_cases']['mined']} mined cases ({s['n_mined_found']} successions found, {s['n_dropped']} "
-                  f"curated cases dropped); controls: {s['control_choice']}")
-        for key, v in s["verdicts"].items():
-            con.print(f"  {key:18s} {v['text']}")
-        con.print(f"[bold]verdict ({s['verdict']['scope']}): {s['verdict']['text']}[/bold]")
-    if s.get("readers"):
-        t = Table(title=f"heads reading L{L}H{H}: top composition scores (z and percentile vs all head pairs)")
-        for c in ("mode", "rank", "reader", "score", "z (all pairs)", "percentile (all pairs)",
-                  f"percentile (writers in layer {L})"):
-            t.add_column(c)
-        for mode, rows in s["readers"].items():
-            for i, r in enumerate(rows, 1):
-                t.add_row(mode, str(i), f"L{r['layer']}H{r['head']}", f"{r['score']:.4f}", f"{r['z']:.2f}",
-                          f"{r['percentile']:.1f}", f"{r['percentile_writer_layer']:.1f}")
-        con.print(t)
-    elif s.get("readers_note"):
-        con.print(s["readers_note"])
+    st = results.tables["effect_summary"]
+    t = Table(title=f"effect of ablating L{L}H{H} vs control heads on succession (clean - ablated logit diff, "
+                    "mean ablation) [95% CI]")
+    heads = [H, *s["controls"]]
+    for c in ("source", "category", "n", *[f"L{L}H{h}" for h in heads], "clean top-1", "rank change (target)"):
+        t.add_column(c)
+    for (src, cat), g in st[st.method == "mean"].groupby(["source", "category"], sort=False):
+        g = g.set_index("head")
+        cells = [f"{g.loc[h].mean_effect:.3f} [{g.loc[h].ci_lo:.3f}, {g.loc[h].ci_hi:.3f}]" for h in heads]
+        t.add_row(src, cat, str(int(g.loc[H].n)), *cells, f"{g.loc[H].clean_top1:.2f}", f"{g.loc[H].mean_rank_change:+.1f}")
+    con.print(t)
+    con.print(f"text: {s['text']} ({s['n_text_tokens']} tokens); {s['n_cases']['curated']} curated + "
+              f"{s['n_cases']['mined']} mined cases ({s['n_mined_found']} successions found, {s['n_dropped']} "
+              f"curated cases dropped); controls: {s['control_choice']}")
+    for key, v in s["verdicts"].items():
+        con.print(f"  {key:18s} {v['text']}")
+    con.print(f"[bold]verdict ({s['verdict']['scope']}): {s['verdict']['text']}[/bold]")
     con.print(f"outputs in {out_dir}")
 
 
@@ -770,14 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Every input is checked before the model loads: output folder, then cases, text and windows.
     prepare_out_dir(args.out, SCRIPT, args.model)
-    inputs = None
-    if not args.composition_only:
-        from common.gpt2_tokenizer import load_tokenizer
+    from common.gpt2_tokenizer import load_tokenizer
 
-        inputs = load_inputs(args, load_tokenizer())
+    inputs = load_inputs(args, load_tokenizer())
     model, out_dir = start(args, SCRIPT)
     results = compute(model, args, inputs)
-    save_results(out_dir, results, args, SCRIPT)
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     release()
     render(out_dir)
     report(results, out_dir)

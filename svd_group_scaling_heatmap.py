@@ -22,6 +22,9 @@ Outputs (figures/svd_group_scaling_heatmap/ by default; every figure is drawn fr
   scaling_patterns.png  softmax attention over the group tokens, same panels
   self_vs_alpha.png     self score, self-rank (vocabulary and group) and self-attention vs alpha
   scores.csv            every heatmap cell; curves.csv: every point of the curves
+  in_context.csv        the claim's numbers (self top at alpha 0, median rank at alpha 1) on the
+                        group tokens' true layer inputs in --context-windows natural-text windows
+                        beside the effective-embedding ones (common/context_inputs.py)
   summary.json          selected eigenvalues, score kind, group tokens, per-alpha means; meta.json
 
 Run: python svd_group_scaling_heatmap.py --model planted   (gpt2-small: --model gpt2-small)
@@ -42,11 +45,14 @@ from rich.table import Table
 
 from common.claims import DIFFERS, INCONCLUSIVE, POST, REPRODUCED, Claim, Evidence
 from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
+from common.context_inputs import (add_context_flags, comparison, comparison_table, context_inputs, context_text,
+                                   with_context)
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
 from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.token_scores import self_rank_grid
 
 SCRIPT = script_name(__file__)
@@ -72,6 +78,7 @@ def parse_args(argv):
     p.add_argument("--which", default="negative", help="'negative' (all negative eigenvalues) or k (the k most negative)")
     p.add_argument("--no-skew", action="store_true", help="also drop W_skew")
     add_biases_flag(p, default=True)
+    add_context_flags(p)
     args = p.parse_args(argv)
     args.which = parse_which(args.which)
     if not args.alphas or not args.curve_alphas:
@@ -121,11 +128,43 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
         mean_self_score=("self_score", "mean"), top1_vocab=("self_rank_vocab", lambda r: float((r == 0).mean())),
         median_rank_vocab=("self_rank_vocab", "median"), mean_self_attention_group=("self_attention_group", "mean"),
     ).reset_index()
-    return Results(tables={"scores": long_table(panels, labels, value="score"), "curves": curves}, summary={
+    tables = {"scores": long_table(panels, labels, value="score"), "curves": curves}
+    ctx = context_inputs(model, args, ids)
+    if ctx is not None:
+        tables["in_context"] = in_context_steering(base, eig, E, ids, ctx, k, keep_skew, qk.attn_scale)
+    return Results(tables=tables, summary={
         "which": args.which, "n_selected": n_sel, "keep_skew": keep_skew,
         "selected_eigenvalues": eig.values[eig.select(args.which)].tolist(),
         "scores": "attention logits" + (" with b_Q/b_K" if args.biases else ", weights only") + ", / sqrt(d_head)",
         "group_tokens": labels, "groups": groups, "per_alpha": per_alpha.to_dict("records")})
+
+
+def steering_stats(ranks) -> tuple[float, float]:
+    """(share of tokens whose own key is the top key at alpha 0, median self-rank at alpha 1) from
+    vocabulary self-ranks [alpha (0, 1), token]."""
+    ranks = np.asarray(ranks)
+    return float((ranks[0] == 0).mean()), float(np.median(ranks[1]))
+
+
+def in_context_steering(base, eig, E, ids, ctx, k, keep_skew, attn_scale) -> pd.DataFrame:
+    """The claim's two numbers over the group tokens that occur in the text windows, on their true
+    layer inputs there (common.context_inputs; every other key keeps its effective row) and, for the
+    same tokens, on effective embeddings; beside them the effective numbers over all group tokens."""
+    covered = ctx.covered(ids)
+
+    def stats(E_, q):
+        return steering_stats(self_rank_grid(base, eig, E_, q, [k], [0.0, 1.0], eig_scale=1.0 / attn_scale,
+                                             keep_skew=keep_skew)[0].numpy())
+
+    eff = stats(E, torch.as_tensor(ids))
+    same = stats(E, covered) if len(covered) else (None, None)
+    inctx = stats(ctx.substitute(E), covered) if len(covered) else (None, None)
+    note = f"{ctx.n_windows} windows of {ctx.text}"
+    return comparison_table(
+        comparison("share of group tokens whose own key is the top key at alpha 0", eff[0], len(ids), inctx[0],
+                   len(covered), same[0], note)
+        + comparison("median self-rank over the vocabulary at alpha 1", eff[1], len(ids), inctx[1], len(covered),
+                     same[1], note))
 
 
 def title(out_dir: Path) -> str:
@@ -139,15 +178,17 @@ def title(out_dir: Path) -> str:
 def render(out_dir) -> list[Path]:
     """scaling_scores.png, scaling_patterns.png (scores.csv) and self_vs_alpha.png (curves.csv)."""
     out_dir = Path(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
     summary, head_title = load_summary(out_dir), title(out_dir)
     labels, groups = summary["group_tokens"], summary["groups"]
     panels = panels_from_long(load_table(out_dir, "scores"), value="score")
     paths = [save_figure(group_panels(panels, labels, groups, suptitle=head_title + " (attention logits)",
-                                      ncols=min(4, len(panels)), cbar_label="score"), out_dir / "scaling_scores.png")]
+                                      ncols=min(4, len(panels)), cbar_label="score"), out_dir / "scaling_scores.png", weights)]
     pats = {k: softmax_rows(v) for k, v in panels.items()}
     paths.append(save_figure(group_panels(pats, labels, groups, suptitle=head_title + " (softmax over the group tokens)",
                                           cmap="viridis", center=None, vmin=0, vmax=1, ncols=min(4, len(pats))),
-                             out_dir / "scaling_patterns.png"))
+                             out_dir / "scaling_patterns.png", weights))
 
     curves = load_table(out_dir, "curves")
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
@@ -171,7 +212,7 @@ def render(out_dir) -> list[Path]:
     axes[0].legend(fontsize=7)
     fig.suptitle(head_title)
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir / "self_vs_alpha.png"))
+    paths.append(save_figure(fig, out_dir / "self_vs_alpha.png", weights))
     return paths
 
 
@@ -184,17 +225,19 @@ def report(results: Results, out_dir: Path) -> None:
                       f"{r['median_rank_vocab']:.0f}", f"{r['mean_self_attention_group']:.3f}")
     console = Console()
     console.print(table)
+    if line := context_text(out_dir):
+        console.print(line)
     console.print(f"outputs: {out_dir}")
 
 
 @keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    s = start_head(args, SCRIPT)
-    results = compute(s.model, s.qk, s.E, args)
-    save_results(s.out_dir, results, args, SCRIPT)
-    render(s.out_dir)
-    report(results, s.out_dir)
+    head = start_head(args, SCRIPT)
+    results = compute(head.model, head.qk, head.E, args)
+    save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
+    render(head.out_dir)
+    report(results, head.out_dir)
     return 0
 
 
@@ -216,9 +259,9 @@ def check_eigen_steering(out_dir) -> Evidence:
     text = "; ".join(f"alpha {a:g}: self is the top key for {100 * top(a):.0f}%" for a in alphas)
     good = top0 >= STEER_TOP_GOOD and med1 >= UNSTEERED_RANK
     bad = top0 < STEER_TOP_BAD or med1 < UNSTEERED_RANK / 10
-    return Evidence(text + f"; unmodified (alpha 1): median self-rank {med1:.0f}",
+    return with_context(Evidence(text + f"; unmodified (alpha 1): median self-rank {med1:.0f}",
                     {"self_top_share_alpha0": top0, "median_self_rank_alpha1": med1},
-                    published=REPRODUCED if good else DIFFERS if bad else INCONCLUSIVE, holds=bool(good))
+                    published=REPRODUCED if good else DIFFERS if bad else INCONCLUSIVE, holds=bool(good)), out_dir)
 
 
 CLAIMS = [Claim(

@@ -23,6 +23,9 @@ Outputs (figures/svd_rank_ablation/ by default; the figure is drawn from the sav
                       [W_Q, W_K] has full column rank)
   grid_heatmaps.png   mean rank (log), MRR, acc@1, acc@1024, both Spearman correlations
   ranks.npz           the self-rank of every query in every cell, with the query ids
+  in_context.csv      unedited mean self-rank and best acc@1 over the queries that occur in
+                      --context-windows natural-text windows, on their true layer inputs there, beside
+                      the effective-embedding numbers (common/context_inputs.py)
   summary.json        negative eigenvalues, query set, the unmodified head's numbers, grid time
   meta.json           arguments, versions, total wall time and peak memory
 
@@ -48,12 +51,15 @@ from scipy.stats import spearmanr
 
 from common.claims import ORIGINAL, Claim, Evidence
 from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
+from common.context_inputs import (add_context_flags, comparison, comparison_table, context_inputs, context_text,
+                                   with_context)
 from common.factored import steer
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.stats import fisher_ci, mean_ci
 from common.outputs import atomic_path
 from common.plotting import heatmap, plt, save_figure
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 from common.token_scores import self_rank_grid
 
 SCRIPT = script_name(__file__)
@@ -77,6 +83,7 @@ def parse_args(argv):
     p.add_argument("--spearman-keys", type=int, default=2048)
     p.add_argument("--query-chunk", type=int, default=512)
     p.add_argument("--key-chunk", type=int, default=8192)
+    add_context_flags(p)
     args = p.parse_args(argv)
     if any(k < 1 for k in args.ks):
         p.error("--ks must be positive integers")
@@ -221,7 +228,38 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> RankResults:
     }
     ranks = {"ranks": grid.astype(np.int32), "ks": np.array(args.ks), "scales": np.array(scales),
              "queries": queries.numpy(), "unmodified": r0.astype(np.int32)}
-    return RankResults(tables={"grid": pd.DataFrame(rows)}, summary=summary, ranks=ranks)
+    tables = {"grid": pd.DataFrame(rows)}
+    ctx = context_inputs(model, args, queries)
+    if ctx is not None:
+        tables["in_context"] = in_context_grid(base, eig, E, queries, grid, r0, ctx, args, scales, eig_scale, keep_skew)
+    return RankResults(tables=tables, summary=summary, ranks=ranks)
+
+
+def grid_stats(grid: np.ndarray, r0: np.ndarray, ks, scales, shown) -> tuple[float, float]:
+    """(unedited mean self-rank, best acc@1 over the (k, scale) cells of ``shown`` scales)."""
+    acc = [(grid[ik, js] == 0).mean() for ik in range(len(ks)) for js, s in enumerate(scales) if s in shown]
+    return float(r0.mean()), float(max(acc))
+
+
+def in_context_grid(base, eig, E, queries, grid, r0, ctx, args, scales, eig_scale, keep_skew) -> pd.DataFrame:
+    """The unedited mean self-rank and the best acc@1 of the grid over the queries that occur in
+    the text windows, on their true layer inputs there (common.context_inputs; every other key keeps
+    its effective row) and, for the same queries, on effective embeddings; beside them the
+    effective numbers over every query."""
+    covered = ctx.covered(queries)
+    eff = grid_stats(grid, r0, args.ks, scales, args.scales)
+    same = inctx = (None, None)
+    if len(covered):
+        pick = torch.isin(queries, covered).numpy()
+        same = grid_stats(grid[:, :, pick], r0[pick], args.ks, scales, args.scales)
+        Ex = ctx.substitute(E)
+        g = self_rank_grid(base, eig, Ex, covered, args.ks, scales, eig_scale=eig_scale, keep_skew=keep_skew).numpy()
+        u = self_rank_grid(base, eig, Ex, covered, [args.ks[0]], [1.0], eig_scale=eig_scale, keep_skew=True)[0, 0]
+        inctx = grid_stats(g, u.numpy(), args.ks, scales, args.scales)
+    note = f"{ctx.n_windows} windows of {ctx.text}"
+    return comparison_table(
+        comparison("unedited mean self-rank", eff[0], len(queries), inctx[0], len(covered), same[0], note)
+        + comparison("best acc@1 over the grid", eff[1], len(queries), inctx[1], len(covered), same[1], note))
 
 
 def save_ranks(out_dir: Path, ranks: dict[str, np.ndarray]) -> None:
@@ -233,7 +271,9 @@ def save_ranks(out_dir: Path, ranks: dict[str, np.ndarray]) -> None:
 def render(out_dir) -> list[Path]:
     """grid_heatmaps.png from grid.csv; the title from summary.json."""
     out_dir = Path(out_dir)
-    df, summary, args = load_table(out_dir, "grid"), load_summary(out_dir), load_meta(out_dir)["args"]
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    df, summary, args = load_table(out_dir, "grid"), load_summary(out_dir), meta["args"]
     title = (f"L{args['layer']}H{args['head']}: self-rank over {summary['n_vocab']} keys ({summary['queries']}); "
              f"k most negative of {summary['n_negative_eigenvalues']} negative eigenvalues scaled"
              + ("" if summary["keep_skew"] else ", W_skew dropped"))
@@ -253,7 +293,7 @@ def render(out_dir) -> list[Path]:
         ax.tick_params(axis="x", labelsize=7, rotation=90)
     fig.suptitle(title)
     fig.tight_layout()
-    return [save_figure(fig, out_dir / "grid_heatmaps.png")]
+    return [save_figure(fig, out_dir / "grid_heatmaps.png", weights)]
 
 
 def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
@@ -263,6 +303,8 @@ def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
     console.print(f"unmodified: mean self-rank {u['mean_rank']:.1f}, acc@1 {u['acc@1']:.3f}")
     console.print(f"best acc@1 {best['acc@1']:.3f} at k = {int(best.k)}, scale = {best.scale:g} "
                   f"(mean rank {best.mean_rank:.1f})")
+    if line := context_text(out_dir):
+        console.print(line)
     console.print(f"grid {results.summary['grid_seconds']:.1f} s, peak RSS {peak_mb:.0f} MB; outputs: {out_dir}")
 
 
@@ -270,14 +312,14 @@ def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    s = start_head(args, SCRIPT)
-    results = compute(s.model, s.qk, s.E, args)
+    head = start_head(args, SCRIPT)
+    results = compute(head.model, head.qk, head.E, args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    save_results(s.out_dir, results, args, SCRIPT, meta={
+    save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "total_seconds": round(time.time() - t0, 2), "peak_rss_mb": round(peak_mb, 1)})
-    save_ranks(s.out_dir, results.ranks)
-    render(s.out_dir)
-    report(results, s.out_dir, peak_mb)
+    save_ranks(head.out_dir, results.ranks)
+    render(head.out_dir)
+    report(results, head.out_dir, peak_mb)
     return 0
 
 
@@ -292,7 +334,8 @@ def check_rank_grid(out_dir) -> Evidence:
             f"{int(best.n_queries)} queries")
     if not base.empty:
         text = f"unedited mean self-rank {base.mean_rank.iloc[0]:.0f}; " + text
-    return Evidence(text, {"best_k": int(best.k), "best_scale": float(best.scale), "best_acc@1": float(best["acc@1"])})
+    return with_context(Evidence(text, {"best_k": int(best.k), "best_scale": float(best.scale),
+                                        "best_acc@1": float(best["acc@1"])}), out_dir)
 
 
 CLAIMS = [Claim(

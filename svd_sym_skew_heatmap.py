@@ -44,11 +44,12 @@ from rich.console import Console
 
 from common.claims import POST, Claim, Evidence, banded
 from common.cli import add_biases_flag, base_parser, script_name, start_head, keeps_state
+from common.genuine_weights import weights_verdict
 from common.head_qk import FactoredQK
 from common.plotting import plt, save_figure
 from common.prompts import group_token_ids
 from common.qk_plots import group_panels, long_table, panels_from_long, softmax_rows
-from common.results import Results, load_meta, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = script_name(__file__)
 SCATTER_POINTS = 10_000  # sampled-token pairs kept for the scatter plot
@@ -135,7 +136,9 @@ def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
 def render(out_dir) -> list[Path]:
     """scores_heatmaps.png, patterns_heatmaps.png and scatter.png from the saved tables."""
     out_dir = Path(out_dir)
-    args, summary = load_meta(out_dir)["args"], load_summary(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
+    args, summary = meta["args"], load_summary(out_dir)
     numbers, points = load_table(out_dir, "numbers"), load_table(out_dir, "scatter_points")
     group = panels_from_long(load_table(out_dir, "scores"), value="score")
     labels, groups = summary["group_tokens"], summary["groups"]
@@ -145,11 +148,11 @@ def render(out_dir) -> list[Path]:
         f"Base = Sym + Skew; corr(Base, Sym) = {g0.pearson_base_sym:.3f}, Sym explains "
         f"{100 * g0.variance_share_sym:.1f}% of the variance, ||Skew||/||Base|| = {g0.fro_ratio_skew_base:.3f}"),
         cbar_label="score")
-    paths = [save_figure(fig, out_dir / "scores_heatmaps.png")]
+    paths = [save_figure(fig, out_dir / "scores_heatmaps.png", weights)]
     pats = {"Base attention": softmax_rows(group["Base"]), "Sym attention": softmax_rows(group["Sym"])}
     fig = group_panels(pats, labels, groups, cmap="viridis", center=None, vmin=0, vmax=1,
                        suptitle=f"softmax over the 30 group tokens; mean TV distance {g0.mean_tv_attention_base_sym:.3f}")
-    paths.append(save_figure(fig, out_dir / "patterns_heatmaps.png"))
+    paths.append(save_figure(fig, out_dir / "patterns_heatmaps.png", weights))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     for ax, (name, d), row in zip(axes, points.groupby("token_set", sort=False), numbers.itertuples()):
@@ -161,7 +164,7 @@ def render(out_dir) -> list[Path]:
         ax.set_ylabel("Sym score")
         ax.set_title(f"{name}: r = {row.pearson_base_sym:.3f}")
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir / "scatter.png"))
+    paths.append(save_figure(fig, out_dir / "scatter.png", weights))
     return paths
 
 
@@ -177,11 +180,11 @@ def report(results: Results, out_dir: Path) -> None:
 @keeps_state
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    s = start_head(args, SCRIPT)
-    results = compute(s.model, s.qk, s.E, args)
-    save_results(s.out_dir, results, args, SCRIPT)
-    render(s.out_dir)
-    report(results, s.out_dir)
+    head = start_head(args, SCRIPT)
+    results = compute(head.model, head.qk, head.E, args)
+    save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
+    render(head.out_dir)
+    report(results, head.out_dir)
     return 0
 
 

@@ -43,10 +43,11 @@ from tqdm import tqdm
 from common import freq
 from common.cli import add_text_flag, base_parser, script_name, keeps_state
 from common.errors import error_summary
+from common.genuine_weights import weights_verdict
 from common.outputs import claim_out_dir, prepare_out_dir
 from common.planted_names import is_planted
 from common.prompts import token_category_map
-from common.results import Results, load_summary, load_table, save_results
+from common.results import Results, load_meta, load_summary, load_table, save_results, verdict_text
 
 SCRIPT = script_name(__file__)
 TABLE = freq.TABLE_NAME.removesuffix(".csv")
@@ -170,6 +171,8 @@ def render(out_dir) -> list[Path]:
     from common.plotting import save_figure
 
     out_dir = Path(out_dir)
+    meta = load_meta(out_dir)
+    weights = verdict_text(meta)  # the weights' verdict, under every figure
     table, summary = load_table(out_dir, TABLE), load_summary(out_dir)
     category_ids = summary["category_ids"]
     rank = np.arange(1, len(table) + 1)
@@ -182,7 +185,7 @@ def render(out_dir) -> list[Path]:
     ax.set_ylabel("count")
     ax.set_title(f"GPT-2 token frequencies\n{summary['corpus']}", fontsize=9)
     ax.legend(fontsize=8)
-    return [save_figure(fig, out_dir / "token_freq.png")]
+    return [save_figure(fig, out_dir / "token_freq.png", weights)]
 
 
 def report(results: Results, out_dir: Path) -> None:
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     results = compute(args)
     claim_out_dir(out_dir, args)  # created only now that the text has been read and counted
     meta = {k: v for k, v in results.summary.items() if k != "category_ids"}
-    save_results(out_dir, results, args, SCRIPT, meta=meta)
+    save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta=meta)
     if not args.no_plot:
         render(out_dir)
     report(results, out_dir)

@@ -32,15 +32,16 @@ from typing import Callable, Iterable
 import torch
 
 from common.activations import capture
+from common.hook_names import act_name
 
 Hook = tuple[str, Callable]
 
 # The hook points component_ablation.py studies, with readable labels.
 COMPONENTS: dict[str, str] = {
-    "token embedding": "hook_embed",
-    "positional embedding": "hook_pos_embed",
-    "layer-0 attention": "blocks.0.hook_attn_out",
-    "layer-0 MLP": "blocks.0.hook_mlp_out",
+    "token embedding": act_name("embed"),
+    "positional embedding": act_name("pos_embed"),
+    "layer-0 attention": act_name("attn_out", 0),
+    "layer-0 MLP": act_name("mlp_out", 0),
 }
 
 

@@ -42,20 +42,22 @@ Scripts that use effective embeddings report :func:`effective_record` (spec + fi
 :meth:`common.factored.Factored.in_gram` applied to E^T E / n_vocab (:func:`embedding_gram`), a
 2r x 2r problem.
 
-Cached on disk (atomically) by model fingerprint and :func:`effective_spec` (layer, positions,
-prompt mix, definition version), so every script shares one computation per model and choice.
+Cached on disk by model fingerprint and :func:`effective_spec` (layer, positions, prompt mix,
+definition version), so every script shares one computation per model and choice: an entry of the
+cache-entry protocol (:mod:`common.disk_cache`: atomic, checked against its key and checksum,
+rebuilt when corrupt; an unwritable cache folder means computing uncached, with a one-line note)
+at :func:`effective_cache_path`, holding ``embeddings.pt``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 import torch
 
+from common import disk_cache
 from common.errors import require_absolute_positions
-from common.outputs import atomic_path, cache_dir, model_fingerprint
+from common.hook_names import act_name
+from common.outputs import cache_dir, model_fingerprint
 from common.prompts import category_prompts, random_token_prompts
 
 EFFECTIVE_VERSION = "eff-v3"  # bump when the definition of the effective embeddings changes (v3: BOS at position 0)
@@ -65,6 +67,7 @@ PROMPT_POSITIONS = (1, PROMPT_LEN)
 MIX = {"category_prompts": {"n_prompts": 16, "seq_len": PROMPT_LEN},
        "random_token_prompts": {"n_prompts": 16, "seq_len": PROMPT_LEN, "n_inserted": 12}}
 FIDELITY_SEED_OFFSET = 1000  # held-out prompts: a seed the mean was not taken over
+EMBEDDINGS, LABEL = "embeddings.pt", "effective-embeddings"
 
 
 @torch.no_grad()
@@ -113,11 +116,6 @@ def effective_spec(model, layer: int = 1, positions="prompt", seed: int = 0) -> 
     }
 
 
-def _spec_key(spec: dict) -> str:
-    keyed = {k: v for k, v in spec.items() if k != "position_mean_norm"}  # a function of the weights
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def mean_prompt_tokens(tokenizer, seed: int = 0) -> torch.Tensor:
     """The fixed prompt mix over which mean attention outputs are taken (module docstring)."""
     a = category_prompts(tokenizer, MIX["category_prompts"]["n_prompts"], PROMPT_LEN, seed=seed).tokens
@@ -139,7 +137,7 @@ def mean_attention_outputs(model, layers: list[int], seed: int = 0) -> dict[int,
         store[int(hook.name.split(".")[1])] = t[:, 1:].reshape(-1, t.shape[-1]).mean(0).detach().cpu()
 
     model.run_with_hooks(tokens, stop_at_layer=max(layers) + 1,
-                         fwd_hooks=[(f"blocks.{l}.hook_attn_out", save) for l in layers])
+                         fwd_hooks=[(act_name("attn_out", l), save) for l in layers])
     return store
 
 
@@ -181,14 +179,28 @@ def bos_input(model, layer: int = 1) -> torch.Tensor:
         store["x"] = t[0, 0].detach().float().cpu()
 
     bos = torch.tensor([[model.tokenizer.bos_token_id]], device=model.cfg.device)
-    model.run_with_hooks(bos, stop_at_layer=layer + 1, fwd_hooks=[(f"blocks.{layer}.ln1.hook_normalized", save)])
+    model.run_with_hooks(bos, stop_at_layer=layer + 1, fwd_hooks=[(act_name("normalized", layer), save)])
     return store["x"]
 
 
+def effective_cache_key(model, layer: int = 1, positions="prompt", seed: int = 0) -> dict:
+    """What a cached table depends on: the model's weights (fingerprint), the spec (without
+    ``position_mean_norm``, itself a function of the weights) and the table's shape."""
+    spec = effective_spec(model, layer, positions, seed)
+    return {"fingerprint": model_fingerprint(model),
+            "spec": {k: v for k, v in spec.items() if k != "position_mean_norm"},
+            "shape": [model.cfg.d_vocab, model.cfg.d_model]}
+
+
 def effective_cache_path(model, layer: int = 1, positions="prompt", seed: int = 0):
-    """Where :func:`effective_embeddings` caches: fingerprint, layer and the spec's hash."""
-    key = _spec_key(effective_spec(model, layer, positions, seed))
-    return cache_dir() / "effective" / f"{model_fingerprint(model)}-{EFFECTIVE_VERSION}-L{layer}-{key}.pt"
+    """The cache entry (a folder) of :func:`effective_embeddings`: fingerprint, version, layer and
+    the key's digest."""
+    return _entry_path(effective_cache_key(model, layer, positions, seed))
+
+
+def _entry_path(key: dict):
+    name = f"{key['fingerprint']}-{EFFECTIVE_VERSION}-L{key['spec']['layer']}-{disk_cache.digest(key)}"
+    return cache_dir() / "effective" / name
 
 
 def effective_embeddings(model, layer: int = 1, batch_size: int = 2048, cache: bool = True,
@@ -197,23 +209,28 @@ def effective_embeddings(model, layer: int = 1, batch_size: int = 2048, cache: b
 
     Definition, ``positions`` and ``seed`` (the prompt mix of the attention means): module
     docstring; :func:`effective_spec` records them. Cached on disk under
-    :func:`effective_cache_path` (written atomically), keyed by the model and the spec.
+    :func:`effective_cache_path`, keyed by the model and the spec (module docstring).
     """
     require_absolute_positions(model, "the effective embeddings (token embedding + mean of W_pos over positions)")
     if not cache:
         return compute_effective_embeddings(model, layer, batch_size, positions, seed)
-    path = effective_cache_path(model, layer, positions, seed)
-    if path.exists():
-        try:
-            E = torch.load(path, map_location="cpu", weights_only=True)
-            if E.shape == (model.cfg.d_vocab, model.cfg.d_model):
-                return E
-        except Exception:  # a corrupt cache file is recomputed, never trusted
-            pass
+    key = effective_cache_key(model, layer, positions, seed)
+    entry = _entry_path(key)
+    E = disk_cache.read_entry(entry, key, EMBEDDINGS, LABEL, lambda path, meta: _load_table(path, key["shape"]))
+    if E is not None:
+        return E
     E = compute_effective_embeddings(model, layer, batch_size, positions, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, record=False) as tmp:
-        torch.save(E, tmp)
+    try:
+        disk_cache.write_entry(entry, key, EMBEDDINGS, lambda path: torch.save(E, path))
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        disk_cache.note_unwritable(LABEL, entry.parent, exc)
+    return E
+
+
+def _load_table(path, shape: list[int]) -> torch.Tensor:
+    E = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(E, torch.Tensor) or list(E.shape) != shape:
+        raise disk_cache.InvalidEntry(f"corrupt ({EMBEDDINGS} does not hold a {shape} table)")
     return E
 
 
@@ -256,7 +273,7 @@ def effective_fidelity(model, layer: int = 1, head: int = 5, positions="prompt",
     def save(t, hook):
         store[hook.name] = t.detach().float().cpu()
 
-    norm_name, score_name = f"blocks.{layer}.ln1.hook_normalized", f"blocks.{layer}.attn.hook_attn_scores"
+    norm_name, score_name = act_name("normalized", layer), act_name("attn_scores", layer)
     model.run_with_hooks(tokens.to(model.cfg.device), stop_at_layer=layer + 1,
                          fwd_hooks=[(norm_name, save), (score_name, save)])
     true_x, true_s = store[norm_name][:, 1:], store[score_name][:, head, 1:, 1:]  # drop BOS

@@ -16,8 +16,10 @@ The verdict is cached on disk under ``cache_dir()/genuine/`` (written atomically
 file's identity: resolved path, size and modification time (plus the checksum table and this
 module's version), so it costs a full hash (about 0.5 GB for gpt2-small) once per file.
 
-Call sites: :func:`weights_meta` (``{"weights": weights_verdict(args.model).to_meta()}``) goes into meta.json;
-:func:`verdict_text` reads it back for INDEX.md; :func:`stamp_figure` puts it under a figure.
+This module only verifies. A script passes its :class:`Verdict` to ``common.results.save_results``,
+which writes ``Verdict.to_meta()`` into meta.json (:func:`weights_meta` for a meta.json written
+directly); ``common.results.verdict_text`` reads the text back from a run's meta, and the figures'
+footnote (``common.plotting.save_figure``) is given that text by the render that draws them.
 """
 
 from __future__ import annotations
@@ -295,26 +297,3 @@ def weights_verdict(model: str, hf_cache: str | Path | None = None, use_cache: b
 def weights_meta(model: str | None) -> dict:
     """``{"weights": <verdict record>}`` for meta.json (empty when there is no model name)."""
     return {"weights": weights_verdict(model).to_meta()} if model else {}
-
-
-def verdict_text(meta: dict) -> str | None:
-    """The one-line verdict stored in a run's meta.json (``meta["weights"]["verdict"]``), if any."""
-    w = meta.get("weights") if isinstance(meta, dict) else None
-    return w.get("verdict") if isinstance(w, dict) else None
-
-
-def stamp_figure(fig, meta_or_dir) -> None:
-    """Write "weights: <verdict>" under a figure, from a meta dict or the folder holding meta.json
-    (render functions draw from saved files only). Does nothing when no verdict was saved, or
-    when the figure already carries it (so ``save_figure`` may call it for every figure)."""
-    meta = meta_or_dir
-    if not isinstance(meta_or_dir, dict):
-        mpath = Path(meta_or_dir) / "meta.json"
-        try:
-            meta = json.loads(mpath.read_text()) if mpath.exists() else {}
-        except ValueError:
-            meta = {}
-    text = verdict_text(meta)
-    if text and not getattr(fig, "_l1h5_weights_stamp", False):  # idempotent: once per figure
-        fig.text(0.5, -0.01, f"weights: {text}", ha="center", va="top", fontsize=8, color="0.35")
-        fig._l1h5_weights_stamp = True

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from common.factored import Factored
+from common.hook_names import act_name
 from common.natural_text import WordBoundaries, word_boundaries
 from common.prompts import category_variant_ids, mask_from_categories
 
@@ -168,7 +169,7 @@ def pattern_hooks(layer: int, head: int, pattern: torch.Tensor) -> list:
         t[:, head] = pattern.to(t.device, t.dtype)
         return t
 
-    return [(f"blocks.{layer}.attn.hook_pattern", fn)]
+    return [(act_name("pattern", layer), fn)]
 
 
 def scorer_on(scorer: Factored, device) -> Factored:
@@ -223,7 +224,7 @@ def layer_input(model, tokens: torch.Tensor, layer: int, head: int, batch_size: 
     """``blocks.L.ln1.hook_normalized`` [n, pos, d_model] for ``tokens``, on the model's device: the
     LN-normalised input the head's W_Q and W_K read (fold_ln), which no edit of layer L changes.
     Runs layers 0..L only."""
-    name = f"blocks.{layer}.ln1.hook_normalized"
+    name = act_name("normalized", layer)
     out, seen = [], {}
 
     def save(t, hook):  # fires once per q/k/v input in some TransformerLens versions: all equal
@@ -252,7 +253,7 @@ def score_hooks(layer: int, head: int, scorer) -> list:
         t[:, head] = head_scores(placed[t.device], _head_input(seen.pop("x"), head))
         return t
 
-    return [(f"blocks.{layer}.ln1.hook_normalized", save), (f"blocks.{layer}.attn.hook_attn_scores", replace)]
+    return [(act_name("normalized", layer), save), (act_name("attn_scores", layer), replace)]
 
 
 def z_hooks(layer: int, head: int, fn: Callable) -> list:
@@ -263,7 +264,7 @@ def z_hooks(layer: int, head: int, fn: Callable) -> list:
         t[:, :, head] = fn(t[:, :, head], hook)
         return t
 
-    return [(f"blocks.{layer}.attn.hook_z", hook_fn)]
+    return [(act_name("z", layer), hook_fn)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,10 +279,10 @@ def cache_inputs(model, tokens: torch.Tensor, layer: int, head: int, batch_size:
     ``z`` [n, pos, d_head] and ``pattern`` [n, q, k]; with ``scorer`` also ``recomputed``, the
     pattern that scorer gives (a check that the score replacement is exact)."""
     names = {
-        "resid_pre": f"blocks.{layer}.hook_resid_pre",
-        "z": f"blocks.{layer}.attn.hook_z",
-        "pattern": f"blocks.{layer}.attn.hook_pattern",
-        "x": f"blocks.{layer}.ln1.hook_normalized",
+        "resid_pre": act_name("resid_pre", layer),
+        "z": act_name("z", layer),
+        "pattern": act_name("pattern", layer),
+        "x": act_name("normalized", layer),
     }
     out: dict[str, list] = {k: [] for k in (*names, "recomputed")}
     store: dict[str, torch.Tensor] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from common.activations import capture
+from common.hook_names import act_name
 from common.prompts import self_and_copies_mask
 
 EPS = 1e-6
@@ -73,7 +74,7 @@ def all_head_patterns(model, tokens: torch.Tensor, layers: list[int] | None = No
     fire.
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
-    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    names = [act_name("pattern", l) for l in layers]
     store = capture(model, tokens, names, hooks=hooks)
     return torch.stack([store[n].transpose(0, 1) for n in names]).cpu()
 

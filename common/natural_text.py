@@ -34,29 +34,10 @@ than 65,536 ids gets int32. Consumers take slices (:func:`sample_windows`) and w
 **Memory**: files are streamed (:func:`text_pieces`, a few MB at a time) into chunks and each
 chunk's ids are written out at once; neither the text nor a list of ids ever exists whole.
 
-**Cache** (``--text PATH`` only; :func:`file_ids`): the ids are saved once under
-``cache_dir()/text_ids/<digest>/`` (``ids.npy``, ``entry.json``) and memory-mapped back
-(``np.load(mmap_mode="r")``), so every script and process shares one tokenisation and its pages.
-``<digest>`` is the sha256 of the key, everything the ids depend on:
-
-* every file, in reading order, by resolved path and stat signature (size, mtime, ctime, inode):
-  a stat costs nothing where hashing 540 MB would cost about a second per run, and any write to a
-  file changes its mtime and ctime (ctime cannot be set back), so a changed file is never taken
-  for the old one (a copy elsewhere is tokenised again: a cheap miss, never a wrong hit);
-* the tokenizer: GPT-2's BPE (by the sha256 pins of the vendored files) or, for another
-  tokenizer, the sha256 of its serialised Hugging Face form; the encoding backend and its version;
-* :data:`CHUNK_CHARS`, the id dtype, :data:`TEXT_IDS_FORMAT` and the source of the functions that
-  read, chunk and encode the text.
-
-An entry is written to a temporary folder beside it and renamed into place (atomic), and used only
-if entry.json parses with the wanted key, ids.npy has the recorded size and (whenever its stat
-signature differs from the one last verified) sha256, and it maps with the recorded dtype and
-length; a corrupt or stale entry is removed and rebuilt (a one-line note says so). Entries of the
-same files and tokenizer under another key are removed when a new one is written. A cache folder
-that cannot be written gives one note line and the run continues uncached (ids in memory);
-``L1H5_TEXT_CACHE=0`` turns the cache off. WikiText-103's test split (~1.3 MB, from ``datasets``)
-and the demo text (~0.1 MB) are strings in memory already and are tokenised in well under a second:
-they are not cached.
+**Cache**: the ids of ``--text PATH`` are cached on disk and memory-mapped back by
+:mod:`common.text_ids_cache` (whose :func:`~common.text_ids_cache.script_text_ids` is what scripts
+call); this module streams them (:class:`FileIdStream`) and names the code they depend on
+(:func:`ids_code_digest`).
 
 :func:`sample_windows` cuts the token stream into non-overlapping windows, draws a seeded sample
 of them and prepends BOS to each.
@@ -73,9 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import io
-import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -85,17 +63,12 @@ import numpy as np
 import torch
 
 from common.errors import error_summary
-from common.planted_names import is_planted
 
 WIKITEXT = ("Salesforce/wikitext", "wikitext-103-raw-v1", "test")
 DEMO = "demo"
 CHUNK_CHARS = 100_000  # characters per encoded chunk (at least; whole lines)
 HF_GROUP = 8  # chunks per Hugging Face tokenizer call (fallback route)
 PIECE_CHARS = 1 << 22  # characters read from a file at a time
-TEXT_IDS_FORMAT = 1
-ENV_SWITCH = "L1H5_TEXT_CACHE"
-IDS, ENTRY = "ids.npy", "entry.json"
-NPY_HEADER_BYTES = 128  # a 1-D .npy header (format 1.0) for any length below 10**30
 
 
 class TextUnavailable(RuntimeError):
@@ -249,33 +222,14 @@ def tokenize(tokenizer, text: str) -> list[int]:
     return tokenize_ids(tokenizer, text).tolist()
 
 
-def text_ids(source: str | None, tokenizer) -> tuple[np.ndarray, str]:
-    """(token ids, description) for ``source``: None (WikiText-103 test), ``"demo"`` or a path
-    (cached, :func:`file_ids`). Raises :class:`TextUnavailable`."""
-    if source is None or source == DEMO:
-        text, description = load_text(source)
-        return tokenize_ids(tokenizer, text), description
-    return file_ids(source, tokenizer), f"local text {source}"
-
-
-def script_text_ids(text: str | None, model: str, tokenizer) -> tuple[np.ndarray, str]:
-    """(token ids, description) of a script's natural text: ``--text PATH`` if given, the demo text
-    for the planted model, else WikiText-103's test split; a one-line SystemExit when unavailable.
-    The ids are a read-only 1-D array (memory-mapped from the cache for ``--text PATH``)."""
-    source = text if text is not None else (DEMO if is_planted(model) else None)
-    try:
-        return text_ids(source, tokenizer)
-    except TextUnavailable as exc:
-        raise SystemExit(f"error: {exc}") from None
-
-
 # ----------------------------------------------------------------------------------------------
-# ids of files: streamed, cached (module docstring)
+# ids of files: streamed (cached by common.text_ids_cache)
 # ----------------------------------------------------------------------------------------------
 
 
-class _Stream:
-    """The ids of files, chunk by chunk; notes whether the text has anything but whitespace."""
+class FileIdStream:
+    """The ids of ``files`` (the text of ``--text path``), chunk by chunk; at the end, raises
+    :class:`TextUnavailable` if the text had nothing but whitespace."""
 
     def __init__(self, path, files: list[Path], tokenizer, backend: str):
         self.path, self.files, self.tokenizer, self.backend = path, files, tokenizer, backend
@@ -292,156 +246,23 @@ class _Stream:
         if self.blank:
             raise TextUnavailable(f"--text {self.path}: the text is empty")
 
-
-def cache_enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def cache_root() -> Path:
-    from common.outputs import cache_dir
-
-    return cache_dir() / "text_ids"
-
-
-def tokenizer_identity(tokenizer) -> str | None:
-    """What decides ``tokenizer``'s ids: GPT-2's BPE (the vendored files' sha256 pins), else the
-    sha256 of its serialised Hugging Face form; None when it has none (then nothing is cached)."""
-    from common.freq import MERGES_SHA256, VOCAB_SHA256, is_gpt2_tokenizer
-
-    if is_gpt2_tokenizer(tokenizer):
-        return f"gpt2-bpe:{MERGES_SHA256[:16]}:{VOCAB_SHA256[:16]}"
-    try:
-        serial = tokenizer.backend_tokenizer.to_str()
-    except Exception:  # a slow (pure Python) tokenizer: no serialised form to key on
-        return None
-    return f"hf:{type(tokenizer).__name__}:{hashlib.sha256(serial.encode()).hexdigest()[:24]}"
-
-
-def _backend_version(backend: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tiktoken" if backend == "tiktoken" else "tokenizers")
-    except PackageNotFoundError:
-        return "unknown"
+    def in_memory(self) -> np.ndarray:
+        """All the ids as one array (uncached)."""
+        parts = list(self)
+        return np.concatenate(parts) if parts else np.zeros(0, ids_dtype(self.tokenizer))
 
 
 _CODE = None
 
 
-def _code_digest() -> str:
+def ids_code_digest() -> str:
     """sha256 (16 hex) of the source of every function that decides the ids of a file."""
     global _CODE
     if _CODE is None:
         src = "".join(inspect.getsource(f) for f in (text_files, text_pieces, line_chunks, ids_dtype,
-                                                       encode_chunks, _Stream))
+                                                       encode_chunks, FileIdStream))
         _CODE = hashlib.sha256((src + _LINE_END.pattern).encode()).hexdigest()[:16]
     return _CODE
-
-
-def cache_key(files: list[Path], tokenizer, backend: str) -> dict | None:
-    """The key of ``files``' ids (module docstring), or None when the tokenizer has no identity."""
-    ident = tokenizer_identity(tokenizer)
-    if ident is None:
-        return None
-    sigs = []
-    for f in files:
-        real = Path(f).resolve()
-        st = os.stat(real)
-        sigs.append([str(real), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
-    return {
-        "format": TEXT_IDS_FORMAT,
-        "files": sigs,
-        "tokenizer": ident,
-        "backend": [backend, _backend_version(backend)],
-        "chunk_chars": CHUNK_CHARS,
-        "dtype": ids_dtype(tokenizer).str,
-        "code": _code_digest(),
-    }
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def file_ids(path: str | Path, tokenizer) -> np.ndarray:
-    """Token ids of ``--text PATH``: from the cache when a valid entry exists, else streamed,
-    encoded, saved and mapped back (module docstring). Raises :class:`TextUnavailable`."""
-    files = text_files(path)
-    backend = encoder_backend(tokenizer)
-    stream = _Stream(path, files, tokenizer, backend)
-    key = cache_key(files, tokenizer, backend) if cache_enabled() else None
-    if key is None:
-        return _in_memory(stream)
-    entry = cache_root() / _digest(key)
-    ids = read_entry(entry, key)
-    if ids is not None:
-        return ids
-    origin = {"files": [s[0] for s in key["files"]], "tokenizer": key["tokenizer"]}
-    try:
-        write_entry(entry, key, origin, stream)
-    except OSError as exc:  # unwritable, full, not a folder: the text is still readable (TextUnavailable otherwise)
-        from common.weights_cache import _note, _reason
-
-        _note(f"cannot write the text-ids cache in {cache_root()} ({_reason(exc)}); "
-              "continuing without it (set L1H5_CACHE to a writable folder)")
-        return _in_memory(stream)
-    ids = read_entry(entry, key)
-    return ids if ids is not None else _in_memory(stream)
-
-
-def _in_memory(stream: _Stream) -> np.ndarray:
-    parts = list(stream)
-    return np.concatenate(parts) if parts else np.zeros(0, ids_dtype(stream.tokenizer))
-
-
-def _npy_header(dtype: np.dtype, n: int) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)})
-    return buf.getvalue()
-
-
-def write_entry(entry: Path, key: dict, origin: dict, stream: _Stream) -> None:
-    """Stream the ids into a new entry (:func:`common.weights_cache.write_new_entry`; module docstring)."""
-    from common.weights_cache import write_new_entry
-
-    def write(path: Path) -> dict:
-        dtype = ids_dtype(stream.tokenizer)
-        n = 0
-        with open(path, "wb") as f:
-            f.write(b"\0" * NPY_HEADER_BYTES)  # the header needs the length: written last
-            for part in stream:
-                f.write(part.tobytes())
-                n += len(part)
-            header = _npy_header(dtype, n)
-            if len(header) != NPY_HEADER_BYTES:
-                raise OSError(f"unexpected .npy header size {len(header)}")
-            f.seek(0)
-            f.write(header)
-            f.flush()
-            os.fsync(f.fileno())
-        return {"dtype": dtype.str, "n_tokens": n}
-
-    write_new_entry(entry, IDS, {"key": key, "origin": origin}, write)
-
-
-def read_entry(entry: Path, key: dict) -> np.ndarray | None:
-    """The memory-mapped ids of a valid entry, or None (absent; or invalid: removed and noted)."""
-    from common.weights_cache import read_checked
-
-    return read_checked(entry, "text-ids", lambda: _read_valid(entry, key))
-
-
-def _read_valid(entry: Path, key: dict) -> np.ndarray:
-    from common.weights_cache import InvalidEntry, checked_entry
-
-    meta = checked_entry(entry, key, IDS, "text")
-    ids = np.load(entry / IDS, mmap_mode="r", allow_pickle=False)
-    if ids.dtype.str != meta.get("dtype") or ids.shape != (meta.get("n_tokens"),):
-        raise InvalidEntry(f"corrupt ({IDS} holds {ids.dtype} {ids.shape}, "
-                           f"{meta.get('dtype')} ({meta.get('n_tokens')},) were written)")
-    return ids
 
 
 def sample_windows(ids, window_len: int, n_windows: int, bos_id: int, seed: int = 0) -> tuple[torch.Tensor, list[int]]:

@@ -24,8 +24,8 @@ import pandas as pd
 from common.hub_models import GPT2_SMALL, official_name, short_name
 from common.planted_names import check_model_name, is_planted, planted_twin
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)  # the process's umask (read by setting it): the mode new files and folders get
+os.umask(UMASK)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -185,7 +185,7 @@ def atomic_path(path: str | Path, record: bool = True) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should be readable like any other
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files; results should be readable like any other
     try:
         yield Path(tmp)
         os.replace(tmp, path)

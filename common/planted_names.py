@@ -31,7 +31,7 @@ class Twin:
 # The report's stable claim ids (issue 22), each decided by one script (or a measurement).
 CLAIM_IDS = ("head-survey", "component-ablation", "position-independence", "spectrum", "skew-downstream",
              "self-rank", "sym-reproduces", "eigen-steering", "cosine-peak", "clustering", "gradient-steering",
-             "naive-similarity", "rank-grid", "rules-explained", "succession")
+             "naive-similarity", "rank-grid", "rules-explained", "succession", "reader")
 
 # Claim ids are the report's stable ids. A claim is listed when the construction makes it false
 # (reasoned from the switch, then confirmed by the deciding script; see tests/test_twins.py).

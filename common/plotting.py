@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 from cycler import cycler  # noqa: E402
 from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 
-from common.genuine_weights import stamp_figure  # noqa: E402
 from common.outputs import atomic_path  # noqa: E402
 
 # What seaborn.set_theme(context="paper", style="whitegrid", font_scale=1.1) sets, frozen here so
@@ -49,11 +48,12 @@ for _code, _colour in COLOUR_CODES.items():
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Save ``fig`` atomically (format from the suffix) and close it. A figure saved beside a
-    meta.json that records the weights' verdict (genuine gpt2-small or not) carries it as a footnote."""
+def save_figure(fig, path: str | Path, weights: str | None) -> Path:
+    """Save ``fig`` atomically (format from the suffix) and close it. ``weights``: the verdict on the
+    run's weights (genuine gpt2-small or not; ``common.results.verdict_text`` of the meta.json the
+    render read), written under the figure (:func:`stamp_weights`); None when none was recorded."""
     path = Path(path)
-    stamp_figure(fig, path.parent)
+    stamp_weights(fig, weights)
     if isinstance(fig.get_layout_engine(), PlaceHolderLayoutEngine):
         fig.set_layout_engine(None)  # what fig.tight_layout() leaves: lays nothing out, but makes savefig draw twice
     bbox = tight_bbox(fig) if plt.rcParams["savefig.bbox"] == "tight" and fig.get_layout_engine() is None else None
@@ -61,6 +61,13 @@ def save_figure(fig, path: str | Path) -> Path:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", bbox_inches=bbox)
     plt.close(fig)
     return path
+
+
+def stamp_weights(fig, text: str | None) -> None:
+    """Write "weights: <text>" under a figure, once (a second call adds nothing); nothing for None."""
+    if text and not getattr(fig, "_l1h5_weights_stamp", False):
+        fig.text(0.5, -0.01, f"weights: {text}", ha="center", va="top", fontsize=8, color="0.35")
+        fig._l1h5_weights_stamp = True
 
 
 def tight_bbox(fig):

@@ -151,8 +151,9 @@ def load_prompt_table(out_dir) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pd
     return table, obs, ideal, queries
 
 
-def render_prompt_view(out_dir) -> list[Path]:
-    """prompt_pattern.png from prompt_pattern.csv and prompt_summary.json only."""
+def render_prompt_view(out_dir, weights: str | None) -> list[Path]:
+    """prompt_pattern.png from prompt_pattern.csv and prompt_summary.json only; ``weights``: the
+    verdict on the run's weights, under the figure (``common.plotting.save_figure``)."""
     from common.plotting import plt, save_figure
 
     out_dir = Path(out_dir)
@@ -185,4 +186,4 @@ def render_prompt_view(out_dir) -> list[Path]:
     fig.suptitle(f"{summary['model']}: {summary['text'][:90]}" + (" ..." if len(summary["text"]) > 90 else "")
                  + ("\nuncategorised (grey, ideal: BOS): " + ", ".join(map(repr, summary["uncategorised"]))[:120]
                     if summary["uncategorised"] else ""), fontsize=9)
-    return [save_figure(fig, out_dir / "prompt_pattern.png")]
+    return [save_figure(fig, out_dir / "prompt_pattern.png", weights)]

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from common.claims import (DIFFERS, FAILS, HOLDS, INCONCLUSIVE, MEASURED, NOT_RUN, REPRODUCED, SHOWN, Claim,
                            model_kind, status)
-from common.genuine_weights import verdict_text
 from common.outputs import write_json, write_text
 from common.planted_names import is_planted
+from common.results import verdict_text
 
 RULES = [
     ("Semantic clustering", "a token attends to earlier tokens of the same category "

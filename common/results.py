@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.genuine_weights import weights_meta
 from common.outputs import write_csv, write_json, write_meta
 
 
@@ -29,14 +28,17 @@ class Results:
     summary: dict = field(default_factory=dict)
 
 
-def save_results(out_dir: Path, results: Results, args, script: str, meta: dict | None = None) -> None:
-    """Write every table, ``summary.json`` and ``meta.json`` (arguments, versions, ``meta``)."""
+def save_results(out_dir: Path, results: Results, args, script: str, *, weights, meta: dict | None = None) -> None:
+    """Write every table, ``summary.json`` and ``meta.json`` (arguments, versions, ``meta``).
+
+    ``weights``: the loaded checkpoint's genuine-weights verdict (a ``common.genuine_weights.Verdict``,
+    from ``weights_verdict(args.model)``), saved as meta.json's ``"weights"``; None for a run over
+    several models (each sub-folder has its own)."""
     out_dir = Path(out_dir)
     for name, table in results.tables.items():
         write_csv(out_dir / f"{name}.csv", table)
     write_json(out_dir / "summary.json", results.summary)
-    model = getattr(args, "model", None)  # one name; a list (several models) has a verdict per sub-folder
-    meta = {**(weights_meta(model) if isinstance(model, str) else {}), **(meta or {})}  # genuine or not
+    meta = {**({"weights": weights.to_meta()} if weights is not None else {}), **(meta or {})}  # genuine or not
     write_meta(out_dir, args, meta, script=script)
 
 
@@ -63,6 +65,13 @@ def load_summary(out_dir: Path) -> dict:
 def load_meta(out_dir: Path) -> dict:
     """meta.json of a run (its ``args`` are what render needs: layer, head, model, ...)."""
     return _load_json(Path(out_dir) / "meta.json")
+
+
+def verdict_text(meta: dict) -> str | None:
+    """The one-line genuine-weights verdict stored in a run's meta.json (``meta["weights"]["verdict"]``),
+    if any: what INDEX.md, report.html and every figure's footnote show."""
+    w = meta.get("weights") if isinstance(meta, dict) else None
+    return w.get("verdict") if isinstance(w, dict) else None
 
 
 def _load_json(path: Path) -> dict:

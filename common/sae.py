@@ -26,12 +26,13 @@ import torch
 
 from common.effective_embeddings import effective_embeddings, mean_prompt_tokens
 from common.errors import error_summary
+from common.hook_names import act_name
 from common.outputs import cache_dir, model_fingerprint
 from common.planted import ground_truth
 from common.planted_names import is_planted
 
 DEFAULT_RELEASE = "gpt2-small-res-jb"
-DEFAULT_SAE_ID = "blocks.1.hook_resid_pre"
+DEFAULT_SAE_ID = act_name("resid_pre", 1)
 
 
 def add_sae_flags(p) -> None:
@@ -79,7 +80,7 @@ def sae_hook(sae, layer: int, override: str | None) -> str:
         return override
     meta = getattr(sae.cfg, "metadata", None)
     name = getattr(meta, "hook_name", None) if meta is not None else None
-    return name or f"blocks.{layer}.hook_resid_pre"
+    return name or act_name("resid_pre", layer)
 
 
 def check_sae(sae, model, layer: int, hook_override: str | None) -> str:
@@ -91,7 +92,7 @@ def check_sae(sae, model, layer: int, hook_override: str | None) -> str:
     hook = sae_hook(sae, layer, hook_override)
     if hook not in model.hook_dict:
         raise SystemExit(f"error: hook {hook!r} does not exist in this model (use --hook)")
-    if hook != f"blocks.{layer}.hook_resid_pre":
+    if hook != act_name("resid_pre", layer):
         print(f"warning: the SAE reads {hook}, not blocks.{layer}.hook_resid_pre (the input of layer {layer}); "
               "its features are still residual directions, but they were trained elsewhere", file=sys.stderr)
     return hook
@@ -106,7 +107,7 @@ def mean_residual(model, layer: int = 1, seed: int = 0) -> torch.Tensor:
     """Mean of ``blocks.<layer>.hook_resid_pre`` over the non-BOS positions of the effective
     embeddings' prompt mix (:func:`common.effective_embeddings.mean_prompt_tokens`) [d_model]."""
     tokens = mean_prompt_tokens(model.tokenizer, seed).to(model.cfg.device)[:, : model.cfg.n_ctx]
-    name = f"blocks.{layer}.hook_resid_pre"
+    name = act_name("resid_pre", layer)
     _, cache = model.run_with_cache(tokens, names_filter=name, stop_at_layer=layer + 1)
     return cache[name][:, 1:].reshape(-1, cache[name].shape[-1]).mean(0).float().cpu()
 
@@ -145,7 +146,7 @@ def build_planted_sae(model, categories: dict[str, list[int]], n_random: int = 4
     D = torch.cat([torch.stack(rows), rnd - rnd.mean(1, keepdim=True)])
     D = D / D.norm(dim=1, keepdim=True)
     cfg = StandardSAEConfig(d_in=E.shape[1], d_sae=D.shape[0], apply_b_dec_to_input=True,
-                            metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre"))
+                            metadata=SAEMetadata(hook_name=act_name("resid_pre", 1)))
     sae = StandardSAE(cfg)
     bias = torch.tensor([WORD_ENC_BIAS] * len(words) + [CATEGORY_ENC_BIAS] * len(categories)
                         + [RANDOM_ENC_BIAS] * n_random)

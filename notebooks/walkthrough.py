@@ -77,12 +77,13 @@ print(f"mean cost on this prompt {view.score:.3f}; its worst query costs {np.nan
 # %%
 import tempfile
 
+from common.genuine_weights import weights_verdict
 from common.prompt_view import render_prompt_view, save_prompt_view
 
 OUT = Path(os.environ.get("L1H5_WALKTHROUGH_OUT") or tempfile.mkdtemp(prefix="l1h5-walkthrough-"))
 OUT.mkdir(parents=True, exist_ok=True)
 save_prompt_view(OUT, view, MODEL)
-print(render_prompt_view(OUT)[0])
+print(render_prompt_view(OUT, weights_verdict(MODEL).text)[0])  # the weights' verdict under the figure
 
 # %% [markdown]
 # ## The score

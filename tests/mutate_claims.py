@@ -27,7 +27,7 @@ FLIP = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.
 CRITERIA = {"near", "at_least", "at_most", "sign", "banded", "all_of", "status", "model_kind"}
 MODULES = ["common.claims", "characterize_head", "component_ablation", "skew_analysis", "self_suppression_survey",
            "svd_sym_skew_heatmap", "svd_group_scaling_heatmap", "cosine_attention_analysis", "clustering",
-           "gradient_steering", "semantic_head", "rule_preserving_ablation"]
+           "gradient_steering", "semantic_head", "rule_preserving_ablation", "composition"]
 
 
 def targets(tree: ast.Module, module: str, checks: set[str]):

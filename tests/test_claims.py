@@ -19,6 +19,7 @@ import pytest
 import characterize_head
 import clustering
 import component_ablation
+import composition
 import cosine_attention_analysis
 import gradient_steering
 import rule_preserving_ablation
@@ -365,6 +366,34 @@ def test_measurements_are_shown(tmp_path):
     summ = {"verdict": {"text": "Weak", "scope": "curated", "mean": 0.01, "ci_lo": -0.1, "ci_hi": 0.1, "label": "Weak"}}
     ev = succession_ablation.check_succession(run_dir(tmp_path, {"effect_summary": []}, summary=summ))
     assert ev.numbers["label"] == "Weak" and C.status(ev, "other") == C.SHOWN
+
+
+def test_reader(tmp_path):
+    """The top V reader (by rank, whatever the row order) stands out above z 3; Q and K rows,
+    however high, do not count."""
+    check = composition.check_reader
+
+    def table(z_v, z_q=9.0):
+        rows = [{"mode": "Q", "reader_layer": 2, "reader_head": 1, "score": 0.9, "z": z_q, "percentile": 100.0,
+                 "rank": 1, "n_pairs": 50},
+                {"mode": "V", "reader_layer": 2, "reader_head": 3, "score": 0.1, "z": 0.5, "percentile": 60.0,
+                 "rank": 2, "n_pairs": 50},
+                {"mode": "V", "reader_layer": 2, "reader_head": 7, "score": 0.2, "z": z_v, "percentile": 98.0,
+                 "rank": 1, "n_pairs": 50}]
+        return {"composition": rows}
+
+    ok = check(run_dir(tmp_path, table(6.7)))
+    assert ok.holds is True and ok.numbers["reader"] == [2, 7] and ok.numbers["z"] == 6.7 and ok.published is None
+    assert C.status(ok, "planted") == C.HOLDS and C.status(ok, "genuine") == C.SHOWN
+    assert C.status(ok, "other") == C.SHOWN
+    weak = check(run_dir(tmp_path, table(1.2)))  # gpt2-small's best V reader: no standout
+    assert weak.holds is False and C.status(weak, "planted") == C.FAILS and C.status(weak, "genuine") == C.SHOWN
+    assert check(run_dir(tmp_path, table(3.0))).holds is False  # 3 sd is not above 3
+    assert check(run_dir(tmp_path, table(3.01))).holds is True
+    assert check(run_dir(tmp_path, table(1.2, z_q=1.0))).holds is False  # nothing stands out anywhere
+    none = check(run_dir(tmp_path, {"composition": [{"mode": "Q", "reader_layer": 2, "reader_head": 0, "score": 0.1,
+                                                     "z": 9.0, "percentile": 99.0, "rank": 1, "n_pairs": 9}]}))
+    assert none.holds is None and C.status(none, "planted") == C.SHOWN  # no V reader: nothing to judge
 
 
 # -- one place for claim text ---------------------------------------------------------------------

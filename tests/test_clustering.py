@@ -118,7 +118,7 @@ def _embedded_graph(html: str) -> dict:
 
 
 def test_html_map_is_self_contained_and_complete(clustered):
-    from common.browser import network_references
+    from browser import network_references
 
     html = (clustered / "community_map.html").read_text()
     assert network_references(html) == []
@@ -134,7 +134,7 @@ def test_html_map_is_self_contained_and_complete(clustered):
 
 
 def test_html_map_renders_in_chromium(clustered):
-    from common.browser import check_page, find_chromium
+    from browser import check_page, find_chromium
 
     if find_chromium() is None:
         pytest.skip("chromium not installed (apt-get install -y chromium)")
@@ -249,3 +249,16 @@ def test_tokens_that_look_like_missing_values_or_line_breaks_survive(clustered):
     assert set(TRICKY_TOKENS) <= set(nodes["id"])
     assert nodes["token"].tolist() == [tok.decode([t]) for t in nodes["id"]]
     assert edges["query"].tolist() == [tok.decode([t]) for t in edges["query_id"]]
+
+
+def test_in_context_graph(clustered):
+    """in_context.csv: the graph rebuilt on the nodes that occur in the demo text, with their true
+    layer inputs there; planted, the categories stay the communities (same-category logit +12)."""
+    from clustering import check_clustering
+    from common.context_inputs import IN_CONTEXT
+
+    t = pd.read_csv(clustered / "in_context.csv").set_index(["statistic", "inputs"])
+    ari = t.loc[("ARI of the communities against the categories", IN_CONTEXT)]
+    assert ari.n_tokens >= 100 and ari.value > 0.9
+    assert t.loc[("mean companion fraction of the published examples", IN_CONTEXT)].value >= 0.5
+    assert "in_context" in check_clustering(clustered).numbers

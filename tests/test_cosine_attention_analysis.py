@@ -217,3 +217,18 @@ def test_bad_input(tmp_path, capsys, planted_model):
     with pytest.raises(SystemExit) as exc:
         caa.main(["--model", "planted", "--n-tokens", "1"])
     assert exc.value.code == 2 and "--n-tokens must be at least 2" in capsys.readouterr().err
+
+
+def test_in_context_peak_beside_the_effective_one(run):
+    """in_context.csv: the peak on the tokens' true layer inputs in the demo text. Planted, same-
+    category keys out-score self (+12 against -6), so the peak lies above self and below cosine 1
+    there too; the effective row is the claim's own number."""
+    from common.context_inputs import EFFECTIVE, IN_CONTEXT
+
+    t = pd.read_csv(run / "in_context.csv").set_index(["statistic", "inputs"])
+    s = json.loads((run / "summary.json").read_text())
+    assert t.loc[("peak cosine", EFFECTIVE)].value == pytest.approx(s["peak_cosine"])
+    cos, height = t.loc[("peak cosine", IN_CONTEXT)], t.loc[("peak mean s[i,j]-s[i,i]", IN_CONTEXT)]
+    assert 0 < cos.n_tokens < 1024 and cos.value < 0.99 and height.value > 0
+    ev = caa.check_cosine_peak(run)
+    assert ev.numbers["in_context"]["peak cosine"][IN_CONTEXT] == pytest.approx(cos.value)

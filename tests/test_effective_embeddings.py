@@ -116,6 +116,45 @@ def test_cache_key_holds_positions_and_prompt_mix(planted_model, monkeypatch):
     assert not torch.equal(E_all, E_prompt)
 
 
+def test_corrupt_cache_entry_is_noted_and_recomputed(planted_model, tmp_path, monkeypatch, capfd):
+    """A cached table whose bytes changed (same size and modification time) is never served: one
+    note, and the table computed again (layer 0, positions "all": cheap in full)."""
+    import os
+
+    m = planted_model
+    monkeypatch.setenv("L1H5_CACHE", str(tmp_path / "cache"))
+    want = compute_effective_embeddings(m, 0, positions="all")
+    assert torch.equal(effective_embeddings(m, 0, positions="all"), want)
+    table = effective_cache_path(m, 0, "all") / ee.EMBEDDINGS
+    st = table.stat()
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor's storage
+    table.write_bytes(bytes(data))
+    os.utime(table, ns=(st.st_atime_ns, st.st_mtime_ns))
+    capfd.readouterr()
+    assert torch.equal(effective_embeddings(m, 0, positions="all"), want)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checksum mismatch" in err[0] and "rebuilding it" in err[0], err
+    assert torch.equal(effective_embeddings(m, 0, positions="all"), want)  # the rewritten entry
+    assert capfd.readouterr().err == ""
+
+
+def test_unwritable_cache_folder_computes_with_one_note(planted_model, tmp_path, monkeypatch, capfd):
+    from common import disk_cache
+
+    m = planted_model
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("L1H5_CACHE", str(blocker))
+    disk_cache.NOTED.clear()
+    capfd.readouterr()
+    want = compute_effective_embeddings(m, 0)
+    assert torch.equal(effective_embeddings(m, 0), want) and torch.equal(effective_embeddings(m, 0), want)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("note: cannot write the effective-embeddings cache") \
+        and str(blocker) in err[0], err
+
+
 # -- fidelity against true forward passes ------------------------------------------------------------------
 def test_fidelity_is_exact_when_inputs_do_not_vary(planted_model):
     """A copy of the model whose W_pos rows are all the mean over the prompt positions: at layer 0

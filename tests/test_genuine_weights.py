@@ -141,24 +141,9 @@ def test_an_unwritable_cache_folder_does_not_change_the_verdict(tiny_table, tmp_
     assert v.text == "genuine gpt2-small (3/3 tensors verified)" and not v.cached
 
 
-def test_compact_names_and_figure_stamp(tmp_path):
+def test_compact_names():
     assert gw.compact_names(MISSING_FROM_SHARED) == "wte.weight, h.0-11.mlp.c_fc.weight, h.0-11.mlp.c_proj.weight"
     assert gw.compact_names(["h.0.x", "h.2.x", "h.3.x", "ln_f.bias"]) == "ln_f.bias, h.0,2-3.x"
-    from common.plotting import plt
-
-    fig = plt.figure()
-    meta = {"weights": gw.Verdict("planted", "planted").to_meta()}
-    gw.stamp_figure(fig, meta)
-    assert gw.verdict_text(meta) == "planted" and any("weights: planted" in t.get_text() for t in fig.texts)
-    gw.stamp_figure(fig, meta)  # a second call (e.g. from save_figure) adds nothing
-    assert sum("weights:" in t.get_text() for t in fig.texts) == 1
-    plt.close(fig)
-    fig = plt.figure()
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    gw.stamp_figure(fig, tmp_path)  # from a results folder's meta.json
-    gw.stamp_figure(plt.figure(), tmp_path / "no-such-folder")  # nothing saved: nothing written
-    assert [t.get_text() for t in fig.texts] == ["weights: planted"]
-    plt.close("all")
 
 
 @requires_shared

@@ -164,7 +164,7 @@ def test_an_unmatched_alpha_is_flagged_in_the_csv_report_and_figures(tmp_path, m
     real = gs.match_alpha
     monkeypatch.setattr(gs, "match_alpha", lambda qk, held, target, **kw: real(qk, held, 0.5, **kw))
     drawn = {}
-    monkeypatch.setattr(common.plotting, "save_figure", lambda fig, path: drawn.setdefault(
+    monkeypatch.setattr(common.plotting, "save_figure", lambda fig, path, weights: drawn.setdefault(
         path.name, " ".join(" ".join(t.get_text().split()) for t in fig.findobj(matplotlib.text.Text))) and path)
     run_main("gradient_steering.py", "--model", "planted", "--out", str(tmp_path), "--steps", "3", "--n-prompts", "8",
              "--n-heldout", "4", "--n-rank-queries", "5", "--threads", "1")
@@ -343,3 +343,19 @@ def test_bad_input(tmp_path, capsys, args, message):
     assert exc.value.code != 0
     assert message in str(exc.value.code) + capsys.readouterr().err
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_in_context_self_ranks(run):
+    """in_context.csv: the category words' median self-rank on their true layer inputs in the
+    demo text. Planted: never the top key before the update (self logit -6 against +12)."""
+    from common.context_inputs import EFFECTIVE, IN_CONTEXT
+    from gradient_steering import check_gradient_steering
+
+    t = pd.read_csv(run / "in_context.csv").set_index(["statistic", "inputs"])
+    orig = t.loc[("median self-rank of category words, original", IN_CONTEXT)]
+    assert orig.n_tokens >= 100 and orig.value > 100
+    r = pd.read_csv(run / "self_ranks.csv")
+    eff = r[(r.variant == "original") & (r.kind == "category")]["rank"].median()
+    assert t.loc[("median self-rank of category words, original", EFFECTIVE)].value == eff
+    assert ("median self-rank of category words, gradient promote", IN_CONTEXT) in t.index
+    assert "in_context" in check_gradient_steering(run).numbers

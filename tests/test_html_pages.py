@@ -1,4 +1,4 @@
-"""Every HTML page the repo writes opens offline and renders (common/browser.py).
+"""Every HTML page the repo writes opens offline and renders (tests/browser.py).
 
 * the checker itself: remote references are found in tags but not in script text; a blank or
   CDN-dependent page is reported as such by a real headless Chromium;
@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pytest
 
-from common.browser import check_page, find_chromium, image_stats, network_references
+from browser import check_page, find_chromium, image_stats, network_references
 from common.outputs import FIGURES
 
 needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")

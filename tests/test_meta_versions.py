@@ -52,7 +52,8 @@ def test_weights_cache_key_changes_with_transformer_lens(monkeypatch):
     """The processed-weights cache is keyed by the real versions: a transformer_lens upgrade
     rebuilds it (with "unknown" it never would)."""
     from common import outputs
-    from common.weights_cache import Source, digest, make_key
+    from common.disk_cache import digest
+    from common.weights_cache import Source, make_key
 
     src = Source(route="r", origin="o", files={}, code="c", build=lambda: None, tokenizer=lambda: None)
     key = make_key(src)

@@ -202,13 +202,14 @@ def _expected_file_ids(tokenizer, folder, chunk_chars=64):
 
 def test_file_ids_are_streamed_cached_and_mapped(tmp_path, tokenizer, text_cache, monkeypatch):
     import common.natural_text as nt
+    import common.text_ids_cache as tc
 
     corpus = tmp_path / "corpus"
     _write_corpus(corpus)
     want = _expected_file_ids(tokenizer, corpus)
     assert nt.read_text_path(corpus) == "\n".join(
         f.read_text(encoding="utf-8", errors="replace") for f in sorted(corpus.rglob("*.txt")))
-    ids, description = nt.script_text_ids(str(corpus), "planted", tokenizer)
+    ids, description = tc.script_text_ids(str(corpus), "planted", tokenizer)
     assert description == f"local text {corpus}"
     assert ids.tolist() == want
     assert isinstance(ids, np.memmap) and not ids.flags.writeable and ids.dtype == np.uint16
@@ -221,27 +222,27 @@ def test_file_ids_are_streamed_cached_and_mapped(tmp_path, tokenizer, text_cache
 
     with monkeypatch.context() as m:
         m.setattr(nt, "encode_chunks", no_encoding)
-        again, _ = nt.script_text_ids(str(corpus), "planted", tokenizer)
+        again, _ = tc.script_text_ids(str(corpus), "planted", tokenizer)
     assert again.tolist() == want
     # A changed file is a new key: tokenised again, the old entry removed.
     with open(corpus / "a.txt", "a", encoding="utf-8") as f:
         f.write("one more line\n")
-    changed = nt.file_ids(corpus, tokenizer)
+    changed = tc.file_ids(corpus, tokenizer)
     assert changed.tolist() == _expected_file_ids(tokenizer, corpus) != want
     (new_entry,) = [p for p in text_cache.iterdir()]
     assert new_entry != entry
     # Another chunk size is another key.
     monkeypatch.setattr(nt, "CHUNK_CHARS", 1000)
-    assert nt.file_ids(corpus, tokenizer).tolist() == _expected_file_ids(tokenizer, corpus, 1000)
+    assert tc.file_ids(corpus, tokenizer).tolist() == _expected_file_ids(tokenizer, corpus, 1000)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "entry_json", "missing_ids", "header"])
 def test_corrupt_entry_is_rebuilt(tmp_path, tokenizer, text_cache, capfd, damage):
-    import common.natural_text as nt
+    import common.text_ids_cache as tc
 
     corpus = tmp_path / "corpus"
     _write_corpus(corpus)
-    want = nt.file_ids(corpus, tokenizer).tolist()
+    want = tc.file_ids(corpus, tokenizer).tolist()
     (entry,) = list(text_cache.iterdir())
     ids_path = entry / "ids.npy"
     data = bytearray(ids_path.read_bytes())
@@ -258,28 +259,28 @@ def test_corrupt_entry_is_rebuilt(tmp_path, tokenizer, text_cache, capfd, damage
         data[20:24] = b"XXXX"  # the .npy header's descr
         ids_path.write_bytes(bytes(data))
     capfd.readouterr()
-    ids = nt.file_ids(corpus, tokenizer)
+    ids = tc.file_ids(corpus, tokenizer)
     assert ids.tolist() == want
     err = capfd.readouterr().err
     assert "rebuilding it" in err and len(err.strip().splitlines()) == 1, err
-    assert nt.file_ids(corpus, tokenizer).tolist() == want
+    assert tc.file_ids(corpus, tokenizer).tolist() == want
     assert capfd.readouterr().err == ""  # the rebuilt entry is valid
 
 
 def test_a_folder_without_entry_json_is_replaced_by_a_new_entry(tmp_path, tokenizer, text_cache, capfd):
     """An entry folder that lost its entry.json (an interrupted removal, a hand edit) is not an
     entry: the ids are tokenised again and the folder replaced, as the weights cache does (before
-    the two caches shared common.weights_cache.write_new_entry, the rename failed and the text ids
-    stayed uncached in every later run)."""
-    import common.natural_text as nt
+    the two caches shared one entry writer, now common.disk_cache.write_entry, the rename failed
+    and the text ids stayed uncached in every later run)."""
+    import common.text_ids_cache as tc
 
     corpus = tmp_path / "corpus"
     _write_corpus(corpus)
-    want = nt.file_ids(corpus, tokenizer).tolist()
+    want = tc.file_ids(corpus, tokenizer).tolist()
     (entry,) = list(text_cache.iterdir())
     (entry / "entry.json").unlink()
     capfd.readouterr()
-    ids = nt.file_ids(corpus, tokenizer)
+    ids = tc.file_ids(corpus, tokenizer)
     assert ids.tolist() == want and isinstance(ids, np.memmap)  # cached again, mapped back
     assert "cannot write" not in capfd.readouterr().err
     assert sorted(p.name for p in entry.iterdir()) == ["entry.json", "ids.npy"]
@@ -287,7 +288,7 @@ def test_a_folder_without_entry_json_is_replaced_by_a_new_entry(tmp_path, tokeni
 
 
 def test_unwritable_cache_gives_one_note_and_continues(tmp_path, tokenizer, text_cache, monkeypatch, capfd):
-    import common.natural_text as nt
+    import common.text_ids_cache as tc
 
     corpus = tmp_path / "corpus"
     _write_corpus(corpus)
@@ -296,35 +297,35 @@ def test_unwritable_cache_gives_one_note_and_continues(tmp_path, tokenizer, text
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("L1H5_CACHE", str(blocker))
     capfd.readouterr()
-    assert nt.file_ids(corpus, tokenizer).tolist() == want
-    assert nt.file_ids(corpus, tokenizer).tolist() == want
+    assert tc.file_ids(corpus, tokenizer).tolist() == want
+    assert tc.file_ids(corpus, tokenizer).tolist() == want
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("note: cannot write the text-ids cache") and str(blocker) in err[0]
     monkeypatch.setenv("L1H5_CACHE", str(tmp_path / "off"))
     monkeypatch.setenv("L1H5_TEXT_CACHE", "0")
-    assert nt.file_ids(corpus, tokenizer).tolist() == want
+    assert tc.file_ids(corpus, tokenizer).tolist() == want
     assert not (tmp_path / "off").exists()
 
 
 def test_text_errors_leave_no_entry(tmp_path, tokenizer, text_cache):
-    import common.natural_text as nt
+    import common.text_ids_cache as tc
 
     (tmp_path / "blank.txt").write_text(" \n\t\n")
     with pytest.raises(SystemExit, match="the text is empty"):
-        nt.script_text_ids(str(tmp_path / "blank.txt"), "planted", tokenizer)
+        tc.script_text_ids(str(tmp_path / "blank.txt"), "planted", tokenizer)
     with pytest.raises(SystemExit, match="no such file"):
-        nt.script_text_ids(str(tmp_path / "missing.txt"), "planted", tokenizer)
+        tc.script_text_ids(str(tmp_path / "missing.txt"), "planted", tokenizer)
     assert not text_cache.exists() or not any(text_cache.iterdir())
     if os.geteuid() != 0:  # root reads anything
         (tmp_path / "secret.txt").write_text("x")
         (tmp_path / "secret.txt").chmod(0)
         with pytest.raises(SystemExit, match="cannot read"):
-            nt.script_text_ids(str(tmp_path / "secret.txt"), "planted", tokenizer)
+            tc.script_text_ids(str(tmp_path / "secret.txt"), "planted", tokenizer)
 
 
 def test_demo_text_is_tokenised_uncached(tokenizer, text_cache):
     from common.demo_corpus import demo_text
-    from common.natural_text import script_text_ids
+    from common.text_ids_cache import script_text_ids
 
     ids, description = script_text_ids(None, "planted", tokenizer)
     assert "demo" in description

@@ -92,5 +92,25 @@ def figure_with_overhangs():
 
 def test_save_figure_writes_what_savefig_tight_writes(tmp_path):
     reference = pixels(figure_with_overhangs())
-    path = plotting.save_figure(figure_with_overhangs(), tmp_path / "f.png")
+    path = plotting.save_figure(figure_with_overhangs(), tmp_path / "f.png", None)
     assert np.array_equal(np.asarray(Image.open(path)), reference)
+
+
+def test_weights_footnote_is_the_text_the_caller_passes(tmp_path):
+    """save_figure writes "weights: <text>" under the figure from its argument alone (no meta.json
+    is read: the folder holds one that says otherwise), once however often it is stamped."""
+    import json
+
+    from common.genuine_weights import Verdict
+    from common.results import verdict_text
+
+    meta = {"weights": Verdict("planted", "planted").to_meta()}
+    assert verdict_text(meta) == "planted" and verdict_text({}) is None and verdict_text({"weights": "x"}) is None
+    (tmp_path / "meta.json").write_text(json.dumps({"weights": {"verdict": "not gpt2-small: from disk"}}))
+    fig = plt.figure()
+    plotting.stamp_weights(fig, verdict_text(meta))
+    plotting.save_figure(fig, tmp_path / "f.png", verdict_text(meta))  # stamps again: adds nothing
+    assert [t.get_text() for t in fig.texts] == ["weights: planted"] and (tmp_path / "f.png").stat().st_size
+    fig = plt.figure()
+    plotting.save_figure(fig, tmp_path / "g.png", None)  # no verdict recorded: no footnote
+    assert fig.texts == []

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from common.browser import check_page, find_chromium, network_references
+from browser import check_page, find_chromium, network_references
 from common.outputs import FIGURES
 from common.report import build_report, evaluate, read_claims
 from run_all import all_claims
@@ -87,7 +87,7 @@ def test_other_models_are_measured_never_judged(root, tmp_path):
         ran = [r for r in rows if r["status"] != "not run"]
         assert ran and {r["status"] for r in ran} <= {"measured", "shown"}
         assert {r["id"] for r in ran if r["status"] == "shown"} == {"rank-grid", "rules-explained", "succession",
-                                                                     "self-rank"}
+                                                                     "self-rank", "reader"}
 
 
 def test_genuine_weights_are_judged_against_the_published_numbers(root, tmp_path):
@@ -107,4 +107,5 @@ def test_genuine_weights_are_judged_against_the_published_numbers(root, tmp_path
     assert rows["spectrum"]["status"] == "differs"  # 29 of 64, 4.75 vs 0.27: not the post's 33, 1.86, 1.34
     assert rows["skew-downstream"]["status"] == "reproduced"  # both drops have the published sign, CIs excluding 0
     assert rows["self-rank"]["status"] == "shown"
+    assert rows["reader"]["status"] == "shown"  # no published number: a measurement on gpt2-small
     assert {r["status"] for r in rows.values()} <= {"reproduced", "differs", "inconclusive", "shown", "not run"}

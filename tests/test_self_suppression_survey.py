@@ -285,3 +285,20 @@ def test_real_gpt2_small_attention_weights_survey(tmp_path_factory):
                                           "(wte.weight, h.0-11.mlp.c_fc.weight, h.0-11.mlp.c_proj.weight)")
     assert meta["weights_only_inputs_genuine"]  # what these statistics read is verified genuine
     assert not (out / "token_self_scores.csv").exists()
+
+
+def test_in_context_self_rank_beside_the_effective_one(run, truth):
+    """in_context.csv: the category words' self-rank percentile on their true layer inputs in the
+    demo text; planted, the target's own key is still ranked lowest of its layer (self logit -6
+    against +12 for a same-category key), and the claim's evidence carries both numbers."""
+    from common.context_inputs import IN_CONTEXT
+    from self_suppression_survey import check_self_rank
+
+    layer, head = truth["target"]
+    t = pd.read_csv(run / "in_context.csv").set_index(["statistic", "inputs"])
+    me = t.loc[(f"mean self-rank percentile L{layer}H{head} (category words)", IN_CONTEXT)]
+    other = t.loc[("best other head of the layer", IN_CONTEXT)]
+    assert me.n_tokens >= 100 and me.value > 0.99 > other.value
+    ev = check_self_rank(run)
+    assert ev.numbers["in_context"][f"mean self-rank percentile L{layer}H{head} (category words)"][IN_CONTEXT] == me.value
+    assert "in context over" in ev.note

@@ -1,10 +1,8 @@
-"""succession_ablation.py: succession cases, the effect of ablating L1H5 on them, and the heads that
-read L1H5 (planted model; real gpt2-small attention weights where ../shared is present).
+"""succession_ablation.py: succession cases and the effect of ablating L1H5 on them (planted model).
+The heads that read L1H5 are composition.py's (tests/test_composition.py).
 
 Ground truth: the order of days and months (facts written out here), hand-made text with known
-successions, an unbatched re-computation of the ablation by hand, TransformerLens' all-pairs
-composition scores, a Gram-matrix computation of the composition scores in float64 from the raw
-shared tensors, and (planted v3) the reader head built into the planted model."""
+successions, and an unbatched re-computation of the ablation by hand."""
 
 import json
 
@@ -15,7 +13,6 @@ import torch
 
 from conftest import check_help_and_common_errors, run_script
 from script_run import run_then_render
-from shared_weights import requires_shared
 
 SCRIPT = "succession_ablation.py"
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -40,9 +37,10 @@ def run(runs):
 
 
 def test_outputs_and_cases(run, tokenizer):
-    for f in ("cases.csv", "dropped_cases.csv", "effects.csv", "effect_summary.csv", "effects.png", "composition.csv",
-              "composition_pairs.csv", "summary.json", "meta.json"):
+    for f in ("cases.csv", "dropped_cases.csv", "effects.csv", "effect_summary.csv", "effects.png", "summary.json",
+              "meta.json"):
         assert (run / f).exists(), f
+    assert not list(run.glob("composition*"))  # composition.py's outputs, not this script's
     cases = pd.read_csv(run / "cases.csv", keep_default_na=False)
     summary = json.loads((run / "summary.json").read_text())
     assert set(cases.category) <= set(CATEGORIES.split(","))
@@ -144,7 +142,7 @@ def test_verdict_bands():
 def test_render_redraws_from_saved_files(runs):
     """render(out_dir) drew every figure into a folder that held only the saved results."""
     run, paths = runs
-    assert [p.name for p in paths] == ["effects.png"] + (["composition.png"] if len(pd.read_csv(run / "composition.csv")) else [])
+    assert [p.name for p in paths] == ["effects.png"]
     assert all(p.stat().st_size > 0 for p in paths)
 
 
@@ -161,48 +159,6 @@ def test_mining_finds_exactly_the_planted_successions(tokenizer):
     for r, t in zip(rows, tokens):
         assert len(t) <= 6 and t[0] == tokenizer.bos_token_id and ids[r["text_offset"]] == r["answer_id"]
         assert ids[r["text_offset"] - len(t) + 1 : r["text_offset"]] == t[1:]
-
-
-def test_composition_scores_equal_transformer_lens_all_pairs(planted_model):
-    """The writer-by-writer loop gives model.all_composition_scores' numbers for every pair."""
-    from succession_ablation import composition_table
-
-    model = planted_model
-    pairs = composition_table(model)
-    n_l = model.cfg.n_layers
-    assert len(pairs) == 3 * sum(model.cfg.n_heads ** 2 * (n_l - 1 - l) for l in range(n_l))
-    for mode in "QKV":
-        ref = model.all_composition_scores(mode)
-        sub = pairs[pairs["mode"] == mode]
-        want = ref[sub.writer_layer.to_numpy(), sub.writer_head.to_numpy(), sub.reader_layer.to_numpy(),
-                   sub.reader_head.to_numpy()].numpy()
-        np.testing.assert_allclose(sub.score.to_numpy(), want, rtol=1e-4, atol=1e-6)
-
-
-def test_composition_scores_equal_transformer_lens_per_writer_to_round_off(planted_model):
-    """Reader layer by reader layer gives TransformerLens' composition_scores of one writer against
-    every later layer at once (the previous writer-by-writer computation) to float32 round-off:
-    rtol 1e-5, atol 5e-7 (each is within 1.3e-6 relative, 1.1e-7 absolute of the float64 scores
-    here). Not bit for bit: the two batch the SVDs and matmuls differently (one layer's heads vs
-    one writer against all later layers), and the kernels' round-off depends on the batch shape,
-    differently on different CPUs."""
-    from transformer_lens.utilities import composition_scores
-
-    from succession_ablation import composition_table
-
-    model = planted_model
-    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
-    pairs = composition_table(model)
-    QK = model.QK[1:]
-    rights = {"Q": QK, "K": QK.T, "V": model.OV[1:]}
-    rl, rh = np.meshgrid(np.arange(1, n_l), np.arange(n_h), indexing="ij")
-    for mode in "QKV":
-        for l in range(n_l - 1):
-            for h in range(n_h):
-                want = composition_scores(model.OV[l, h], rights[mode]).float().numpy()[rl > l]
-                got = pairs[(pairs["mode"] == mode) & (pairs.writer_layer == l) & (pairs.writer_head == h)]
-                assert (got.reader_layer.to_numpy() == rl[rl > l]).all() and (got.reader_head.to_numpy() == rh[rl > l]).all()
-                np.testing.assert_allclose(got.score.to_numpy(), want, rtol=1e-5, atol=5e-7)
 
 
 def test_ablations_from_the_cached_residual_equal_whole_model_runs(planted_model, tokenizer, truth):
@@ -230,109 +186,13 @@ def test_ablations_from_the_cached_residual_equal_whole_model_runs(planted_model
             assert torch.allclose(clean[i], alone, atol=1e-4)
 
 
-def test_reader_head_comes_out_on_top(planted_model, truth):
-    # TEMPORARY guard: planted v2 has no layer after L1H5, so no reader; remove this skip once
-    # planted v3 (with ground_truth()["reader_head"] and ["reader_composition"]) is merged.
-    from succession_ablation import composition_table, readers_of
-
-    L, H = truth["target"]
-    readers = readers_of(composition_table(planted_model), L, H)
-    mode = truth["reader_composition"]
-    top = readers[readers["mode"] == mode].iloc[0]
-    assert [int(top.reader_layer), int(top.reader_head)] == list(truth["reader_head"])
-    assert top["rank"] == 1 and top.z > 3  # and it stands out from every head pair of the model
-
-
-def _real_attention_model(vocab: int = 64):
-    """gpt2-small's real attention weights (../shared) in a HookedTransformer, processed like
-    common.model.load_local_folder (fold_ln, centred writing weights): the attention circuits of
-    bench/build_model.py's model, with a tiny random vocabulary and zero MLP matrices (composition
-    scores read neither)."""
-    from types import SimpleNamespace as NS
-
-    from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-    from transformers import GPT2Config
-
-    from common.model import gpt2_tl_config
-    from shared_weights import load_shared_gpt2_state_dict
-
-    sd = load_shared_gpt2_state_dict()
-    d, n_l = 768, 12
-    wte = torch.randn(vocab, d, generator=torch.Generator().manual_seed(0)) * 0.14
-
-    def lin(name, w=None):
-        return NS(weight=sd[f"{name}.weight"] if w is None else w, bias=sd[f"{name}.bias"])
-
-    blocks = [NS(ln_1=lin(f"h.{i}.ln_1"), ln_2=lin(f"h.{i}.ln_2"),
-                 attn=NS(c_attn=lin(f"h.{i}.attn.c_attn"), c_proj=lin(f"h.{i}.attn.c_proj")),
-                 mlp=NS(c_fc=lin(f"h.{i}.mlp.c_fc", torch.zeros(d, 4 * d)),
-                        c_proj=lin(f"h.{i}.mlp.c_proj", torch.zeros(4 * d, d)))) for i in range(n_l)]
-    hf = NS(transformer=NS(wte=NS(weight=wte), wpe=NS(weight=sd["wpe.weight"]), h=blocks, ln_f=lin("ln_f")),
-            lm_head=NS(weight=wte))
-    cfg = gpt2_tl_config(GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=d, n_layer=n_l, n_head=12))
-    model = HookedTransformer(cfg, move_to_device=False)
-    model.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=True, center_writing_weights=True,
-                                      center_unembed=True, fold_value_biases=True,
-                                      refactor_factored_attn_matrices=False)
-    return model, sd
-
-
-def _gram_composition(sd, writer, n_l=12, n_h=12, dh=64):
-    """Q/K/V composition scores of ``writer`` with every later head, in float64 from the raw HF
-    tensors: LN weight folded into W_Q/W_K/W_V and their rows centred, W_O's rows centred; then
-    ||A B||_F / (||A||_F ||B||_F) through 64 x 64 Gram matrices (no SVD, no TransformerLens)."""
-    folded = {}
-
-    def head(l, h):
-        if l not in folded:
-            w = sd[f"h.{l}.attn.c_attn.weight"].double() * sd[f"h.{l}.ln_1.weight"].double()[:, None]
-            folded[l] = w - w.mean(0)
-        w = folded[l]
-        q, k, v = (w[:, j * 768 + h * dh : j * 768 + (h + 1) * dh] for j in range(3))
-        o = sd[f"h.{l}.attn.c_proj.weight"].double()[h * dh : (h + 1) * dh]
-        return q, k, v, o - o.mean(1, keepdim=True)
-
-    _, _, va, oa = head(*writer)
-    gv = va.T @ va
-    norm_a = torch.sqrt(torch.trace(gv @ (oa @ oa.T)))  # ||W_V W_O||_F
-    out = {}
-    for l in range(writer[0] + 1, n_l):
-        for h in range(n_h):
-            q, k, v, o = head(l, h)
-            gq, gk = q.T @ q, k.T @ k
-            # right matrix X Y^T: ||W_V (W_O X) Y^T||_F^2 = tr(G_V M G_Y M^T) with M = W_O X
-            for mode, (x, g_y, norm_b2) in {"Q": (q, gk, torch.trace(gq @ gk)),
-                                           "K": (k, gq, torch.trace(gq @ gk)),
-                                           "V": (v, o @ o.T, torch.trace((v.T @ v) @ (o @ o.T)))}.items():
-                m = oa @ x
-                out[(mode, l, h)] = float(torch.sqrt(torch.trace(gv @ m @ g_y @ m.T)) / norm_a / torch.sqrt(norm_b2))
-    return out
-
-
-@requires_shared
-def test_real_gpt2_small_readers_of_l1h5():
-    from succession_ablation import composition_table, readers_of
-
-    model, sd = _real_attention_model()
-    pairs = composition_table(model, writers=[(1, 5)])
-    want = _gram_composition(sd, (1, 5))
-    got = {(r.mode, r.reader_layer, r.reader_head): r.score for r in pairs.itertuples()}
-    assert set(got) == set(want) and len(got) == 3 * 10 * 12
-    np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-4)
-    readers = readers_of(pairs, 1, 5)
-    for mode in "QKV":
-        best = max((k for k in want if k[0] == mode), key=want.get)
-        top = readers[readers["mode"] == mode].iloc[0]
-        assert (mode, top.reader_layer, top.reader_head) == best
-
-
 @pytest.mark.parametrize("args, message", [
     (["--categories", "days,colours"], "unknown category 'colours'"),
     (["--n-boot", "5"], "--n-boot must be at least"),
     (["--text", "{short}"], "text too short"),
     (["--cases", "{multi}", "--n-mined", "0"], "no curated case survives tokenization"),
     (["--control-heads", "5"], "is not another head"),
+    (["--composition-only"], "python composition.py --model planted"),  # moved to its own script
 ])
 def test_bad_input(tmp_path, args, message, planted_model):
     """In-process: a one-line SystemExit, and nothing written to the output folder."""
@@ -354,7 +214,7 @@ def test_help_and_common_errors(tmp_path, capsys, planted_model):
     from succession_ablation import main
 
     text = check_help_and_common_errors(main, tmp_path, capsys)
-    assert "--composition-only" in text and "--categories" in text
+    assert "--categories" in text and "--composition-only" not in text  # moved to composition.py
 
 
 def test_bad_input_subprocess(tmp_path):

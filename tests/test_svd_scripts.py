@@ -238,3 +238,34 @@ def test_help_and_bad_input(script, bad, tmp_path, capsys, planted_model):
         main(["--model", "planted", "--out", str(tmp_path), *bad])
     assert e.value.code != 0
     assert bad[0] in capsys.readouterr().err + str(e.value.code)
+
+
+def test_group_scaling_in_context(scaling):
+    """in_context.csv: the claim's numbers on the group tokens' true layer inputs in the demo text.
+    Planted: removing the negative eigenvalues makes every token its own top key (self logit +16
+    against +12 for a same-category key), unmodified never (-6)."""
+    from common.context_inputs import EFFECTIVE, IN_CONTEXT
+    from svd_group_scaling_heatmap import check_eigen_steering
+
+    t = pd.read_csv(scaling / "in_context.csv").set_index(["statistic", "inputs"])
+    top = t.loc[("share of group tokens whose own key is the top key at alpha 0", IN_CONTEXT)]
+    med = t.loc[("median self-rank over the vocabulary at alpha 1", IN_CONTEXT)]
+    assert top.n_tokens == 30 and top.value >= 0.9 and med.value >= 100
+    ev = check_eigen_steering(scaling)
+    eff = t.loc[("share of group tokens whose own key is the top key at alpha 0", EFFECTIVE)].value
+    assert eff == ev.numbers["self_top_share_alpha0"]  # the effective row is the number the claim judges
+    assert "in_context" in ev.numbers and "in context over 30 tokens" in ev.note
+
+
+def test_rank_grid_in_context(rank_grid):
+    from common.context_inputs import EFFECTIVE, IN_CONTEXT
+    from svd_rank_ablation import check_rank_grid
+
+    t = pd.read_csv(rank_grid / "in_context.csv").set_index(["statistic", "inputs"])
+    g = pd.read_csv(rank_grid / "grid.csv")
+    assert t.loc[("best acc@1 over the grid", EFFECTIVE)].value == pytest.approx(g["acc@1"].max())
+    unedited = t.loc[("unedited mean self-rank", IN_CONTEXT)]
+    best = t.loc[("best acc@1 over the grid", IN_CONTEXT)]
+    assert unedited.n_tokens >= 100 and unedited.value > 100  # planted: self never the top key unedited
+    assert best.value >= 0.9  # ... and the top key once the negative eigenvalues are removed
+    assert "in_context" in check_rank_grid(rank_grid).numbers

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import weights_cache
+from common import disk_cache, weights_cache
 from common.model import _load, load_local_folder
 
 PROMPT = [50256, 3797, 3290, 2266, 4171, 3797, 15496, 11, 995, 0, 3797]
@@ -46,7 +46,7 @@ def cache(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     monkeypatch.setenv("L1H5_CACHE", str(root))
     monkeypatch.delenv(weights_cache.ENV_SWITCH, raising=False)
-    weights_cache._NOTED.clear()
+    disk_cache.NOTED.clear()
     return root
 
 
@@ -151,8 +151,8 @@ def test_copied_entry_is_verified_then_trusted(folder, cache_with_entry, monkeyp
     """A copied entry (new inode and ctime) is hashed once, then its new stat signature is
     recorded, so later loads skip the hash."""
     hashed = []
-    real = weights_cache.sha256_file
-    monkeypatch.setattr(weights_cache, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    real = disk_cache.sha256_file
+    monkeypatch.setattr(disk_cache, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
     builds = count_builds(monkeypatch)
     _load(str(folder), "cpu")
     _load(str(folder), "cpu")
@@ -180,11 +180,11 @@ def _truncate(path: Path) -> None:
 
 
 def _garbage_entry_json(path: Path) -> None:
-    (path.parent / weights_cache.ENTRY).write_text("{not json")
+    (path.parent / disk_cache.ENTRY).write_text("{not json")
 
 
 def _stale_versions(path: Path) -> None:
-    meta_path = path.parent / weights_cache.ENTRY
+    meta_path = path.parent / disk_cache.ENTRY
     meta = json.loads(meta_path.read_text())
     meta["key"]["versions"]["transformer_lens"] = "0.0.1"
     meta_path.write_text(json.dumps(meta))
