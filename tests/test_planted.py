@@ -1,7 +1,8 @@
-"""The planted model (v3) has, on the BUILT model (load_model("planted")), every property its
-construction promises: the three rules in L1H5 only, a decoy, a reader, BOS-heavy later heads,
-gpt2-small-like biases and layer norms, full-rank generic heads with the planted eigenvalue gap,
-positions as large as tokens, a position- and content-dependent layer 0, a positional head.
+"""The planted model (v4) has, on the BUILT model (load_model("planted")), every property its
+construction promises: the three rules in L1H5 only (followed as imperfectly as in gpt2-small: modest
+logits and a large generic part), a decoy, a reader, BOS-heavy later heads, gpt2-small-like biases
+and layer norms, full-rank generic heads with the designed spectrum, positions as large as tokens,
+a position- and content-dependent layer 0, a positional head.
 
 Expected numbers come from common/planted.py's construction (its constants and ground_truth()),
 or from linear algebra done here with numpy, never from the analysis code under test."""
@@ -16,7 +17,8 @@ import torch
 from common import planted as P
 from common.ablation import collect_activations, mean_ablation_hooks
 from common.metrics import all_head_patterns, head_survey
-from common.prompts import CATEGORIES, category_prompts, random_token_prompts
+from common.prompts import (CATEGORIES, category_prompts, random_token_prompts, self_and_copies_mask,
+                             token_category_map)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def weight_stats(tensors) -> dict[str, list[float]]:
 
 def test_weights_match_the_recorded_build():
     tensors, truth = P.build_state_dict(seed=0)
-    assert truth["version"] == "planted-v3"
+    assert truth["version"] == P.VERSION == "planted-v4"
     recorded = json.loads(STATS_FILE.read_text())
     stats = weight_stats(tensors)
     assert list(stats) == list(recorded)
@@ -96,52 +98,133 @@ def test_categories_are_realised_in_the_embedding(planted_model, truth, tokenize
 
 
 # -- the rules, the decoy, the cross-layer ranking --------------------------------------------------------------
-def test_survey_ranking_across_all_layers(survey, truth):
-    """L1H5 is the best rule-follower of all 24 heads, the decoy second, clearly apart from both."""
-    _, s = survey
+def _designed_pattern(tokens, mask, tokenizer, same_category, self_and_copies, bos):
+    """The attention a head with exactly the designed logits would give on ``tokens`` (torch here,
+    no analysis code): ``same_category`` for every earlier word of the query's category other than
+    its own token, ``self_and_copies`` for the query itself and earlier copies, ``bos`` for BOS, 0
+    for every other word (no generic part)."""
+    n = tokens.shape[1]
+    visible = torch.ones(n, n, dtype=torch.bool).tril()
+    cat_of = token_category_map(tokenizer)
+    cats = torch.tensor([[cat_of.get(int(t), -1) for t in row] for row in tokens.tolist()])
+    same_cat = (cats[:, :, None] == cats[:, None, :]) & (cats[:, :, None] >= 0) & visible
+    same_cat[:, :, 0] = False
+    same_tok = self_and_copies_mask(tokens)
+    logit = torch.zeros(mask.shape, dtype=torch.float64)
+    logit += same_category * (same_cat & ~same_tok) + self_and_copies * same_tok
+    logit[:, :, 0] = bos
+    return logit.masked_fill(~visible, -torch.inf).softmax(-1)
+
+
+def _score(pattern, mask):
+    """The repo's semantic score, written out: mean over queries q >= 1 of -log(mass on the ideal keys)."""
+    return float(-torch.log((pattern * mask).sum(-1).clamp_min(1e-6))[:, 1:].mean())
+
+
+def test_survey_ranking_across_all_layers(survey, truth, tokenizer):
+    """L1H5 is the best rule-follower of all 24 heads, the decoy second, every other head no better
+    than uniform attention.
+
+    Expected values (v4; v3's perfect head scored under 0.1): the score that L1H5's designed logits
+    (same category 3.75, self and copies -6, BOS 5.5, every other word 0) give on this batch,
+    computed here (0.98 at seed 11; measured 0.97): the generic part adds random logits of a few
+    units that move mass both ways, so the measured score stays within 0.3 of it. The decoy's
+    designed logits (category 2 for every same-category key, self included, BOS 4) give 1.42
+    (measured 1.48). Uniform attention over the visible keys (2.59) is the floor no generic head
+    beats (their lowest: 2.73)."""
+    batch, s = survey
     score = s["score"].mean(-1)  # [layer, head]
     assert score.shape == (truth["n_layers"], P.N_HEADS)
     (L, H), (DL, DH) = truth["target"], truth["decoy_head"]
     assert DL >= 2
-    assert score[L, H] < 0.1
-    assert 0.5 < score[DL, DH] < 1.6
+    T, M = batch.tokens, batch.mask
+    design = _score(_designed_pattern(T, M, tokenizer, P.LOGIT_SAME_CATEGORY, P.LOGIT_SELF, P.LOGIT_BOS), M)
+    decoy = _score(_designed_pattern(T, M, tokenizer, P.LOGIT_DECOY_CATEGORY, P.LOGIT_DECOY_CATEGORY,
+                                     P.LOGIT_DECOY_BOS), M)
+    uniform = _score(_designed_pattern(T, M, tokenizer, 0.0, 0.0, 0.0), M)
+    assert design < decoy - 0.25 and decoy < uniform - 1.0  # the construction's own ordering
+    assert abs(score[L, H] - design) < 0.3, (float(score[L, H]), design)
+    assert abs(score[DL, DH] - decoy) < 0.3, (float(score[DL, DH]), decoy)
     rest = score.clone()
     rest[L, H] = rest[DL, DH] = float("inf")
-    assert rest.min() > score[DL, DH] + 1.0
+    assert rest.min() > uniform, (float(rest.min()), uniform)
+    assert score[L, H] < score[DL, DH] - 0.25
     order = score.flatten().argsort()[:2].tolist()
     assert order == [L * P.N_HEADS + H, DL * P.N_HEADS + DH]
 
 
-def test_self_suppression_and_the_decoy_does_not(survey, truth):
-    _, s = survey
+def test_self_suppression_and_the_decoy_does_not(survey, truth, tokenizer):
+    """Rule 2 in L1H5 only. Design: L1H5 gives self and copies LOGIT_SELF - LOGIT_SAME_CATEGORY =
+    -9.75 logits against a category word (e^-9.75 = 6e-5 per key), so their mass is negligible
+    (designed logits on this batch, computed here: 1e-5) -- far below v3's threshold 0.05 too;
+    the decoy gives self the category logit (it reads C, which self shares), so its mass on self
+    and copies against its mass on other category words follows the key counts: the ratio the
+    decoy's designed logits give on this batch (1.13, computed here; measured 1.12), against
+    under 0.01 for L1H5. In-category mass (v4: 0.28, not v3's > 0.5; the rest leaks to BOS and,
+    through the generic part, to unrelated words): still over twice the decoy's and every generic
+    head's (at most 0.09)."""
+    batch, s = survey
     (L, H), (DL, DH) = truth["target"], truth["decoy_head"]
-    assert s["mass"]["self_and_copies"][L, H] < 0.05
-    assert s["mass"]["in_category"][L, H] > 0.5
-    # the decoy follows rule 1 in part and breaks rule 2: much of its mass on itself and copies
-    assert s["mass"]["self_and_copies"][DL, DH] > 0.2
-    assert s["mass"]["in_category"][DL, DH] > 0.15
+    T, M = batch.tokens, batch.mask
+    same, in_cat = self_and_copies_mask(T), M.clone()
+    in_cat[:, :, 0] = False
+
+    def masses(pat):
+        return [float((pat * part).sum(-1)[:, 1:].mean()) for part in (same, in_cat)]
+
+    d_self, d_cat = masses(_designed_pattern(T, M, tokenizer, P.LOGIT_DECOY_CATEGORY, P.LOGIT_DECOY_CATEGORY,
+                                             P.LOGIT_DECOY_BOS))
+    t_self, _ = masses(_designed_pattern(T, M, tokenizer, P.LOGIT_SAME_CATEGORY, P.LOGIT_SELF, P.LOGIT_BOS))
+    sc, ic = s["mass"]["self_and_copies"], s["mass"]["in_category"]
+    assert t_self < 1e-4 and sc[L, H] < 1e-3
+    assert sc[L, H] / ic[L, H] < 0.01
+    ratio = float(sc[DL, DH] / ic[DL, DH])
+    assert abs(ratio / (d_self / d_cat) - 1) < 0.25, (ratio, d_self / d_cat)
+    # the decoy's masses themselves: its designed logits' (0.11 and 0.10), within 30%
+    assert abs(sc[DL, DH] / d_self - 1) < 0.3 and abs(ic[DL, DH] / d_cat - 1) < 0.3
+    others = ic.clone()
+    others[L, H] = -1
+    assert ic[L, H] > 2 * others.max(), (float(ic[L, H]), float(others.max()))
 
 
 def test_bos_fallback(planted_model, tokenizer, truth):
+    """Rule 3: on queries whose only allowed key is BOS, L1H5's mass on BOS is the construction's
+    own measurement (truth design_masses, the designed layers in numpy on the calibration prompts:
+    0.82; v3's perfect head gave over 0.8 here, v4's 0.72 and 0.87 on these two batches). The
+    tolerance 0.15 covers the change of prompts (the calibration prompts are not these; per query
+    the mass ranges 0.37-1.0, as gpt2-small's does). Contrast: every other head of layers 0-1 puts
+    under half as much there."""
     L, H = truth["target"]
+    design = truth["design_masses"]["target_bos_on_bos_only_queries"]
+    assert 0.5 < design < 0.95
     for batch in (category_prompts(tokenizer, 16, 48, seed=5, repeat_prob=0.3),
                   random_token_prompts(tokenizer, 16, 48, n_inserted=8, seed=5)):
-        pat = all_head_patterns(planted_model, batch.tokens, layers=[L])[0, H]
+        pat = all_head_patterns(planted_model, batch.tokens, layers=[0, L])
         no_key = batch.mask[:, :, 0].clone()
         no_key[:, 0] = False
         assert no_key.sum() > 50
-        assert pat[..., 0][no_key].mean() > 0.8
+        bos = pat[..., 0][:, :, no_key].mean(-1)  # [layer, head]
+        assert abs(bos[1, H] - design) < 0.15, (float(bos[1, H]), design)
+        others = bos.clone()
+        others[1, H] = 0
+        assert bos[1, H] > 2 * others.max()
 
 
 # -- later layers: BOS-heavy heads, BOS damage, the reader ---------------------------------------------------------
 def test_later_heads_attend_to_bos(planted_model, tokenizer, truth):
+    """Each BOS head puts on BOS (mean over queries q >= 1) the mass the construction measured on
+    its calibration prompts (truth design_masses: 0.76-0.91, as gpt2-small's later heads, not v3's
+    99%; v3 asserted a mean over 0.8), within 0.05 (the per-head mean over hundreds of queries
+    hardly moves with the prompts: measured within 0.01); the generic heads below do not."""
     assert truth["bos_heads"] and all(l >= 2 for l, _ in truth["bos_heads"])
+    design = torch.tensor(truth["design_masses"]["bos_heads_bos_mass"])
+    assert len(design) == len(truth["bos_heads"]) and ((design > 0.7) & (design < 0.95)).all()
     for batch in (category_prompts(tokenizer, 16, 48, seed=6, repeat_prob=0.2),
                   random_token_prompts(tokenizer, 16, 48, n_inserted=8, seed=6)):
         pat = all_head_patterns(planted_model, batch.tokens)
         bos = pat[..., 1:, 0].mean((-1, -2))  # [layer, head]
         masses = torch.stack([bos[l, h] for l, h in truth["bos_heads"]])
-        assert masses.mean() > 0.8 and masses.min() > 0.5, masses
+        assert (masses - design).abs().max() < 0.05, (masses, design)
         assert bos[0].max() < 0.5 and bos[1].mean() < 0.3  # the generic heads below do not
 
 
@@ -243,19 +326,34 @@ def test_every_head_is_full_rank_and_generic(planted_model, truth):
             assert (eig < -tol).sum() == dh and (eig > tol).sum() == dh, (l, h)
 
 
-def test_planted_eigenvalue_gap(planted_model, truth):
-    """The planted subspace: exactly n_large_negative_eigenvalues below -negative_threshold, within
-    perturbation_bound (Weyl) of the designed -w_U^2; no eigenvalue inside the gap."""
+def test_planted_spectrum(planted_model, truth):
+    """The designed spectrum of L1H5's W_sym (v4: Weyl guarantees no gap any more, truth weyl_gap
+    None; v3 asserted one and a threshold inside it):
+    * the loaded model's d_head negative eigenvalues are the designed ones (truth
+      negative_eigenvalues, float64 on the designed matrices; the folder stores float32);
+    * Weyl, per sorted eigenvalue: the n_large_negative_eigenvalues most negative lie within
+      perturbation_bound of the planted -w_U^2;
+    * the actual spectrum (not a guarantee): its largest ratio between neighbouring negative
+      eigenvalues is right after the N_CODES code eigenvalues, and the N_CODES most negative
+      eigenvectors span most of the identity-code subspace U (truth code_energy_in_most_negative:
+      0.91 at k = N_CODES, each of the first N_CODES adding about 1 / N_CODES, the 28 others
+      together under 0.05: the generic part turns the code eigenvectors partly out of U)."""
     L, H = truth["target"]
     sym, skew = _dense_sym(planted_model, L, H)
     eig = np.linalg.eigvalsh(sym)
-    n, t = truth["n_large_negative_eigenvalues"], truth["negative_threshold"]
-    lo, hi = truth["negative_gap"]
-    assert n == P.N_CODES and hi > 2 * lo and lo < t < hi
-    assert (eig < -t).sum() == n
-    assert not ((eig < -lo) & (eig > -hi)).any()
-    big = np.sort(eig)[:n]
-    assert np.abs(big - truth["planted_negative_eigenvalue"]).max() <= truth["perturbation_bound"] + 1e-5
+    n, dh = truth["n_large_negative_eigenvalues"], P.D_HEAD
+    assert n == P.N_CODES and truth["weyl_gap"] is None
+    designed = np.array(truth["negative_eigenvalues"])
+    assert designed.shape == (dh,) and (np.diff(designed) >= 0).all() and designed[-1] < 0
+    assert np.abs(eig[:dh] - designed).max() < 1e-5 * np.abs(designed).max()
+    big, bound = eig[:n], truth["perturbation_bound"]
+    assert np.abs(big - truth["planted_negative_eigenvalue"]).max() <= bound + 1e-5
+    ratio = eig[: dh - 1] / eig[1:dh]
+    assert int(np.argmax(ratio)) + 1 == n and ratio[n - 1] > 2
+    energy = np.array(truth["code_energy_in_most_negative"])
+    assert energy.shape == (dh,) and (np.diff(energy) >= -1e-12).all()
+    assert 0.85 < energy[n - 1] <= 1 and (np.diff(energy[:n]) > 0.5 / n).all()
+    assert energy[-1] - energy[n - 1] < 0.05
     s_sym, s_skew = np.linalg.norm(sym, 2), np.linalg.norm(skew, 2)
     assert 0 < s_skew < 0.5 * s_sym
 
@@ -307,7 +405,7 @@ def test_layer0_attention_depends_on_position_and_content(planted_model, tokeniz
 
 def test_identity_not_position(planted_model, tokenizer, truth):
     """L1H5's W_Q, W_K are orthogonal to every positional row and to layer-0 attention's output;
-    mean-ablating positions or layer-0 attention leaves its score low but breaks the positional
+    mean-ablating positions or layer-0 attention hardly moves its score but breaks the positional
     head; the token embedding and MLP0 carry the category signal."""
     L, H = truth["target"]
     PL, PH = truth["positional_head"]
@@ -324,15 +422,25 @@ def test_identity_not_position(planted_model, tokenizer, truth):
     def survey(hooks=()):
         return head_survey(m, batch.tokens, batch.mask, hooks=hooks, layers=[0, 1])
 
-    clean = survey()["score"].mean(-1)
-    pos = survey(hooks["hook_pos_embed"])
-    assert clean[L, H] < 0.1 and pos["score"].mean(-1)[L, H] < 0.1
+    clean = survey()
+    score, in_cat = clean["score"].mean(-1)[L, H], clean["mass"]["in_category"][L, H]
+    # the category signal is made from the token embedding by MLP0: without either L1H5 loses
+    # its in-category mass (v4: 0.27 -> 0.03 and 0.001) and its score rises by over 1 (v3 asserted
+    # > 1.0 absolute against a clean score under 0.1; v4's clean score is about 1.0)
+    moved = {}
+    for name in ("hook_embed", "blocks.0.hook_mlp_out"):
+        ablated = survey(hooks[name])
+        moved[name] = ablated["score"].mean(-1)[L, H] - score
+        assert moved[name] > 1.0 and ablated["mass"]["in_category"][L, H] < 0.25 * in_cat, name
+    # positions and layer-0 attention reach L1H5 only through the LN scale and the generic part
+    # (W_Q, W_K are orthogonal to P and A, checked above): they move the score (clean 1.03;
+    # 0.87 and 1.01) by under a quarter of what removing MLP0 does (1.9)
+    for name in ("hook_pos_embed", "blocks.0.hook_attn_out"):
+        shift = survey(hooks[name])["score"].mean(-1)[L, H] - score
+        assert abs(shift) < 0.25 * moved["blocks.0.hook_mlp_out"], (name, float(shift))
     prev = all_head_patterns(m, batch.tokens[:8], layers=[PL])[0, PH].diagonal(-1, -2, -1).mean()
     prev_abl = all_head_patterns(m, batch.tokens[:8], layers=[PL], hooks=hooks["hook_pos_embed"])[0, PH]
     assert prev > 0.9 and prev_abl.diagonal(-1, -2, -1).mean() < 0.3
-    for name in ("hook_embed", "blocks.0.hook_mlp_out"):
-        assert survey(hooks[name])["score"].mean(-1)[L, H] > 1.0, name
-    assert survey(hooks["blocks.0.hook_attn_out"])["score"].mean(-1)[L, H] < 0.1
 
 
 def test_previous_token_head(planted_model, tokenizer, truth):

@@ -9,6 +9,7 @@ import pytest
 from conftest import check_help_and_common_errors, run_main, run_script
 
 import skew_analysis
+from common import planted as P
 
 SCRIPT = "skew_analysis.py"
 FIGURES = ("spectrum_target.png", "spectrum_heads.png", "controls_heatmaps.png", "downstream.png")
@@ -31,13 +32,22 @@ def test_outputs_complete(run):
     assert json.loads((run / "meta.json").read_text())["args"]["top_eigenvalues"] == 64
 
 
-def test_planted_spectrum_recovered(run, truth):
+def test_planted_spectrum_recovered(run, truth, planted_model):
+    """The residual-basis spectrum is the loaded head's (float64 here): its largest |eigenvalue| is
+    the designed most negative one (truth negative_eigenvalues[0]), and the skew part's spectral
+    norm is the dense computation's. v4's generic part is large and has a random skew part
+    (v3 asserted sv_max_skew < 0.2 sv_max_sym: only the BOS term was asymmetric; now 1.37 vs
+    3.66), still under half the symmetric part's, as test_planted checks on the weights."""
     s = pd.read_csv(run / "spectrum_summary.csv")
-    _, h = truth["target"]
+    L, h = truth["target"]
     res = s[(s["head"] == h) & (s.basis == "residual")].iloc[0]
     assert res.n_negative == truth["n_negative_eigenvalues"]
     assert res.n_positive == truth["n_positive_eigenvalues"]
-    assert res.sv_max_skew < 0.2 * res.sv_max_sym  # only the BOS term is asymmetric
+    W = (planted_model.W_Q[L, h].double() @ planted_model.W_K[L, h].double().T).numpy()
+    assert res.sv_max_sym == pytest.approx(-truth["negative_eigenvalues"][0], rel=1e-4)
+    assert res.sv_max_sym == pytest.approx(np.linalg.norm((W + W.T) / 2, 2), rel=1e-4)
+    assert res.sv_max_skew == pytest.approx(np.linalg.norm((W - W.T) / 2, 2), rel=1e-4)
+    assert res.sv_max_skew < 0.5 * res.sv_max_sym
     eff = s[(s["head"] == h) & (s.basis == "effective")].iloc[0]
     assert eff.n_negative >= truth["n_negative_eigenvalues"] - 1
     ev = pd.read_csv(run / "eigenvalues.csv")
@@ -77,16 +87,27 @@ def test_actual_control_row_keeps_b_Q(run, planted_model, truth):
 
 
 def test_controls(run, planted_model, truth):
+    """The actual row: on the 30 group tokens (5 groups of 6) the designed logits give each query
+    3.75 for the 5 other words of its group, -6 for itself, 0 for the 24 others, so
+    5 e^3.75 / (5 e^3.75 + 24 + e^-6) = 0.90 of the mass on its group (v3's 12-logit category
+    term gave nearly 1; v3 asserted > 0.9); v4's generic part leaks some (measured 0.87): within
+    0.1 of the design, and over twice any control's."""
     c = pd.read_csv(run / "controls.csv").set_index("control")
     actual = c.loc[next(i for i in c.index if "actual" in i)]
     n_neg, n_pos = truth["n_negative_eigenvalues"], truth["n_positive_eigenvalues"]
     assert actual.mean_self_attention < 0.01  # self-suppression on the group tokens
-    assert actual.mean_same_group_attention > 0.9
+    e_cat = 5 * np.exp(P.LOGIT_SAME_CATEGORY)
+    design = e_cat / (e_cat + 24 + np.exp(P.LOGIT_SELF))
+    assert abs(actual.mean_same_group_attention - design) < 0.1, (actual.mean_same_group_attention, design)
+    others = c.drop(index=actual.name)
+    assert actual.mean_same_group_attention > 2 * others.mean_same_group_attention.max()
     assert actual.n_negative == n_neg and actual.rank_sym_nonzero == n_neg + n_pos
-    # skew share of the weights, written out: the planted asymmetry is the small N B^T term
+    # skew share of the weights, written out: the planted asymmetry is the N B^T term, v4's large
+    # generic part adds a random skew part (share 0.20; v3: under 0.01); the symmetric part still
+    # dominates (share < 1/2 <=> ||W_skew||_F < ||W_sym||_F)
     W = (planted_model.W_Q[1, 5].double() @ planted_model.W_K[1, 5].double().T)
     share = float(((W - W.T) / 2).norm() ** 2 / W.norm() ** 2)
-    assert actual.skew_share == pytest.approx(share, rel=1e-3) and share < 0.01
+    assert actual.skew_share == pytest.approx(share, rel=1e-3) and share < 0.5
     # The controls' point: a random symmetric W with the SAME inertia as the head (d_head
     # negative and d_head positive eigenvalues, rank 2 d_head) does not suppress self, and a
     # random skew W (self score exactly 0) neither suppresses nor prefers self: the negative
@@ -153,9 +174,16 @@ def test_drops_do_not_depend_on_the_batch(run, planted_model, hooks_and_prompts)
 
 
 def test_skew_removal_lowers_only_bos_logit(planted_model, hooks_and_prompts, truth):
+    import torch
+
     """Construction: the planted skew part is the N B^T (attend to BOS) term; W_sym keeps half
-    of it, so removing the skew part lowers BOS's logit by (bos - bos_from_b_Q) / 2 for every
-    non-BOS query and leaves every self score exactly as it was (x^T W_skew x = 0)."""
+    of it, so removing the skew part lowers BOS's logit by (bos - bos_from_b_Q) / 2 = 1.75 for
+    every non-BOS query and leaves every self score exactly as it was (x^T W_skew x = 0).
+    v4's generic part adds a random skew part, which moves every key's logit: on the non-BOS keys
+    (where the planted term is exactly 0) it is all there is, so their spread sigma (about 1.4)
+    measures it. BOS's mean shift is then the planted -1.75 within 3 sigma / sqrt(n queries)
+    (measured -1.43; v3 asserted +- 0.25 with a tiny generic part), nearly every query's BOS logit
+    falls, and BOS's mean shift is far below the non-BOS keys' (about 0)."""
 
     m = planted_model
     hooks, prompts, _ = hooks_and_prompts
@@ -170,23 +198,53 @@ def test_skew_removal_lowers_only_bos_logit(planted_model, hooks_and_prompts, tr
     d = got["s"] - clean
     assert d.diagonal(dim1=-2, dim2=-1).abs().max() < 1e-4
     expected = -(truth["logits"]["bos"] - truth["logits"]["bos_from_b_Q"]) / 2
+    assert expected == -1.75
+    n = d.shape[-1]
+    non_bos = torch.tril(torch.ones(n, n, dtype=torch.bool), -1)
+    non_bos[:, 0] = False
+    generic = d[:, non_bos]  # [batch, key pairs]: the generic skew part only
+    sigma = float(generic.std())
     bos = d[:, 1:, 0]
-    assert (bos < 0).all()
-    assert float(bos.mean()) == pytest.approx(expected, abs=0.25)
+    assert float((bos < 0).float().mean()) > 0.9
+    assert abs(float(bos.mean()) - expected) < 3 * sigma / np.sqrt(bos.numel()), (float(bos.mean()), sigma)
+    assert float(bos.mean()) < float(generic.mean()) - 1.0
 
 
-def test_downstream_signs(run):
-    """What the post reports, as the construction implies it on same-category lists: ablating the
-    whole head costs the correct next word's logit (the head carries the category the next word
-    shares, and the reader head writes it to the logits); removing only the skew part moves BOS's
-    small share of attention to same-category keys: it does not hurt, and its effect is tiny next
-    to the whole head's."""
+def test_downstream_signs(run, planted_model, hooks_and_prompts):
+    """What the post reports (claim skew-downstream), as the construction implies it on
+    same-category lists: ablating the whole head costs the correct next word's logit (the head
+    carries the category the next word shares, and the reader head writes it to the logits);
+    removing only the skew part lowers BOS's logit (by 1.75, test above) and moves BOS's share of
+    attention to same-category keys: it helps (drop < 0, CI excluding 0). v4's BOS holds a third
+    of L1H5's mass on these prompts (v3: a tiny share, so v3 asserted |skew drop| < 0.05 x the
+    whole head's): the in-category mass rises from m to m' (0.64 -> 0.77, measured here with
+    TransformerLens' pattern hook). If the correct-word logit follows L1H5's in-category mass, the
+    skew part's gain relative to the whole head's loss is about (m' - m) / m (0.22; measured
+    0.25): asserted within a factor 2."""
+    import torch
+
+    from common.prompts import ideal_mask, token_category_map
+
     d = pd.read_csv(run / "downstream_summary.csv").set_index("ablation")
     whole, zero, skew = d.loc["whole head (mean)"], d.loc["whole head (zero)"], d.loc["skew part removed"]
     assert whole.mean_drop - whole.ci95 > 0 and zero.mean_drop - zero.ci95 > 0
-    assert skew.mean_drop - skew.ci95 < 0  # not significantly harmful
-    assert abs(skew.mean_drop) < 0.05 * whole.mean_drop
+    assert skew.mean_drop + skew.ci95 < 0  # significantly helpful: the published direction
     assert skew.mean_drop + skew.ci95 < whole.mean_drop - whole.ci95
+    hooks, prompts, _ = hooks_and_prompts
+    mask = ideal_mask(prompts, token_category_map(planted_model.tokenizer))
+    mask[:, :, 0] = False  # in-category keys only
+
+    def in_cat(extra=()):
+        got = {}
+        planted_model.run_with_hooks(prompts, fwd_hooks=list(extra) + [
+            ("blocks.1.attn.hook_pattern", lambda t, hook: got.update(p=t[:, 5].clone()))], stop_at_layer=2)
+        return float((got["p"] * mask).sum(-1)[:, 1:].mean())
+
+    m, m_edit = in_cat(), in_cat(hooks["skew part removed"])
+    assert m_edit > m
+    predicted = (m_edit - m) / m
+    ratio = -skew.mean_drop / whole.mean_drop
+    assert 0.5 * predicted < ratio < 2 * predicted, (ratio, predicted)
     assert d.loc["full W_QK recomputed (control)"].n_prompts == 8
     summary = json.loads((run / "summary.json").read_text())
     assert summary["downstream_control_max_abs_logit_deviation"] < 1e-3

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from conftest import check_help_and_common_errors, run_main
 
+from common import planted as P
+
 FIGURES = {
     "svd_sym_skew_heatmap": ("scores_heatmaps.png", "patterns_heatmaps.png", "scatter.png"),
     "svd_group_scaling_heatmap": ("scaling_scores.png", "scaling_patterns.png", "self_vs_alpha.png"),
@@ -80,36 +82,60 @@ def test_group_scaling(scaling, truth):
     # vocabulary (the planted positive identity term makes self beat its category at alpha = 0)
     for a in (-1.0, -0.5, 0.0):
         assert (at[a].self_rank_vocab == 0).mean() >= 0.9
-        assert at[a].self_attention_group.mean() > 0.9
+    # self's attention among the 30 group tokens. Design (v4): at alpha = 0 self leads the 5 other
+    # words of its group by LOGIT_IDENTITY = 4 logits and the 24 others by 7.75, so
+    # e^4 / (e^4 + 5 + 24 e^-3.75) = 0.90 of the mass; the generic part's random logits (a few
+    # units) spread it over 0.30-0.95 per token (mean 0.77; v3's tiny generic part kept every
+    # token over 0.9). Flipped (alpha < 0) the codes add their 13.75 logits (x 0.91 of their
+    # energy, truth code_energy_in_most_negative) on top: over 0.9 again. At alpha = 0.5 half the
+    # code term is back: self is again 9.75 - 6.9 = 2.9 logits under its group.
+    design0 = np.exp(P.LOGIT_IDENTITY) / (np.exp(P.LOGIT_IDENTITY) + 5
+                                          + 24 * np.exp(-(P.LOGIT_SAME_CATEGORY + P.LOGIT_IDENTITY) + P.LOGIT_IDENTITY))
+    assert 0.85 < design0 < 0.95
+    group = c.groupby("alpha").self_attention_group.mean()
+    assert group[-1.0] > 0.9 and group[-0.5] > 0.9 and group[0.0] > design0 - 0.25, group
+    assert group[-1.0] >= group[-0.5] >= group[0.0] > 10 * group[0.5] > 10 * group[1.0], group
     assert np.all(np.diff(c.groupby("alpha").self_score.mean().to_numpy()) < 0)  # self score falls with alpha
     s = pd.read_csv(scaling / "scores.csv")
     assert {"unmodified (alpha = 1)", "alpha = 0.5", "alpha = 0", "alpha = -1"} == set(s.panel)
     # --which negative scales every negative eigenvalue: a full-rank head has d_head of them
-    # (Sylvester), the planted 12 identity codes below -threshold and d_head - 12 small generic ones
+    # (Sylvester), the designed ones (truth negative_eigenvalues, float64 on the designed matrices;
+    # v4 has no Weyl-guaranteed gap, so no threshold splits them)
     summary = json.loads((scaling / "summary.json").read_text())
     assert summary["n_selected"] == truth["n_negative_eigenvalues"]
     sel = np.array(summary["selected_eigenvalues"])
     assert len(sel) == truth["n_negative_eigenvalues"] and (sel < 0).all()
-    assert (sel < -truth["negative_threshold"]).sum() == truth["n_large_negative_eigenvalues"]
-    assert (sel[sel < -truth["negative_threshold"]] <= -truth["negative_gap"][1]).all()
-    assert (sel[sel >= -truth["negative_threshold"]] >= -truth["negative_gap"][0]).all()
+    designed = np.array(truth["negative_eigenvalues"])
+    assert np.abs(np.sort(sel) - designed).max() < 1e-5 * np.abs(designed).max()
     assert json.loads((scaling / "meta.json").read_text())["args"]["biases"] is True  # on by default here
 
 
 def test_rank_ablation(rank_grid, truth):
     """Self-rank over the whole vocabulary after scaling the k most negative eigenvalues.
 
-    Construction (common.planted): on a category query the identity codes give self
-    -w_U^2-part = -(self_without_negative_eigenvalues - self) = -22 logits, the positive
-    identity term leaves self at 16 against 12 for its category once they are gone. Scaling
-    the k most negative eigenvalues by s moves the self logit by about 22 f (1 - s), f = the
-    share of the word's code energy in the selected eigenvectors; self tops its category when
-    22 f (1 - s) > 18. k = 12 (every planted code, f = 1): s <= 0 suffices, s = 0.5 does not
-    (11 < 18). k = 1: the codes' shares sum to 1, so f > 18 / 44 at s = -1 holds for at most
-    2 of the 12 codes (<= 28 of the 163 words); k = 11 is not determined by the construction.
-    The other d_head - 12 negative eigenvalues are small (above -negative_gap[0]) and do not
-    change these outcomes.
+    Construction (common.planted, v4): on a category query the identity codes give self
+    -w_U^2-part = -(self_without_negative_eigenvalues - self) = -(7.75 + 6) = -13.75 logits, the
+    positive identity term leaves self at 7.75 against 3.75 for its category once they are gone.
+    Scaling the k most negative eigenvalues by s moves the self logit by about 13.75 f (1 - s),
+    f = the share of the word's code energy in the selected eigenvectors; self tops its category
+    when 13.75 f (1 - s) > 3.75 + 6 = 9.75. k = 12: f is about truth code_energy_in_most_negative
+    [11] = 0.91 (the generic part turns the code eigenvectors partly out of U; v3: f = 1), so s = 0
+    gives self a mean lead of 13.75 * 0.91 - 9.75 = 2.7 logits, which the generic part's random
+    logits (a few units) overturn for a few words: acc@1 >= 0.9 (measured 0.95; v3 asserted 1.0
+    with a 22-logit code term); s = -1 a lead of 15 logits: >= 0.98 (measured 0.99); s = 0.5 a
+    deficit of 9.75 - 6.2 = 3.5 logits: none. k = 40 adds only the other 28 negative eigenvalues
+    (|lambda| < 0.5, together under 0.05 of the code energy): the same outcomes. k = 1: the
+    codes' shares of one eigenvector sum to at most 1, so f > 9.75 / 27.5 = 0.355 at s = -1 holds
+    for at most 2 of the 12 codes (<= 28 of the 163 words); k = 11 is not determined by the
+    construction.
     """
+    code = truth["logits"]["self_without_negative_eigenvalues"] - truth["logits"]["self"]
+    need = truth["logits"]["same_category"] - truth["logits"]["self"]
+    f12 = truth["code_energy_in_most_negative"][truth["n_large_negative_eigenvalues"] - 1]
+    assert code == 13.75 and need == 9.75
+    assert code * f12 > need + 2 and code * f12 * 0.5 < need - 3  # s = 0 wins, s = 0.5 loses, by design
+    assert 2 * code * f12 > need + 12  # s = -1
+    assert 3 * need / (2 * code) > 1  # k = 1: at most 2 codes can reach f > need / (2 code)
     for f in (*FIGURES["svd_rank_ablation"], "grid.csv", "ranks.npz", "summary.json", "meta.json"):
         assert (rank_grid / f).stat().st_size > 0, f
     g = pd.read_csv(rank_grid / "grid.csv")
@@ -122,7 +148,7 @@ def test_rank_ablation(rank_grid, truth):
     for k in (1, n_large, n_neg):  # unmodified: self far down the vocabulary for every word
         assert cell(k, 1.0)["acc@1"] == 0 and cell(k, 1.0).mean_rank > 10_000
     for k in (n_large, n_neg, n_neg + 8):
-        assert cell(k, 0.0)["acc@1"] == 1.0 and cell(k, -1.0)["acc@1"] == 1.0  # the 12 planted codes suffice
+        assert cell(k, 0.0)["acc@1"] >= 0.9 and cell(k, -1.0)["acc@1"] >= 0.98  # the 12 planted codes suffice
         assert cell(k, 0.5)["acc@1"] == 0.0  # halving them does not
     for s in (0.0, -1.0):
         assert cell(1, s)["acc@1"] <= 28 / n_words

@@ -111,27 +111,65 @@ def test_twins_change_only_l1h5_and_what_layer_2_calibrates_on():
 
 
 # -- the mechanisms, broken as declared -----------------------------------------------------------------------
+def _copying_design_self_mass(tokens, truth):
+    """Mass on self and copies that the copying twin's designed logits give on ``tokens`` (torch
+    here): self and copies 2 (3.75 + 4) + 6 = 21.5; a word of another category with the same word
+    index (it shares the identity codes U_j, V_j, now both attracting) 4 + 13.75 = 17.75; another
+    word of the query's category 3.75; BOS 5.5; every other word 0 (no generic part)."""
+    cat, idx = {}, {}
+    for c, ids in enumerate(truth["categories"].values()):
+        for j, t in enumerate(ids):
+            cat[t], idx[t] = c, j
+    n = tokens.shape[1]
+    visible = torch.ones(n, n, dtype=torch.bool).tril()
+    c = torch.tensor([[cat.get(int(t), -1) for t in row] for row in tokens.tolist()])
+    j = torch.tensor([[idx.get(int(t), -1) for t in row] for row in tokens.tolist()])
+    known = c >= 0
+    same_cat = (c[:, :, None] == c[:, None, :]) & known[:, :, None]
+    same_idx = (j[:, :, None] == j[:, None, :]) & known[:, :, None] & ~same_cat
+    same_tok = tokens[:, :, None] == tokens[:, None, :]
+    self_logit = 2 * (P.LOGIT_SAME_CATEGORY + P.LOGIT_IDENTITY) - P.LOGIT_SELF
+    logit = torch.zeros(same_tok.shape, dtype=torch.float64)
+    logit += P.LOGIT_SAME_CATEGORY * (same_cat & ~same_tok) + (self_logit - P.LOGIT_SAME_CATEGORY) * same_idx
+    logit += self_logit * same_tok
+    logit[:, :, 0] = P.LOGIT_BOS
+    pat = logit.masked_fill(~visible, -torch.inf).softmax(-1)
+    same_tok[:, :, 0] = False
+    return float((pat * same_tok).sum(-1)[:, 1:].mean())
+
+
 def test_copying_attends_to_self_and_copies(twins, planted_model, batch, truth):
     """Design: self and copies get 2 (3.75 + 4) + 6 = 21.5 logits against 3.75 for another category
-    word and 5.5 for BOS, so with at most 48 keys (generic logits of a few units) they take nearly
-    all the mass; the plain model gives them -6 (under 0.001, test_planted)."""
+    word and 5.5 for BOS -- but, in v4, only 3.75 more than a word of another category with the same
+    word index (it shares the identity codes, which now attract: 4 + 13.75 = 17.75), so each such
+    key takes e^-3.75 = 2% of self's weight (v3: e^-12). The designed logits give self and copies
+    0.96 of the mass on this batch (computed here; v3 asserted > 0.95 on the argument that
+    nothing came close); the generic part's random logits leak a little more (measured 0.94):
+    within 0.05 of the design. The plain model gives them -6 (under 0.001, test_planted)."""
     model, t = twins["copying"]
     assert t["logits"]["self"] == 2 * (P.LOGIT_SAME_CATEGORY + P.LOGIT_IDENTITY) - P.LOGIT_SELF
     assert t["n_large_negative_eigenvalues"] == 0 and t["weyl_gap"] is None
     twin = mass_split(_pattern(model, batch.tokens), batch.tokens, batch.mask)
     plain = mass_split(_pattern(planted_model, batch.tokens), batch.tokens, batch.mask)
-    assert twin["self_and_copies"] > 0.95 and plain["self_and_copies"] < 0.001
+    design = _copying_design_self_mass(batch.tokens, truth)
+    assert design > 0.9 and abs(twin["self_and_copies"] - design) < 0.05, (float(twin["self_and_copies"]), design)
+    assert plain["self_and_copies"] < 0.001
     # with self attracting, the semantic score (mass on the ideal in-category/BOS keys) collapses
     assert semantic_score(_pattern(model, batch.tokens), batch.mask).mean() > 5
     # W_sym: the identity codes are now 12 large *positive* eigenvalues +w_U^2 (removing the
-    # negative ones cannot turn self on: it already is): the most positive eigenvalues of the twin
-    # exceed the plain model's largest by the code term.
+    # negative ones cannot turn self on: it already is): by Weyl the twin's 12 largest lie within
+    # perturbation_bound (1.55) of w_U^2 (2.94) -- no longer enough to guarantee w_U^2 / 2, so
+    # that is measured -- and above the plain model's largest (v4: 1.56; its generic part is too
+    # large now for that to stay under w_U^2 / 2, as v3 asserted); the plain model's 12 most
+    # negative are below -w_U^2 / 2, the twin's are not.
     def eig(m):
         W = (m.W_Q[TARGET_L, TARGET_H].double() @ m.W_K[TARGET_L, TARGET_H].double().T).numpy()
         return np.linalg.eigvalsh((W + W.T) / 2)
     e_twin, e_plain = eig(model), eig(planted_model)
     w_u2 = -truth["planted_negative_eigenvalue"]
-    assert np.sort(e_twin)[-P.N_CODES] > 0.5 * w_u2 > np.sort(e_plain)[-1]
+    big = np.sort(e_twin)[-P.N_CODES:]
+    assert np.abs(big - w_u2).max() <= t["perturbation_bound"] + 1e-5
+    assert np.sort(e_twin)[-P.N_CODES] > 0.5 * w_u2 and np.sort(e_twin)[-P.N_CODES] > np.sort(e_plain)[-1]
     assert np.sort(e_plain)[P.N_CODES - 1] < -0.5 * w_u2 < np.sort(e_twin)[0]
 
 
@@ -197,7 +235,10 @@ def _mlp0_mean_hook(model, reference):
 
 def test_no_mlp0_survives_mlp0_ablation(twins, planted_model, batch, tokenizer):
     """The twin's category term reads K (written by the token embedding), so mean-ablating MLP0
-    (which writes C) leaves its in-category mass; the plain model's reads C and loses it."""
+    (which writes C) leaves its in-category mass; the plain model's reads C and loses it. (v4: the
+    clean in-category mass is about 0.27, not v3's > 0.5 -- BOS and, through the generic part,
+    unrelated words take the rest, test_planted -- so the clean masses are compared with the
+    plain model's ablated one instead of with 0.5.)"""
     model, t = twins["no-mlp0"]
     assert t["category_read_from"] == "K"
     ref = category_prompts(tokenizer, 12, 48, seed=99, repeat_prob=0.2).tokens
@@ -207,7 +248,7 @@ def test_no_mlp0_survives_mlp0_ablation(twins, planted_model, batch, tokenizer):
 
     twin_clean, twin_abl = in_cat(model), in_cat(model, [_mlp0_mean_hook(model, ref)])
     plain_clean, plain_abl = in_cat(planted_model), in_cat(planted_model, [_mlp0_mean_hook(planted_model, ref)])
-    assert twin_clean > 0.5 and plain_clean > 0.5
+    assert twin_clean > 4 * plain_abl and plain_clean > 4 * plain_abl, (twin_clean, plain_clean, plain_abl)
     assert twin_abl > 0.9 * twin_clean, (twin_clean, twin_abl)
     assert plain_abl < 0.5 * plain_clean, (plain_clean, plain_abl)
 
@@ -277,4 +318,8 @@ def test_skew_twin_breaks_eigen_steering(twins, planted_model, tokenizer):
     beaten = [max(J[i, j] for j in range(6) if j != i) * P.LOGIT_SKEW > P.LOGIT_IDENTITY for i in range(6)]
     assert all(beaten)
     assert _self_top_without_negative_eigenvalues(planted_model, tokenizer) == 1.0
-    assert _self_top_without_negative_eigenvalues(twins["skew"][0], tokenizer) < 0.2
+    # v4: the generic part's random logits keep self on top for a third of the twin's group tokens
+    # (v3 asserted < 0.2); the claim check's "differs" threshold is what the twin must stay under
+    from svd_group_scaling_heatmap import STEER_TOP_BAD
+
+    assert _self_top_without_negative_eigenvalues(twins["skew"][0], tokenizer) < STEER_TOP_BAD
