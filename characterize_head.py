@@ -282,7 +282,7 @@ def render(out_dir) -> list[Path]:
     return paths
 
 
-def report(results: Results) -> None:
+def report(results: Results, out_dir: Path) -> None:
     summary, layer, head = results.summary, results.summary["layer"], results.summary["head"]
     order = results.tables["head_scores"].sort_values("score_mean").reset_index(drop=True)
     t = Table(title="Lowest semantic category scores (lower = follows the three rules)")
@@ -302,6 +302,7 @@ def report(results: Results) -> None:
         o.add_row(r.merge, f"{r.target_score:.3f}", f"±{r.target_score_ci95:.3f}", str(r.target_rank),
                   f"{r.best_other} {r.best_other_score:.3f}", f"{r.bos_only:.3f}", f"{r.changed_queries:.3f}")
     Console().print(o)
+    Console().print(f"outputs: {out_dir}")
 
 
 def cross_model(summaries: list[dict]) -> pd.DataFrame:
@@ -342,7 +343,7 @@ def run_one(args) -> Results:
     write_text(out_dir / f"attention_L{args.layer}H{args.head}.html",
                attention_page(model, batch.tokens[0], args.layer, args.head))
     render(out_dir)
-    report(results)
+    report(results, out_dir)
     return results
 
 

@@ -426,11 +426,11 @@ def write_html_map(path, xy, nodes: pd.DataFrame, edges: pd.DataFrame, shown: np
     return Path(path)
 
 
-def report(results: Results, out_dir: Path, model_name: str) -> None:
+def report(results: Results, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"Published examples ({model_name})")
+    t = Table(title=f"Published examples ({load_meta(out_dir)['args']['model']})")
     for col in ("example", "community", "size", "companions together", "members"):
         t.add_column(col)
     for r in results.tables["examples"].to_dict("records"):
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={"quality": results.summary})
     write_json(out_dir / "quality.json", results.summary)  # the summary, under the name it has always had
     render(out_dir)
-    report(results, out_dir, args.model)
+    report(results, out_dir)
     return 0
 
 

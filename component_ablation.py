@@ -488,7 +488,7 @@ def position_figure(example: pd.DataFrame, pairs: pd.DataFrame, table: pd.DataFr
     return save_figure(fig, path, weights)
 
 
-def report(results: Results) -> None:
+def report(results: Results, out_dir: Path) -> None:
     summary, pos = results.tables["summary"], results.tables["position_independence"]
     layer, head = results.summary["layer"], results.summary["head"]
     t = Table(title=f"L{layer}H{head}: semantic category score under ablation (lower = follows rules)")
@@ -508,6 +508,7 @@ def report(results: Results) -> None:
                    f"{r.max_abs_diff:.3g}", f"{r.mean_abs_diff:.3g}", f"{r.bos_mass_clean:.3f}", f"{r.bos_mass:.3f}",
                    f"{r.pad_mass:.3f}")
     c.print(t2)
+    c.print(f"outputs: {out_dir}")
 
 
 @keeps_state
@@ -522,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     results = compute(model, args)
     save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={k: results.summary[k] for k in META_KEYS})
     render(out_dir)
-    report(results)
+    report(results, out_dir)
     return 0
 
 

@@ -210,7 +210,7 @@ def bins(args) -> tuple[int, int, int]:
     return n_fine, max(1, round(args.window / args.bin_width)), max(1, round(args.step / args.bin_width))
 
 
-def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
+def compute(model, args, qk: FactoredQK, E: torch.Tensor) -> Results:
     """Windowed s[i,j] - s[i,i] by cosine over the N most frequent tokens, and same-category pairs."""
     vocab = model.cfg.d_vocab
     ids, source = resolve_top_tokens(args.model, min(args.n_tokens, vocab - 1), args.freq_table, vocab)
@@ -376,7 +376,7 @@ def report(results: Results, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     head = start_head(args, SCRIPT)
-    results = compute(head.model, head.qk, head.E, args)
+    results = compute(head.model, args, head.qk, head.E)
     save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "token_source": results.summary["token_source"], "n_tokens": results.summary["n_tokens"]})
     render(head.out_dir)

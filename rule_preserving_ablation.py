@@ -513,7 +513,7 @@ def plot_k_curve(df: pd.DataFrame, rules: float, neg0: float, title: str, path: 
     return save_figure(fig, path, weights)
 
 
-def report(results: Results, n_worst: int) -> None:
+def report(results: Results, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -545,7 +545,7 @@ def report(results: Results, n_worst: int) -> None:
     w = Table(title="worst failures of the rules (largest KL(clean, rules))")
     for c in ("#", "context", "token", "head attended", "rules predicted", "KL rules", "KL ablated"):
         w.add_column(c, overflow="fold")
-    for r in results.tables["worst_failures"].head(n_worst).itertuples():
+    for r in results.tables["worst_failures"].head(load_meta(out_dir)["args"]["n_worst"]).itertuples():
         w.add_row(str(r.rank), r.context[-60:], repr(r.token), r.head_attended, r.rules_predicted or "-",
                   f"{r.kl_rules:.3f}", f"{r.kl_ablated:.3f}")
     con.print(w)
@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                  meta={"summary": results.summary, "k_values": [int(k) for k in results.tables["k_curve"].k]})
     release()
     render(out_dir)
-    report(results, args.n_worst)
+    report(results, out_dir)
     print(f"outputs in {out_dir}")
     return 0
 

@@ -473,8 +473,9 @@ def render(out_dir) -> list:
     return paths
 
 
-def report(results: Results, out_dir, verdict: str) -> None:
+def report(results: Results, out_dir) -> None:
     console = Console()
+    verdict = verdict_text(load_meta(out_dir))
     s = results.summary
     layer, head = s["target"]
     console.print(f"weights: {verdict}")
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights_only_inputs_genuine": verdict.verifies(WEIGHTS_ONLY_INPUTS),
     })
     render(out_dir)
-    report(results, out_dir, verdict.text)
+    report(results, out_dir)
     return 0
 
 

@@ -382,7 +382,7 @@ def plot_downstream(summary: pd.DataFrame, layer: int, head: int, prompts: str):
 # ----------------------------------------------------------------------------------------------
 
 
-def compute_weights(model, qk: FactoredQK, E: torch.Tensor, args) -> dict:
+def compute_weights(model, args, qk: FactoredQK, E: torch.Tensor) -> dict:
     """Every result that needs the effective embeddings E: the spectra of every head of the layer
     and the random controls on the group tokens (tables spectrum_summary, eigenvalues, controls,
     controls_scores; the group tokens' labels and groups)."""
@@ -399,7 +399,7 @@ def compute_weights(model, qk: FactoredQK, E: torch.Tensor, args) -> dict:
             "labels": labels, "groups": groups}
 
 
-def compute(model, qk: FactoredQK, weights: dict, args) -> Results:
+def compute(model, args, qk: FactoredQK, weights: dict) -> Results:
     """The downstream check (forward passes of the whole model), and every result with ``weights``
     from :func:`compute_weights`."""
     layer, head = args.layer, args.head
@@ -452,8 +452,9 @@ def render(out_dir) -> list[Path]:
     return paths
 
 
-def report(results: Results, out_dir: Path, layer: int, head: int) -> None:
+def report(results: Results, out_dir: Path) -> None:
     top = results.summary["top_eigenvalues"]
+    layer, head = load_meta(out_dir)["args"]["layer"], load_meta(out_dir)["args"]["head"]
     table = Table(title=f"L{layer}H{head}: W_sym / W_skew spectrum")
     for c in ("basis", f"neg in top {top}", "neg / nonzero", "sv max sym", "sv max skew", "skew share"):
         table.add_column(c)
@@ -472,12 +473,12 @@ def report(results: Results, out_dir: Path, layer: int, head: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     head = start_head(args, SCRIPT)
-    weights = compute_weights(head.model, head.qk, head.E, args)
+    weights = compute_weights(head.model, args, head.qk, head.E)
     # Done with the effective embeddings (154 MB at gpt2-small size) before the downstream check's
     # forward passes bring in the rest of the model, and with the model before drawing.
     head.E = None
     release()  # and the heap's freed pages (common.memory)
-    results = compute(head.model, head.qk, weights, args)
+    results = compute(head.model, args, head.qk, weights)
     out_dir = head.out_dir
     save_results(out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     del head
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
 
     forget_models()
     render(out_dir)
-    report(results, out_dir, args.layer, args.head)
+    report(results, out_dir)
     return 0
 
 

@@ -88,7 +88,7 @@ def parse_args(argv):
     return args
 
 
-def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
+def compute(model, args, qk: FactoredQK, E: torch.Tensor) -> Results:
     """Heatmap panels for --alphas and the self-score/self-rank curves over --curve-alphas."""
     eig = qk.sym_eig()
     keep_skew = not args.no_skew
@@ -234,7 +234,7 @@ def report(results: Results, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     head = start_head(args, SCRIPT)
-    results = compute(head.model, head.qk, head.E, args)
+    results = compute(head.model, args, head.qk, head.E)
     save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     render(head.out_dir)
     report(results, head.out_dir)

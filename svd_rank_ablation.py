@@ -184,7 +184,7 @@ class RankResults(Results):
     ranks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> RankResults:
+def compute(model, args, qk: FactoredQK, E: torch.Tensor) -> RankResults:
     """The (k, scale) grid of self-rank metrics over the full vocabulary of keys."""
     eig = qk.sym_eig()
     n_neg = eig.n_negative
@@ -296,7 +296,7 @@ def render(out_dir) -> list[Path]:
     return [save_figure(fig, out_dir / "grid_heatmaps.png", weights)]
 
 
-def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
+def report(results: RankResults, out_dir: Path) -> None:
     df, u = results.tables["grid"], results.summary["unmodified"]
     best = df.loc[df["acc@1"].idxmax()]
     console = Console()
@@ -305,6 +305,7 @@ def report(results: RankResults, out_dir: Path, peak_mb: float) -> None:
                   f"(mean rank {best.mean_rank:.1f})")
     if line := context_text(out_dir):
         console.print(line)
+    peak_mb = load_meta(out_dir)["peak_rss_mb"]
     console.print(f"grid {results.summary['grid_seconds']:.1f} s, peak RSS {peak_mb:.0f} MB; outputs: {out_dir}")
 
 
@@ -313,13 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
     head = start_head(args, SCRIPT)
-    results = compute(head.model, head.qk, head.E, args)
+    results = compute(head.model, args, head.qk, head.E)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model), meta={
         "total_seconds": round(time.time() - t0, 2), "peak_rss_mb": round(peak_mb, 1)})
     save_ranks(head.out_dir, results.ranks)
     render(head.out_dir)
-    report(results, head.out_dir, peak_mb)
+    report(results, head.out_dir)
     return 0
 
 

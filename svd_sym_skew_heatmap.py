@@ -105,7 +105,7 @@ def scatter_points(token_set: str, scores: dict[str, np.ndarray], keep: np.ndarr
                          "sym": np.round(scores["Sym"][keep].astype(float), 4)})
 
 
-def compute(model, qk: FactoredQK, E: torch.Tensor, args) -> Results:
+def compute(model, args, qk: FactoredQK, E: torch.Tensor) -> Results:
     """Base/Sym/Skew scores on the group tokens and on BOS + a seeded vocabulary sample."""
     forms = parts(qk, args.biases)
     ids, labels, groups = group_token_ids(model.tokenizer)
@@ -181,7 +181,7 @@ def report(results: Results, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     head = start_head(args, SCRIPT)
-    results = compute(head.model, head.qk, head.E, args)
+    results = compute(head.model, args, head.qk, head.E)
     save_results(head.out_dir, results, args, SCRIPT, weights=weights_verdict(args.model))
     render(head.out_dir)
     report(results, head.out_dir)

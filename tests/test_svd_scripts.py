@@ -220,8 +220,8 @@ def test_rank_ablation_sampled_queries(planted_model):
     m = importlib.import_module("svd_rank_ablation")
     args = m.parse_args(["--model", "planted", "--n-queries", "24", "--ks", "2", "--scales", "0", "1",
                          "--spearman-queries", "8", "--spearman-keys", "64"])
-    results = m.compute(planted_model, FactoredQK.from_model(planted_model, args.layer, args.head),
-                        effective_embeddings(planted_model, args.layer), args)
+    results = m.compute(planted_model, args, FactoredQK.from_model(planted_model, args.layer, args.head),
+                        effective_embeddings(planted_model, args.layer))
     g = results.tables["grid"]
     assert (g.n_queries == 24).all() and (g.mean_rank_ci95 >= 0).all() and "acc@256_ci95" in g
     assert results.summary["queries"] == "24 sampled queries" and len(results.ranks["queries"]) == 24
