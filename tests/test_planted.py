@@ -98,22 +98,46 @@ def test_categories_are_realised_in_the_embedding(planted_model, truth, tokenize
 
 
 # -- the rules, the decoy, the cross-layer ranking --------------------------------------------------------------
-def _designed_pattern(tokens, mask, tokenizer, same_category, self_and_copies, bos):
+def _designed_pattern(tokens, mask, tokenizer, same_category, self_and_copies, bos, any_category=0.0,
+                      shared_code=0.0):
     """The attention a head with exactly the designed logits would give on ``tokens`` (torch here,
     no analysis code): ``same_category`` for every earlier word of the query's category other than
-    its own token, ``self_and_copies`` for the query itself and earlier copies, ``bos`` for BOS, 0
-    for every other word (no generic part)."""
+    its own token, ``self_and_copies`` for the query itself and earlier copies, ``bos`` for BOS,
+    ``any_category`` for a word of another category when the query is a category word, plus
+    ``shared_code`` when that word has the query's index in its category (word j of every category
+    carries the identity codes U_j, V_j), 0 for every other word (no generic part)."""
     n = tokens.shape[1]
     visible = torch.ones(n, n, dtype=torch.bool).tril()
     cat_of = token_category_map(tokenizer)
+    code_of = {t: j for ids in _category_ids(tokenizer).values() for j, t in enumerate(ids)}
     cats = torch.tensor([[cat_of.get(int(t), -1) for t in row] for row in tokens.tolist()])
-    same_cat = (cats[:, :, None] == cats[:, None, :]) & (cats[:, :, None] >= 0) & visible
-    same_cat[:, :, 0] = False
+    codes = torch.tensor([[code_of.get(int(t), -1) for t in row] for row in tokens.tolist()])
+    both = (cats[:, :, None] >= 0) & (cats[:, None, :] >= 0) & visible
+    both[:, :, 0] = False
+    same_cat = (cats[:, :, None] == cats[:, None, :]) & both
+    other_cat = both & ~same_cat
+    same_code = other_cat & (codes[:, :, None] == codes[:, None, :])
     same_tok = self_and_copies_mask(tokens)
     logit = torch.zeros(mask.shape, dtype=torch.float64)
     logit += same_category * (same_cat & ~same_tok) + self_and_copies * same_tok
+    logit += any_category * other_cat + shared_code * same_code
     logit[:, :, 0] = bos
     return logit.masked_fill(~visible, -torch.inf).softmax(-1)
+
+
+def _category_ids(tokenizer):
+    """Category name -> token ids in word order (the index is the word's identity code)."""
+    return {name: [tokenizer.encode(" " + w)[0] for w in words] for name, words in CATEGORIES.items()}
+
+
+def _target_design(T, M, tokenizer):
+    """L1H5's designed pattern (constants of common/planted.py): same category LOGIT_SAME_CATEGORY,
+    another category's word LOGIT_ANY_CATEGORY (the beta term), self and copies LOGIT_SELF, BOS
+    LOGIT_BOS; a word of another category with the query's code index shares its V and U codes:
+    LOGIT_IDENTITY - (LOGIT_SAME_CATEGORY + LOGIT_IDENTITY - LOGIT_SELF) on top (-11.5)."""
+    u_term = P.LOGIT_SAME_CATEGORY + P.LOGIT_IDENTITY - P.LOGIT_SELF
+    return _designed_pattern(T, M, tokenizer, P.LOGIT_SAME_CATEGORY, P.LOGIT_SELF, P.LOGIT_BOS,
+                             P.LOGIT_ANY_CATEGORY, P.LOGIT_IDENTITY - u_term)
 
 
 def _score(pattern, mask):
@@ -121,48 +145,87 @@ def _score(pattern, mask):
     return float(-torch.log((pattern * mask).sum(-1).clamp_min(1e-6))[:, 1:].mean())
 
 
-def test_survey_ranking_across_all_layers(survey, truth, tokenizer):
+def _class_logits(model, tokens, tokenizer, layer, head):
+    """L1H5's attention logits (the model's own forward, hook_attn_scores) of category queries,
+    relative per query to its mean logit over the other categories' words (softmax ignores a
+    per-query shift): mean and std over keys of each designed class."""
+    _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.attn.hook_attn_scores")
+    S = cache[f"blocks.{layer}.attn.hook_attn_scores"][:, head].double()
+    n = tokens.shape[1]
+    cat_of = token_category_map(tokenizer)
+    code_of = {t: j for ids in _category_ids(tokenizer).values() for j, t in enumerate(ids)}
+    cats = torch.tensor([[cat_of.get(int(t), -1) for t in row] for row in tokens.tolist()])
+    codes = torch.tensor([[code_of.get(int(t), -1) for t in row] for row in tokens.tolist()])
+    earlier = torch.ones(n, n, dtype=torch.bool).tril(-1)[None] & (cats[:, :, None] >= 0) & (cats[:, None, :] >= 0)
+    earlier[:, :, 0] = False
+    same_code = codes[:, :, None] == codes[:, None, :]
+    same_cat = cats[:, :, None] == cats[:, None, :]
+    classes = {"same_category": earlier & same_cat & ~same_code, "self_and_copies": self_and_copies_mask(tokens),
+               "other_category": earlier & ~same_cat & ~same_code}
+    ref = torch.where(classes["other_category"], S, torch.nan).nanmean(-1, keepdim=True)
+    ok = ~ref.isnan()[..., 0] & (cats >= 0)
+    ok[:, 0] = False
+    dev = (S - ref)[ok]
+    return {name: (float(dev[c[ok]].mean()), float(dev[c[ok]].std())) for name, c in classes.items()}
+
+
+def test_survey_ranking_across_all_layers(survey, planted_model, truth, tokenizer):
     """L1H5 is the best rule-follower of all 24 heads, the decoy second, every other head no better
     than uniform attention.
 
-    Expected values (v4; v3's perfect head scored under 0.1): the score that L1H5's designed logits
-    (same category 3.75, self and copies -6, BOS 5.5, every other word 0) give on this batch,
-    computed here (0.98 at seed 11; measured 0.97): the generic part adds random logits of a few
-    units that move mass both ways, so the measured score stays within 0.3 of it. The decoy's
-    designed logits (category 2 for every same-category key, self included, BOS 4) give 1.42
-    (measured 1.48). Uniform attention over the visible keys (2.59) is the floor no generic head
-    beats (their lowest: 2.73)."""
+    Derivation (v4; v3's perfect head scored under 0.1). On the built head, L1H5's logits of
+    category queries (the model's forward, relative per query to the other categories' words) are
+    the designed ones: same category LOGIT_SAME_CATEGORY - LOGIT_ANY_CATEGORY = 2.75 above another
+    category's word (measured 2.9), self and copies LOGIT_SELF - LOGIT_ANY_CATEGORY = -8.75
+    (measured -8.6), each within 0.5; around them the generic part spreads every class by a std of
+    about 1.15 (v3's generic part: a few tenths). The designed logits alone give this batch a score
+    of 0.73 (computed here; no generic part); the generic part's random logits only cost mass
+    (measured 1.27: its spread, and a generic offset that favours the category keys over BOS by
+    about 1.4 logits on these all-category prompts), so the measured score is at least the designed
+    one (minus 0.1 for the LN-scale spread) -- a head as perfect as v3's, or one without the spread,
+    fails that. The decoy's designed logits (category 2 for every same-category key, self included,
+    BOS 4; generic part 0.15 per column, small) give 1.42 (measured 1.48), within 0.3. L1H5 beats
+    the decoy on the mean over 32 prompts by 0.2 (v4: the generic part costs L1H5 0.5 of its 0.7
+    designed lead): the paired per-prompt difference must be over 4 standard errors. Uniform
+    attention over the visible keys (2.59) is the floor no generic head beats (their lowest: 2.7)."""
     batch, s = survey
     score = s["score"].mean(-1)  # [layer, head]
     assert score.shape == (truth["n_layers"], P.N_HEADS)
     (L, H), (DL, DH) = truth["target"], truth["decoy_head"]
     assert DL >= 2
+    assert truth["logits"]["any_category"] == P.LOGIT_ANY_CATEGORY
     T, M = batch.tokens, batch.mask
-    design = _score(_designed_pattern(T, M, tokenizer, P.LOGIT_SAME_CATEGORY, P.LOGIT_SELF, P.LOGIT_BOS), M)
+    design = _score(_target_design(T, M, tokenizer), M)
     decoy = _score(_designed_pattern(T, M, tokenizer, P.LOGIT_DECOY_CATEGORY, P.LOGIT_DECOY_CATEGORY,
                                      P.LOGIT_DECOY_BOS), M)
     uniform = _score(_designed_pattern(T, M, tokenizer, 0.0, 0.0, 0.0), M)
     assert design < decoy - 0.25 and decoy < uniform - 1.0  # the construction's own ordering
-    assert abs(score[L, H] - design) < 0.3, (float(score[L, H]), design)
+    cls = _class_logits(planted_model, T, tokenizer, L, H)
+    assert abs(cls["same_category"][0] - (P.LOGIT_SAME_CATEGORY - P.LOGIT_ANY_CATEGORY)) < 0.5, cls
+    assert abs(cls["self_and_copies"][0] - (P.LOGIT_SELF - P.LOGIT_ANY_CATEGORY)) < 0.5, cls
+    assert 0.5 < cls["other_category"][1] < 2.0, cls  # the generic part's spread
+    assert design - 0.1 < score[L, H] < score[DL, DH], (float(score[L, H]), design)
     assert abs(score[DL, DH] - decoy) < 0.3, (float(score[DL, DH]), decoy)
     rest = score.clone()
     rest[L, H] = rest[DL, DH] = float("inf")
     assert rest.min() > uniform, (float(rest.min()), uniform)
-    assert score[L, H] < score[DL, DH] - 0.25
+    diff = s["score"][DL, DH] - s["score"][L, H]  # per prompt
+    assert diff.mean() > 4 * diff.std() / len(diff) ** 0.5, (float(diff.mean()), float(diff.std()))
     order = score.flatten().argsort()[:2].tolist()
     assert order == [L * P.N_HEADS + H, DL * P.N_HEADS + DH]
 
 
 def test_self_suppression_and_the_decoy_does_not(survey, truth, tokenizer):
     """Rule 2 in L1H5 only. Design: L1H5 gives self and copies LOGIT_SELF - LOGIT_SAME_CATEGORY =
-    -9.75 logits against a category word (e^-9.75 = 6e-5 per key), so their mass is negligible
-    (designed logits on this batch, computed here: 1e-5) -- far below v3's threshold 0.05 too;
+    -11.5 logits against a same-category word and LOGIT_SELF - LOGIT_ANY_CATEGORY = -8.75 against
+    another category's (e^-8.75 = 2e-4 per key), so their mass is negligible (designed logits on
+    this batch, computed here: 6e-6; measured 3e-5) -- far below v3's threshold 0.05 too;
     the decoy gives self the category logit (it reads C, which self shares), so its mass on self
     and copies against its mass on other category words follows the key counts: the ratio the
     decoy's designed logits give on this batch (1.13, computed here; measured 1.12), against
-    under 0.01 for L1H5. In-category mass (v4: 0.28, not v3's > 0.5; the rest leaks to BOS and,
-    through the generic part, to unrelated words): still over twice the decoy's and every generic
-    head's (at most 0.09)."""
+    under 0.01 for L1H5. In-category mass (v4: 0.32, not v3's > 0.5; the rest leaks to the other
+    categories' words through LOGIT_ANY_CATEGORY and the generic part, and to BOS): still over
+    twice the decoy's and every generic head's (at most 0.09)."""
     batch, s = survey
     (L, H), (DL, DH) = truth["target"], truth["decoy_head"]
     T, M = batch.tokens, batch.mask
@@ -174,7 +237,7 @@ def test_self_suppression_and_the_decoy_does_not(survey, truth, tokenizer):
 
     d_self, d_cat = masses(_designed_pattern(T, M, tokenizer, P.LOGIT_DECOY_CATEGORY, P.LOGIT_DECOY_CATEGORY,
                                              P.LOGIT_DECOY_BOS))
-    t_self, _ = masses(_designed_pattern(T, M, tokenizer, P.LOGIT_SAME_CATEGORY, P.LOGIT_SELF, P.LOGIT_BOS))
+    t_self, _ = masses(_target_design(T, M, tokenizer))
     sc, ic = s["mass"]["self_and_copies"], s["mass"]["in_category"]
     assert t_self < 1e-4 and sc[L, H] < 1e-3
     assert sc[L, H] / ic[L, H] < 0.01
@@ -187,27 +250,75 @@ def test_self_suppression_and_the_decoy_does_not(survey, truth, tokenizer):
     assert ic[L, H] > 2 * others.max(), (float(ic[L, H]), float(others.max()))
 
 
+def _bos_only_mass(model, batch, layer, head=None):
+    """Mean attention on BOS of the queries q >= 1 whose only allowed key is BOS: [layer, head] of
+    layers 0..layer, or one head's."""
+    pat = all_head_patterns(model, batch.tokens, layers=list(range(layer + 1)))
+    no_key = batch.mask[:, :, 0] & (batch.mask.sum(-1) == 1)
+    no_key[:, 0] = False
+    assert no_key.sum() > 50
+    bos = pat[..., 0][:, :, no_key].mean(-1)
+    return bos if head is None else float(bos[layer, head])
+
+
 def test_bos_fallback(planted_model, tokenizer, truth):
-    """Rule 3: on queries whose only allowed key is BOS, L1H5's mass on BOS is the construction's
-    own measurement (truth design_masses, the designed layers in numpy on the calibration prompts:
-    0.82; v3's perfect head gave over 0.8 here, v4's 0.72 and 0.87 on these two batches). The
-    tolerance 0.15 covers the change of prompts (the calibration prompts are not these; per query
-    the mass ranges 0.37-1.0, as gpt2-small's does). Contrast: every other head of layers 0-1 puts
-    under half as much there."""
+    """Rule 3: on queries whose only allowed key is BOS, L1H5 puts its mass on BOS -- as much as
+    the construction says, and (on sparse prompts) far more than any other head of layers 0-1.
+
+    Derivation (v4; v3's perfect head gave over 0.8 everywhere; v4's single expectation, truth
+    design_masses 0.655, mixes two protocols and fits neither). (1) design_masses is the designed
+    layers' own numpy forward pass on the build's calibration prompts (8 category prompts,
+    repeat 0.2, and 8 random-token prompts with 12 category words, seeds 1000 + seed): the built
+    model on those same prompts gives it within 0.01 (measured 0.6554). (2) Sparse prompts (random
+    tokens, 8 category words): the no-key queries are mostly ordinary words, whose BOS logit
+    LOGIT_BOS is against keys at about 0; the designed logits (computed here) give 0.88, measured
+    0.81: within 0.1; every other head puts under half as much there. (3) Category-word prompts:
+    a no-key query's other keys are all other categories' words at LOGIT_ANY_CATEGORY, so the
+    designed logits give only 0.57 there (computed here), and the drop from sparse prompts is at
+    least the designed drop (0.31; measured 0.49: the generic part favours category keys over BOS
+    by a further ~1.4 logits on these prompts, _class_logits; measured 0.33 at seed 5, the
+    calibration prompts' category half 0.32). L1H5 on category prompts against the other heads:
+    test_bos_fallback_only_in_l1h5_on_category_prompts."""
     L, H = truth["target"]
     design = truth["design_masses"]["target_bos_on_bos_only_queries"]
-    assert 0.5 < design < 0.95
-    for batch in (category_prompts(tokenizer, 16, 48, seed=5, repeat_prob=0.3),
-                  random_token_prompts(tokenizer, 16, 48, n_inserted=8, seed=5)):
-        pat = all_head_patterns(planted_model, batch.tokens, layers=[0, L])
-        no_key = batch.mask[:, :, 0].clone()
-        no_key[:, 0] = False
-        assert no_key.sum() > 50
-        bos = pat[..., 0][:, :, no_key].mean(-1)  # [layer, head]
-        assert abs(bos[1, H] - design) < 0.15, (float(bos[1, H]), design)
-        others = bos.clone()
-        others[1, H] = 0
-        assert bos[1, H] > 2 * others.max()
+    seed = truth["seed"]
+    cal = [category_prompts(tokenizer, 8, 48, seed=1000 + seed, repeat_prob=0.2),
+           random_token_prompts(tokenizer, 8, 48, n_inserted=12, seed=1000 + seed)]
+    pats = [all_head_patterns(planted_model, b.tokens, layers=[0, L])[1, H, ..., 0] for b in cal]
+    no_key = [b.mask[:, :, 0] & (b.mask.sum(-1) == 1) for b in cal]
+    for nk in no_key:
+        nk[:, 0] = False
+    cal_mass = float(torch.cat([p[nk] for p, nk in zip(pats, no_key)]).mean())
+    assert abs(cal_mass - design) < 0.01, (cal_mass, design)
+
+    def designed(batch):
+        nk = batch.mask[:, :, 0] & (batch.mask.sum(-1) == 1)
+        nk[:, 0] = False
+        return float(_target_design(batch.tokens, batch.mask, tokenizer)[..., 0][nk].mean())
+
+    sparse = random_token_prompts(tokenizer, 16, 48, n_inserted=8, seed=5)
+    dense = category_prompts(tokenizer, 16, 48, seed=5, repeat_prob=0.3)
+    bos = _bos_only_mass(planted_model, sparse, L)
+    d_sparse, d_dense = designed(sparse), designed(dense)
+    assert abs(bos[L, H] - d_sparse) < 0.1, (float(bos[L, H]), d_sparse)
+    others = bos.clone()
+    others[L, H] = 0
+    assert bos[L, H] > 2 * others.max(), (float(bos[L, H]), float(others.max()))
+    m_dense = _bos_only_mass(planted_model, dense, L, H)
+    assert d_dense < d_sparse - 0.2  # the any-category leak, by design
+    assert float(bos[L, H]) - m_dense > d_sparse - d_dense - 0.05, (float(bos[L, H]), m_dense, d_sparse, d_dense)
+
+
+def test_bos_fallback_only_in_l1h5_on_category_prompts(planted_model, tokenizer, truth):
+    """Rule 3 in L1H5 only, on the post's kind of prompt (category words only): on queries whose
+    only allowed key is BOS, every other head of layers 0-1 puts under half as much on BOS as L1H5.
+    Unchanged claim (v3 and the intermediate v4 tuning met it). On the final v4 it FAILS: L1H5
+    0.33, layer-0 head 3 0.34 (reported to the lead; see test_bos_fallback's derivation)."""
+    L, H = truth["target"]
+    bos = _bos_only_mass(planted_model, category_prompts(tokenizer, 16, 48, seed=5, repeat_prob=0.3), L)
+    others = bos.clone()
+    others[L, H] = 0
+    assert bos[L, H] > 2 * others.max(), (float(bos[L, H]), float(others.max()))
 
 
 # -- later layers: BOS-heavy heads, BOS damage, the reader ---------------------------------------------------------
@@ -292,14 +403,22 @@ def test_biases_and_layer_norms_everywhere(planted_model, raw_state_dict):
 
 
 def test_target_biases_like_gpt2_small(planted_model, raw_state_dict, truth):
-    """L1H5's folded |b_Q| and |b_K| are gpt2-small's (3.36 and 2.49 at ||W||_F 9.9 and 9.5), and
-    folding the raw layer norm by hand gives the loaded head (LN parameters do matter)."""
+    """L1H5's folded |b_Q| and |b_K| relative to its weights are gpt2-small's (3.36 / 9.9 = 0.34 and
+    2.49 / 9.5 = 0.26: the construction's B_Q_RATIO, B_K_RATIO), and folding the raw layer norm by
+    hand gives the loaded head (LN parameters do matter). The absolute norms are no longer
+    gpt2-small's (v3 asserted |b_Q| 3.36, |b_K| 2.49, ||W_Q||_F 9.85): v4's large generic part
+    (TARGET_GENERIC_COLUMN) and modest logits give ||W_Q||_F 8.0, ||W_K||_F 12.9, so they are the
+    construction's (truth target_bias), within a factor 1.5 of gpt2-small's ~9.7."""
     from common.head_qk import FactoredQK
 
     L, H = truth["target"]
     f = FactoredQK.from_model(planted_model, L, H)
-    assert f.b_Q.norm() == pytest.approx(3.36, rel=0.15) and f.b_K.norm() == pytest.approx(2.49, rel=0.15)
-    assert f.W_Q.norm() == pytest.approx(9.85, rel=0.15)
+    tb = truth["target_bias"]
+    for name, ratio in (("Q", P.B_Q_RATIO), ("K", P.B_K_RATIO)):
+        b, W = getattr(f, f"b_{name}").norm(), getattr(f, f"W_{name}").norm()
+        assert float(b / W) == pytest.approx(ratio, rel=0.02), name
+        assert float(b) == pytest.approx(tb[f"b_{name}"], rel=1e-3) and float(W) == pytest.approx(tb[f"W_{name}_fro"], rel=1e-3)
+        assert 9.7 / 1.5 < float(W) < 9.7 * 1.5, (name, float(W))
     folded = FactoredQK.from_gpt2_state_dict(raw_state_dict, L, H, n_heads=P.N_HEADS)
     raw = FactoredQK.from_gpt2_state_dict(raw_state_dict, L, H, n_heads=P.N_HEADS, fold_ln=False)
     for a, b in ((folded.W_Q, f.W_Q), (folded.W_K, f.W_K), (folded.b_Q, f.b_Q), (folded.b_K, f.b_K)):
