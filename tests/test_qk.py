@@ -298,14 +298,29 @@ def test_planted_steering_makes_self_top_key(planted_model, truth, planted_E):
 
 
 def test_planted_sym_reproduces_base_scores(planted_model, truth, planted_E):
-    f = FactoredQK.from_model(planted_model, *truth["target"])
+    """On the category words, L1H5's planted QK part is symmetric (the C, V and U blocks are
+    Gram-like; the one skew term, N B^T, needs a key with BOS's B coordinate), so its skew part there
+    comes only from the generic part. v3 asserted max |skew| < 0.1 max |base| (a generic part of 0.08
+    per column); v4's is 0.5 per column (TARGET_GENERIC_COLUMN), which gives max |skew| / max |base|
+    0.31. Derivation of the contrast instead: in a purely random head sym and skew carry equal energy
+    in expectation (||skew||_F / ||base||_F about 1/sqrt(2); the generic layer-1 heads measure
+    0.43-0.70, mean 0.61), while L1H5's scores are mostly the symmetric planted part, so its share is
+    under half of their mean and 0.1 below each (measured 0.25), and Sym alone reproduces Base (corr > 0.95,
+    measured 0.96; the generic heads: 0.71-0.77)."""
+    L, H = truth["target"]
     cat = sorted(t for ids in truth["categories"].values() for t in ids)
     X = planted_E[cat]
-    base = f.weights().scores(X, X)
-    sym = f.sym().scores(X, X)
-    skew = f.skew().scores(X, X)
-    assert np.corrcoef(base.flatten().numpy(), sym.flatten().numpy())[0, 1] > 0.95
-    assert skew.abs().max() < 0.1 * base.abs().max()
+
+    def parts(layer, head):
+        f = FactoredQK.from_model(planted_model, layer, head)
+        base, sym, skew = f.weights().scores(X, X), f.sym().scores(X, X), f.skew().scores(X, X)
+        return np.corrcoef(base.flatten().numpy(), sym.flatten().numpy())[0, 1], float(skew.norm() / base.norm())
+
+    corr, share = parts(L, H)
+    generic = [parts(L, h) for h in range(planted_model.cfg.n_heads) if h != H and [L, h] != truth["positional_head"]]
+    assert corr > 0.95 and corr > max(c for c, _ in generic) + 0.1, (corr, generic)
+    shares = [s for _, s in generic]
+    assert share < 0.5 * np.mean(shares) and share < min(shares) - 0.1, (share, generic)
 
 
 @pytest.mark.skipif(not (SHARED_GPT2 / "gpt2_small_partial_f32.safetensors").exists(),
