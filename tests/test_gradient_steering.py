@@ -1,9 +1,10 @@
 """gradient_steering.py on the planted model: gradient steering of L1H5's self-attention.
 
-Ground truth (common.planted, v4): L1H5 gives itself a net logit LOGIT_SELF = -6 against
-LOGIT_SAME_CATEGORY = 3.75 for its same-category keys and LOGIT_BOS = 5.5 for BOS, so its
-self-attention starts near zero; its identity-code eigenvalues are the most negative of W_sym. Its
-generic part (TARGET_GENERIC_COLUMN 0.8) adds random logits of a few units on every pair.
+Ground truth (common.planted, v4): L1H5 gives itself a net logit LOGIT_SELF against
+LOGIT_SAME_CATEGORY for its same-category keys (LOGIT_ANY_CATEGORY of it shared by every category
+key) and LOGIT_BOS for BOS, so its self-attention starts near zero; its identity-code eigenvalues
+are the most negative of W_sym. Its generic part (TARGET_GENERIC_COLUMN) adds random logits on
+every pair.
 """
 
 import json
@@ -68,10 +69,31 @@ def test_render_draws_every_figure_from_saved_files(runs):
 
 
 def test_loss_goes_down(run):
+    """The loss is task + KL (--keep-weight 1); the KL term is 0 at step 0 by construction (the
+    edit starts at zero) and must grow once the edit moves the pattern. Task loss at step 0:
+    promote, -mean log(self mass), about the gap from the query's self logit to BOS's (its top
+    key), LOGIT_BOS - LOGIT_SELF (11.25 nats; measured ~11.3); suppress, softplus(margin) (10.0). The
+    task is met when promote's self mass is above a half on (geometric) average, i.e. task loss
+    under log 2, and suppress's log self mass reaches its target (softplus(0) = log 2). v3
+    asserted total loss under a fifth of its start; in v4 promote's start is smaller (11.25 against
+    v3's 13 nats) while the KL it pays for moving BOS's and the partners' mass onto self stays
+    (~2.3 nats after 40 steps), so the total ends at ~0.21 of its start: asserted under a half
+    (the held-out bound), with the task itself asserted met."""
+    import math
+
+    from common.planted import LOGIT_BOS, LOGIT_SELF
+
     c = pd.read_csv(run / "loss_curve.csv")
+    margin = json.loads((run / "meta.json").read_text())["args"]["margin"]
+    start = {"promote": LOGIT_BOS - LOGIT_SELF, "suppress": math.log1p(math.exp(margin))}
     for d in ("promote", "suppress"):
         cd = c[c.direction == d]
-        assert cd.train_loss.iloc[-1] < 0.2 * cd.train_loss.iloc[0], d
+        assert cd.train_keep_kl.iloc[0] == pytest.approx(0, abs=1e-6), d
+        # promote: to the generic part's per-query scatter of the two logits (and log(1 + the other
+        # keys' weight) >= 0); suppress: exact (the log self mass starts at its target + margin)
+        assert cd.train_task_loss.iloc[0] == pytest.approx(start[d], abs=1.5 if d == "promote" else 1e-3), d
+        assert cd.train_task_loss.iloc[-1] < math.log(2), d
+        assert cd.train_loss.iloc[-1] < 0.5 * cd.train_loss.iloc[0], d
         held = cd.heldout_loss.dropna()
         assert held.iloc[-1] < 0.5 * held.iloc[0], d
 
@@ -93,7 +115,7 @@ def test_suppress_lowers_self_attention_and_keeps_categories(run, run_without_kl
     v3 asserted that the update kept 80% of the in-category mass. That held for v3's head, whose
     category partners (logit 12) held most of the non-self mass, so the KL term weighed them
     heavily. In v4 they hold a small share (~0.12 here; BOS ~0.75, unrelated words ~0.13), and
-    self shares its category term (3.75) with its partners: lowering the category term lowers
+    self shares its category term (LOGIT_SAME_CATEGORY) with its partners: lowering the category term lowers
     self at a small KL cost, so the update keeps about half. The test now asserts the contrast the
     KL term is there for: far more in-category mass kept with it than without it, the same
     self-suppression asked of both, and a better (lower) semantic score."""
@@ -196,19 +218,24 @@ def test_monday_top10(run, truth, tokenizer, planted_model):
     """" Monday"'s 10 top keys over the full vocabulary, against its scores recomputed here from
     the model's own W_Q, W_K, b_Q, b_K of the target and the layer's effective embeddings.
 
-    Construction: a weekday key gets LOGIT_SAME_CATEGORY = 3.75 above an unrelated key, Monday's
-    own key LOGIT_SELF = -6 net; v4's generic part adds random logits (std ~1.3 over the
-    vocabulary's keys). v3 asserted the other six weekdays fill the top 6: with v3's 12 logits
-    over a tiny generic part they did. In v4 3.75 is ~3 standard deviations of the generic part,
-    and 50257 keys hold ~100 unrelated ones beyond that, so a weekday is in the top 10 only when
-    its own generic part is high (about 1 of the 6 on average). What the construction does fix:
-    the weekdays' mean score is 3.75 above the unrelated keys' (to a logit: six keys' generic
-    parts), they rank in the top percent of the vocabulary (median), Monday's own key is near the
-    bottom, and the top 10 holds at least one weekday (chance: 10 x 6 / 50257 ~ 0.001)."""
+    Construction (typical in-context category query): a same-category key gets
+    LOGIT_SAME_CATEGORY above an unrelated key, of which LOGIT_ANY_CATEGORY every category key
+    gets; Monday's own key LOGIT_SELF net; the generic part adds random logits (std ~0.8 over the
+    vocabulary's keys). Two things move one query's numbers off the design: the effective
+    embeddings (one token in a mean context) have another LN scale than the calibration prompts,
+    and each query's own generic part shifts its logits on every category key (over the 168
+    category queries: same-category lift 7.8 +- 2.0, other categories 3.2, difference 4.6 +- 0.7;
+    Monday: 4.2, 0.3, 3.9). v3 asserted Monday's lift within 1 of the design and the weekdays in
+    the top 6; v4 asserts what the construction fixes for every category query: the
+    category-specific term, weekdays over the other categories' words, to a logit of
+    LOGIT_SAME_CATEGORY - LOGIT_ANY_CATEGORY or more (its scatter across queries is under a logit);
+    weekdays above unrelated keys; their median rank in the top percent of the vocabulary,
+    Monday's own key near the bottom, and the top 10 holds at least one weekday (chance: 10 x 6 /
+    50257 ~ 0.001)."""
     import math
 
     from common.effective_embeddings import effective_embeddings
-    from common.planted import LOGIT_SAME_CATEGORY
+    from common.planted import LOGIT_ANY_CATEGORY, LOGIT_SAME_CATEGORY
 
     layer, head = truth["target"]
     top = pd.read_csv(run / "monday_top10.csv", keep_default_na=False)
@@ -232,7 +259,10 @@ def test_monday_top10(run, truth, tokenizer, planted_model):
     unrelated = torch.tensor([t for t in range(vocab) if t not in in_cat])
     others = torch.tensor(sorted(days - {monday}))
     lift = float(scores[others].mean() - scores[unrelated].mean())
-    assert lift == pytest.approx(LOGIT_SAME_CATEGORY, abs=1.0)
+    other_cats = torch.tensor(sorted(in_cat - days - {m.tokenizer.bos_token_id}))
+    specific = lift - float(scores[other_cats].mean() - scores[unrelated].mean())
+    assert specific > LOGIT_SAME_CATEGORY - LOGIT_ANY_CATEGORY - 1.0, specific
+    assert lift > specific > 0  # Monday's lift to the other categories' words is positive too
     ranks = (scores[None, :] > scores[others][:, None]).sum(-1)
     assert float(ranks.float().median()) < 0.01 * vocab
     prom = top[top.variant == "gradient promote"].sort_values("rank")

@@ -14,7 +14,11 @@ from script_run import run_then_render
 
 SCRIPT = "rule_preserving_ablation.py"
 FIGURES = ("explained.png", "k_curve.png")
-FAST = ["--n-windows", "8", "--n-reference", "4", "--window-len", "48", "--batch-size", "8", "--n-boot", "500"]
+# The script's default windows (16 of 96 tokens, 16 reference windows), where the rules-explained
+# claim is judged: planted v4's head leaks much of its mass to unrelated words, so on v3's smaller
+# test size (8 windows of 48) the rules' bootstrap CI reached down to 0.42, below the claim's 0.5.
+# Fewer bootstrap resamples than the default 2000 (the CI's end points move by ~0.01).
+FAST = ["--n-windows", "16", "--n-reference", "16", "--window-len", "96", "--batch-size", "8", "--n-boot", "500"]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +33,10 @@ def demo_windows(tokenizer):
 @pytest.fixture(scope="module")
 def end_to_end(tmp_path_factory, truth, planted_model):
     out = tmp_path_factory.mktemp("rpa")
-    # By |eigenvalue| the planted W_sym has the 12 suppressing identity codes first, then the 14
-    # category directions (k = 26); its full rank is 2 d_head (every head has full column rank,
-    # truth): the planted directions and the generic ones.
+    # By |eigenvalue| the planted W_sym has the any-category direction and the 12 suppressing
+    # identity codes first (k = 12 holds 11 of them), then the other category directions (to
+    # k = 26); its full rank is 2 d_head (every head has full column rank, truth): the planted
+    # directions and the generic ones (test_rules_and_w_sym_explain_the_planted_head).
     rank = truth["n_negative_eigenvalues"] + truth["n_positive_eigenvalues"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -92,26 +97,44 @@ def test_render_draws_every_figure_from_saved_files(end_to_end):
 
 
 def test_rules_and_w_sym_explain_the_planted_head(end_to_end, planted_model, truth):
+    """The rules-explained claim on the planted model: the rules' pattern explains more than half
+    of the head's effect, its CI above RULES_EXPLAIN_MOST (v4 ~0.76, CI [0.65, 0.84] against
+    the mean ablation; ~0.82 against resampling). v3 asserted >= 0.95 with CI >= 0.9, which only
+    v3's near-perfect head met: v4's head has a large generic random part (TARGET_GENERIC_COLUMN
+    0.5) that leaks mass to unrelated words, and the rules' pattern has no generic part.
+    W_sym keeps the symmetric half of that generic part (it drops only the skew half: the N B^T
+    term's and the generic part's), so it explains more than the rules: asserted as its CI lying
+    above the rules' point estimate (v4 0.93 [0.89, 0.96]). Removing the self-suppression
+    (negative eigenvalues zeroed) is far worse than the rules, in fact worse than no head."""
     import rule_preserving_ablation as rpa
 
     out, _, rank, _ = end_to_end
     ex = pd.read_csv(out / "explained.csv").set_index(["variant", "baseline"])
     for b in ("mean", "resample"):
-        assert ex.loc[("rules", b), "explained"] >= 0.95
-        assert ex.loc[("rules", b), "ci_lo"] >= 0.9
-        assert ex.loc[("sym", b), "explained"] >= 0.95
-        # Self-suppression removed: far worse than the rules (in fact worse than no head at all).
-        assert ex.loc[("neg_zeroed", b), "explained"] < ex.loc[("rules", b), "explained"] - 0.5
-        assert ex.loc[("sym_neg_zeroed", b), "explained"] < ex.loc[("rules", b), "explained"] - 0.5
+        rules, sym = ex.loc[("rules", b)], ex.loc[("sym", b)]
+        assert rules.ci_lo > rpa.RULES_EXPLAIN_MOST, b
+        assert sym.ci_lo > rules.explained, b
+        assert ex.loc[("neg_zeroed", b), "explained"] < rules.explained - 0.5
+        assert ex.loc[("sym_neg_zeroed", b), "explained"] < rules.explained - 0.5
     assert ex.loc[("mean", "mean"), "mean_kl"] > 0.01  # the head matters at all
+    assert rpa.check_rules_explained(out).holds  # the claim's own check: "planted: holds"
 
     k = pd.read_csv(out / "k_curve.csv").set_index("k")
     assert list(k.index) == [1, 12, 26, rank]
-    # The 12 largest eigenvalues are the planted identity codes (negative): suppression alone
-    # explains little; with the category directions added nearly everything is explained.
-    assert (k.loc[[1, 12], "eigenvalue_k"] < 0).all()
+    # By |eigenvalue| (W_sym recomputed below from the weights, float64): v4's largest is
+    # positive, the rank-one term that gives every category key LOGIT_ANY_CATEGORY (sum of the
+    # category directions, outer product with itself, on top of their own w_C^2); then come the
+    # 12 identity codes (-w_U^2 moved by the generic part: ~-3.0..-3.7), then the other category
+    # directions (~1.1) among generic ones (the next negative ~-0.8). So the 12 largest are that
+    # direction and 11 codes: suppression with no category term explains little. With the category
+    # directions (k = 26) the planted part is in and explains much more -- but in v4 not "nearly
+    # everything" (v3: > 0.9): the generic directions left out carry the rest, so the full W_sym
+    # (k = rank) explains clearly more again.
+    assert k.loc[1, "eigenvalue_k"] > 0 and k.loc[12, "eigenvalue_k"] < 0
+    assert k.loc[12, "n_negative_in_top_k"] == 11
     assert k.loc[12, "explained"] < 0.5
-    assert k.loc[26, "explained"] > 0.9
+    assert k.loc[26, "ci_lo"] > k.loc[12, "ci_hi"]
+    assert k.loc[rank, "ci_lo"] > k.loc[26, "ci_hi"]
     # The curve's last point (k = rank) is the smallest |eigenvalue| and every negative one is in.
     assert abs(k.loc[rank, "eigenvalue_k"]) == pytest.approx(truth["min_abs_eigenvalue"], rel=0.05)
     assert k.loc[rank, "n_negative_in_top_k"] == truth["n_negative_eigenvalues"]
@@ -131,6 +154,9 @@ def test_rules_and_w_sym_explain_the_planted_head(end_to_end, planted_model, tru
     def dense(M):
         return (x @ M @ x.T + (x @ W_Q @ b_K)[:, None] + (x @ W_K @ b_Q)[None, :] + b_Q @ b_K) / m.cfg.attn_scale
 
+    # the spectrum the comment above describes, from the weights themselves
+    by_size = lam[order]
+    assert by_size[0] > 0 and (by_size[1:13] < 0).all() and by_size[1:13].abs().min() > 2 * by_size[13:].abs().max()
     for kk in ks:
         top = order[:kk]
         M = (U[:, top] * lam[top]) @ U[:, top].T
