@@ -17,6 +17,8 @@ import torch
 
 from conftest import run_main
 
+from common import planted as P
+
 N_RANDOM = 48
 FIGURES = ("group_feature_qk.png", "self_suppression.png", "naive_vs_head.png")
 
@@ -56,12 +58,12 @@ def test_outputs(sae_run):
 
 def test_features_attend_to_their_category(sae_run, planted_model, truth):
     """A word feature's top keys among the features that carry a category (word and category
-    features) are its own category's. By construction (common.planted) the C term gives a
-    same-category key +LOGIT_SAME_CATEGORY (3.75 in v4; more at effective-embedding scale, where
-    MLP0 writes a larger C) over any other word, on top of the generic part, which scores word
-    pairs with a spread of a few logits (v4: TARGET_GENERIC_COLUMN 0.8; std about 3.6 over the
-    other-category word pairs, measured below). The demo SAE's random directions carry no category
-    and reach the top lists through the generic part alone (v4: about a third of the top-5 slots),
+    features) are its own category's. By construction (common.planted, final v4) a category query
+    gives a same-category word SAME = 5.5, every other category's word ANY = 2.75 (the any-category
+    term), except the word in its own slot of each other category (the shared identity codes U_j,
+    V_j): ANY + SELF - SAME = -8.75; a key with no category (the SAE's random directions) about 0.
+    On top of that the generic part scores word pairs with a spread of a few logits. The demo SAE's
+    random directions carry no category and reach the top lists through the generic part alone,
     so they are left out of the share. (v3, generic part 0.08 and same-category logit 12: >= 95%
     of the top-5 same-category and every score > 5.)"""
     out, words, kind, cat_of, _ = sae_run
@@ -82,14 +84,28 @@ def test_features_attend_to_their_category(sae_run, planted_model, truth):
     same = [cat_of[q] == cat_of[k] for q, k in zip(first["query_feature"], first["key_feature"])]
     # chance: a query's category holds about 12 of the 176 word and category features (7%)
     assert sum(same) / len(same) >= 0.8  # measured 0.89
-    # the margin behind it, on the full map: every word's same-category words out-score the other
-    # categories' words on average by more than the planted LOGIT_SAME_CATEGORY
+    # the margin behind it, on the full map. Designed per word (the logits above, with truth's
+    # category sizes): its same-category words against the other categories' words SAME - (mean of
+    # ANY and the partners' ANY + SELF - SAME) = 3.71 on average; against the random directions
+    # SAME = 5.5. The generic part has no category structure on average (and the effective-embedding
+    # inputs carry the planted coordinates a little larger than in context): every word's margin
+    # positive (measured min 2.9), the means at least the design (measured 4.54 and 5.97), and the
+    # other categories above the random directions (the any-category term: measured 1.43 of the
+    # designed 1.79). (The intermediate tuning, no any-category term: margin > SAME.)
     n = len(words)
     cats = np.array(cat_of[:n])
+    slots = np.array([ids.index(t) for t in words for ids in truth["categories"].values() if t in ids])
+    design = np.where(cats[:, None] == cats[None, :], P.LOGIT_SAME_CATEGORY, P.LOGIT_ANY_CATEGORY) + np.where(
+        slots[:, None] == slots[None, :], P.LOGIT_SELF - P.LOGIT_SAME_CATEGORY, 0.0)
     W = S[:n, :n]
+    rnd = [i for i, k in enumerate(kind) if k == "random"]
     same_cat = (cats[:, None] == cats[None, :]) & ~np.eye(n, dtype=bool)
     margin = np.array([W[i, same_cat[i]].mean() - W[i, cats != cats[i]].mean() for i in range(n)])
-    assert (margin > 0).all() and margin.mean() > truth["logits"]["same_category"]
+    designed = np.array([design[i, same_cat[i]].mean() - design[i, cats != cats[i]].mean() for i in range(n)])
+    vs_random = np.array([W[i, same_cat[i]].mean() - S[i, rnd].mean() for i in range(n)])
+    assert (margin > 0).all() and margin.mean() > designed.mean()
+    assert (vs_random > 0).all() and vs_random.mean() > P.LOGIT_SAME_CATEGORY
+    assert vs_random.mean() - margin.mean() > 0.5 * (P.LOGIT_SAME_CATEGORY - designed.mean())
 
 
 def test_self_suppression_hits_word_features(sae_run, planted_model, truth):
@@ -178,12 +194,13 @@ def test_features_fire_selectively(sae_run, tokenizer):
 def test_group_map_block_structure(sae_run, tokenizer, truth):
     """Each of the 30 group tokens is represented by its own word feature (the one that fires
     most on it), so the map is the word features' block: negative diagonal (self, planted
-    LOGIT_SELF -6), self below every same-group word (the identity-code gap, 9.75 logits in v4),
-    and same-group pairs above other-group pairs by the planted same-category term. No NaN: every
-    group token has a firing feature. (v3, same-category logit 12 and almost no generic part:
-    every same-group score > 5. v4's generic part spreads word-pair scores by about 3.6 logits,
-    so single same-group pairs reach down to 1.6 while other-group pairs reach 6.9: the block
-    shows per row, as the block mean against the off-block mean.)"""
+    LOGIT_SELF -6), self below every same-group word (the identity-code gap SAME - SELF = 11.5
+    logits), and same-group pairs above other-group pairs. Design (final v4): the 5 groups' j-th
+    words share the identity codes of slot j, so a row's 24 other-group entries are 20 x ANY and
+    4 x (ANY + SELF - SAME) = -8.75: the block margin is SAME - (20 ANY + 4 (ANY + SELF - SAME)) / 24
+    = 4.67. No NaN: every group token has a firing feature. (v3, same-category logit 12 and almost
+    no generic part: every same-group score > 5. v4's generic part spreads word-pair scores by a
+    few logits: the block shows per row, as the block mean against the off-block mean.)"""
     out, words = sae_run[0], sae_run[1]
     table = pd.read_csv(out / "group_feature_qk.csv").set_index("query")
     G = table.to_numpy()
@@ -200,36 +217,48 @@ def test_group_map_block_structure(sae_run, tokenizer, truth):
     assert all(diag[i] < G[i, block[i]].min() for i in range(30))
     off = ~np.kron(np.eye(5), np.ones((6, 6))).astype(bool)
     margin = np.array([G[i, block[i]].mean() - G[i, off[i]].mean() for i in range(30)])
-    # every row: its group above the rest (measured 4.1-8.8); on average by more than the planted
-    # same-category logit (the generic part has no group structure on average; measured 6.2)
-    assert (margin > 0).all() and margin.mean() > truth["logits"]["same_category"]
+    # every row: its group above the rest (measured 4.1-7.0); on average by at least the design
+    # (the generic part has no group structure on average; measured 5.33; the intermediate tuning,
+    # no any-category term, asked for more than SAME)
+    lg = truth["logits"]
+    design = lg["same_category"] - (20 * lg["any_category"] + 4 * (lg["any_category"] + lg["self"] - lg["same_category"])) / 24
+    assert (margin > 0).all() and margin.mean() > design
 
 
 def test_naive_similarity_differs_by_self_attention(sae_run):
     out = sae_run[0]
     s = json.loads((out / "summary.json").read_text())["naive"]
     naive, no_self = s["naive_cosine/all"], s["naive_cosine_no_self/all"]
-    # The head gives self and copies almost nothing (LOGIT_SELF -6 against BOS 5.5 and a
-    # same-category 3.75), while naive cosine gives self the largest similarity of every word key
-    # (cos = 1): at least 10x the head's mass (the naive-similarity claim's own bar; measured 31x).
+    # The head gives self and copies almost nothing (LOGIT_SELF -6 against BOS 5.25 and a
+    # same-category 5.5), while naive cosine gives self the largest similarity of every word key
+    # (cos = 1): at least 10x the head's mass (the naive-similarity claim's own bar; measured 42x).
     # (v3 asserted a margin of 0.1 and a halved KL: its head put nearly all of a category query's
     # mass on a few in-category keys, so the fitted naive temperature was low and self took much of
-    # the naive mass. v4's head leaks half its mass to BOS and a quarter to unrelated words, the
-    # fitted naive pattern is flat (T about 0.8) and self gets 0.04 of it.)
+    # the naive mass. v4's head leaks mass to BOS and to the other categories' words, the fitted
+    # naive pattern is flat (T about 1.3) and self gets 0.06 of it.)
     assert naive["naive_self_mass"] > 10 * naive["head_self_mass"]
     # Masking self and copies removes that mass: for the same (T, BOS level) the mean KL drops by
     # E[-(1 - a) log(1 - s)] - E[a log(N_self / 1e-9)] (s: naive self mass, a: head's), > 0 here;
-    # the refitted variant does at least about as well (measured 0.56 -> 0.45).
+    # the refitted variant does at least about as well (measured 0.85 -> 0.77).
     assert no_self["kl"] < naive["kl"]
     # Masking self makes naive similarity track the head (pooled correlation of the patterns);
     # top-1 agreement is not used as the bar: the head splits its mass evenly among in-category
     # keys, so its top-1 among near-ties is arbitrary. The masked entries are few and carried
-    # 0.04 of the naive mass, so the gain is small in v4 (0.888 -> 0.898; v3 asked for +0.1).
+    # 0.06 of the naive mass, so the gain is small in v4 (0.713 -> 0.716; v3 asked for +0.1).
+    # The level is lower than in the intermediate tuning (0.898, where a bar of 0.8 was set from
+    # that measurement): masking self and copies leaves a planted difference naive cosine cannot
+    # see. The j-th words of all categories share the identity codes U_j, V_j, so their cosine is
+    # as high as a same-category pair's, while the head gives them ANY + SELF - SAME = -8.75 against
+    # SAME = 5.5 and ANY = 2.75 for the rest of the other categories (the any-category term). The bar
+    # is the contrast with the uniform causal pattern (the same prompts' null): at least twice its
+    # correlation (measured 0.716 against 0.289).
     assert no_self["pooled_corr"] > naive["pooled_corr"]
-    assert no_self["pooled_corr"] > 0.8
-    # against the uniform causal pattern: the fitted similarity is far closer to the head
     uniform = s["uniform_causal/all"]
-    assert uniform["kl"] > 2 * no_self["kl"] and uniform["pooled_corr"] < 0.5 < no_self["pooled_corr"]
+    assert no_self["pooled_corr"] > 2 * uniform["pooled_corr"]
+    # against the uniform causal pattern: the fitted similarity is far closer to the head (KL
+    # measured 1.47 against 0.77; the intermediate tuning asked for 2x with 3x measured: the
+    # shared-code partners above cost the fitted pattern in KL as in correlation, so 1.5x)
+    assert uniform["kl"] > 1.5 * no_self["kl"] and uniform["pooled_corr"] < 0.5 < no_self["pooled_corr"]
 
 
 def test_feature_map_streaming_equals_dense():
