@@ -454,7 +454,8 @@ def render(out_dir) -> list[Path]:
 
 def report(results: Results, out_dir: Path) -> None:
     top = results.summary["top_eigenvalues"]
-    layer, head = load_meta(out_dir)["args"]["layer"], load_meta(out_dir)["args"]["head"]
+    args = load_meta(out_dir)["args"]
+    layer, head = args["layer"], args["head"]
     table = Table(title=f"L{layer}H{head}: W_sym / W_skew spectrum")
     for c in ("basis", f"neg in top {top}", "neg / nonzero", "sv max sym", "sv max skew", "skew share"):
         table.add_column(c)

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from common.effective_embeddings import PROMPT_LEN
+from common.hook_names import act_name
 
 WINDOW_LEN = 1 + PROMPT_LEN  # BOS + 48 tokens: positions 1..48, as the effective embeddings' means
 DEFAULT_WINDOWS = 256
@@ -91,7 +92,7 @@ class ContextInputs:
         """How the inputs were taken (summary.json)."""
         c = self.count.double()
         return {"layer": self.layer, "text": self.text, "n_windows": self.n_windows, "window_len": self.window_len,
-                "input": f"blocks.{self.layer}.ln1 (LNPre) of blocks.{self.layer}.hook_resid_pre, non-BOS positions",
+                "input": f"{act_name('normalized', self.layer)} (LNPre of {act_name('resid_pre', self.layer)}), non-BOS positions",
                 "n_covered": int(len(self.token_ids)), "n_missing": len(self.missing),
                 "occurrences_median": float(c.median()) if len(c) else 0.0,
                 "occurrences_min": int(self.count.min()) if len(c) else 0}

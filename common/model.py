@@ -31,8 +31,9 @@ import json
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformer_lens import HookedTransformer
 
 from common.errors import error_summary
 from common.gpt2_tokenizer import TOKENIZER_DIR, load_tokenizer
@@ -40,6 +41,9 @@ from common.hub_models import cache_entry, official_name
 from common.planted import planted_folder
 from common.planted_names import is_planted, planted_twin
 from common.weights_cache import PROCESSING, Source, load_processed
+
+if TYPE_CHECKING:  # TransformerLens is imported where a model is built: a bad folder fails in seconds
+    from transformer_lens import HookedTransformer
 
 REAL_NAMES = {"gpt2-small", "gpt2"}  # gpt2-small; the other hub names: common.hub_models
 PLANTED = "planted"
@@ -60,7 +64,7 @@ def resolve_device(device: str) -> str:
 # Models loaded in this process, by (name, device). Scripts never change a model's weights (every
 # edit is a hook or a separate scorer), so several analyses run in one process (run_all's tests, a
 # notebook) share one load. A local folder is keyed by its resolved path and config/weights mtimes.
-_LOADED: dict[tuple, HookedTransformer] = {}
+_LOADED: dict[tuple, "HookedTransformer"] = {}
 
 
 def load_model(name: str = "gpt2-small", device: str = "cpu") -> HookedTransformer:
@@ -157,6 +161,8 @@ def _hub_files(repo: str) -> dict[str, Path] | None:
 def _from_pretrained(repo: str, device: str) -> HookedTransformer:
     """``HookedTransformer.from_pretrained`` with the processing defaults and the vendored GPT-2
     tokenizer; any failure becomes a one-line :class:`ModelUnavailable` naming the cache entry."""
+    from transformer_lens import HookedTransformer
+
     try:
         return HookedTransformer.from_pretrained(repo, device=device, tokenizer=load_tokenizer(), **PROCESSING)
     except Exception as exc:  # the hub/cache raise many different types; all mean "no weights"
@@ -195,13 +201,16 @@ def load_local_folder(folder: str | Path, device: str = "cpu") -> HookedTransfor
     ``HookedTransformer.from_pretrained`` would ask the hub for the config even when given
     ``hf_model``, so the config is converted from the local ``config.json`` instead.
     """
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config
 
     folder = Path(folder)
     _, weights = _folder_files(folder)
     hf_cfg = GPT2Config.from_pretrained(str(folder))
-    _check_state_dict(weights, hf_cfg)
+    _check_state_dict(weights, hf_cfg)  # before TransformerLens is imported: a bad file fails fast
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    from transformers import GPT2LMHeadModel
+
     hf_model = GPT2LMHeadModel.from_pretrained(str(folder), config=hf_cfg, dtype=torch.float32)
     tokenizer = load_tokenizer(_tokenizer_dir(folder))
 

@@ -38,6 +38,16 @@ def _session_lock(cache: Path, name: str):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _session_torch_threads():
+    """TEST_THREADS from the session's start, so module- and session-scoped fixtures (set up before
+    any function-scoped one) compute at the same thread count as the tests that compare with them:
+    a matmul split over another number of threads rounds differently."""
+    import torch
+
+    torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def planted_cache(tmp_path_factory):
     """The session's cache folder (L1H5_CACHE, inherited by scripts run as subprocesses). Under
     pytest-xdist the workers share one folder beside their own temporary folders, so the planted
