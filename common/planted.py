@@ -124,7 +124,7 @@ A_ATTN0 = 0.5  # RMS norm of layer-0 attention output
 # while in natural text (few category words) a word's partners still take most of its mass and the
 # three rules explain most of the head's effect. The cost: on prompts of category words only, a
 # query with no partner gives much of its mass to the other categories' words instead of BOS.
-LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 5.5, -6.0, 5.25
+LOGIT_SAME_CATEGORY, LOGIT_SELF, LOGIT_BOS = 5.5, -6.0, 5.75
 LOGIT_ANY_CATEGORY = 2.75  # part of LOGIT_SAME_CATEGORY every category key gets from every category query
 LOGIT_BOS_FROM_B_Q = 2.0  # part of LOGIT_BOS carried by b_Q (the rest by the N B^T term)
 # Positive part of the identity signal: with the negative eigenvalues removed, self then beats
@@ -495,13 +495,9 @@ def _target_head(b: _Build) -> None:
     # bias coordinates all tokens have: +0.9 logits, undesigned, in the first v4 tuning).
     gq, gk = (_random_in(rng, b.BLIND, dh, TARGET_GENERIC_COLUMN) for _ in range(2))
     x_bos = b.BLIND @ (b.BLIND.T @ _ln(x1[:1, :1])[0, 0])  # BOS's LN1 input within the generic part's space
-    # ... nor the directions every category word shares (N and the sums of its K, C, U, V blocks):
-    # a random part there is one offset for all category keys at once, which joins every word to
-    # every category in the attention graph (the communities of clustering.py), undesigned.
-    shared = np.stack([x_bos, N[:, 0], K.sum(1), C.sum(1), U.sum(1), V.sum(1)], 1)
-    sq, _ = np.linalg.qr(shared)
+    u_bos = x_bos / np.linalg.norm(x_bos)
     for g in (gq, gk):
-        g -= sq @ (sq.T @ g)
+        g -= np.outer(u_bos, u_bos @ g)
         g[:, cols[3]] = 0.0
     L1["W_Q"][h], L1["W_K"][h] = PQ + gq, PK + gk
     bq = np.zeros(dh)  # b_Q against BOS's key coordinate in the BOS column
