@@ -7,9 +7,9 @@ n_ctx 256, so the post's 255-word prompts fit), and is saved as an ordinary Hugg
 route as any local model.
 
 Version 4 (issue 22) makes L1H5 as imperfect as gpt2-small's where verdicts depend on it: modest
-logits and a large generic part, so that under the post's protocol it scores about 0.6 (mass leaks
-to BOS and to unrelated words) and the decoy about 1.3; no guaranteed eigenvalue gap; BOS heads
-with 75-90% of their mass on BOS. Version 3 kept version 2's mechanism and added what gpt2-small
+logits, a part of the category logit shared by every category word and a large generic part, so
+that under the post's protocol it scores 0.54 (mass leaks to BOS and to unrelated words) and the
+decoy 1.30; no guaranteed eigenvalue gap; BOS heads with 75-90% of their mass on BOS. Version 3 kept version 2's mechanism and added what gpt2-small
 has and a simpler model hides (issue 10): later-layer heads that attend to BOS, non-zero biases and layer-norm parameters
 everywhere, full-rank generic heads, positions as large as tokens, a position- and
 content-dependent layer 0, a decoy head and a reader head.
@@ -52,7 +52,8 @@ Layers (head (l, h)):
   (W_Q -> W_Q M, W_K -> W_K M^-T, which leaves W_Q W_K^T unchanged), so no column is a planted
   direction and [W_Q, W_K] has full column rank 80: W_sym has exactly 40 negative and 40 positive
   eigenvalues (Sylvester's law of inertia). The generic part is large (version 4): it leaks
-  attention to unrelated words, and it moves every eigenvalue by up to ||sym(generic part)||_2,
+  attention to unrelated words (but never touches BOS: there it would be one undesigned offset
+  for every query, see _target_head), and it moves every eigenvalue by up to ||sym(generic part)||_2,
   more than Weyl's inequality needs to guarantee the 12 identity-code eigenvalues -w_U^2 a gap
   to the other 28 negative ones, as in gpt2-small; ground_truth() states the designed spectrum
   (float64) and how much of the code subspace its most negative eigenvectors span. W_Q, W_K are orthogonal to P and A: L1H5 reads token identity only. OV: copies the
