@@ -145,6 +145,18 @@ def run_script(script: str, *args: str, check: bool = True, timeout: int = 600):
     return proc
 
 
+def check_bad_input(main, tmp_path, capsys, args, message) -> None:
+    """In-process (no interpreter start-up per case): ``main`` on the planted model with ``args``
+    stops with a non-zero SystemExit whose message (or stderr) holds ``message``, and writes no CSV
+    (into ``tmp_path`` unless ``args`` name their own --out)."""
+    out = [] if "--out" in args else ["--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "planted", *out, *args, "--threads", "1"])
+    assert exc.value.code != 0
+    assert message in str(exc.value.code) + capsys.readouterr().err
+    assert not list(tmp_path.glob("*.csv"))
+
+
 def check_help_and_common_errors(main, tmp_path, capsys) -> str:
     """In-process: --help exits 0, an unknown head and an unwritable output folder stop the script
     with a clear SystemExit. Returns the --help text."""

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import check_bad_input
 from script_run import run_then_render
 
 SCRIPT = "component_ablation.py"
@@ -481,12 +482,6 @@ def test_help(capsys):
     (["--pad-word", " Redistribution"], "not one"),
 ])
 def test_bad_input(tmp_path, capsys, args, message):
-    """In-process (no interpreter start-up per case): SystemExit with a clear message, no outputs."""
     from component_ablation import main
 
-    out = [] if "--out" in args else ["--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as exc:
-        main(["--model", "planted", *out, *args, "--threads", "1"])
-    assert exc.value.code != 0
-    assert message in str(exc.value.code) + capsys.readouterr().err
-    assert not list(tmp_path.glob("*.csv"))
+    check_bad_input(main, tmp_path, capsys, args, message)

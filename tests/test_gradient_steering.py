@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import check_bad_input
 from script_run import run_then_render
 
 SCRIPT = "gradient_steering.py"
@@ -364,15 +365,9 @@ def test_help(capsys):
     (["--out", "/proc/x"], "not writable"),
 ])
 def test_bad_input(tmp_path, capsys, args, message):
-    """In-process: SystemExit != 0 with a clear message and no outputs written."""
     from gradient_steering import main
 
-    out = [] if "--out" in args else ["--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as exc:
-        main(["--model", "planted", *out, *args, "--threads", "1"])
-    assert exc.value.code != 0
-    assert message in str(exc.value.code) + capsys.readouterr().err
-    assert not list(tmp_path.glob("*.csv"))
+    check_bad_input(main, tmp_path, capsys, args, message)
 
 
 def test_in_context_self_ranks(run):
