@@ -100,8 +100,8 @@ def test_other_models_are_measured_never_judged(root, tmp_path):
 
 def test_genuine_weights_are_judged_against_the_published_numbers(root, tmp_path):
     """The same saved numbers labelled genuine gpt2-small: judged against the published values (the
-    planted model's are far from them), and the protocol-bound claims cannot be reproduced under
-    our prompts."""
+    planted v4 model's are near them under the post's protocol by design, far from them elsewhere),
+    and the protocol-bound claims cannot be reproduced under our prompts."""
     genuine = _relabel(root, tmp_path, "gpt2-small", "genuine")
     rows = {r["id"]: r for r in evaluate(genuine, CLAIMS)}
     # The protocol-bound claims are judged on the post-protocol runs (<root>/post/). Planted v4 is
@@ -119,9 +119,9 @@ def test_genuine_weights_are_judged_against_the_published_numbers(root, tmp_path
     shutil.rmtree(genuine / "post")  # without them, our prompts cannot reproduce (nor refute) the post's numbers
     rows = {r["id"]: r for r in evaluate(genuine, CLAIMS)}
     assert rows["head-survey"]["status"] == "inconclusive" and "protocol" in rows["head-survey"]["note"]
-    assert rows["head-survey"]["published_outcome"] == "differs"  # 0.005 is not 0.6
+    assert rows["head-survey"]["published_outcome"] == "differs"  # ours: 1.19 is not 0.6
     assert rows["component-ablation"]["status"] == "inconclusive"
-    assert rows["spectrum"]["status"] == "differs"  # 29 of 64, 4.75 vs 0.27: not the post's 33, 1.86, 1.34
+    assert rows["spectrum"]["status"] == "differs"  # 30 of 64, 5.93 vs 2.29: not the post's 33, 1.86, 1.34
     assert rows["skew-downstream"]["status"] == "reproduced"  # both drops have the published sign, CIs excluding 0
     assert rows["self-rank"]["status"] == "shown"
     assert rows["reader"]["status"] == "shown"  # no published number: a measurement on gpt2-small

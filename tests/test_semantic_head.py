@@ -232,7 +232,7 @@ def test_naive_similarity_differs_by_self_attention(sae_run):
     out = sae_run[0]
     s = json.loads((out / "summary.json").read_text())["naive"]
     naive, no_self = s["naive_cosine/all"], s["naive_cosine_no_self/all"]
-    # The head gives self and copies almost nothing (LOGIT_SELF -6 against BOS 5.25 and a
+    # The head gives self and copies almost nothing (LOGIT_SELF -6 against BOS 5.75 and a
     # same-category 5.5), while naive cosine gives self the largest similarity of every word key
     # (cos = 1): at least 10x the head's mass (the naive-similarity claim's own bar; measured 42x).
     # (v3 asserted a margin of 0.1 and a halved KL: its head put nearly all of a category query's

@@ -38,8 +38,8 @@ def test_planted_spectrum_recovered(run, truth, planted_model):
     skew part's spectral norm are the dense computation's.
 
     v3 asserted that the largest |eigenvalue| is the most negative one. v4's any-category term
-    w_C beta (sum_c C_c)(sum_c C_c)^T makes the top eigenvalue positive instead (6.25 against
-    3.71, next positive 1.17): its eigenvector is sum_c C_c / sqrt(n_cat), along which every
+    w_C beta (sum_c C_c)(sum_c C_c)^T makes the top eigenvalue positive instead (5.93 against
+    3.74, next positive 1.18): its eigenvector is sum_c C_c / sqrt(n_cat), along which every
     category word's LN1 input has the same coordinate p = c / sqrt(n_cat) (c: its category
     coordinate): every category word on the same side (random tokens: |p| about 3x smaller), and
     on the words' true layer-1 inputs this eigenvalue's part of the logit is category-blind (4.7
@@ -47,7 +47,7 @@ def test_planted_spectrum_recovered(run, truth, planted_model):
     of the top eigenvalue is the generic part's). (An earlier tuning asserted lambda_top p^2 /
     sqrt(d_head) = ANY + (SAME - ANY) / n_cat on the effective embeddings; that held only while
     MLP0's resting output gave every word a small negative coordinate on the other categories.) v4's generic part is large and has a random skew part (v3 asserted
-    sv_max_skew < 0.2 sv_max_sym: only the BOS term was asymmetric; now 2.36 vs 6.25), still
+    sv_max_skew < 0.2 sv_max_sym: only the BOS term was asymmetric; now 2.29 vs 5.93), still
     under half the symmetric part's, as test_planted checks on the weights."""
     from common.effective_embeddings import effective_embeddings
 
@@ -92,15 +92,13 @@ def test_planted_spectrum_recovered(run, truth, planted_model):
     assert abs(t_same - t_other) < 0.1 * t_other, (t_same, t_other)
     assert t_other > P.LOGIT_ANY_CATEGORY, t_other
     # all d_head negative eigenvalues: the designed ones
-    ev_all = pd.read_csv(run / "eigenvalues.csv")
-    neg = np.sort(ev_all[(ev_all["head"] == h) & (ev_all.basis == "residual") & (ev_all.part == "sym_eigenvalue")
-                         & (ev_all.value < 0)].value.to_numpy())
+    ev = pd.read_csv(run / "eigenvalues.csv")
+    n = ev[(ev["head"] == h) & (ev.basis == "residual") & (ev.part == "sym_eigenvalue")]
+    neg = np.sort(n[n.value < 0].value.to_numpy())
     designed_neg = np.array(truth["negative_eigenvalues"])
     assert len(neg) == len(designed_neg) and np.abs(neg - designed_neg).max() < 1e-4 * np.abs(designed_neg).max()
     eff = s[(s["head"] == h) & (s.basis == "effective")].iloc[0]
     assert eff.n_negative >= truth["n_negative_eigenvalues"] - 1
-    ev = pd.read_csv(run / "eigenvalues.csv")
-    n = ev[(ev["head"] == h) & (ev.basis == "residual") & (ev.part == "sym_eigenvalue")]
     assert len(n) == res.n_eigenvalues_nonzero and (n.value < 0).sum() == res.n_negative
 
 
@@ -227,21 +225,17 @@ def test_drops_do_not_depend_on_the_batch(run, planted_model, hooks_and_prompts)
 
 
 def test_skew_removal_lowers_only_bos_logit(planted_model, hooks_and_prompts, truth):
-    import torch
-
     """Construction: the planted skew part is the N B^T (attend to BOS) term; W_sym keeps half
-    of it, so removing the skew part lowers BOS's logit by (bos - bos_from_b_Q) / 2 = 1.625 for
+    of it, so removing the skew part lowers BOS's logit by (bos - bos_from_b_Q) / 2 = 1.875 for
     every non-BOS query and leaves every self score exactly as it was (x^T W_skew x = 0).
     v4's generic part adds a random skew part, which moves every key's logit: on the non-BOS keys
-    (where the planted term is exactly 0) it is all there is, so their spread sigma (about 1.4)
-    measures it. BOS's mean shift is then the planted -1.625 within 3 sigma / sqrt(n queries)
-    (measured -1.43 in an intermediate v4 tuning; v3 asserted +- 0.25 with a tiny generic part),
-    nearly every query's BOS logit falls, and BOS's mean shift is far below the non-BOS keys'
-    (about 0). Final v4 tuning: measured -0.75 (72 of 80 queries fall), so this test fails: the
-    generic part's skew gives the one fixed BOS key a systematic offset of about +0.88 (written out
-    from the weights: x_q W_QK x_BOS / sqrt(d_head) averages 0.43 on these prompts against the
-    planted 3.25, x_BOS W_QK x_q / sqrt(d_head) -1.06 against the planted 0), which the
-    independent-noise tolerance does not cover. Left failing: the construction decides."""
+    (where the planted term is exactly 0) it is all there is, so their spread sigma (measured 0.79)
+    measures it. The generic part never touches BOS (common.planted._target_head), so BOS's mean
+    shift is the planted -1.875 within 3 sigma / sqrt(n queries) (measured -1.86; the first v4
+    tuning, whose generic part gave the one BOS key a fixed offset, measured -0.75; v3 asserted
+    +- 0.25 with a tiny generic part), nearly every query's BOS logit falls (measured all 80), and
+    BOS's mean shift is far below the non-BOS keys' (about 0)."""
+    import torch
 
     m = planted_model
     hooks, prompts, _ = hooks_and_prompts
@@ -256,7 +250,7 @@ def test_skew_removal_lowers_only_bos_logit(planted_model, hooks_and_prompts, tr
     d = got["s"] - clean
     assert d.diagonal(dim1=-2, dim2=-1).abs().max() < 1e-4
     expected = -(truth["logits"]["bos"] - truth["logits"]["bos_from_b_Q"]) / 2
-    assert expected == -(P.LOGIT_BOS - P.LOGIT_BOS_FROM_B_Q) / 2  # -1.625
+    assert expected == -(P.LOGIT_BOS - P.LOGIT_BOS_FROM_B_Q) / 2  # -1.875
     n = d.shape[-1]
     non_bos = torch.tril(torch.ones(n, n, dtype=torch.bool), -1)
     non_bos[:, 0] = False
@@ -272,15 +266,13 @@ def test_downstream_signs(run, planted_model, hooks_and_prompts):
     """What the post reports (claim skew-downstream), as the construction implies it on
     same-category lists: ablating the whole head costs the correct next word's logit (the head
     carries the category the next word shares, and the reader head writes it to the logits);
-    removing only the skew part lowers BOS's logit (by 1.625, test above) and moves BOS's share of
+    removing only the skew part lowers BOS's logit (by 1.875, test above) and moves BOS's share of
     attention to same-category keys: it helps (drop < 0, CI excluding 0). v4's BOS holds a third
     of L1H5's mass on these prompts (v3: a tiny share, so v3 asserted |skew drop| < 0.05 x the
     whole head's): the in-category mass rises from m to m' (0.64 -> 0.77, measured here with
     TransformerLens' pattern hook). If the correct-word logit follows L1H5's in-category mass, the
     skew part's gain relative to the whole head's loss is about (m' - m) / m (0.22; measured
     0.25): asserted within a factor 2."""
-    import torch
-
     from common.prompts import ideal_mask, token_category_map
 
     d = pd.read_csv(run / "downstream_summary.csv").set_index("ablation")
