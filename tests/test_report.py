@@ -45,11 +45,9 @@ def test_every_claim_has_a_row_and_a_status(root):
     # the demo results exist for every other claim, and the plain planted model's ground truth is that
     # every claim with a shape holds (its false_claims list is empty); measurements are "shown"
     measurements = {"rank-grid", "succession"}
-    known_defect = "clustering"  # README, "Known defect of version 4": checked last, below
     for r in rows:
         if r["script"] != "semantic_head":
-            if r["id"] != known_defect:
-                assert r["status"] == ("shown" if r["id"] in measurements else "planted: holds"), r
+            assert r["status"] == ("shown" if r["id"] in measurements else "planted: holds"), r
             assert r["model_kind"] == "planted" and r["measured"]
     html = (root / "report.html").read_text()
     assert html.count("class='claim-row'") == len(CLAIMS)
@@ -58,11 +56,6 @@ def test_every_claim_has_a_row_and_a_status(root):
     for c in CLAIMS:  # CSV links are relative to the report, so the folder can be copied
         if c.script != "semantic_head":
             assert f"href='{c.script}/{c.table}'" in html and (root / c.script / c.table).exists()
-    # The ground truth says clustering holds; on planted v4's 3000-token graph the analysis does not
-    # recover it (the generic part's common offset on the category keys' shared directions): an
-    # expected failure until the construction is retuned, then this line passes as it should.
-    if by_id[known_defect]["status"] != "planted: holds":
-        pytest.xfail(f"known planted-v4 defect (README): {known_defect} reads {by_id[known_defect]['status']}")
 
 
 def test_renders_offline_with_every_image(root, tmp_path):

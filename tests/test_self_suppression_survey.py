@@ -290,7 +290,17 @@ def test_real_gpt2_small_attention_weights_survey(tmp_path_factory):
 def test_in_context_self_rank_beside_the_effective_one(run, truth):
     """in_context.csv: the category words' self-rank percentile on their true layer inputs in the
     demo text; planted, the target's own key is still ranked lowest of its layer (self logit -6
-    against +12 for a same-category key), and the claim's evidence carries both numbers."""
+    against +12 for a same-category key), and the claim's evidence carries both numbers.
+
+    The level: v4's first tuning gave 0.9997 (effective 0.9992) and this test asserted > 0.99. The
+    final build moves the generic query's rows of what every token has (N, the common O vector) onto
+    each category's K row (common.planted._target_head: ordinary words' queries must not read the
+    category keys), and the percentile ranks centred embeddings, whose centring cancelled those rows
+    for a category word (its N and O coordinates are within about 10% of the vocabulary mean's) but
+    does not cancel its K_c coordinate. Its centred query now carries that generic part, which puts
+    1.5% of the vocabulary's keys below self in context (5% on effective embeddings; measured 0.985
+    and 0.948). Asserted: above 0.97, and 0.4 above the best other head of the layer (0.55, as
+    before)."""
     from common.context_inputs import IN_CONTEXT
     from self_suppression_survey import check_self_rank
 
@@ -298,7 +308,7 @@ def test_in_context_self_rank_beside_the_effective_one(run, truth):
     t = pd.read_csv(run / "in_context.csv").set_index(["statistic", "inputs"])
     me = t.loc[(f"mean self-rank percentile L{layer}H{head} (category words)", IN_CONTEXT)]
     other = t.loc[("best other head of the layer", IN_CONTEXT)]
-    assert me.n_tokens >= 100 and me.value > 0.99 > other.value
+    assert me.n_tokens >= 100 and me.value > 0.97 and me.value > other.value + 0.4
     ev = check_self_rank(run)
     assert ev.numbers["in_context"][f"mean self-rank percentile L{layer}H{head} (category words)"][IN_CONTEXT] == me.value
     assert "in context over" in ev.note
