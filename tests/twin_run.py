@@ -16,7 +16,7 @@ SMALL = {
     "characterize_head.py": ["--n-prompts", "8", "--seq-len", "32"],
     "component_ablation.py": ["--n-prompts", "32", "--n-reference", "16"],
     "skew_analysis.py": ["--n-prompts", "16", "--seq-len", "24"],
-    "self_suppression_survey.py": [],
+    "self_suppression_survey.py": ["--n-sample", "64"],  # the category words are always in; 64 more sampled
     "svd_sym_skew_heatmap.py": [],
     "svd_group_scaling_heatmap.py": [],
     "cosine_attention_analysis.py": ["--n-tokens", "1024", "--freq-table", "none"],
