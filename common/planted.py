@@ -152,7 +152,7 @@ GENERIC_COLUMN = 0.15  # norm of each head column's generic (random) part (posit
 TARGET_GENERIC_COLUMN = 0.5
 # The share of that generic part's O rows (what ordinary words' queries read) kept in the planted
 # columns of L1H5's W_Q (_target_head): enough that ordinary words keep some attention structure
-# and join the categories' communities (largest 154 tokens on the demo graph), little enough that
+# and join the categories' communities (largest 161 tokens on the demo graph), little enough that
 # they no longer prefer category words of every category.
 ORDINARY_QUERY_SHARE = 0.25
 GENERIC_LOGIT_STD = {"layer0": 2.5, "diffuse": 1.2}  # std of random heads' attention logits
@@ -463,7 +463,8 @@ def _target_head(b: _Build) -> None:
     # key-position term to the BOS column's key (below, once the query's coordinate is known).
     h = TARGET[1]
     CAT = K if twin == "no-mlp0" else C
-    c_coord = float(np.median((_ln(x1) @ CAT)[is_cat, cat_idx[is_cat]]))  # its coordinate after LN1
+    x1_ln = _ln(x1)  # the calibration tokens' LN1 output
+    c_coord = float(np.median((x1_ln @ CAT)[is_cat, cat_idx[is_cat]]))  # its coordinate after LN1
     w_c = np.sqrt((LOGIT_SAME_CATEGORY - LOGIT_ANY_CATEGORY) * sqdh) / c_coord
     beta = LOGIT_ANY_CATEGORY * sqdh / (w_c * c_coord**2)  # every category key, for every category query
     w_v = np.sqrt(LOGIT_IDENTITY * sqdh) / (ln1 * A_V)
@@ -520,7 +521,7 @@ def _target_head(b: _Build) -> None:
     # coordinate's ratio to K_c's: a category query reads what it read before, an ordinary one
     # does not.
     pc = slice(0, cols[3])
-    xc = _ln(x1)[is_cat]
+    xc = x1_ln[is_cat]
     k_c = (xc @ K)[np.arange(len(xc)), cat_idx[is_cat]]
     o_mean = (xc @ b.O).mean(0)
     shared = np.stack([N[:, 0], b.O @ (o_mean / np.linalg.norm(o_mean))], 1)  # orthonormal
